@@ -1,0 +1,2 @@
+//! coordinosaur: coordinates jobs over MQTT.
+pub mod engine;
