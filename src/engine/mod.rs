@@ -1,6 +1,383 @@
 //! The rules engine: a deterministic state machine with injected time.
+//!
+//! Inputs go in through [`Engine::handle`] with the current [`Time`]; what must be published
+//! comes out of [`Engine::poll_output`]; [`Engine::next_deadline`] says when the engine next needs
+//! [`Engine::handle_timeout`] (a lease ends or a quota window opens). The engine never reads a
+//! clock, sleeps or does I/O, so every rule can be tested by feeding it times.
+//!
+//! Cost per operation is O(log n) in the channel's queue depth; the engine keeps one timer entry
+//! per channel that has something to wake for, so idle channels cost nothing.
+
+mod channel;
 mod options;
+mod quota;
 mod time;
 
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use channel::Channel;
 pub use options::{ChannelOptions, QuotaLog, QuotaSpec};
 pub use time::{Millis, Time};
+
+/// A new job asking to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Channel name.
+    pub channel: String,
+    /// Client-chosen job id, unique within the channel while the job is known.
+    pub uid: String,
+    /// The job's own timeout; the lease adds the channel's `timeout_offset`.
+    pub timeout: Millis,
+    /// Queue priority: higher is granted first, FIFO among equals. 0 without a policy.
+    pub priority: i64,
+}
+
+/// An event for the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// `register`: queue a job (ignored if the uid is already waiting or running).
+    Register(Registration),
+    /// `finished`: the job is done; frees its slot, or cancels it if still waiting.
+    Finished {
+        /// Channel name.
+        channel: String,
+        /// Job id.
+        uid: String,
+    },
+    /// `aborted`: same effect as `Finished`, recorded as an abort.
+    Aborted {
+        /// Channel name.
+        channel: String,
+        /// Job id.
+        uid: String,
+    },
+    /// `concurrency/set`: change the running limit. Running jobs are never revoked.
+    SetConcurrency {
+        /// Channel name.
+        channel: String,
+        /// New limit; 0 pauses the channel.
+        max: u32,
+    },
+    /// `renew`: restart a running job's lease at now + `timeout` + offset.
+    Renew {
+        /// Channel name.
+        channel: String,
+        /// Job id.
+        uid: String,
+        /// New timeout, from now.
+        timeout: Millis,
+    },
+    /// `infos`: report the channel's state.
+    Infos {
+        /// Channel name.
+        channel: String,
+    },
+}
+
+/// How a job left the engine without expiring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// `finished` was received.
+    Finished,
+    /// `aborted` was received.
+    Aborted,
+}
+
+/// Something the engine decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// The job may start now (publish `go/{uid}`).
+    Go {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+    },
+    /// The job's lease ran out; its slot is free again (publish `expired/{uid}`).
+    Expired {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+    },
+    /// The input about this job was refused (publish `rejected/{uid}`).
+    Rejected {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// Why, for the client.
+        reason: String,
+    },
+    /// A job ended through `finished` or `aborted` (nothing is published).
+    Ended {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// Which message ended it.
+        reason: EndReason,
+        /// Whether it held a slot (false: it was cancelled while waiting).
+        was_running: bool,
+    },
+    /// Reply to `infos` (publish on `state`).
+    State(ChannelState),
+}
+
+/// Use of one quota window, as reported in `state`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QuotaState {
+    /// Quota name.
+    pub name: String,
+    /// Window length in milliseconds.
+    pub interval_ms: u64,
+    /// Grants allowed per window (0: disabled).
+    pub limit: u32,
+    /// Grants counting against the window now.
+    pub used: u32,
+    /// When the window has room again, if it is full (ms since the Unix epoch).
+    pub next_opening: Option<Time>,
+}
+
+/// A channel's state, as published in reply to `infos`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelState {
+    /// Channel name.
+    pub channel: String,
+    /// Current running limit.
+    pub max_concurrent_jobs: u32,
+    /// Added to each job's timeout, in milliseconds.
+    pub timeout_offset_ms: u64,
+    /// Uids holding a slot, earliest lease end first.
+    pub running: Vec<String>,
+    /// `running.len()`.
+    pub running_count: usize,
+    /// Jobs waiting for a slot.
+    pub waiting: usize,
+    /// Every quota window.
+    pub quotas: Vec<QuotaState>,
+    /// When all full windows have room again (ms since the Unix epoch), if any is full.
+    pub next_window_opening: Option<Time>,
+    /// The engine time of this report (ms since the Unix epoch).
+    pub now: Time,
+}
+
+/// Index of a channel in the engine's slab.
+type ChannelId = u32;
+
+/// Resolves a channel's options from its name when the channel is first seen.
+pub type Resolver = Box<dyn Fn(&str) -> ChannelOptions + Send>;
+
+/// The state machine owning every channel.
+pub struct Engine {
+    /// Channels in order of first appearance; never removed, so ids stay valid.
+    channels: Vec<Channel>,
+    /// Name to id.
+    by_name: HashMap<Arc<str>, ChannelId>,
+    /// `(deadline, channel)` for every channel with something to wake for; each channel has at
+    /// most one entry, equal to its `timer` field.
+    timers: BTreeSet<(Time, ChannelId)>,
+    /// Options for channels not yet seen.
+    resolver: Resolver,
+    /// Decisions not yet taken by `poll_output`.
+    outputs: VecDeque<Output>,
+    /// The latest time handed in; time never runs backwards inside the engine.
+    now: Time,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("channels", &self.channels.len())
+            .field("timers", &self.timers.len())
+            .field("outputs", &self.outputs.len())
+            .field("now", &self.now)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// An engine whose channels take their options from `resolver`.
+    pub fn new(resolver: Resolver) -> Engine {
+        Engine {
+            channels: Vec::new(),
+            by_name: HashMap::new(),
+            timers: BTreeSet::new(),
+            resolver,
+            outputs: VecDeque::new(),
+            now: Time(0),
+        }
+    }
+
+    /// Applies one input at `now`. Leases due by `now` end first.
+    pub fn handle(&mut self, now: Time, input: Input) {
+        self.handle_timeout(now);
+        let now = self.now;
+        match input {
+            Input::Register(reg) => self.handle_register(now, reg),
+            Input::Finished { channel, uid } => {
+                self.handle_end(now, &channel, &uid, EndReason::Finished)
+            }
+            Input::Aborted { channel, uid } => {
+                self.handle_end(now, &channel, &uid, EndReason::Aborted)
+            }
+            Input::SetConcurrency { channel, max } => {
+                let id = self.channel_id(&channel);
+                self.channels[id as usize].set_max(max);
+                self.settle(id, now);
+            }
+            Input::Renew {
+                channel,
+                uid,
+                timeout,
+            } => self.handle_renew(now, &channel, &uid, timeout),
+            Input::Infos { channel } => self.handle_infos(now, &channel),
+        }
+    }
+
+    /// Ends due leases and grants into freed slots and opened quota windows, for every channel
+    /// whose deadline is at or before `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.now = self.now.max(now);
+        let now = self.now;
+        while let Some(&(t, id)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.channels[id as usize].timer = None;
+            self.channels[id as usize].expire(now, &mut self.outputs);
+            self.settle(id, now);
+        }
+    }
+
+    /// The earliest time at which `handle_timeout` has work to do.
+    pub fn next_deadline(&self) -> Option<Time> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// The next decision to act on, oldest first.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The state of `channel` at the engine's current time (`None` if it was never seen).
+    pub fn channel_state(&self, channel: &str) -> Option<ChannelState> {
+        let id = *self.by_name.get(channel)?;
+        Some(self.channels[id as usize].state(self.now))
+    }
+
+    /// Waiting uids of `channel` in the order they will be granted.
+    pub fn waiting(&self, channel: &str) -> Vec<Arc<str>> {
+        self.channel(channel)
+            .map(|c| c.queued().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Running uids of `channel` with their lease deadlines.
+    pub fn running(&self, channel: &str) -> Vec<(Arc<str>, Time)> {
+        self.channel(channel)
+            .map(|c| c.leases().map(|(u, t)| (u.clone(), t)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of channels seen so far.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    fn channel(&self, name: &str) -> Option<&Channel> {
+        self.by_name
+            .get(name)
+            .map(|id| &self.channels[*id as usize])
+    }
+
+    fn handle_register(&mut self, now: Time, reg: Registration) {
+        let id = self.channel_id(&reg.channel);
+        let channel = &mut self.channels[id as usize];
+        let uid = reg.uid.clone();
+        if channel.register(reg) {
+            tracing::debug!(channel = %channel.name, uid, "queued");
+            self.settle(id, now);
+        } else {
+            tracing::debug!(channel = %channel.name, uid, "duplicate register ignored");
+        }
+    }
+
+    fn handle_end(&mut self, now: Time, channel: &str, uid: &str, reason: EndReason) {
+        let Some(&id) = self.by_name.get(channel) else {
+            tracing::debug!(channel, uid, ?reason, "end for unknown channel ignored");
+            return;
+        };
+        let ch = &mut self.channels[id as usize];
+        let Some(was_running) = ch.remove(uid) else {
+            tracing::debug!(channel, uid, ?reason, "end for unknown uid ignored");
+            return;
+        };
+        self.outputs.push_back(Output::Ended {
+            channel: ch.name.clone(),
+            uid: uid.into(),
+            reason,
+            was_running,
+        });
+        self.settle(id, now);
+    }
+
+    fn handle_renew(&mut self, now: Time, channel: &str, uid: &str, timeout: Millis) {
+        let id = self.channel_id(channel);
+        let ch = &mut self.channels[id as usize];
+        if ch.renew(uid, timeout, now) {
+            self.settle(id, now);
+        } else {
+            self.outputs.push_back(Output::Rejected {
+                channel: ch.name.clone(),
+                uid: uid.into(),
+                reason: "renew: no such job (never registered, or its lease already ended)".into(),
+            });
+        }
+    }
+
+    fn handle_infos(&mut self, now: Time, channel: &str) {
+        let state = match self.by_name.get(channel) {
+            Some(id) => self.channels[*id as usize].state(now),
+            // Report what the channel would be without creating it: `infos` must not grow state.
+            None => Channel::new(channel.into(), (self.resolver)(channel)).state(now),
+        };
+        self.outputs.push_back(Output::State(state));
+    }
+
+    /// The id of `name`, creating the channel with resolved options on first sight.
+    fn channel_id(&mut self, name: &str) -> ChannelId {
+        if let Some(id) = self.by_name.get(name) {
+            return *id;
+        }
+        let opts = (self.resolver)(name);
+        let name: Arc<str> = name.into();
+        let id = ChannelId::try_from(self.channels.len()).unwrap_or(ChannelId::MAX);
+        tracing::debug!(channel = %name, ?opts, "new channel");
+        self.channels.push(Channel::new(name.clone(), opts));
+        self.by_name.insert(name, id);
+        id
+    }
+
+    /// Grants what the channel now allows and re-arms its timer.
+    fn settle(&mut self, id: ChannelId, now: Time) {
+        let ch = &mut self.channels[id as usize];
+        let quota_open = ch.grant(now, &mut self.outputs);
+        let next = ch.next_deadline(quota_open);
+        if next != ch.timer {
+            if let Some(old) = ch.timer {
+                self.timers.remove(&(old, id));
+            }
+            if let Some(new) = next {
+                self.timers.insert((new, id));
+            }
+            ch.timer = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,460 @@
+//! Engine rules, driven with injected time.
+
+use super::*;
+
+/// Owns an engine and a fake clock; collects every output with the time it appeared.
+struct Harness {
+    engine: Engine,
+    now: Time,
+    log: Vec<(Time, Output)>,
+}
+
+fn opts(max: u32, offset_ms: u64, quotas: &[(u64, u32)]) -> ChannelOptions {
+    ChannelOptions {
+        max_concurrent_jobs: max,
+        timeout_offset: Millis(offset_ms),
+        quotas: quotas
+            .iter()
+            .enumerate()
+            .map(|(i, (interval, limit))| QuotaSpec {
+                name: format!("q{i}"),
+                interval: Millis(*interval),
+                limit: *limit,
+                log: QuotaLog::Quiet,
+            })
+            .collect(),
+    }
+}
+
+impl Harness {
+    fn new(o: ChannelOptions) -> Harness {
+        Harness {
+            engine: Engine::new(Box::new(move |_| o.clone())),
+            now: Time(1_000_000),
+            log: Vec::new(),
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        self.engine.handle(self.now, input);
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.engine.poll_output() {
+            self.log.push((self.now, o));
+        }
+    }
+
+    fn register(&mut self, uid: &str, timeout_ms: u64) {
+        self.register_in("c", uid, timeout_ms);
+    }
+
+    fn register_in(&mut self, channel: &str, uid: &str, timeout_ms: u64) {
+        self.input(Input::Register(Registration {
+            channel: channel.into(),
+            uid: uid.into(),
+            timeout: Millis(timeout_ms),
+            priority: 0,
+        }));
+    }
+
+    fn finish(&mut self, uid: &str) {
+        self.input(Input::Finished {
+            channel: "c".into(),
+            uid: uid.into(),
+        });
+    }
+
+    /// Advances the clock by `ms`, waking the engine at each deadline on the way, exactly as the
+    /// driver does.
+    fn advance(&mut self, ms: u64) {
+        let target = self.now + Millis(ms);
+        while let Some(d) = self.engine.next_deadline() {
+            if d > target {
+                break;
+            }
+            self.now = self.now.max(d);
+            self.engine.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = target;
+    }
+
+    /// Uids granted so far with their grant times, in order.
+    fn gos(&self) -> Vec<(u64, String)> {
+        self.log
+            .iter()
+            .filter_map(|(t, o)| match o {
+                Output::Go { uid, .. } => Some((t.0 - 1_000_000, uid.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn expired(&self) -> Vec<(u64, String)> {
+        self.log
+            .iter()
+            .filter_map(|(t, o)| match o {
+                Output::Expired { uid, .. } => Some((t.0 - 1_000_000, uid.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn go_uids(&self) -> Vec<String> {
+        self.gos().into_iter().map(|(_, u)| u).collect()
+    }
+}
+
+#[test]
+fn grants_at_once_up_to_the_limit_then_fifo() {
+    let mut h = Harness::new(opts(2, 0, &[]));
+    for u in ["a", "b", "c", "d"] {
+        h.register(u, 10_000);
+    }
+    assert_eq!(h.go_uids(), ["a", "b"]);
+    h.finish("b");
+    assert_eq!(h.go_uids(), ["a", "b", "c"]);
+    h.finish("a");
+    assert_eq!(h.go_uids(), ["a", "b", "c", "d"]);
+    assert_eq!(h.engine.next_deadline(), Some(Time(1_010_000)));
+}
+
+#[test]
+fn duplicate_register_is_ignored_whether_waiting_or_running() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    h.register("a", 1000);
+    h.register("b", 1000);
+    h.register("a", 5000);
+    h.register("b", 5000);
+    assert_eq!(h.go_uids(), ["a"]);
+    assert_eq!(h.engine.waiting("c").len(), 1);
+    // The duplicate did not change a's lease.
+    assert_eq!(h.engine.running("c")[0].1, Time(1_001_000));
+}
+
+#[test]
+fn lease_expires_exactly_at_timeout_plus_offset() {
+    let mut h = Harness::new(opts(1, 500, &[]));
+    h.register("a", 2_000);
+    h.register("b", 1_000);
+    assert_eq!(h.engine.next_deadline(), Some(Time(1_002_500)));
+    h.advance(2_499);
+    assert!(h.expired().is_empty());
+    assert_eq!(h.go_uids(), ["a"]);
+    h.advance(1);
+    assert_eq!(h.expired(), [(2_500, "a".to_string())]);
+    assert_eq!(h.gos(), [(0, "a".into()), (2_500, "b".into())]);
+    assert_eq!(h.engine.next_deadline(), Some(Time(1_004_000)));
+}
+
+#[test]
+fn finished_before_expiry_cancels_the_lease_timer() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    h.register("a", 1_000);
+    h.finish("a");
+    assert_eq!(h.engine.next_deadline(), None);
+    h.advance(5_000);
+    assert!(h.expired().is_empty());
+}
+
+#[test]
+fn late_finish_after_expiry_is_ignored() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    h.register("a", 1_000);
+    h.register("b", 1_000);
+    h.advance(1_000);
+    h.finish("a");
+    assert_eq!(h.go_uids(), ["a", "b"]);
+    assert_eq!(h.engine.running("c").len(), 1, "b keeps its slot");
+}
+
+#[test]
+fn zero_timeout_lease_ends_at_grant_time() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    h.register("a", 0);
+    h.register("b", 0);
+    h.advance(0);
+    assert_eq!(h.gos(), [(0, "a".into()), (0, "b".into())]);
+    assert_eq!(h.expired().len(), 2);
+    assert_eq!(h.engine.next_deadline(), None);
+}
+
+#[test]
+fn cancelled_waiting_job_rejoins_at_the_back() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    h.register("run", 10_000);
+    h.register("x", 1_000);
+    h.register("y", 1_000);
+    h.input(Input::Aborted {
+        channel: "c".into(),
+        uid: "x".into(),
+    });
+    h.register("x", 1_000);
+    assert_eq!(h.engine.waiting("c"), vec![Arc::from("y"), Arc::from("x")]);
+    h.finish("run");
+    h.finish("y");
+    h.finish("x");
+    assert_eq!(h.go_uids(), ["run", "y", "x"], "x is granted once, after y");
+}
+
+#[test]
+fn ended_output_says_whether_the_job_was_running() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    h.register("a", 1_000);
+    h.register("b", 1_000);
+    h.finish("b");
+    h.input(Input::Aborted {
+        channel: "c".into(),
+        uid: "a".into(),
+    });
+    let ended: Vec<_> = h
+        .log
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Output::Ended {
+                uid,
+                reason,
+                was_running,
+                ..
+            } => Some((uid.to_string(), *reason, *was_running)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ended,
+        [
+            ("b".into(), EndReason::Finished, false),
+            ("a".into(), EndReason::Aborted, true)
+        ]
+    );
+}
+
+#[test]
+fn unknown_uid_or_channel_on_finish_changes_nothing() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    h.finish("ghost");
+    assert_eq!(h.engine.channel_count(), 0);
+    h.register("a", 1_000);
+    h.finish("ghost");
+    assert_eq!(h.engine.running("c").len(), 1);
+    assert!(h
+        .log
+        .iter()
+        .all(|(_, o)| !matches!(o, Output::Ended { .. })));
+}
+
+#[test]
+fn quota_holds_jobs_until_the_window_opens_then_grants_on_the_dot() {
+    // 2 per second.
+    let mut h = Harness::new(opts(10, 0, &[(1_000, 2)]));
+    for u in ["a", "b", "c", "d", "e"] {
+        h.register(u, 60_000);
+    }
+    assert_eq!(h.go_uids(), ["a", "b"]);
+    // Grants at 0 count while now <= 1000; the window reopens at 1001.
+    assert_eq!(h.engine.next_deadline(), Some(Time(1_001_001)));
+    h.advance(1_000);
+    assert_eq!(h.go_uids().len(), 2);
+    h.advance(1);
+    assert_eq!(h.gos()[2..], [(1_001, "c".into()), (1_001, "d".into())]);
+    h.advance(1_001);
+    assert_eq!(h.gos()[4..], [(2_002, "e".into())]);
+}
+
+#[test]
+fn several_windows_apply_at_once() {
+    // 2 per second and 3 per 10 seconds.
+    let mut h = Harness::new(opts(10, 0, &[(1_000, 2), (10_000, 3)]));
+    for i in 0..6 {
+        h.register(&format!("j{i}"), 60_000);
+    }
+    h.advance(30_000);
+    let times: Vec<u64> = h.gos().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(times, [0, 0, 1_001, 10_001, 10_001, 11_002]);
+}
+
+#[test]
+fn disabled_quota_is_ignored() {
+    let mut h = Harness::new(opts(10, 0, &[(1_000, 0)]));
+    for i in 0..5 {
+        h.register(&format!("j{i}"), 60_000);
+    }
+    assert_eq!(h.go_uids().len(), 5);
+}
+
+#[test]
+fn quota_counts_grants_even_after_they_finish() {
+    let mut h = Harness::new(opts(1, 0, &[(1_000, 2)]));
+    h.register("a", 60_000);
+    h.finish("a");
+    h.register("b", 60_000);
+    h.finish("b");
+    h.register("c", 60_000);
+    assert_eq!(h.go_uids(), ["a", "b"]);
+    h.advance(1_001);
+    assert_eq!(h.go_uids(), ["a", "b", "c"]);
+}
+
+#[test]
+fn quota_wait_does_not_arm_a_timer_without_a_free_slot() {
+    let mut h = Harness::new(opts(1, 0, &[(1_000, 1)]));
+    h.register("a", 60_000);
+    h.register("b", 60_000);
+    // Slot is full: the only deadline is a's lease, not the quota opening.
+    assert_eq!(h.engine.next_deadline(), Some(Time(1_060_000)));
+    h.advance(500);
+    h.finish("a");
+    // Slot free, window still full until 1001.
+    assert_eq!(h.engine.next_deadline(), Some(Time(1_001_001)));
+    h.advance(501);
+    assert_eq!(h.gos(), [(0, "a".into()), (1_001, "b".into())]);
+}
+
+#[test]
+fn concurrency_raise_grants_at_once_and_lowering_revokes_nothing() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    for u in ["a", "b", "c", "d"] {
+        h.register(u, 60_000);
+    }
+    h.input(Input::SetConcurrency {
+        channel: "c".into(),
+        max: 3,
+    });
+    assert_eq!(h.go_uids(), ["a", "b", "c"]);
+    h.input(Input::SetConcurrency {
+        channel: "c".into(),
+        max: 1,
+    });
+    assert_eq!(h.engine.running("c").len(), 3);
+    h.finish("a");
+    h.finish("b");
+    assert_eq!(h.go_uids().len(), 3, "still at the lowered limit");
+    h.finish("c");
+    assert_eq!(h.go_uids(), ["a", "b", "c", "d"]);
+}
+
+#[test]
+fn concurrency_zero_pauses_the_channel() {
+    let mut h = Harness::new(opts(2, 0, &[]));
+    h.input(Input::SetConcurrency {
+        channel: "c".into(),
+        max: 0,
+    });
+    h.register("a", 1_000);
+    h.advance(10_000);
+    assert!(h.go_uids().is_empty());
+    h.input(Input::SetConcurrency {
+        channel: "c".into(),
+        max: 1,
+    });
+    assert_eq!(h.go_uids(), ["a"]);
+}
+
+#[test]
+fn renew_restarts_the_lease_from_now() {
+    let mut h = Harness::new(opts(1, 100, &[]));
+    h.register("a", 1_000);
+    h.advance(900);
+    h.input(Input::Renew {
+        channel: "c".into(),
+        uid: "a".into(),
+        timeout: Millis(2_000),
+    });
+    assert_eq!(h.engine.next_deadline(), Some(Time(1_003_000)));
+    h.advance(2_099);
+    assert!(h.expired().is_empty());
+    h.advance(1);
+    assert_eq!(h.expired(), [(3_000, "a".into())]);
+}
+
+#[test]
+fn renew_of_unknown_job_is_rejected() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    h.input(Input::Renew {
+        channel: "c".into(),
+        uid: "nope".into(),
+        timeout: Millis(1),
+    });
+    assert!(matches!(&h.log[0].1, Output::Rejected { uid, .. } if &**uid == "nope"));
+}
+
+#[test]
+fn channels_are_independent_and_use_their_resolved_options() {
+    let resolver: Resolver = Box::new(|name| {
+        if name.starts_with("wide") {
+            opts(3, 0, &[])
+        } else {
+            opts(1, 0, &[])
+        }
+    });
+    let mut h = Harness::new(opts(1, 0, &[]));
+    h.engine = Engine::new(resolver);
+    for u in ["a", "b", "c"] {
+        h.register_in("wide1", u, 1_000);
+        h.register_in("narrow", u, 1_000);
+    }
+    assert_eq!(h.engine.running("wide1").len(), 3);
+    assert_eq!(h.engine.running("narrow").len(), 1);
+}
+
+#[test]
+fn infos_reports_state_without_creating_the_channel() {
+    let mut h = Harness::new(opts(2, 0, &[(60_000, 1)]));
+    h.input(Input::Infos {
+        channel: "other".into(),
+    });
+    assert_eq!(h.engine.channel_count(), 0);
+    h.register("a", 5_000);
+    h.register("b", 5_000);
+    h.input(Input::Infos {
+        channel: "c".into(),
+    });
+    let Some((_, Output::State(s))) = h.log.last() else {
+        panic!("no state output: {:?}", h.log);
+    };
+    assert_eq!(s.running, ["a"]);
+    assert_eq!(s.waiting, 1);
+    assert_eq!(s.quotas[0].used, 1);
+    assert_eq!(s.next_window_opening, Some(Time(1_060_001)));
+    assert_eq!(s.max_concurrent_jobs, 2);
+}
+
+#[test]
+fn time_never_runs_backwards() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    h.register("a", 1_000);
+    h.engine.handle(
+        Time(5),
+        Input::Infos {
+            channel: "c".into(),
+        },
+    );
+    h.drain();
+    assert_eq!(h.engine.running("c")[0].1, Time(1_001_000));
+}
+
+#[test]
+fn priority_orders_the_queue_fifo_among_equals() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    let reg = |uid: &str, priority| {
+        Input::Register(Registration {
+            channel: "c".into(),
+            uid: uid.into(),
+            timeout: Millis(1_000),
+            priority,
+        })
+    };
+    h.input(reg("first", 0));
+    for (u, p) in [("low", -1), ("mid1", 5), ("high", 9), ("mid2", 5)] {
+        h.input(reg(u, p));
+    }
+    let order: Vec<String> = h
+        .engine
+        .waiting("c")
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    assert_eq!(order, ["high", "mid1", "mid2", "low"]);
+}
