@@ -1,2 +1,3 @@
 //! coordinosaur: coordinates jobs over MQTT.
 pub mod engine;
+pub mod protocol;

@@ -21,6 +21,8 @@ struct Job {
     timeout: Millis,
     /// `Some(deadline)` once granted; `None` while waiting.
     deadline: Option<Time>,
+    /// Extra registration fields (JSON object text), for policies.
+    meta: Option<Box<str>>,
 }
 
 /// Everything the engine knows about one channel.
@@ -82,6 +84,7 @@ impl Channel {
             priority: reg.priority,
             timeout: reg.timeout,
             deadline: None,
+            meta: reg.meta,
         };
         self.jobs.insert(uid, job);
         true
@@ -216,6 +219,11 @@ impl Channel {
             next_window_opening,
             now,
         }
+    }
+
+    /// Extra registration fields of a known job.
+    pub(crate) fn meta(&self, uid: &str) -> Option<&str> {
+        self.jobs.get(uid)?.meta.as_deref()
     }
 
     /// Waiting uids in grant order (tests and snapshots).

@@ -32,6 +32,8 @@ pub struct Registration {
     pub timeout: Millis,
     /// Queue priority: higher is granted first, FIFO among equals. 0 without a policy.
     pub priority: i64,
+    /// The registration payload's other fields as a JSON object, kept for policies.
+    pub meta: Option<Box<str>>,
 }
 
 /// An event for the engine.
@@ -281,6 +283,11 @@ impl Engine {
         self.channel(channel)
             .map(|c| c.leases().map(|(u, t)| (u.clone(), t)).collect())
             .unwrap_or_default()
+    }
+
+    /// The extra registration fields of a known job (JSON object text), if it had any.
+    pub fn job_meta(&self, channel: &str, uid: &str) -> Option<&str> {
+        self.channel(channel)?.meta(uid)
     }
 
     /// Number of channels seen so far.

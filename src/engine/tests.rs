@@ -56,6 +56,7 @@ impl Harness {
             uid: uid.into(),
             timeout: Millis(timeout_ms),
             priority: 0,
+            meta: None,
         }));
     }
 
@@ -444,6 +445,7 @@ fn priority_orders_the_queue_fifo_among_equals() {
             uid: uid.into(),
             timeout: Millis(1_000),
             priority,
+            meta: None,
         })
     };
     h.input(reg("first", 0));

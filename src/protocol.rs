@@ -1,0 +1,338 @@
+//! The wire format: topic grammar `PREFIX/CHANNEL/ACTION`, payload decoding into engine inputs,
+//! and engine outputs into `(topic, payload)`. Pure functions; no MQTT client types.
+//!
+//! Inbound actions: `register` (JSON `{"uid", "timeout", ...}`), `finished` and `aborted` (the
+//! uid as plain text), `concurrency/set` (an integer), `renew` (JSON `{"uid", "timeout"}`) and
+//! `infos`. Outbound: `go/{uid}` and `expired/{uid}` (payload: the uid), `rejected/{uid}`
+//! (JSON `{"uid", "reason"}`) and `state` (JSON).
+
+use serde_json::{Map, Value};
+
+use crate::engine::{Input, Millis, Output, Registration};
+
+/// Longest uid accepted, in bytes. A uid becomes a topic level, and topics are capped at 64 KiB.
+pub const MAX_UID_LEN: usize = 1024;
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest payload accepted, in bytes.
+    pub max_payload: usize,
+    /// Largest `timeout` accepted.
+    pub max_timeout: Millis,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_payload: 64 * 1024,
+            max_timeout: Millis(365 * 24 * 3600 * 1000),
+        }
+    }
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The topic is not `PREFIX/CHANNEL/ACTION`.
+    #[error("topic is not PREFIX/CHANNEL/ACTION")]
+    BadTopic,
+    /// The action is not one we know.
+    #[error("unknown action {0:?}")]
+    UnknownAction(String),
+    /// The payload exceeds `max_payload`.
+    #[error("payload of {size} bytes is over the limit of {limit} bytes")]
+    TooLarge {
+        /// Payload size.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// The payload is not valid UTF-8 (we never alter bytes to make it so).
+    #[error("payload is not valid UTF-8")]
+    NotUtf8,
+    /// The payload is not the JSON object this action needs.
+    #[error("payload is not a JSON object: {0}")]
+    BadJson(String),
+    /// A required field is absent.
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    /// `uid` has a type other than string or integer.
+    #[error("`uid` must be a string or an integer, not {0}")]
+    UidType(&'static str),
+    /// `uid` cannot be used as a topic level.
+    #[error("`uid` {0}")]
+    BadUid(&'static str),
+    /// `timeout` is not a usable number of seconds.
+    #[error("`timeout` {0}")]
+    BadTimeout(String),
+    /// `concurrency/set` payload is not a non-negative integer.
+    #[error("concurrency must be a non-negative integer, got {0:?}")]
+    BadConcurrency(String),
+}
+
+/// A refused message, with what is known of it so that the client can be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The channel, if the topic named one.
+    pub channel: Option<String>,
+    /// The uid, if the payload had a usable one.
+    pub uid: Option<String>,
+    /// Why.
+    pub error: ProtocolError,
+}
+
+impl Rejection {
+    fn new(channel: Option<&str>, uid: Option<&str>, error: ProtocolError) -> Rejection {
+        Rejection {
+            channel: channel.map(str::to_owned),
+            uid: uid.map(str::to_owned),
+            error,
+        }
+    }
+
+    /// The `rejected/{uid}` output to publish, when both channel and uid are known.
+    pub fn to_output(&self) -> Option<Output> {
+        Some(Output::Rejected {
+            channel: self.channel.as_deref()?.into(),
+            uid: self.uid.as_deref()?.into(),
+            reason: self.error.to_string(),
+        })
+    }
+}
+
+/// Subscription filters for everything `decode` handles under `prefix`. They do not match the
+/// daemon's own `go/`, `expired/` and `rejected/` messages, so those never come back to it.
+pub fn subscriptions(prefix: &str) -> [String; 2] {
+    [
+        format!("{prefix}/+/+"),
+        format!("{prefix}/+/concurrency/set"),
+    ]
+}
+
+/// Decodes one message. `Ok(None)`: a topic we publish ourselves, ignored silently.
+pub fn decode(
+    prefix: &str,
+    topic: &str,
+    payload: &[u8],
+    limits: &DecodeLimits,
+) -> Result<Option<Input>, Rejection> {
+    let rest = topic
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(|| Rejection::new(None, None, ProtocolError::BadTopic))?;
+    let (channel, action) = rest
+        .split_once('/')
+        .filter(|(c, a)| !c.is_empty() && !a.is_empty())
+        .ok_or_else(|| Rejection::new(None, None, ProtocolError::BadTopic))?;
+    let reject = |uid: Option<&str>, e| Rejection::new(Some(channel), uid, e);
+    if is_own_output(action) {
+        return Ok(None);
+    }
+    if !matches!(
+        action,
+        "register" | "finished" | "aborted" | "concurrency/set" | "renew" | "infos"
+    ) {
+        return Err(reject(
+            None,
+            ProtocolError::UnknownAction(action.to_owned()),
+        ));
+    }
+    if payload.len() > limits.max_payload {
+        let size = payload.len();
+        return Err(reject(
+            None,
+            ProtocolError::TooLarge {
+                size,
+                limit: limits.max_payload,
+            },
+        ));
+    }
+    if action == "infos" {
+        // Anything goes, as in the original.
+        return Ok(Some(Input::Infos {
+            channel: channel.to_owned(),
+        }));
+    }
+    let text = std::str::from_utf8(payload).map_err(|_| reject(None, ProtocolError::NotUtf8))?;
+    let channel_s = channel.to_owned();
+    let input = match action {
+        "register" => {
+            let job = decode_job(text, limits).map_err(|(uid, e)| reject(uid.as_deref(), e))?;
+            Input::Register(Registration {
+                channel: channel_s,
+                uid: job.uid,
+                timeout: job.timeout,
+                priority: 0,
+                meta: job.meta,
+            })
+        }
+        "renew" => {
+            let job = decode_job(text, limits).map_err(|(uid, e)| reject(uid.as_deref(), e))?;
+            Input::Renew {
+                channel: channel_s,
+                uid: job.uid,
+                timeout: job.timeout,
+            }
+        }
+        "finished" | "aborted" => {
+            check_uid(text).map_err(|e| reject(None, e))?;
+            let uid = text.to_owned();
+            if action == "finished" {
+                Input::Finished {
+                    channel: channel_s,
+                    uid,
+                }
+            } else {
+                Input::Aborted {
+                    channel: channel_s,
+                    uid,
+                }
+            }
+        }
+        // "concurrency/set"
+        _ => {
+            let max = text
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| reject(None, ProtocolError::BadConcurrency(shorten(text))))?;
+            Input::SetConcurrency {
+                channel: channel_s,
+                max,
+            }
+        }
+    };
+    Ok(Some(input))
+}
+
+fn is_own_output(action: &str) -> bool {
+    action == "state"
+        || ["go/", "expired/", "rejected/"]
+            .iter()
+            .any(|p| action.starts_with(p))
+}
+
+/// The fields of a `register` or `renew` payload.
+struct JobFields {
+    uid: String,
+    timeout: Millis,
+    meta: Option<Box<str>>,
+}
+
+/// Parses `{"uid", "timeout", ...}`. On error, returns the uid too when it was usable.
+fn decode_job(
+    text: &str,
+    limits: &DecodeLimits,
+) -> Result<JobFields, (Option<String>, ProtocolError)> {
+    let mut obj: Map<String, Value> =
+        serde_json::from_str(text).map_err(|e| (None, ProtocolError::BadJson(e.to_string())))?;
+    let uid = match obj.remove("uid") {
+        None => return Err((None, ProtocolError::Missing("uid"))),
+        Some(Value::String(s)) => s,
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(other) => return Err((None, ProtocolError::UidType(json_type(&other)))),
+    };
+    check_uid(&uid).map_err(|e| (None, e))?;
+    let timeout = match obj.remove("timeout") {
+        None => Err(ProtocolError::Missing("timeout")),
+        Some(v) => timeout_millis(&v, limits.max_timeout),
+    }
+    .map_err(|e| (Some(uid.clone()), e))?;
+    let meta = (!obj.is_empty()).then(|| Value::Object(obj).to_string().into_boxed_str());
+    Ok(JobFields { uid, timeout, meta })
+}
+
+/// A uid must be usable as one topic level of `go/{uid}`.
+fn check_uid(uid: &str) -> Result<(), ProtocolError> {
+    if uid.is_empty() {
+        Err(ProtocolError::BadUid("is empty"))
+    } else if uid.len() > MAX_UID_LEN {
+        Err(ProtocolError::BadUid("is longer than 1024 bytes"))
+    } else if uid.contains(['+', '#', '\0']) {
+        Err(ProtocolError::BadUid(
+            "contains '+', '#' or NUL, which cannot appear in a topic",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Seconds (integer, fraction, or a numeric string for compatibility) to milliseconds.
+fn timeout_millis(v: &Value, max: Millis) -> Result<Millis, ProtocolError> {
+    let secs = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        ProtocolError::BadTimeout(format!(
+            "must be a number of seconds, not {}",
+            shorten(&v.to_string())
+        ))
+    })?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(ProtocolError::BadTimeout(format!(
+            "must be a non-negative number of seconds, got {secs}"
+        )));
+    }
+    let ms = (secs * 1000.0).round();
+    if ms > max.0 as f64 {
+        return Err(ProtocolError::BadTimeout(format!(
+            "of {secs} s is over the limit of {max}"
+        )));
+    }
+    // In range: 0 <= ms <= max (a u64) was checked above.
+    Ok(Millis(ms as u64))
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a fractional number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// At most 64 characters of `s`, for error messages.
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// The topic and payload that announce `output`, or `None` for outputs that are not published.
+pub fn encode(prefix: &str, output: &Output) -> Option<(String, Vec<u8>)> {
+    match output {
+        Output::Go { channel, uid } => Some((
+            format!("{prefix}/{channel}/go/{uid}"),
+            uid.as_bytes().to_vec(),
+        )),
+        Output::Expired { channel, uid } => Some((
+            format!("{prefix}/{channel}/expired/{uid}"),
+            uid.as_bytes().to_vec(),
+        )),
+        Output::Rejected {
+            channel,
+            uid,
+            reason,
+        } => {
+            let body = serde_json::json!({ "uid": &**uid, "reason": reason });
+            Some((
+                format!("{prefix}/{channel}/rejected/{uid}"),
+                body.to_string().into_bytes(),
+            ))
+        }
+        Output::State(state) => {
+            let body = serde_json::to_vec(state).ok()?;
+            Some((format!("{prefix}/{}/state", state.channel), body))
+        }
+        Output::Ended { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,327 @@
+//! Decoding every input and every kind of bad input.
+
+use super::*;
+
+const P: &str = "coordinosaur";
+
+fn dec(topic: &str, payload: &[u8]) -> Result<Option<Input>, Rejection> {
+    decode(P, topic, payload, &DecodeLimits::default())
+}
+
+fn reg(payload: &str) -> Result<Option<Input>, Rejection> {
+    dec("coordinosaur/ch/register", payload.as_bytes())
+}
+
+fn registered(payload: &str) -> Registration {
+    match reg(payload) {
+        Ok(Some(Input::Register(r))) => r,
+        other => panic!("expected a registration from {payload}, got {other:?}"),
+    }
+}
+
+fn error(r: Result<Option<Input>, Rejection>) -> Rejection {
+    r.expect_err("expected a rejection")
+}
+
+#[test]
+fn register_with_string_or_integer_uid() {
+    let r = registered(r#"{"uid":"job-1","timeout":30}"#);
+    assert_eq!(
+        (r.channel.as_str(), r.uid.as_str(), r.timeout),
+        ("ch", "job-1", Millis(30_000))
+    );
+    assert_eq!(r.meta, None);
+    assert_eq!(registered(r#"{"uid":42,"timeout":1}"#).uid, "42");
+    assert_eq!(registered(r#"{"uid":-7,"timeout":1}"#).uid, "-7");
+}
+
+#[test]
+fn timeout_accepts_fractions_and_numeric_strings() {
+    assert_eq!(
+        registered(r#"{"uid":"a","timeout":0.25}"#).timeout,
+        Millis(250)
+    );
+    assert_eq!(
+        registered(r#"{"uid":"a","timeout":"12"}"#).timeout,
+        Millis(12_000)
+    );
+    assert_eq!(
+        registered(r#"{"uid":"a","timeout":" 1.5 "}"#).timeout,
+        Millis(1_500)
+    );
+    assert_eq!(registered(r#"{"uid":"a","timeout":0}"#).timeout, Millis(0));
+}
+
+#[test]
+fn extra_fields_are_kept_as_meta() {
+    let r = registered(r#"{"uid":"a","timeout":30,"priority":5,"tenant":"acme"}"#);
+    let meta: Value = serde_json::from_str(r.meta.as_deref().unwrap_or("null")).unwrap_or_default();
+    assert_eq!(meta, serde_json::json!({"priority": 5, "tenant": "acme"}));
+}
+
+#[test]
+fn bad_registrations_name_the_reason_and_the_uid_when_known() {
+    let cases: &[(&str, Option<&str>, &str)] = &[
+        ("not json", None, "not a JSON object"),
+        ("[1,2]", None, "not a JSON object"),
+        ("\"a\"", None, "not a JSON object"),
+        (r#"{"timeout":1}"#, None, "missing field `uid`"),
+        (r#"{"uid":"a"}"#, Some("a"), "missing field `timeout`"),
+        (r#"{"uid":1.5,"timeout":1}"#, None, "fractional number"),
+        (r#"{"uid":null,"timeout":1}"#, None, "null"),
+        (r#"{"uid":["x"],"timeout":1}"#, None, "an array"),
+        (r#"{"uid":true,"timeout":1}"#, None, "a boolean"),
+        (r#"{"uid":"","timeout":1}"#, None, "empty"),
+        (
+            r#"{"uid":"a+b","timeout":1}"#,
+            None,
+            "cannot appear in a topic",
+        ),
+        (
+            r#"{"uid":"a#","timeout":1}"#,
+            None,
+            "cannot appear in a topic",
+        ),
+        (r#"{"uid":"a","timeout":-1}"#, Some("a"), "non-negative"),
+        (
+            r#"{"uid":"a","timeout":"soon"}"#,
+            Some("a"),
+            "number of seconds",
+        ),
+        (
+            r#"{"uid":"a","timeout":null}"#,
+            Some("a"),
+            "number of seconds",
+        ),
+        (
+            r#"{"uid":"a","timeout":{"s":1}}"#,
+            Some("a"),
+            "number of seconds",
+        ),
+        (
+            r#"{"uid":"a","timeout":1e300}"#,
+            Some("a"),
+            "over the limit",
+        ),
+        (r#"{"uid":"a","timeout":"NaN"}"#, Some("a"), "non-negative"),
+        (r#"{"uid":"a","timeout":"inf"}"#, Some("a"), "non-negative"),
+    ];
+    for (payload, uid, reason) in cases {
+        let e = error(reg(payload));
+        assert_eq!(e.channel.as_deref(), Some("ch"), "{payload}");
+        assert_eq!(e.uid.as_deref(), *uid, "{payload}");
+        let msg = e.error.to_string();
+        assert!(msg.contains(reason), "{payload}: {msg:?} lacks {reason:?}");
+    }
+}
+
+#[test]
+fn long_uid_is_refused() {
+    let uid = "x".repeat(MAX_UID_LEN + 1);
+    let e = error(reg(&format!(r#"{{"uid":"{uid}","timeout":1}}"#)));
+    assert!(matches!(e.error, ProtocolError::BadUid(_)));
+    assert!(
+        registered(&format!(
+            r#"{{"uid":"{}","timeout":1}}"#,
+            "y".repeat(MAX_UID_LEN)
+        ))
+        .uid
+        .len()
+            == MAX_UID_LEN
+    );
+}
+
+#[test]
+fn rejection_output_needs_both_channel_and_uid() {
+    let e = error(reg(r#"{"uid":"a","timeout":-1}"#));
+    let Some(Output::Rejected {
+        channel,
+        uid,
+        reason,
+    }) = e.to_output()
+    else {
+        panic!("no output for {e:?}");
+    };
+    assert_eq!((&*channel, &*uid), ("ch", "a"));
+    assert!(reason.contains("timeout"));
+    assert_eq!(error(reg("{}")).to_output(), None);
+}
+
+#[test]
+fn non_utf8_is_refused_never_altered() {
+    let e = error(dec(
+        "coordinosaur/ch/register",
+        b"{\"uid\":\"a\xff\",\"timeout\":1}",
+    ));
+    assert_eq!(e.error, ProtocolError::NotUtf8);
+    let e = error(dec("coordinosaur/ch/finished", b"a\xffb"));
+    assert_eq!(e.error, ProtocolError::NotUtf8);
+}
+
+#[test]
+fn oversized_payload_is_refused_before_parsing() {
+    let limits = DecodeLimits {
+        max_payload: 100,
+        ..DecodeLimits::default()
+    };
+    let big = format!(r#"{{"uid":"a","timeout":1,"pad":"{}"}}"#, "x".repeat(200));
+    let e = decode(P, "coordinosaur/ch/register", big.as_bytes(), &limits).expect_err("too large");
+    assert!(matches!(
+        e.error,
+        ProtocolError::TooLarge { limit: 100, .. }
+    ));
+}
+
+#[test]
+fn finished_and_aborted_take_the_plain_uid() {
+    assert_eq!(
+        dec("coordinosaur/ch/finished", b"job 1"),
+        Ok(Some(Input::Finished {
+            channel: "ch".into(),
+            uid: "job 1".into()
+        }))
+    );
+    assert_eq!(
+        dec("coordinosaur/ch/aborted", b"42"),
+        Ok(Some(Input::Aborted {
+            channel: "ch".into(),
+            uid: "42".into()
+        }))
+    );
+    assert!(matches!(
+        error(dec("coordinosaur/ch/finished", b"")).error,
+        ProtocolError::BadUid(_)
+    ));
+}
+
+#[test]
+fn concurrency_set_takes_an_integer_with_whitespace() {
+    assert_eq!(
+        dec("coordinosaur/ch/concurrency/set", b" 3\n"),
+        Ok(Some(Input::SetConcurrency {
+            channel: "ch".into(),
+            max: 3
+        }))
+    );
+    assert_eq!(
+        dec("coordinosaur/ch/concurrency/set", b"0"),
+        Ok(Some(Input::SetConcurrency {
+            channel: "ch".into(),
+            max: 0
+        }))
+    );
+    for bad in ["-1", "1.5", "two", "", "99999999999"] {
+        let e = error(dec("coordinosaur/ch/concurrency/set", bad.as_bytes()));
+        assert!(matches!(e.error, ProtocolError::BadConcurrency(_)), "{bad}");
+    }
+}
+
+#[test]
+fn renew_and_infos() {
+    assert_eq!(
+        dec("coordinosaur/ch/renew", br#"{"uid":"a","timeout":5}"#),
+        Ok(Some(Input::Renew {
+            channel: "ch".into(),
+            uid: "a".into(),
+            timeout: Millis(5_000)
+        }))
+    );
+    assert_eq!(
+        dec("coordinosaur/ch/infos", b"\xff anything"),
+        Ok(Some(Input::Infos {
+            channel: "ch".into()
+        }))
+    );
+}
+
+#[test]
+fn own_outputs_are_ignored_silently() {
+    for t in [
+        "coordinosaur/ch/go/a",
+        "coordinosaur/ch/expired/a",
+        "coordinosaur/ch/rejected/a",
+        "coordinosaur/ch/state",
+    ] {
+        assert_eq!(dec(t, b"a"), Ok(None), "{t}");
+    }
+}
+
+#[test]
+fn bad_topics_and_unknown_actions() {
+    for t in [
+        "coordinosaur",
+        "coordinosaur/",
+        "coordinosaur/ch",
+        "coordinosaur//register",
+        "coordinosaur/ch/",
+        "other/ch/register",
+        "coordinosaurx/ch/register",
+    ] {
+        assert_eq!(error(dec(t, b"x")).error, ProtocolError::BadTopic, "{t}");
+    }
+    let e = error(dec("coordinosaur/ch/finish", b"x"));
+    assert_eq!(
+        (e.channel.as_deref(), e.error),
+        (Some("ch"), ProtocolError::UnknownAction("finish".into()))
+    );
+}
+
+#[test]
+fn multi_level_prefix() {
+    let r = decode(
+        "org/jobs",
+        "org/jobs/ch/finished",
+        b"u",
+        &DecodeLimits::default(),
+    );
+    assert_eq!(
+        r,
+        Ok(Some(Input::Finished {
+            channel: "ch".into(),
+            uid: "u".into()
+        }))
+    );
+    assert_eq!(
+        subscriptions("org/jobs"),
+        [
+            "org/jobs/+/+".to_string(),
+            "org/jobs/+/concurrency/set".to_string()
+        ]
+    );
+}
+
+#[test]
+fn encode_outputs() {
+    let go = Output::Go {
+        channel: "ch".into(),
+        uid: "a/b".into(),
+    };
+    assert_eq!(
+        encode(P, &go),
+        Some(("coordinosaur/ch/go/a/b".into(), b"a/b".to_vec()))
+    );
+    let ex = Output::Expired {
+        channel: "ch".into(),
+        uid: "a".into(),
+    };
+    assert_eq!(
+        encode(P, &ex),
+        Some(("coordinosaur/ch/expired/a".into(), b"a".to_vec()))
+    );
+    let rej = Output::Rejected {
+        channel: "ch".into(),
+        uid: "a".into(),
+        reason: "no \"way\"".into(),
+    };
+    let (topic, body) = encode(P, &rej).unwrap_or_default();
+    assert_eq!(topic, "coordinosaur/ch/rejected/a");
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_eq!(v, serde_json::json!({"uid": "a", "reason": "no \"way\""}));
+    let ended = Output::Ended {
+        channel: "ch".into(),
+        uid: "a".into(),
+        reason: crate::engine::EndReason::Finished,
+        was_running: true,
+    };
+    assert_eq!(encode(P, &ended), None);
+}
