@@ -1,2 +1,3 @@
 //! coordinosaur: coordinates jobs over MQTT.
+pub mod config;
 pub mod engine;
