@@ -1,0 +1,215 @@
+//! `coordinosaur.toml`: reading, validating and resolving the daemon's configuration.
+//!
+//! Every table is `deny_unknown_fields` and every value is checked while it is deserialized
+//! (validated newtypes and `deserialize_with` helpers), so a mistake stops start-up with one
+//! [`ConfigError`] whose message names the key or pattern and shows its line. Durations accept
+//! `60`, `0.5`, `"60"` or a `humantime` string such as `"90s"` through one deserializer.
+//!
+//! A channel's options start from `[defaults]`; then every `[[channels]]` entry whose pattern
+//! matches the start of the channel name (Python `re.match`, as in the original daemon) applies,
+//! in file order, each overriding only the keys it names. A `quotas` list replaces the whole set.
+//! [`Config::explain`] reports how that resolution went for one channel.
+
+mod channels;
+mod duration;
+mod explain;
+mod settings;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Write as _;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use channels::ChannelRule;
+pub use explain::{Explanation, MatchedRule};
+pub use settings::{EmbeddedBrokerConfig, Limits, MqttConfig};
+pub use values::ChannelPattern;
+
+use crate::engine::ChannelOptions;
+
+/// Why the configuration could not be loaded. Each message is meant to be shown to the user as-is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file asked for.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("invalid config file {}: {message}", path.display())]
+    Invalid {
+        /// The file (only used in messages when parsing text directly).
+        path: PathBuf,
+        /// What is wrong and where: line, column, the offending line, and the key or pattern.
+        message: String,
+    },
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// `[mqtt]`: the broker connection and topic prefix.
+    pub mqtt: MqttConfig,
+    /// `[embedded_broker]`: the in-process broker (off by default).
+    pub embedded_broker: EmbeddedBrokerConfig,
+    /// `[limits]`: bounds on client requests.
+    pub limits: Limits,
+    /// `[defaults]`: the options of a channel that no `[[channels]]` entry matches.
+    pub defaults: ChannelOptions,
+    /// `[[channels]]`, in file order; later entries override earlier ones.
+    pub channels: Vec<ChannelRule>,
+}
+
+/// The file as written; the daemon-wide tables are already in their final form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    mqtt: MqttConfig,
+    #[serde(default)]
+    embedded_broker: EmbeddedBrokerConfig,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    defaults: channels::RawDefaults,
+    #[serde(default)]
+    channels: Vec<channels::RawChannel>,
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: message.trim_end().to_owned(),
+        };
+        // `from_str` keeps the input in the error, so its Display shows line, column and snippet.
+        let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        // `[defaults]` first: it is usually above `[[channels]]`, so errors come in file order.
+        let defaults = raw.defaults.resolve(text).map_err(invalid)?;
+        let channels = raw
+            .channels
+            .into_iter()
+            .map(|c| c.resolve(text))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        Ok(Config {
+            mqtt: raw.mqtt,
+            embedded_broker: raw.embedded_broker,
+            limits: raw.limits,
+            defaults,
+            channels,
+        })
+    }
+
+    /// The options of `channel`: `[defaults]`, then every matching `[[channels]]` entry in order.
+    pub fn channel_options(&self, channel: &str) -> ChannelOptions {
+        let mut options = self.defaults.clone();
+        for rule in self.channels.iter().filter(|r| r.pattern.matches(channel)) {
+            rule.apply(&mut options);
+        }
+        options
+    }
+
+    /// Like [`Config::channel_options`], but also says which entries matched and what they set.
+    pub fn explain(&self, channel: &str) -> Explanation {
+        let matched = self
+            .channels
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| rule.pattern.matches(channel))
+            .map(|(i, rule)| MatchedRule {
+                number: i + 1,
+                pattern: rule.pattern.as_str().to_owned(),
+                line: rule.line,
+                keys: rule.keys(),
+            })
+            .collect();
+        Explanation {
+            channel: channel.to_owned(),
+            options: self.channel_options(channel),
+            matched,
+        }
+    }
+
+    /// A few lines for `coordinosaur check-config` to print when the file is valid.
+    pub fn summary(&self) -> String {
+        let mqtt = &self.mqtt;
+        let mut out = String::new();
+        let user = mqtt
+            .username
+            .as_deref()
+            .map_or_else(String::new, |u| format!(", user {u:?}"));
+        let broker = if self.embedded_broker.enabled {
+            format!("embedded, listening on {}", self.embedded_broker.listen)
+        } else {
+            "external".to_owned()
+        };
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "broker: {} as {:?}{user}, keep-alive {} ({broker})",
+            mqtt.broker_address(),
+            mqtt.client_id,
+            humantime::format_duration(mqtt.keep_alive),
+        );
+        let _ = writeln!(out, "topic prefix: {}", mqtt.topic_prefix);
+        let _ = writeln!(
+            out,
+            "limits: payload up to {} bytes, job timeout up to {}",
+            self.limits.max_payload, self.limits.max_timeout
+        );
+        let defaults = &self.defaults;
+        let _ = writeln!(
+            out,
+            "defaults: max_concurrent_jobs = {}, timeout_offset = {}, {} quota(s)",
+            defaults.max_concurrent_jobs,
+            defaults.timeout_offset,
+            defaults.quotas.len()
+        );
+        let _ = write!(out, "channel rules: {}", self.channels.len());
+        out
+    }
+}
+
+/// 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+/// A message about `span` of `text`, laid out like toml's own errors so all errors read alike.
+fn located(text: &str, span: Range<usize>, message: &str) -> String {
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let content = text[line_start..].lines().next().unwrap_or("");
+    let line = line_of(text, start);
+    let column = text[line_start..start].chars().count();
+    let width = text[start..span.end.clamp(start, text.len())]
+        .chars()
+        .count()
+        .clamp(1, content.chars().count().saturating_sub(column).max(1));
+    let gutter = " ".repeat(line.to_string().len());
+    format!(
+        "error at line {line}, column {}\n{gutter} |\n{line} | {content}\n{gutter} | {}{}\n{message}",
+        column + 1,
+        " ".repeat(column),
+        "^".repeat(width),
+    )
+}

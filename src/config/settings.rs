@@ -1,0 +1,98 @@
+//! The daemon-wide tables: `[mqtt]`, `[embedded_broker]` and `[limits]`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{duration, values};
+use crate::engine::Millis;
+
+/// `[mqtt]`: how to reach the broker and which topics are ours.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host name or address (`127.0.0.1`).
+    pub host: String,
+    /// Broker TCP port (1883).
+    pub port: u16,
+    /// MQTT client id (`coordinosaur`).
+    pub client_id: String,
+    /// Broker user name; `None` when absent or empty in the file.
+    #[serde(deserialize_with = "values::optional_text")]
+    pub username: Option<String>,
+    /// Broker password; `None` when absent or empty in the file.
+    #[serde(deserialize_with = "values::optional_text")]
+    pub password: Option<String>,
+    /// First topic level (`coordinosaur`): non-empty, no `+`/`#`, no leading or trailing `/`.
+    #[serde(deserialize_with = "values::topic_prefix")]
+    pub topic_prefix: String,
+    /// MQTT keep-alive (30 s): zero (off) or between 1 s and 65535 s, so rumqttc accepts it.
+    #[serde(deserialize_with = "values::keep_alive")]
+    pub keep_alive: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: Ipv4Addr::LOCALHOST.to_string(),
+            port: 1883,
+            client_id: "coordinosaur".to_owned(),
+            username: None,
+            password: None,
+            topic_prefix: "coordinosaur".to_owned(),
+            keep_alive: Duration::from_secs(30),
+        }
+    }
+}
+
+impl MqttConfig {
+    /// `host:port`, with an IPv6 host in brackets.
+    pub fn broker_address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `[embedded_broker]`: an MQTT broker run inside the daemon, for machines without one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedBrokerConfig {
+    /// Whether to start it (off by default).
+    pub enabled: bool,
+    /// Address it listens on (`127.0.0.1:1883`).
+    pub listen: SocketAddr,
+}
+
+impl Default for EmbeddedBrokerConfig {
+    fn default() -> Self {
+        EmbeddedBrokerConfig {
+            enabled: false,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)),
+        }
+    }
+}
+
+/// `[limits]`: bounds on what clients may send.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted payload in bytes (65536, at least 64).
+    #[serde(deserialize_with = "values::max_payload")]
+    pub max_payload: usize,
+    /// Longest job timeout a register may ask for (365 days); longer ones are rejected.
+    #[serde(deserialize_with = "duration::millis")]
+    pub max_timeout: Millis,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload: 65_536,
+            max_timeout: Millis(365 * 24 * 60 * 60 * 1000),
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Config tests: bad files must fail with one message naming the key and its line.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::engine::{Millis, QuotaLog, QuotaSpec};
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+fn ok(text: &str) -> Config {
+    parse(text).unwrap_or_else(|e| panic!("config rejected: {e}"))
+}
+
+fn quota(name: &str, secs: u64, limit: u32, log: QuotaLog) -> QuotaSpec {
+    QuotaSpec {
+        name: name.to_owned(),
+        interval: Millis(secs * 1000),
+        limit,
+        log,
+    }
+}
+
+/// (case, file, line the message must point at, texts the message must contain)
+const BAD: &[(&str, &str, usize, &[&str])] = &[
+    (
+        "unknown top-level key",
+        "# settings\n\nverbose = true\n[mqtt]\nport = 1883\n",
+        3,
+        &["verbose"],
+    ),
+    (
+        "unknown top-level table",
+        "[mqtt]\nport = 1883\n[brokers]\nx = 1\n",
+        3,
+        &["brokers"],
+    ),
+    (
+        "unknown key after a table header belongs to that table",
+        "[mqtt]\nport = 1883\n\nverbose = true\n",
+        4,
+        &["verbose", "`keep_alive`"],
+    ),
+    (
+        "unknown key in a table",
+        "[mqtt]\nhost = \"h\"\nprot = 1884\n",
+        3,
+        &["prot"],
+    ),
+    (
+        "unknown key in a quota",
+        "[defaults]\nquotas = [\n  { interval = 60, limit = 1 },\n  { interval = 60, limit = 1, nmae = \"x\" },\n]\n",
+        4,
+        &["nmae"],
+    ),
+    (
+        "unknown key in a channel",
+        "[[channels]]\npattern = \"a\"\n\n[[channels]]\npattern = \"b\"\nmax_jobs = 3\n",
+        6,
+        &["max_jobs"],
+    ),
+    (
+        "bad regex",
+        "[defaults]\nmax_concurrent_jobs = 1\n\n[[channels]]\npattern = \"test(.+\"\n",
+        5,
+        &["pattern", "test(.+"],
+    ),
+    (
+        "unbalanced pattern that would compile once wrapped",
+        "[[channels]]\npattern = \"a)|(b\"\n",
+        2,
+        &["a)|(b"],
+    ),
+    (
+        "negative limit",
+        "[[channels]]\npattern = \"x\"\nquotas = [\n  { interval = 60, limit = -1 },\n]\n",
+        4,
+        &["limit = -1", "quota limit", "-1"],
+    ),
+    (
+        "limit above u32",
+        "[defaults]\nquotas = [{ interval = 60, limit = 4294967296 }]\n",
+        2,
+        &["limit", "4294967296"],
+    ),
+    (
+        "zero interval",
+        "[defaults]\nquotas = [\n  { interval = 0, limit = 5 },\n]\n",
+        3,
+        &["interval = 0", "quota interval"],
+    ),
+    (
+        "sub-millisecond interval",
+        "[defaults]\nquotas = [{ interval = \"10us\", limit = 5 }]\n",
+        2,
+        &["interval", "quota interval"],
+    ),
+    (
+        "missing limit",
+        "[defaults]\n\nquotas = [{ interval = 60 }]\n",
+        3,
+        &["limit"],
+    ),
+    (
+        "duplicate quota name",
+        "[[channels]]\npattern = \"x\"\nquotas = [\n  { interval = 60, name = \"a\", limit = 1 },\n  { interval = 120, name = \"b\", limit = 1 },\n  { interval = 180, name = \"a\", limit = 1 },\n]\n",
+        6,
+        &["duplicate quota name \"a\"", "first used at line 4"],
+    ),
+    (
+        "duplicate default quota name",
+        "[defaults]\nquotas = [\n  { interval = \"1m\", limit = 1 },\n  { interval = 60, limit = 2 },\n]\n",
+        4,
+        &["duplicate quota name \"1m\"", "default name", "first used at line 3"],
+    ),
+    (
+        "empty quota name",
+        "[defaults]\nquotas = [{ interval = 60, limit = 1, name = \"\" }]\n",
+        2,
+        &["name", "empty"],
+    ),
+    (
+        "bad duration string",
+        "[mqtt]\nport = 1883\n\n[defaults]\ntimeout_offset = \"5 parsecs\"\n",
+        5,
+        &["timeout_offset", "5 parsecs"],
+    ),
+    (
+        "negative duration",
+        "[defaults]\ntimeout_offset = -3\n",
+        2,
+        &["timeout_offset", "negative"],
+    ),
+    (
+        "NaN duration",
+        "[limits]\nmax_timeout = nan\n",
+        2,
+        &["max_timeout", "finite"],
+    ),
+    (
+        "keep_alive of 500ms",
+        "[mqtt]\nhost = \"h\"\nkeep_alive = \"500ms\"\n",
+        3,
+        &["keep_alive", "500ms"],
+    ),
+    (
+        "keep_alive too long for MQTT",
+        "[mqtt]\nkeep_alive = \"1day\"\n",
+        2,
+        &["keep_alive", "65535s"],
+    ),
+    (
+        "bad log value",
+        "[defaults]\nquotas = [\n  { interval = 60, limit = 1, log = \"loud\" },\n]\n",
+        3,
+        &["log = \"loud\"", "loud", "`vv`"],
+    ),
+    (
+        "wrong type for max_concurrent_jobs",
+        "[[channels]]\npattern = \"x\"\nmax_concurrent_jobs = \"2\"\n",
+        3,
+        &["max_concurrent_jobs", "u32"],
+    ),
+    (
+        "negative max_concurrent_jobs",
+        "[defaults]\nmax_concurrent_jobs = -1\n",
+        2,
+        &["max_concurrent_jobs"],
+    ),
+    (
+        "port out of range",
+        "[mqtt]\nhost = \"h\"\nport = 70000\n",
+        3,
+        &["port", "70000"],
+    ),
+    (
+        "topic_prefix with wildcard",
+        "[mqtt]\ntopic_prefix = \"jobs/#\"\n",
+        2,
+        &["topic_prefix", "wildcard"],
+    ),
+    (
+        "topic_prefix with trailing slash",
+        "[mqtt]\n\ntopic_prefix = \"jobs/\"\n",
+        3,
+        &["topic_prefix", "'/'"],
+    ),
+    (
+        "empty topic_prefix",
+        "[mqtt]\ntopic_prefix = \"\"\n",
+        2,
+        &["topic_prefix", "empty"],
+    ),
+    (
+        "max_payload too small",
+        "[limits]\nmax_payload = 10\n",
+        2,
+        &["max_payload", "64"],
+    ),
+    (
+        "bad listen address",
+        "[embedded_broker]\nenabled = true\nlisten = \"localhost\"\n",
+        3,
+        &["listen"],
+    ),
+    (
+        "missing pattern",
+        "[[channels]]\nmax_concurrent_jobs = 3\n",
+        1,
+        &["pattern"],
+    ),
+    (
+        "TOML syntax error",
+        "[mqtt]\nhost = \"h\"\nport = \n",
+        3,
+        &["port"],
+    ),
+];
+
+#[test]
+fn bad_files_name_the_key_and_line() {
+    for (case, text, line, needles) in BAD {
+        let err = match parse(text) {
+            Ok(_) => panic!("{case}: accepted"),
+            Err(e) => e,
+        };
+        let ConfigError::Invalid { path, message } = &err else {
+            panic!("{case}: wrong variant {err:?}");
+        };
+        assert_eq!(path, Path::new("test.toml"), "{case}");
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("invalid config file test.toml: "),
+            "{case}: {shown}"
+        );
+        assert!(
+            message.contains(&format!("at line {line}, column")),
+            "{case}: expected line {line} in:\n{message}"
+        );
+        for needle in *needles {
+            assert!(
+                message.contains(needle),
+                "{case}: expected {needle:?} in:\n{message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unreadable_file_is_a_read_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.toml");
+    let err = Config::load(&path).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Read { path: p, .. } if *p == path),
+        "{err:?}"
+    );
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(&format!("cannot read config file {}: ", path.display())),
+        "{shown}"
+    );
+}
+
+#[test]
+fn load_reads_the_given_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[mqtt]\nport = 1884\n").unwrap();
+    assert_eq!(Config::load(&path).unwrap().mqtt.port, 1884);
+    std::fs::write(&path, "[mqtt]\nport = \"x\"\n").unwrap();
+    let err = Config::load(&path).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { path: p, .. } if *p == path),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn shipped_example_parses() {
+    let cfg = Config::parse(
+        include_str!("../../coordinosaur.toml"),
+        Path::new("coordinosaur.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.embedded_broker.enabled);
+    assert_eq!(cfg.embedded_broker.listen.to_string(), "127.0.0.1:1883");
+    assert_eq!(cfg.mqtt.username, None);
+    assert_eq!(cfg.channels.len(), 1);
+    let opts = cfg.channel_options("test1");
+    assert_eq!(opts.max_concurrent_jobs, 2);
+    assert_eq!(opts.timeout_offset, Millis(1000));
+    assert_eq!(
+        opts.quotas,
+        vec![
+            quota("minute", 60, 15, QuotaLog::Verbose),
+            quota("hour", 3600, 100, QuotaLog::Quiet),
+        ]
+    );
+    assert_eq!(cfg.channel_options("other"), ChannelOptions::default());
+}
+
+#[test]
+fn empty_file_is_all_defaults() {
+    let cfg = ok("");
+    let def = Config::default();
+    assert_eq!(cfg.mqtt, def.mqtt);
+    assert_eq!(cfg.embedded_broker, def.embedded_broker);
+    assert_eq!(cfg.limits, def.limits);
+    assert_eq!(cfg.defaults, def.defaults);
+    assert!(cfg.channels.is_empty());
+
+    assert_eq!(cfg.mqtt.host, "127.0.0.1");
+    assert_eq!(cfg.mqtt.port, 1883);
+    assert_eq!(cfg.mqtt.client_id, "coordinosaur");
+    assert_eq!(cfg.mqtt.topic_prefix, "coordinosaur");
+    assert_eq!(cfg.mqtt.keep_alive, Duration::from_secs(30));
+    assert!(!cfg.embedded_broker.enabled);
+    assert_eq!(cfg.embedded_broker.listen.to_string(), "127.0.0.1:1883");
+    assert_eq!(cfg.limits.max_payload, 65536);
+    assert_eq!(cfg.limits.max_timeout, Millis(365 * 86_400_000));
+    assert_eq!(cfg.channel_options("any"), ChannelOptions::default());
+}
+
+#[test]
+fn absent_keys_keep_their_defaults() {
+    let cfg = ok(
+        "[mqtt]\nport = 1884\nusername = \"u\"\n[defaults]\nmax_concurrent_jobs = 3\n\
+                  [[channels]]\npattern = \"a\"\ntimeout_offset = 5\n",
+    );
+    assert_eq!(cfg.mqtt.host, "127.0.0.1");
+    assert_eq!(cfg.mqtt.username.as_deref(), Some("u"));
+    assert_eq!(cfg.mqtt.password, None);
+    assert_eq!(cfg.defaults.timeout_offset, Millis(0));
+    let opts = cfg.channel_options("a1");
+    assert_eq!(
+        opts.max_concurrent_jobs, 3,
+        "not named by the entry, so from [defaults]"
+    );
+    assert_eq!(opts.timeout_offset, Millis(5000));
+}
+
+#[test]
+fn durations_in_every_form() {
+    let cases = [
+        ("0", 0),
+        ("60", 60_000),
+        ("1.5", 1_500),
+        ("0.25", 250),
+        ("\"60\"", 60_000),
+        ("\"2.5\"", 2_500),
+        ("\"90s\"", 90_000),
+        ("\"5m\"", 300_000),
+        ("\"1h\"", 3_600_000),
+        ("\"200ms\"", 200),
+        ("\"1h 30m\"", 5_400_000),
+    ];
+    for (value, ms) in cases {
+        let cfg = ok(&format!(
+            "[defaults]\ntimeout_offset = {value}\n[limits]\nmax_timeout = {value}\n\
+             [[channels]]\npattern = \"x\"\ntimeout_offset = {value}\n"
+        ));
+        assert_eq!(cfg.defaults.timeout_offset, Millis(ms), "{value}");
+        assert_eq!(cfg.limits.max_timeout, Millis(ms), "{value}");
+        assert_eq!(cfg.channels[0].timeout_offset, Some(Millis(ms)), "{value}");
+    }
+    for (value, expected) in [("0", 0), ("1", 1_000), ("\"1m\"", 60_000), ("2.0", 2_000)] {
+        let cfg = ok(&format!("[mqtt]\nkeep_alive = {value}\n"));
+        assert_eq!(
+            cfg.mqtt.keep_alive,
+            Duration::from_millis(expected),
+            "{value}"
+        );
+    }
+    let cfg = ok(
+        "[defaults]\nquotas = [{ interval = 0.5, limit = 1 }, { interval = \"1h\", limit = 2 }]\n",
+    );
+    assert_eq!(cfg.defaults.quotas[0].interval, Millis(500));
+    assert_eq!(cfg.defaults.quotas[1].interval, Millis(3_600_000));
+}
+
+#[test]
+fn quota_defaults_and_zero_limit() {
+    let cfg = ok("[defaults]\nquotas = [\n  { interval = 60, limit = 0 },\n  \
+                  { interval = \"1h\", limit = 5, log = \"vv\" },\n  { interval = 90, limit = 1 },\n]\n");
+    assert_eq!(
+        cfg.defaults.quotas,
+        vec![
+            quota("1m", 60, 0, QuotaLog::Quiet),
+            quota("1h", 3600, 5, QuotaLog::VeryVerbose),
+            quota("1m 30s", 90, 1, QuotaLog::Quiet),
+        ],
+        "default names come from the interval; limit 0 is kept (disabled window)"
+    );
+}
+
+const LAYERED: &str = r#"[defaults]
+timeout_offset = 2
+max_concurrent_jobs = 1
+quotas = [{ interval = 60, name = "base", limit = 10 }]
+
+[[channels]]
+pattern = "test(.+)"
+timeout_offset = 1
+max_concurrent_jobs = 2
+quotas = [
+  { interval = 60, name = "minute", limit = 15, log = "v" },
+  { interval = "1h", name = "hour", limit = 100, log = "q" },
+]
+
+[[channels]]
+pattern = "test_"
+max_concurrent_jobs = 5
+quotas = [{ interval = 10, name = "burst", limit = 3 }]
+
+[[channels]]
+pattern = "nothing"
+"#;
+
+#[test]
+fn later_entries_override_per_key_and_quotas_replace_whole() {
+    let cfg = ok(LAYERED);
+    let one = cfg.channel_options("test1");
+    assert_eq!(one.max_concurrent_jobs, 2);
+    assert_eq!(one.timeout_offset, Millis(1000));
+    assert_eq!(one.quotas.len(), 2);
+
+    let both = cfg.channel_options("test_x");
+    assert_eq!(both.max_concurrent_jobs, 5, "later entry wins");
+    assert_eq!(
+        both.timeout_offset,
+        Millis(1000),
+        "kept from the earlier entry"
+    );
+    assert_eq!(
+        both.quotas,
+        vec![quota("burst", 10, 3, QuotaLog::Quiet)],
+        "whole set replaced, not merged"
+    );
+
+    let none = cfg.channel_options("other");
+    assert_eq!(none.timeout_offset, Millis(2000));
+    assert_eq!(none.quotas, vec![quota("base", 60, 10, QuotaLog::Quiet)]);
+}
+
+#[test]
+fn patterns_are_anchored_at_the_start_only() {
+    let cfg = ok("[defaults]\nmax_concurrent_jobs = 1\n[[channels]]\npattern = \"test(.+)\"\nmax_concurrent_jobs = 9\n\
+                  [[channels]]\npattern = \"a|b\"\nmax_concurrent_jobs = 7\n");
+    let max = |ch: &str| cfg.channel_options(ch).max_concurrent_jobs;
+    assert_eq!(max("test1"), 9);
+    assert_eq!(max("testing"), 9, "open at the end");
+    assert_eq!(max("atest1"), 7, "only the a|b entry matches, at the start");
+    assert_eq!(max("xtest1"), 1, "not found in the middle");
+    assert_eq!(max("test"), 1, "(.+) needs a character");
+    assert_eq!(max("bee"), 7, "alternation is anchored as a whole");
+    assert_eq!(max("cab"), 1);
+}
+
+#[test]
+fn explain_reports_matches_and_result() {
+    let cfg = ok(LAYERED);
+    let ex = cfg.explain("test_x");
+    assert_eq!(ex.options, cfg.channel_options("test_x"));
+    let numbers: Vec<_> = ex.matched.iter().map(|m| (m.number, m.line)).collect();
+    assert_eq!(numbers, vec![(1, 7), (2, 16)]);
+    assert_eq!(ex.matched[1].keys, vec!["max_concurrent_jobs", "quotas"]);
+
+    let shown = cfg.explain("test1").to_string();
+    assert_eq!(
+        shown,
+        "channel \"test1\"\n  \
+         matched: [[channels]] #1 pattern \"test(.+)\" (line 7): timeout_offset, max_concurrent_jobs, quotas\n  \
+         max_concurrent_jobs = 2\n  \
+         timeout_offset = 1s\n  \
+         quotas:\n    \
+         minute: 15 per 1m (log v)\n    \
+         hour: 100 per 1h (log q)\n"
+    );
+    let shown = cfg.explain("nothing here").to_string();
+    assert!(
+        shown.contains("#3 pattern \"nothing\" (line 21): sets nothing"),
+        "{shown}"
+    );
+    let shown = cfg.explain("other").to_string();
+    assert!(
+        shown.contains("matched: no [[channels]] entry; defaults apply"),
+        "{shown}"
+    );
+    assert!(shown.contains("base: 10 per 1m (log q)"), "{shown}");
+}
+
+#[test]
+fn summary_names_broker_prefix_and_rule_count() {
+    let cfg = ok(LAYERED);
+    let text = cfg.summary();
+    assert!(text.contains("127.0.0.1:1883"), "{text}");
+    assert!(text.contains("topic prefix: coordinosaur"), "{text}");
+    assert!(text.contains("channel rules: 3"), "{text}");
+    let cfg = ok("[mqtt]\nhost = \"::1\"\n[embedded_broker]\nenabled = true\n");
+    let text = cfg.summary();
+    assert!(text.contains("[::1]:1883"), "{text}");
+    assert!(
+        text.contains("embedded, listening on 127.0.0.1:1883"),
+        "{text}"
+    );
+}
