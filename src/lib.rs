@@ -1,4 +1,88 @@
-//! coordinosaur: coordinates jobs over MQTT.
+//! coordinosaur coordinates jobs over MQTT: workers ask a channel for permission to run and the
+//! daemon answers `go` when the channel's semaphore, leases and sliding-window quotas allow.
+//!
+//! The crate is a pure core with thin shells around it:
+//! - [`engine`]: the deterministic state machine. Inputs and the current time go in, decisions
+//!   (grant, expire, reject, state) come out; it never reads a clock or does I/O.
+//! - [`protocol`]: topic grammar and payload codec, pure functions between MQTT messages and
+//!   engine inputs and outputs.
+//! - [`config`]: `coordinosaur.toml`, validated at load, resolving each channel's options.
+//! - [`mqtt`]: the rumqttc event loop: connect, resubscribe, decode, forward.
+//! - [`driver`]: the task owning the engine; sleeps exactly until the next deadline and
+//!   publishes decisions.
+//! - `broker` (feature `embedded-broker`): an in-process rumqttd for machines without a broker.
+
 pub mod config;
+pub mod driver;
 pub mod engine;
+pub mod mqtt;
 pub mod protocol;
+
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use config::Config;
+use protocol::DecodeLimits;
+
+/// Runs the daemon with `config` until `shutdown` completes, then disconnects cleanly.
+pub async fn run(config: Config, shutdown: impl Future) -> anyhow::Result<()> {
+    let mut settings = mqtt::Settings {
+        host: config.mqtt.host.clone(),
+        port: config.mqtt.port,
+        client_id: config.mqtt.client_id.clone(),
+        credentials: config.mqtt.username.clone().map(|u| (u, config.mqtt.password.clone().unwrap_or_default())),
+        keep_alive: config.mqtt.keep_alive,
+        prefix: config.mqtt.topic_prefix.clone(),
+        limits: DecodeLimits {
+            max_payload: config.limits.max_payload,
+            max_timeout: config.limits.max_timeout,
+        },
+    };
+    let _broker = start_embedded_broker(&config, &mut settings)?;
+    tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
+
+    let (client, eventloop) = mqtt::connect(&settings);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let prefix = settings.prefix.clone();
+    let mqtt_task = tokio::spawn(mqtt::run(client.clone(), eventloop, settings, tx));
+
+    let engine = engine::Engine::new(Box::new(move |channel| config.channel_options(channel)));
+    let sink = driver::MqttSink { client: client.clone(), prefix };
+    driver::run(engine, driver::Clock::new(), rx, sink, shutdown).await;
+
+    tracing::info!("shutting down");
+    // Queued publishes go out before the DISCONNECT, which is queued behind them.
+    let _ = client.try_disconnect();
+    if tokio::time::timeout(Duration::from_secs(3), mqtt_task).await.is_err() {
+        tracing::warn!("MQTT connection did not close within 3 s");
+    }
+    Ok(())
+}
+
+#[cfg(feature = "embedded-broker")]
+fn start_embedded_broker(config: &Config, settings: &mut mqtt::Settings) -> anyhow::Result<Option<broker::EmbeddedBroker>> {
+    if !config.embedded_broker.enabled {
+        return Ok(None);
+    }
+    let broker = broker::start(config.embedded_broker.listen).context("[embedded_broker]")?;
+    let addr = broker.local_addr();
+    // Connect to our own broker; an unspecified listen address is reached through loopback.
+    settings.host = if addr.ip().is_unspecified() { "127.0.0.1".into() } else { addr.ip().to_string() };
+    settings.port = addr.port();
+    tracing::info!(listen = %addr, "embedded broker started");
+    Ok(Some(broker))
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn start_embedded_broker(config: &Config, _settings: &mut mqtt::Settings) -> anyhow::Result<Option<()>> {
+    if config.embedded_broker.enabled {
+        anyhow::bail!("[embedded_broker] enabled = true, but this build has no embedded broker (cargo feature `embedded-broker`); set enabled = false and point [mqtt] at a broker");
+    }
+    Ok(None)
+}

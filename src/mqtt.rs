@@ -1,0 +1,114 @@
+//! The MQTT edge: one task polls rumqttc's event loop, (re)subscribes on every ConnAck, decodes
+//! what arrives and forwards it to the driver. Publishing happens from the driver through the
+//! cloned [`AsyncClient`], never from this task, so the two never wait on each other.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::protocol::{self, DecodeLimits, Rejection};
+use crate::engine::Input;
+
+/// Largest packet the client accepts or sends. Much larger than `max_payload` on purpose: an
+/// oversized payload must reach `protocol::decode` and be refused by name, not make rumqttc drop
+/// the connection (and every message in flight with it).
+const MAX_PACKET: usize = 16 << 20;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id.
+    pub client_id: String,
+    /// Optional user name and password.
+    pub credentials: Option<(String, String)>,
+    /// Keep-alive (0 or at least 1 s; checked by config).
+    pub keep_alive: Duration,
+    /// First topic level.
+    pub prefix: String,
+    /// Payload and timeout limits for decoding.
+    pub limits: DecodeLimits,
+}
+
+/// What the MQTT task hands to the driver.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A decoded request.
+    Input(Input),
+    /// A refused message and its topic.
+    Rejected {
+        /// The topic it arrived on.
+        topic: String,
+        /// Why it was refused and what is known of it.
+        rejection: Rejection,
+    },
+}
+
+/// Creates the client (for publishing) and the event loop (for [`run`]).
+pub fn connect(settings: &Settings) -> (AsyncClient, EventLoop) {
+    let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    opts.set_keep_alive(settings.keep_alive)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_inflight(500)
+        .set_clean_session(true);
+    if let Some((user, pass)) = &settings.credentials {
+        opts.set_credentials(user, pass);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    // Nagle's algorithm holds small QoS 1 packets back ~40 ms behind a delayed ACK.
+    eventloop.network_options.set_tcp_nodelay(true);
+    (client, eventloop)
+}
+
+/// Polls the event loop until `to_driver` closes: reconnects with capped backoff after any
+/// connection error and resubscribes on every ConnAck.
+pub async fn run(client: AsyncClient, mut eventloop: EventLoop, settings: Settings, to_driver: mpsc::UnboundedSender<Inbound>) {
+    let filters = protocol::subscriptions(&settings.prefix);
+    let mut backoff = Duration::from_millis(50);
+    let mut connected = false;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                info!(broker = %format!("{}:{}", settings.host, settings.port), session_present = ack.session_present, "connected");
+                connected = true;
+                backoff = Duration::from_millis(50);
+                for filter in &filters {
+                    // try_subscribe: awaiting from the polling task could deadlock on a full channel.
+                    if let Err(e) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                        warn!(filter, cause = %e, "subscribe request not queued");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => debug!(?ack.return_codes, "subscribed"),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let msg = match protocol::decode(&settings.prefix, &p.topic, &p.payload, &settings.limits) {
+                    Ok(Some(input)) => Inbound::Input(input),
+                    Ok(None) => continue,
+                    Err(rejection) => Inbound::Rejected { topic: p.topic.clone(), rejection },
+                };
+                if to_driver.send(msg).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if to_driver.is_closed() {
+                    return;
+                }
+                if connected || !matches!(e, ConnectionError::Io(_) | ConnectionError::NetworkTimeout) {
+                    warn!(cause = %e, retry_in = ?backoff, "broker connection lost");
+                } else {
+                    debug!(cause = %e, retry_in = ?backoff, "broker still unreachable");
+                }
+                connected = false;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
