@@ -1,2 +1,4 @@
 //! coordinosaur: coordinates jobs over MQTT.
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
 pub mod engine;
