@@ -1,0 +1,194 @@
+//! The real `coordinosaur` binary as a child process, pointed at a test broker.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+use super::{tail, topic, unique_id, Client, DEFAULT_TIMEOUT};
+
+/// The channel the readiness probe asks about.
+const READY_CHANNEL: &str = "__ready";
+/// How long `start` waits for the daemon to answer the probe.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the probe asks.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// Lines of the log printed when a test fails.
+const LOG_TAIL: usize = 80;
+
+/// A running daemon: `coordinosaur --config FILE`, with `RUST_LOG=coordinosaur=debug` and its
+/// stdout and stderr in a log file. Killed on drop; if the test is failing, the log tail is printed.
+///
+/// The working directory is the daemon's temp dir, so relative paths in the config (journal,
+/// policies) land there and survive [`Daemon::kill`] + [`Daemon::spawn_again`].
+pub struct Daemon {
+    /// Port of the broker the config points at.
+    broker_port: u16,
+    /// Holds `coordinosaur.toml` and `daemon.log`; removed on drop.
+    dir: TempDir,
+    /// The running process, `None` after `kill`.
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes the config (an `[mqtt]` table for the broker on `broker_port` with a unique client
+    /// id, plus `extra_toml`), starts the daemon and returns once it answers on MQTT: a probe
+    /// client subscribed to `coordinosaur/__ready/state` publishes `coordinosaur/__ready/infos`
+    /// every 100 ms until a state message arrives. Panics with the log after 20 s, or if the
+    /// daemon exits first.
+    ///
+    /// `extra_toml` may hold any tables except `[mqtt]` (`[defaults]`, `[[channels]]`,
+    /// `[limits]`, ...). It is written before the `[mqtt]` table, so top-level keys in it stay
+    /// top-level.
+    pub async fn start(broker_port: u16, extra_toml: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("coordinosaur-daemon-")
+            .tempdir()
+            .expect("create a temp dir for the daemon");
+        let config = format!(
+            "{extra_toml}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nclient_id = \"{}\"\n",
+            unique_id("coordinosaur-test")
+        );
+        fs::write(dir.path().join("coordinosaur.toml"), config).expect("write coordinosaur.toml");
+        let mut daemon = Daemon {
+            broker_port,
+            dir,
+            child: None,
+        };
+        daemon.spawn_again().await;
+        daemon
+    }
+
+    /// Starts the daemon again with the same config, client id and directory (after
+    /// [`Daemon::kill`], or to simulate a restart), and waits until it is ready as in `start`.
+    /// Kills the current process first if it is still running.
+    pub async fn spawn_again(&mut self) {
+        self.kill();
+        self.note_in_log("--- harness: starting coordinosaur ---");
+        let log = open_log(&self.log_path());
+        let log_err = log.try_clone().expect("clone the daemon log handle");
+        let child = Command::new(env!("CARGO_BIN_EXE_coordinosaur"))
+            .arg("--config")
+            .arg(self.config_path())
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "coordinosaur=debug")
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .expect("spawn the coordinosaur binary");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    /// Kills the daemon (SIGKILL, no clean shutdown) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Killing an already exited child fails harmlessly; `wait` reaps it either way.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Everything the daemon wrote to stdout and stderr so far, across restarts.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits (up to 10 s) until the log contains `needle`, since a log line may be written just
+    /// after the MQTT message that caused it. Panics with the log tail otherwise.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + DEFAULT_TIMEOUT;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "daemon log has no {needle:?} after {DEFAULT_TIMEOUT:?}\n--- log tail ---\n{}",
+                tail(&self.log(), LOG_TAIL)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Port of the broker the daemon uses.
+    pub fn broker_port(&self) -> u16 {
+        self.broker_port
+    }
+
+    /// The daemon's working directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config file given with `--config`.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("coordinosaur.toml")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    fn note_in_log(&self, line: &str) {
+        let _ = writeln!(open_log(&self.log_path()), "{line}");
+    }
+
+    /// Probes until the daemon answers `infos` on the ready channel.
+    ///
+    /// Assumes `state` replies are not retained: a retained one from an earlier run would
+    /// answer the probe before the new process is up.
+    async fn wait_ready(&mut self) {
+        let mut probe = Client::connect(self.broker_port, &unique_id("ready-probe")).await;
+        let state_topic = topic(READY_CHANNEL, "state");
+        probe.subscribe(&state_topic).await;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if !self.is_running() {
+                // Drop prints the log tail.
+                panic!("coordinosaur exited before it was ready; its log follows");
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "coordinosaur did not answer {} within {READY_TIMEOUT:?}; its log follows",
+                    topic(READY_CHANNEL, "infos")
+                );
+            }
+            probe.infos(READY_CHANNEL).await;
+            if probe.recv(PROBE_INTERVAL).await.is_some() {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        if thread::panicking() {
+            eprintln!(
+                "--- coordinosaur log (broker port {}), last {LOG_TAIL} lines ---\n{}",
+                self.broker_port,
+                tail(&self.log(), LOG_TAIL)
+            );
+        }
+    }
+}
+
+fn open_log(path: &Path) -> fs::File {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open the daemon log")
+}

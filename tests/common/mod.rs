@@ -1,0 +1,59 @@
+//! Shared harness for the integration tests: a real broker, the real daemon and an MQTT test client.
+//!
+//! Every file in `tests/` compiles this module on its own (`mod common;`), so helpers that one test
+//! file does not use are not dead code in general: hence the crate-wide `dead_code` allowance below.
+//!
+//! - [`broker`]: [`Mosquitto`] on a free loopback port per test, behind [`TestBroker`] so that a
+//!   fallback broker can be added as another variant.
+//! - [`daemon`]: [`Daemon`] runs the `coordinosaur` binary against a broker and waits until it answers.
+//! - [`client`]: [`Client`], an async rumqttc client with bounded waits and protocol helpers.
+//!
+//! Every wait is bounded (by default [`DEFAULT_TIMEOUT`]); nothing uses fixed ports or paused time.
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each integration test file compiles this module separately and uses only part of it"
+)]
+
+pub mod broker;
+pub mod client;
+pub mod daemon;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use broker::{Mosquitto, TestBroker};
+pub use client::{topic, topic_matches, Client, Message};
+pub use daemon::Daemon;
+
+/// Upper bound for a single wait in the harness: generous, so that tests stay reliable on a loaded
+/// 2-core machine, yet a hang still fails the test instead of stalling the run.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// First topic level of every coordinosaur topic.
+pub const PREFIX: &str = "coordinosaur";
+
+/// A loopback TCP port that was free a moment ago (bind `127.0.0.1:0`, read the port, drop).
+///
+/// Another process may take it before it is used again; callers that bind it retry with a new one.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+    listener
+        .local_addr()
+        .expect("local address of a bound listener")
+        .port()
+}
+
+/// An id that is unique within this machine for the life of the test run: `PREFIX-PID-N`.
+pub fn unique_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// The last `lines` lines of `text`, for failure messages.
+pub(crate) fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
