@@ -42,13 +42,14 @@ pub const MAX_PAYLOAD_SIZE: usize = 16 * 1024 * 1024;
 const PUBLISH_HEADROOM: usize = 2 + u16::MAX as usize + 2;
 
 /// Size at which rumqttd closes a topic's in-memory log segment and starts a new one.
-/// rumqttd's own sample config uses 100 MiB; a segment may exceed it by one message.
-pub const MAX_SEGMENT_SIZE: usize = 100 * 1024 * 1024;
+/// rumqttd's sample config uses 100 MiB, but rumqttd keeps delivered messages too, so that would
+/// let every busy topic hold about a gigabyte; a segment may exceed this by one message.
+pub const MAX_SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 
 /// Closed segments kept per topic before the oldest is dropped. With [`MAX_SEGMENT_SIZE`] this
-/// bounds a topic's retained messages to about 11 x 100 MiB, which is also how far a slow
+/// bounds a topic's retained messages to about 5 x 4 MiB, which is also how far a slow
 /// subscriber may fall behind before it loses messages.
-const MAX_SEGMENT_COUNT: usize = 10;
+const MAX_SEGMENT_COUNT: usize = 4;
 
 /// Name of the thread that runs rumqttd's `Broker::start`.
 const THREAD_NAME: &str = "embedded-broker";

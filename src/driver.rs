@@ -25,7 +25,9 @@ pub struct Clock {
 impl Clock {
     /// A clock starting now.
     pub fn new() -> Clock {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Clock {
             wall_at_start: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
             start: Instant::now(),
@@ -70,14 +72,24 @@ impl Sink for MqttSink {
         let Some((topic, payload)) = protocol::encode(&self.prefix, &output) else {
             return;
         };
-        if let Err(e) = self.client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload).await {
+        if let Err(e) = self
+            .client
+            .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
+            .await
+        {
             warn!(topic, cause = %e, "publish failed");
         }
     }
 }
 
 /// Runs the engine until `shutdown` completes or the inbound channel closes.
-pub async fn run(mut engine: Engine, clock: Clock, mut inbound: mpsc::UnboundedReceiver<Inbound>, mut sink: impl Sink, shutdown: impl Future) {
+pub async fn run(
+    mut engine: Engine,
+    clock: Clock,
+    mut inbound: mpsc::UnboundedReceiver<Inbound>,
+    mut sink: impl Sink,
+    shutdown: impl Future,
+) {
     tokio::pin!(shutdown);
     // One sleep, re-armed only when the engine's next deadline changes.
     let far = Duration::from_secs(86_400 * 365);
@@ -120,9 +132,23 @@ async fn publish(sink: &mut impl Sink, out: Output) {
     match &out {
         Output::Go { channel, uid } => info!(%channel, %uid, "go"),
         Output::Expired { channel, uid } => info!(%channel, %uid, "lease expired"),
-        Output::Rejected { channel, uid, reason } => info!(%channel, %uid, reason, "rejected"),
-        Output::Ended { channel, uid, reason, was_running } => debug!(%channel, %uid, ?reason, was_running, "ended"),
-        Output::State(s) => info!(channel = s.channel, running = s.running_count, waiting = s.waiting, "state"),
+        Output::Rejected {
+            channel,
+            uid,
+            reason,
+        } => info!(%channel, %uid, reason, "rejected"),
+        Output::Ended {
+            channel,
+            uid,
+            reason,
+            was_running,
+        } => debug!(%channel, %uid, ?reason, was_running, "ended"),
+        Output::State(s) => info!(
+            channel = s.channel,
+            running = s.running_count,
+            waiting = s.waiting,
+            "state"
+        ),
     }
     sink.send(out).await;
 }

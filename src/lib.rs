@@ -36,7 +36,11 @@ pub async fn run(config: Config, shutdown: impl Future) -> anyhow::Result<()> {
         host: config.mqtt.host.clone(),
         port: config.mqtt.port,
         client_id: config.mqtt.client_id.clone(),
-        credentials: config.mqtt.username.clone().map(|u| (u, config.mqtt.password.clone().unwrap_or_default())),
+        credentials: config
+            .mqtt
+            .username
+            .clone()
+            .map(|u| (u, config.mqtt.password.clone().unwrap_or_default())),
         keep_alive: config.mqtt.keep_alive,
         prefix: config.mqtt.topic_prefix.clone(),
         limits: DecodeLimits {
@@ -44,7 +48,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> anyhow::Result<()> {
             max_timeout: config.limits.max_timeout,
         },
     };
-    let _broker = start_embedded_broker(&config, &mut settings)?;
+    let _broker = start_embedded_broker(&config, &mut settings).await?;
     tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
 
     let (client, eventloop) = mqtt::connect(&settings);
@@ -53,34 +57,57 @@ pub async fn run(config: Config, shutdown: impl Future) -> anyhow::Result<()> {
     let mqtt_task = tokio::spawn(mqtt::run(client.clone(), eventloop, settings, tx));
 
     let engine = engine::Engine::new(Box::new(move |channel| config.channel_options(channel)));
-    let sink = driver::MqttSink { client: client.clone(), prefix };
+    let sink = driver::MqttSink {
+        client: client.clone(),
+        prefix,
+    };
     driver::run(engine, driver::Clock::new(), rx, sink, shutdown).await;
 
     tracing::info!("shutting down");
     // Queued publishes go out before the DISCONNECT, which is queued behind them.
     let _ = client.try_disconnect();
-    if tokio::time::timeout(Duration::from_secs(3), mqtt_task).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(3), mqtt_task)
+        .await
+        .is_err()
+    {
         tracing::warn!("MQTT connection did not close within 3 s");
     }
     Ok(())
 }
 
 #[cfg(feature = "embedded-broker")]
-fn start_embedded_broker(config: &Config, settings: &mut mqtt::Settings) -> anyhow::Result<Option<broker::EmbeddedBroker>> {
+async fn start_embedded_broker(
+    config: &Config,
+    settings: &mut mqtt::Settings,
+) -> anyhow::Result<Option<broker::EmbeddedBroker>> {
     if !config.embedded_broker.enabled {
         return Ok(None);
     }
-    let broker = broker::start(config.embedded_broker.listen).context("[embedded_broker]")?;
+    if config.mqtt.keep_alive.is_zero() {
+        anyhow::bail!("[mqtt] keep_alive = 0 is refused by the embedded broker; use at least 1s");
+    }
+    let listen = config.embedded_broker.listen;
+    // start() blocks until the broker accepts connections (bounded, 5 s).
+    let broker = tokio::task::spawn_blocking(move || broker::start(listen))
+        .await
+        .context("embedded broker start-up")??;
     let addr = broker.local_addr();
     // Connect to our own broker; an unspecified listen address is reached through loopback.
-    settings.host = if addr.ip().is_unspecified() { "127.0.0.1".into() } else { addr.ip().to_string() };
+    settings.host = if addr.ip().is_unspecified() {
+        "127.0.0.1".into()
+    } else {
+        addr.ip().to_string()
+    };
     settings.port = addr.port();
     tracing::info!(listen = %addr, "embedded broker started");
     Ok(Some(broker))
 }
 
 #[cfg(not(feature = "embedded-broker"))]
-fn start_embedded_broker(config: &Config, _settings: &mut mqtt::Settings) -> anyhow::Result<Option<()>> {
+async fn start_embedded_broker(
+    config: &Config,
+    _settings: &mut mqtt::Settings,
+) -> anyhow::Result<Option<()>> {
     if config.embedded_broker.enabled {
         anyhow::bail!("[embedded_broker] enabled = true, but this build has no embedded broker (cargo feature `embedded-broker`); set enabled = false and point [mqtt] at a broker");
     }

@@ -8,8 +8,8 @@ use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packe
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::protocol::{self, DecodeLimits, Rejection};
 use crate::engine::Input;
+use crate::protocol::{self, DecodeLimits, Rejection};
 
 /// Largest packet the client accepts or sends. Much larger than `max_payload` on purpose: an
 /// oversized payload must reach `protocol::decode` and be refused by name, not make rumqttc drop
@@ -67,7 +67,12 @@ pub fn connect(settings: &Settings) -> (AsyncClient, EventLoop) {
 
 /// Polls the event loop until `to_driver` closes: reconnects with capped backoff after any
 /// connection error and resubscribes on every ConnAck.
-pub async fn run(client: AsyncClient, mut eventloop: EventLoop, settings: Settings, to_driver: mpsc::UnboundedSender<Inbound>) {
+pub async fn run(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    settings: Settings,
+    to_driver: mpsc::UnboundedSender<Inbound>,
+) {
     let filters = protocol::subscriptions(&settings.prefix);
     let mut backoff = Duration::from_millis(50);
     let mut connected = false;
@@ -86,10 +91,18 @@ pub async fn run(client: AsyncClient, mut eventloop: EventLoop, settings: Settin
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => debug!(?ack.return_codes, "subscribed"),
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let msg = match protocol::decode(&settings.prefix, &p.topic, &p.payload, &settings.limits) {
+                let msg = match protocol::decode(
+                    &settings.prefix,
+                    &p.topic,
+                    &p.payload,
+                    &settings.limits,
+                ) {
                     Ok(Some(input)) => Inbound::Input(input),
                     Ok(None) => continue,
-                    Err(rejection) => Inbound::Rejected { topic: p.topic.clone(), rejection },
+                    Err(rejection) => Inbound::Rejected {
+                        topic: p.topic.clone(),
+                        rejection,
+                    },
                 };
                 if to_driver.send(msg).is_err() {
                     return;
@@ -100,7 +113,9 @@ pub async fn run(client: AsyncClient, mut eventloop: EventLoop, settings: Settin
                 if to_driver.is_closed() {
                     return;
                 }
-                if connected || !matches!(e, ConnectionError::Io(_) | ConnectionError::NetworkTimeout) {
+                if connected
+                    || !matches!(e, ConnectionError::Io(_) | ConnectionError::NetworkTimeout)
+                {
                     warn!(cause = %e, retry_in = ?backoff, "broker connection lost");
                 } else {
                     debug!(cause = %e, retry_in = ?backoff, "broker still unreachable");
