@@ -1,6 +1,8 @@
 //! `[defaults]` and `[[channels]]`: per-channel options, and how a channel's options resolve.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -8,7 +10,7 @@ use toml::Spanned;
 use super::duration::{self, ConfigDuration};
 use super::values::{ChannelPattern, LogLevel, QuotaInterval, QuotaLimit, QuotaName};
 use super::{line_of, located};
-use crate::engine::{ChannelOptions, Millis, QuotaSpec};
+use crate::engine::{ChannelOptions, Millis, OnPolicyError, QuotaSpec};
 
 /// One entry of a `quotas` list, as written.
 #[derive(Debug, Deserialize)]
@@ -25,6 +27,61 @@ struct RawQuota {
 /// A `quotas` list; spans locate a duplicate name.
 type RawQuotas = Vec<Spanned<RawQuota>>;
 
+/// `on_policy_error` as written.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawOnPolicyError {
+    Open,
+    Closed,
+}
+
+impl From<RawOnPolicyError> for OnPolicyError {
+    fn from(raw: RawOnPolicyError) -> OnPolicyError {
+        match raw {
+            RawOnPolicyError::Open => OnPolicyError::Open,
+            RawOnPolicyError::Closed => OnPolicyError::Closed,
+        }
+    }
+}
+
+/// The policy keys shared by `[defaults]` and `[[channels]]`, resolved.
+#[derive(Debug, Clone, Default)]
+struct PolicyKeys {
+    /// `Some(None)`: `policy = ""` turns an inherited policy off.
+    policy: Option<Option<Arc<Path>>>,
+    policy_config: Option<Arc<str>>,
+    on_policy_error: Option<OnPolicyError>,
+}
+
+impl PolicyKeys {
+    fn resolve(
+        policy: Option<String>,
+        config: Option<toml::Table>,
+        on_error: Option<RawOnPolicyError>,
+        base: &Path,
+    ) -> PolicyKeys {
+        PolicyKeys {
+            // A relative path is relative to the config file's folder, not the working directory.
+            policy: policy.map(|p| (!p.is_empty()).then(|| Arc::from(base.join(p).as_path()))),
+            // A TOML table always has a JSON form (serializing it cannot fail).
+            policy_config: config.map(|t| Arc::from(serde_json::to_string(&t).unwrap_or_default())),
+            on_policy_error: on_error.map(Into::into),
+        }
+    }
+
+    fn apply(&self, options: &mut ChannelOptions) {
+        if let Some(policy) = &self.policy {
+            options.policy.clone_from(policy);
+        }
+        if let Some(config) = &self.policy_config {
+            options.policy_config = config.clone();
+        }
+        if let Some(on_error) = self.on_policy_error {
+            options.on_policy_error = on_error;
+        }
+    }
+}
+
 /// `[defaults]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -33,6 +90,9 @@ pub(super) struct RawDefaults {
     timeout_offset: Millis,
     max_concurrent_jobs: u32,
     quotas: RawQuotas,
+    policy: Option<String>,
+    policy_config: Option<toml::Table>,
+    on_policy_error: Option<RawOnPolicyError>,
 }
 
 impl Default for RawDefaults {
@@ -42,18 +102,26 @@ impl Default for RawDefaults {
             timeout_offset: engine.timeout_offset,
             max_concurrent_jobs: engine.max_concurrent_jobs,
             quotas: Vec::new(),
+            policy: None,
+            policy_config: None,
+            on_policy_error: None,
         }
     }
 }
 
 impl RawDefaults {
-    /// Checks the quota list and turns the table into engine options.
-    pub(super) fn resolve(self, text: &str) -> Result<ChannelOptions, String> {
-        Ok(ChannelOptions {
+    /// Checks the quota list and turns the table into engine options; `base` is the folder
+    /// relative policy paths start from.
+    pub(super) fn resolve(self, text: &str, base: &Path) -> Result<ChannelOptions, String> {
+        let mut options = ChannelOptions {
             max_concurrent_jobs: self.max_concurrent_jobs,
             timeout_offset: self.timeout_offset,
             quotas: resolve_quotas(self.quotas, text)?,
-        })
+            ..ChannelOptions::default()
+        };
+        PolicyKeys::resolve(self.policy, self.policy_config, self.on_policy_error, base)
+            .apply(&mut options);
+        Ok(options)
     }
 }
 
@@ -68,17 +136,29 @@ pub(super) struct RawChannel {
     max_concurrent_jobs: Option<u32>,
     #[serde(default)]
     quotas: Option<RawQuotas>,
+    #[serde(default)]
+    policy: Option<String>,
+    #[serde(default)]
+    policy_config: Option<toml::Table>,
+    #[serde(default)]
+    on_policy_error: Option<RawOnPolicyError>,
 }
 
 impl RawChannel {
     /// Checks the quota list and records where the entry's pattern is written.
-    pub(super) fn resolve(self, text: &str) -> Result<ChannelRule, String> {
+    pub(super) fn resolve(self, text: &str, base: &Path) -> Result<ChannelRule, String> {
         Ok(ChannelRule {
             line: line_of(text, self.pattern.span().start),
             pattern: self.pattern.into_inner(),
             timeout_offset: self.timeout_offset.map(ConfigDuration::millis),
             max_concurrent_jobs: self.max_concurrent_jobs,
             quotas: self.quotas.map(|q| resolve_quotas(q, text)).transpose()?,
+            policy: PolicyKeys::resolve(
+                self.policy,
+                self.policy_config,
+                self.on_policy_error,
+                base,
+            ),
         })
     }
 }
@@ -133,6 +213,8 @@ pub struct ChannelRule {
     pub max_concurrent_jobs: Option<u32>,
     /// Replaces the whole quota set when set (an empty list removes all quotas).
     pub quotas: Option<Vec<QuotaSpec>>,
+    /// `policy`, `policy_config` and `on_policy_error`, each overriding when set.
+    policy: PolicyKeys,
 }
 
 impl ChannelRule {
@@ -147,6 +229,7 @@ impl ChannelRule {
         if let Some(quotas) = &self.quotas {
             options.quotas.clone_from(quotas);
         }
+        self.policy.apply(options);
     }
 
     /// The keys this entry sets, in schema order.
@@ -160,6 +243,15 @@ impl ChannelRule {
         }
         if self.quotas.is_some() {
             keys.push("quotas");
+        }
+        if self.policy.policy.is_some() {
+            keys.push("policy");
+        }
+        if self.policy.policy_config.is_some() {
+            keys.push("policy_config");
+        }
+        if self.policy.on_policy_error.is_some() {
+            keys.push("on_policy_error");
         }
         keys
     }

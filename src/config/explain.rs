@@ -49,6 +49,16 @@ impl fmt::Display for Explanation {
         let options = &self.options;
         writeln!(f, "  max_concurrent_jobs = {}", options.max_concurrent_jobs)?;
         writeln!(f, "  timeout_offset = {}", options.timeout_offset)?;
+        match &options.policy {
+            Some(path) => writeln!(
+                f,
+                "  policy = {} (on_policy_error = {:?}, policy_config = {})",
+                path.display(),
+                options.on_policy_error,
+                options.policy_config
+            )?,
+            None => writeln!(f, "  policy: none")?,
+        }
         if options.quotas.is_empty() {
             return writeln!(f, "  quotas: none");
         }

@@ -103,11 +103,12 @@ impl Config {
         // `from_str` keeps the input in the error, so its Display shows line, column and snippet.
         let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         // `[defaults]` first: it is usually above `[[channels]]`, so errors come in file order.
-        let defaults = raw.defaults.resolve(text).map_err(invalid)?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let defaults = raw.defaults.resolve(text, base).map_err(invalid)?;
         let channels = raw
             .channels
             .into_iter()
-            .map(|c| c.resolve(text))
+            .map(|c| c.resolve(text, base))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         Ok(Config {

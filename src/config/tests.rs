@@ -475,6 +475,7 @@ fn explain_reports_matches_and_result() {
          matched: [[channels]] #1 pattern \"test(.+)\" (line 7): timeout_offset, max_concurrent_jobs, quotas\n  \
          max_concurrent_jobs = 2\n  \
          timeout_offset = 1s\n  \
+         policy: none\n  \
          quotas:\n    \
          minute: 15 per 1m (log v)\n    \
          hour: 100 per 1h (log q)\n"
@@ -506,4 +507,53 @@ fn summary_names_broker_prefix_and_rule_count() {
         text.contains("embedded, listening on 127.0.0.1:1883"),
         "{text}"
     );
+}
+
+#[test]
+fn policy_keys_resolve_and_override_per_key() {
+    let text = r#"
+[defaults]
+policy = "policies/priority.wasm"
+policy_config = { weight = 2, tiers = ["a", "b"] }
+
+[[channels]]
+pattern = "strict"
+on_policy_error = "closed"
+
+[[channels]]
+pattern = "plain"
+policy = ""
+"#;
+    let cfg = Config::parse(text, Path::new("/etc/coordinosaur/coordinosaur.toml")).expect("valid");
+    let any = cfg.channel_options("other");
+    assert_eq!(
+        any.policy.as_deref(),
+        Some(Path::new("/etc/coordinosaur/policies/priority.wasm")),
+        "relative to the config file's folder"
+    );
+    let config: serde_json::Value = serde_json::from_str(&any.policy_config).expect("json");
+    assert_eq!(
+        config,
+        serde_json::json!({"weight": 2, "tiers": ["a", "b"]})
+    );
+    assert_eq!(any.on_policy_error, crate::engine::OnPolicyError::Open);
+    let strict = cfg.channel_options("strict");
+    assert_eq!(strict.on_policy_error, crate::engine::OnPolicyError::Closed);
+    assert_eq!(strict.policy, any.policy);
+    assert_eq!(
+        cfg.channel_options("plain").policy,
+        None,
+        "policy = \"\" turns it off"
+    );
+    assert!(cfg.explain("strict").to_string().contains("priority.wasm"));
+    assert_eq!(cfg.explain("plain").matched[0].keys, vec!["policy"]);
+}
+
+#[test]
+fn bad_on_policy_error_names_the_line() {
+    let text = "[defaults]\npolicy = \"p.wasm\"\non_policy_error = \"ajar\"\n";
+    let err = Config::parse(text, Path::new("c.toml"))
+        .expect_err("invalid")
+        .to_string();
+    assert!(err.contains("line 3") && err.contains("ajar"), "{err}");
 }

@@ -2,10 +2,16 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
+use super::policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, Policies};
 use super::quota::Window;
 use super::{ChannelOptions, ChannelState, Millis, Output, QuotaState, Registration, Time};
+
+/// How many jobs a policy may defer in one grant opportunity before the engine stops asking
+/// until the next event. Bounds the cost of one event when a policy defers everything.
+pub(crate) const MAX_DEFERRALS: usize = 64;
 
 /// Queue order: highest priority first, then registration order (FIFO among equals).
 type QueueKey = (Reverse<i64>, u64);
@@ -23,6 +29,19 @@ struct Job {
     deadline: Option<Time>,
     /// Extra registration fields (JSON object text), for policies.
     meta: Option<Box<str>>,
+    /// When it registered.
+    registered_at: Time,
+}
+
+impl Job {
+    fn info<'a>(&'a self, uid: &'a str) -> JobInfo<'a> {
+        JobInfo {
+            uid,
+            timeout: self.timeout,
+            registered_at: self.registered_at,
+            meta: self.meta.as_deref(),
+        }
+    }
 }
 
 /// Everything the engine knows about one channel.
@@ -70,34 +89,139 @@ impl Channel {
         self.queue.len()
     }
 
-    /// Queues a new job. Returns false (and changes nothing) if the uid is already known.
-    pub(crate) fn register(&mut self, reg: Registration) -> bool {
+    pub(crate) fn options(&self) -> &ChannelOptions {
+        &self.opts
+    }
+
+    /// Whether the uid is waiting or running.
+    pub(crate) fn knows(&self, uid: &str) -> bool {
+        self.jobs.contains_key(uid)
+    }
+
+    /// Queues a new job, asking the channel's policy for its priority.
+    /// Returns false (and changes nothing) if the uid is already known or the policy refused it.
+    pub(crate) fn register(
+        &mut self,
+        reg: Registration,
+        now: Time,
+        hooks: &mut dyn Policies,
+        out: &mut impl Extend<Output>,
+    ) -> bool {
         if self.jobs.contains_key(reg.uid.as_str()) {
             return false;
+        }
+        let mut priority = reg.priority;
+        if self.opts.policy.is_some() {
+            let job = JobInfo {
+                uid: &reg.uid,
+                timeout: reg.timeout,
+                registered_at: now,
+                meta: reg.meta.as_deref(),
+            };
+            match hooks.admit(&self.view(now), &job) {
+                Admission::Accept(p) => priority = p,
+                Admission::Reject(reason) => {
+                    out.extend([Output::Rejected {
+                        channel: self.name.clone(),
+                        uid: reg.uid.into(),
+                        reason,
+                    }]);
+                    return false;
+                }
+            }
         }
         let uid: Arc<str> = reg.uid.into();
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.queue.insert((Reverse(reg.priority), seq), uid.clone());
+        self.queue.insert((Reverse(priority), seq), uid.clone());
         let job = Job {
             seq,
-            priority: reg.priority,
+            priority,
             timeout: reg.timeout,
             deadline: None,
             meta: reg.meta,
+            registered_at: now,
         };
         self.jobs.insert(uid, job);
         true
     }
 
-    /// Forgets a job, waiting or running. Returns `Some(was_running)` if it was known.
-    pub(crate) fn remove(&mut self, uid: &str) -> Option<bool> {
+    /// Asks the policy again for the priority of every waiting job (after a policy swap).
+    /// Jobs it now rejects leave the queue and are reported.
+    pub(crate) fn readmit(
+        &mut self,
+        now: Time,
+        hooks: &mut dyn Policies,
+        out: &mut impl Extend<Output>,
+    ) {
+        if self.opts.policy.is_none() {
+            return;
+        }
+        let waiting: Vec<_> = std::mem::take(&mut self.queue).into_iter().collect();
+        for ((_, seq), uid) in waiting {
+            let view = self.view(now);
+            let Some(job) = self.jobs.get(&uid) else {
+                continue;
+            };
+            match hooks.admit(&view, &job.info(&uid)) {
+                Admission::Accept(p) => {
+                    if let Some(job) = self.jobs.get_mut(&uid) {
+                        job.priority = p;
+                    }
+                    self.queue.insert((Reverse(p), seq), uid);
+                }
+                Admission::Reject(reason) => {
+                    self.jobs.remove(&uid);
+                    out.extend([Output::Rejected {
+                        channel: self.name.clone(),
+                        uid,
+                        reason,
+                    }]);
+                }
+            }
+        }
+    }
+
+    /// The channel as shown to its policy.
+    fn view(&self, now: Time) -> ChannelView<'_> {
+        ChannelView {
+            channel: &self.name,
+            options: &self.opts,
+            running: u32::try_from(self.running()).unwrap_or(u32::MAX),
+            waiting: u32::try_from(self.waiting()).unwrap_or(u32::MAX),
+            now,
+        }
+    }
+
+    /// Tells the policy, if any, what happened to a job.
+    fn notify(&self, now: Time, hooks: &mut dyn Policies, event: JobEvent, uid: &str, job: &Job) {
+        if self.opts.policy.is_some() {
+            hooks.on_event(&self.view(now), event, &job.info(uid));
+        }
+    }
+
+    /// Forgets a job, waiting or running, on `finished` or `aborted`.
+    /// Returns `Some(was_running)` if it was known.
+    pub(crate) fn remove(
+        &mut self,
+        uid: &str,
+        aborted: bool,
+        now: Time,
+        hooks: &mut dyn Policies,
+    ) -> Option<bool> {
         let job = self.jobs.remove(uid)?;
+        let was_running = job.deadline.is_some();
         match job.deadline {
             Some(deadline) => self.leases.remove(&(deadline, job.seq)),
             None => self.queue.remove(&(Reverse(job.priority), job.seq)),
         };
-        Some(job.deadline.is_some())
+        let event = match (was_running, aborted) {
+            (false, _) => JobEvent::Cancelled,
+            (true, false) => JobEvent::Finished,
+            (true, true) => JobEvent::Aborted,
+        };
+        self.notify(now, hooks, event, uid, &job);
+        Some(was_running)
     }
 
     /// Restarts a running job's lease at `now`, or changes a waiting job's timeout.
@@ -127,13 +251,20 @@ impl Channel {
     }
 
     /// Ends every lease whose deadline is at or before `now`.
-    pub(crate) fn expire(&mut self, now: Time, out: &mut impl Extend<Output>) {
+    pub(crate) fn expire(
+        &mut self,
+        now: Time,
+        hooks: &mut dyn Policies,
+        out: &mut impl Extend<Output>,
+    ) {
         while let Some(entry) = self.leases.first_entry() {
             if entry.key().0 > now {
                 break;
             }
             let uid = entry.remove();
-            self.jobs.remove(&uid);
+            if let Some(job) = self.jobs.remove(&uid) {
+                self.notify(now, hooks, JobEvent::Expired, &uid, &job);
+            }
             out.extend([Output::Expired {
                 channel: self.name.clone(),
                 uid,
@@ -141,34 +272,92 @@ impl Channel {
         }
     }
 
-    /// Grants waiting jobs, oldest (highest priority) first, while a slot and every quota
-    /// window allow. Returns when the next quota window opens if a quota stopped it.
-    pub(crate) fn grant(&mut self, now: Time, out: &mut impl Extend<Output>) -> Option<Time> {
+    /// Grants waiting jobs, highest priority then oldest first, while a slot and every quota
+    /// window allow and the policy agrees. Returns when the next quota window opens if a quota
+    /// stopped it. A job the policy defers keeps its place; the next one is offered instead.
+    pub(crate) fn grant(
+        &mut self,
+        now: Time,
+        hooks: &mut dyn Policies,
+        out: &mut impl Extend<Output>,
+    ) -> Option<Time> {
+        let mut cursor: Option<QueueKey> = None;
+        let mut deferred = 0;
         while self.running() < self.opts.max_concurrent_jobs as usize && !self.queue.is_empty() {
             if let Some(open) = self.quota_opening(now) {
                 return Some(open);
             }
-            let Some((_, uid)) = self.queue.pop_first() else {
-                break;
+            let next = match cursor {
+                None => self.queue.first_key_value(),
+                Some(k) => self
+                    .queue
+                    .range((Bound::Excluded(k), Bound::Unbounded))
+                    .next(),
             };
-            let offset = self.opts.timeout_offset;
-            let Some(job) = self.jobs.get_mut(&uid) else {
-                // Invariant: every queued uid has a job entry. Skip rather than panic.
-                debug_assert!(false, "queued uid without a job");
-                continue;
-            };
-            let deadline = now + job.timeout + offset;
-            job.deadline = Some(deadline);
-            self.leases.insert((deadline, job.seq), uid.clone());
-            for w in &mut self.windows {
-                w.record(now, &self.name);
+            let Some((&key, uid)) = next else { break };
+            let uid = uid.clone();
+            match self.consult(now, hooks, &uid) {
+                Decision::Grant => {}
+                Decision::Defer => {
+                    deferred += 1;
+                    if deferred >= MAX_DEFERRALS {
+                        break;
+                    }
+                    cursor = Some(key);
+                    continue;
+                }
+                Decision::Veto(reason) => {
+                    self.queue.remove(&key);
+                    self.jobs.remove(&uid);
+                    out.extend([Output::Rejected {
+                        channel: self.name.clone(),
+                        uid,
+                        reason,
+                    }]);
+                    continue;
+                }
             }
-            out.extend([Output::Go {
-                channel: self.name.clone(),
-                uid,
-            }]);
+            self.queue.remove(&key);
+            self.start(uid, now, hooks, out);
         }
         None
+    }
+
+    /// The policy's decision on granting `uid` now (always `Grant` without a policy).
+    fn consult(&self, now: Time, hooks: &mut dyn Policies, uid: &str) -> Decision {
+        match (&self.opts.policy, self.jobs.get(uid)) {
+            (Some(_), Some(job)) => hooks.before_grant(&self.view(now), &job.info(uid)),
+            _ => Decision::Grant,
+        }
+    }
+
+    /// Gives a dequeued job its lease and counts it in every window.
+    fn start(
+        &mut self,
+        uid: Arc<str>,
+        now: Time,
+        hooks: &mut dyn Policies,
+        out: &mut impl Extend<Output>,
+    ) {
+        let offset = self.opts.timeout_offset;
+        let Some(job) = self.jobs.get_mut(&uid) else {
+            // Invariant: every queued uid has a job entry. Skip rather than panic.
+            debug_assert!(false, "queued uid without a job");
+            return;
+        };
+        let deadline = now + job.timeout + offset;
+        job.deadline = Some(deadline);
+        self.leases.insert((deadline, job.seq), uid.clone());
+        for w in &mut self.windows {
+            w.record(now, &self.name);
+        }
+        if let Some(job) = self.jobs.get(&uid) {
+            self.notify(now, hooks, JobEvent::Granted, &uid, job);
+        }
+        out.extend([Output::Go {
+            channel: self.name.clone(),
+            uid,
+        }]);
     }
 
     /// When the last full window reopens, if any window is full at `now`.

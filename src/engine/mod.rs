@@ -10,6 +10,7 @@
 
 mod channel;
 mod options;
+mod policy;
 mod quota;
 mod time;
 
@@ -18,7 +19,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use channel::Channel;
-pub use options::{ChannelOptions, QuotaLog, QuotaSpec};
+pub use options::{ChannelOptions, OnPolicyError, QuotaLog, QuotaSpec};
+pub use policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, NoPolicies, Policies};
 pub use time::{Millis, Time};
 
 /// A new job asking to run.
@@ -213,35 +215,45 @@ impl Engine {
         }
     }
 
-    /// Applies one input at `now`. Leases due by `now` end first.
+    /// Applies one input at `now` with no policies. Leases due by `now` end first.
     pub fn handle(&mut self, now: Time, input: Input) {
-        self.handle_timeout(now);
+        self.handle_with(now, input, &mut NoPolicies);
+    }
+
+    /// Applies one input at `now`, asking `hooks` where a channel has a policy.
+    pub fn handle_with(&mut self, now: Time, input: Input, hooks: &mut dyn Policies) {
+        self.handle_timeout_with(now, hooks);
         let now = self.now;
         match input {
-            Input::Register(reg) => self.handle_register(now, reg),
+            Input::Register(reg) => self.handle_register(now, reg, hooks),
             Input::Finished { channel, uid } => {
-                self.handle_end(now, &channel, &uid, EndReason::Finished)
+                self.handle_end(now, &channel, &uid, EndReason::Finished, hooks)
             }
             Input::Aborted { channel, uid } => {
-                self.handle_end(now, &channel, &uid, EndReason::Aborted)
+                self.handle_end(now, &channel, &uid, EndReason::Aborted, hooks)
             }
             Input::SetConcurrency { channel, max } => {
                 let id = self.channel_id(&channel);
                 self.channels[id as usize].set_max(max);
-                self.settle(id, now);
+                self.settle(id, now, hooks);
             }
             Input::Renew {
                 channel,
                 uid,
                 timeout,
-            } => self.handle_renew(now, &channel, &uid, timeout),
+            } => self.handle_renew(now, &channel, &uid, timeout, hooks),
             Input::Infos { channel } => self.handle_infos(now, &channel),
         }
     }
 
+    /// `handle_timeout_with` and no policies.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.handle_timeout_with(now, &mut NoPolicies);
+    }
+
     /// Ends due leases and grants into freed slots and opened quota windows, for every channel
     /// whose deadline is at or before `now`.
-    pub fn handle_timeout(&mut self, now: Time) {
+    pub fn handle_timeout_with(&mut self, now: Time, hooks: &mut dyn Policies) {
         self.now = self.now.max(now);
         let now = self.now;
         while let Some(&(t, id)) = self.timers.first() {
@@ -250,9 +262,38 @@ impl Engine {
             }
             self.timers.pop_first();
             self.channels[id as usize].timer = None;
-            self.channels[id as usize].expire(now, &mut self.outputs);
-            self.settle(id, now);
+            self.channels[id as usize].expire(now, hooks, &mut self.outputs);
+            self.settle(id, now, hooks);
         }
+    }
+
+    /// After a policy changed: asks it again for the priority of every waiting job in each
+    /// channel whose options satisfy `uses`, then grants what the new order allows.
+    pub fn readmit(
+        &mut self,
+        now: Time,
+        uses: impl Fn(&ChannelOptions) -> bool,
+        hooks: &mut dyn Policies,
+    ) {
+        self.handle_timeout_with(now, hooks);
+        let now = self.now;
+        for index in 0..self.channels.len() {
+            let ch = &mut self.channels[index];
+            if uses(ch.options()) {
+                ch.readmit(now, hooks, &mut self.outputs);
+                let id = ChannelId::try_from(index).unwrap_or(ChannelId::MAX);
+                self.settle(id, now, hooks);
+            }
+        }
+    }
+
+    /// Names of the channels whose options satisfy `pred`.
+    pub fn channels_where(&self, pred: impl Fn(&ChannelOptions) -> bool) -> Vec<Arc<str>> {
+        self.channels
+            .iter()
+            .filter(|c| pred(c.options()))
+            .map(|c| c.name.clone())
+            .collect()
     }
 
     /// The earliest time at which `handle_timeout` has work to do.
@@ -301,25 +342,33 @@ impl Engine {
             .map(|id| &self.channels[*id as usize])
     }
 
-    fn handle_register(&mut self, now: Time, reg: Registration) {
+    fn handle_register(&mut self, now: Time, reg: Registration, hooks: &mut dyn Policies) {
         let id = self.channel_id(&reg.channel);
         let channel = &mut self.channels[id as usize];
         let uid = reg.uid.clone();
-        if channel.register(reg) {
+        let known = channel.knows(&uid);
+        if channel.register(reg, now, hooks, &mut self.outputs) {
             tracing::debug!(channel = %channel.name, uid, "queued");
-            self.settle(id, now);
-        } else {
+            self.settle(id, now, hooks);
+        } else if known {
             tracing::debug!(channel = %channel.name, uid, "duplicate register ignored");
         }
     }
 
-    fn handle_end(&mut self, now: Time, channel: &str, uid: &str, reason: EndReason) {
+    fn handle_end(
+        &mut self,
+        now: Time,
+        channel: &str,
+        uid: &str,
+        reason: EndReason,
+        hooks: &mut dyn Policies,
+    ) {
         let Some(&id) = self.by_name.get(channel) else {
             tracing::debug!(channel, uid, ?reason, "end for unknown channel ignored");
             return;
         };
         let ch = &mut self.channels[id as usize];
-        let Some(was_running) = ch.remove(uid) else {
+        let Some(was_running) = ch.remove(uid, reason == EndReason::Aborted, now, hooks) else {
             tracing::debug!(channel, uid, ?reason, "end for unknown uid ignored");
             return;
         };
@@ -329,14 +378,21 @@ impl Engine {
             reason,
             was_running,
         });
-        self.settle(id, now);
+        self.settle(id, now, hooks);
     }
 
-    fn handle_renew(&mut self, now: Time, channel: &str, uid: &str, timeout: Millis) {
+    fn handle_renew(
+        &mut self,
+        now: Time,
+        channel: &str,
+        uid: &str,
+        timeout: Millis,
+        hooks: &mut dyn Policies,
+    ) {
         let id = self.channel_id(channel);
         let ch = &mut self.channels[id as usize];
         if ch.renew(uid, timeout, now) {
-            self.settle(id, now);
+            self.settle(id, now, hooks);
         } else {
             self.outputs.push_back(Output::Rejected {
                 channel: ch.name.clone(),
@@ -370,9 +426,9 @@ impl Engine {
     }
 
     /// Grants what the channel now allows and re-arms its timer.
-    fn settle(&mut self, id: ChannelId, now: Time) {
+    fn settle(&mut self, id: ChannelId, now: Time, hooks: &mut dyn Policies) {
         let ch = &mut self.channels[id as usize];
-        let quota_open = ch.grant(now, &mut self.outputs);
+        let quota_open = ch.grant(now, hooks, &mut self.outputs);
         let next = ch.next_deadline(quota_open);
         if next != ch.timer {
             if let Some(old) = ch.timer {
@@ -388,3 +444,6 @@ impl Engine {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod policy_tests;

@@ -1,5 +1,8 @@
 //! The rules a channel runs under, as the engine sees them: already validated, in engine units.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use super::Millis;
 
 /// How loudly a quota reports that it held a job back (`log` in the config, as in the original).
@@ -30,7 +33,7 @@ pub struct QuotaSpec {
 
 /// The effective options of one channel, fixed when the channel is first seen
 /// (only `concurrency/set` changes the running limit afterwards).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelOptions {
     /// Jobs allowed to run at once. 0 pauses the channel.
     pub max_concurrent_jobs: u32,
@@ -38,6 +41,12 @@ pub struct ChannelOptions {
     pub timeout_offset: Millis,
     /// All windows apply at once; a grant needs room in every one of them.
     pub quotas: Vec<QuotaSpec>,
+    /// The policy component deciding admission and grant order, if any.
+    pub policy: Option<Arc<Path>>,
+    /// The policy's `policy_config` table as JSON text (`{}` if none).
+    pub policy_config: Arc<str>,
+    /// Fallback when the policy fails.
+    pub on_policy_error: OnPolicyError,
 }
 
 impl Default for ChannelOptions {
@@ -46,6 +55,20 @@ impl Default for ChannelOptions {
             max_concurrent_jobs: 1,
             timeout_offset: Millis(0),
             quotas: Vec::new(),
+            policy: None,
+            policy_config: Arc::from("{}"),
+            on_policy_error: OnPolicyError::Open,
         }
     }
+}
+
+/// What to do when a channel's policy traps, times out or returns nonsense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPolicyError {
+    /// Fall back to the built-in behaviour for that decision (accept, grant).
+    #[default]
+    Open,
+    /// Reject the job.
+    Closed,
 }

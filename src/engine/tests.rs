@@ -23,6 +23,7 @@ fn opts(max: u32, offset_ms: u64, quotas: &[(u64, u32)]) -> ChannelOptions {
                 log: QuotaLog::Quiet,
             })
             .collect(),
+        ..ChannelOptions::default()
     }
 }
 
