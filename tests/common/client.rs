@@ -27,8 +27,8 @@ pub type Message = (String, Vec<u8>);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 /// Size of the rumqttc request channel (publishes queued while disconnected wait here).
 const REQUEST_CAPACITY: usize = 1024;
-/// Largest packet sent or received, so that tests can send big payloads.
-const MAX_PACKET: usize = 1 << 20;
+/// Largest packet sent or received, so that tests can send big payloads (a 2 MiB one included).
+const MAX_PACKET: usize = 4 << 20;
 
 /// What a SUBACK tells a waiting `subscribe`: `Err` names the refused filters.
 type SubResult = Result<(), String>;
@@ -309,6 +309,33 @@ impl Client {
                 String::from_utf8_lossy(&payload)
             )
         })
+    }
+
+    /// Like [`Client::state`], but sends `infos` again every 200 ms until a reply arrives (up to
+    /// 10 s): for when the daemon may not be subscribed yet, e.g. just after a broker restart.
+    pub async fn state_when_answered(&mut self, channel: &str) -> serde_json::Value {
+        let state_topic = topic(channel, "state");
+        if !self.is_subscribed_to(&state_topic) {
+            self.subscribe(&state_topic).await;
+        }
+        self.buffer.retain(|(t, _)| *t != state_topic);
+        let deadline = Instant::now() + DEFAULT_TIMEOUT;
+        loop {
+            self.infos(channel).await;
+            if let Some((_, payload)) = self
+                .take_where(|t| t == state_topic, Duration::from_millis(200))
+                .await
+            {
+                return serde_json::from_slice(&payload).unwrap_or_else(|e| {
+                    panic!("{}: state of {channel} is not JSON ({e})", self.id)
+                });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no answer on {state_topic} within {DEFAULT_TIMEOUT:?}",
+                self.id
+            );
+        }
     }
 
     /// Drops every buffered message.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio::time::Instant;
 
-use super::{tail, topic, unique_id, Client, DEFAULT_TIMEOUT};
+use super::{tail, unique_id, Client, DEFAULT_TIMEOUT, PREFIX};
 
 /// The channel the readiness probe asks about.
 const READY_CHANNEL: &str = "__ready";
@@ -27,8 +27,10 @@ const LOG_TAIL: usize = 80;
 /// The working directory is the daemon's temp dir, so relative paths in the config (journal,
 /// policies) land there and survive [`Daemon::kill`] + [`Daemon::spawn_again`].
 pub struct Daemon {
-    /// Port of the broker the config points at.
+    /// Port of the broker the daemon uses (the external one, or its embedded one).
     broker_port: u16,
+    /// Topic prefix the readiness probe uses (the config's `topic_prefix`).
+    prefix: String,
     /// Holds `coordinosaur.toml` and `daemon.log`; removed on drop.
     dir: TempDir,
     /// The running process, `None` after `kill`.
@@ -46,17 +48,27 @@ impl Daemon {
     /// `[limits]`, ...). It is written before the `[mqtt]` table, so top-level keys in it stay
     /// top-level.
     pub async fn start(broker_port: u16, extra_toml: &str) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("coordinosaur-daemon-")
-            .tempdir()
-            .expect("create a temp dir for the daemon");
         let config = format!(
             "{extra_toml}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nclient_id = \"{}\"\n",
             unique_id("coordinosaur-test")
         );
+        Daemon::start_with_config(broker_port, &config, PREFIX).await
+    }
+
+    /// Lower-level [`Daemon::start`]: writes `config` verbatim (it must set `[mqtt]` itself, or
+    /// enable `[embedded_broker]`), starts the daemon and waits until it answers `infos` on
+    /// `{prefix}/__ready/infos` through the broker on `broker_port`. `prefix` must be the
+    /// config's `topic_prefix`, and `broker_port` the port the daemon's broker listens on (for an
+    /// embedded broker, the port of its `listen` address; the probe retries until it is up).
+    pub async fn start_with_config(broker_port: u16, config: &str, prefix: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("coordinosaur-daemon-")
+            .tempdir()
+            .expect("create a temp dir for the daemon");
         fs::write(dir.path().join("coordinosaur.toml"), config).expect("write coordinosaur.toml");
         let mut daemon = Daemon {
             broker_port,
+            prefix: prefix.to_owned(),
             dir,
             child: None,
         };
@@ -150,7 +162,8 @@ impl Daemon {
     /// answer the probe before the new process is up.
     async fn wait_ready(&mut self) {
         let mut probe = Client::connect(self.broker_port, &unique_id("ready-probe")).await;
-        let state_topic = topic(READY_CHANNEL, "state");
+        let state_topic = format!("{}/{READY_CHANNEL}/state", self.prefix);
+        let infos_topic = format!("{}/{READY_CHANNEL}/infos", self.prefix);
         probe.subscribe(&state_topic).await;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -160,11 +173,10 @@ impl Daemon {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "coordinosaur did not answer {} within {READY_TIMEOUT:?}; its log follows",
-                    topic(READY_CHANNEL, "infos")
+                    "coordinosaur did not answer {infos_topic} within {READY_TIMEOUT:?}; its log follows"
                 );
             }
-            probe.infos(READY_CHANNEL).await;
+            probe.publish(&infos_topic, Vec::new()).await;
             if probe.recv(PROBE_INTERVAL).await.is_some() {
                 return;
             }

@@ -1,0 +1,67 @@
+//! Broker outages: the daemon reconnects and resubscribes by itself, and keeps its state.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{topic, unique_id, Client, Daemon, Mosquitto, TestBroker, DEFAULT_TIMEOUT};
+use serde_json::json;
+
+#[tokio::test]
+async fn daemon_reconnects_resubscribes_and_keeps_its_state() {
+    let mut broker = TestBroker::Mosquitto(Mosquitto::start());
+    let daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 1\n").await;
+    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
+    c.subscribe(&topic("ch", "go/+")).await;
+    c.subscribe(&topic("ch", "expired/+")).await;
+    c.register("ch", "first", 60.0).await;
+    c.register("ch", "second", 60.0).await;
+    assert_eq!(c.next_go("ch").await, "first");
+    let before = c.state("ch").await;
+    assert_eq!(before["running"], json!(["first"]), "{before}");
+    assert_eq!(before["waiting"], 1, "{before}");
+
+    broker.stop();
+    c.wait_disconnected().await;
+    broker.restart();
+    c.wait_connections(2).await;
+    // Retries `infos` until the daemon is back and subscribed again.
+    let after = c.state_when_answered("ch").await;
+    daemon.wait_log("broker connection lost").await;
+    assert_eq!(after["running"], json!(["first"]), "{after}");
+    assert_eq!(after["waiting"], 1, "{after}");
+
+    // The running job still holds its slot.
+    c.expect_none(&topic("ch", "go/+"), Duration::from_millis(400))
+        .await;
+    c.finished("ch", "first").await;
+    assert_eq!(c.next_go("ch").await, "second");
+    // New registrations are served too.
+    c.register("ch", "third", 60.0).await;
+    c.finished("ch", "second").await;
+    assert_eq!(c.next_go("ch").await, "third");
+    c.expect_none(&topic("ch", "expired/+"), Duration::ZERO)
+        .await;
+}
+
+#[tokio::test]
+async fn daemon_survives_two_outages_and_leases_still_expire() {
+    let mut broker = TestBroker::start();
+    let _daemon = Daemon::start(broker.port(), "").await;
+    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
+    c.subscribe(&topic("ch", "go/+")).await;
+    c.subscribe(&topic("ch", "expired/+")).await;
+    for round in 0..2u64 {
+        broker.stop();
+        c.wait_disconnected().await;
+        broker.restart();
+        c.wait_connections(round + 2).await;
+        c.state_when_answered("ch").await;
+    }
+    // A short lease granted after the outages expires on time and frees the slot.
+    c.register("ch", "a", 0.3).await;
+    c.register("ch", "b", 60.0).await;
+    assert_eq!(c.next_go("ch").await, "a");
+    c.expect(&topic("ch", "expired/a"), DEFAULT_TIMEOUT).await;
+    assert_eq!(c.next_go("ch").await, "b");
+}
