@@ -26,9 +26,13 @@ pub fn parse_config(config: &Value) -> Result<HashSet<String>, String> {
         return Err(format!("policy_config must be a table, got {config}"));
     };
     if let Some(key) = map.keys().find(|k| *k != TENANTS_KEY) {
-        return Err(format!("unknown key {key:?} in policy_config (expected {TENANTS_KEY})"));
+        return Err(format!(
+            "unknown key {key:?} in policy_config (expected {TENANTS_KEY})"
+        ));
     }
-    let list = map.get(TENANTS_KEY).ok_or_else(|| format!("{TENANTS_KEY} is required"))?;
+    let list = map
+        .get(TENANTS_KEY)
+        .ok_or_else(|| format!("{TENANTS_KEY} is required"))?;
     let not_strings = || format!("{TENANTS_KEY} must be a list of strings, got {list}");
     list.as_array()
         .ok_or_else(not_strings)?
@@ -46,6 +50,7 @@ impl Policy for Deny {
     fn admit(&mut self, job: &Job, _state: &ChannelState) -> Admission {
         match job.meta_str("tenant") {
             Ok(Some(tenant)) if self.denied.contains(&tenant) => {
+                coordinosaur_policy::debug!("deny: rejecting {} of tenant {tenant:?}", job.uid);
                 Admission::Reject(format!("tenant {tenant:?} is denied by policy"))
             }
             _ => Admission::Accept(0),
@@ -78,22 +83,36 @@ mod tests {
             admit(&mut policy, r#"{"tenant":"evil"}"#),
             Admission::Reject(r#"tenant "evil" is denied by policy"#.to_owned())
         );
-        assert!(matches!(admit(&mut policy, r#"{"tenant":"worse"}"#), Admission::Reject(_)));
+        assert!(matches!(
+            admit(&mut policy, r#"{"tenant":"worse"}"#),
+            Admission::Reject(_)
+        ));
     }
 
     #[test]
     fn everyone_else_is_accepted_at_zero() {
         let mut policy = configured(json!({ "tenants": ["evil"] }));
-        for meta in [r#"{"tenant":"acme"}"#, "{}", r#"{"tenant":7}"#, r#"{"tenant":"Evil"}"#] {
+        for meta in [
+            r#"{"tenant":"acme"}"#,
+            "{}",
+            r#"{"tenant":7}"#,
+            r#"{"tenant":"Evil"}"#,
+        ] {
             assert_eq!(admit(&mut policy, meta), Admission::Accept(0), "{meta}");
         }
         let mut empty = configured(json!({ "tenants": [] }));
-        assert_eq!(admit(&mut empty, r#"{"tenant":"evil"}"#), Admission::Accept(0));
+        assert_eq!(
+            admit(&mut empty, r#"{"tenant":"evil"}"#),
+            Admission::Accept(0)
+        );
     }
 
     #[test]
     fn config_needs_a_list_of_strings() {
-        assert_eq!(parse_config(&json!({})), Err("tenants is required".to_owned()));
+        assert_eq!(
+            parse_config(&json!({})),
+            Err("tenants is required".to_owned())
+        );
         assert!(parse_config(&json!({ "tenants": "evil" })).is_err());
         assert!(parse_config(&json!({ "tenants": ["evil", 1] })).is_err());
         assert!(parse_config(&json!({ "tenants": [], "typo": 1 })).is_err());

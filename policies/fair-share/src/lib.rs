@@ -107,9 +107,13 @@ pub fn parse_config(config: &Value) -> Result<u32, String> {
         return Err(format!("policy_config must be a table, got {config}"));
     };
     if let Some(key) = map.keys().find(|k| *k != CAP_KEY) {
-        return Err(format!("unknown key {key:?} in policy_config (expected {CAP_KEY})"));
+        return Err(format!(
+            "unknown key {key:?} in policy_config (expected {CAP_KEY})"
+        ));
     }
-    let value = map.get(CAP_KEY).ok_or_else(|| format!("{CAP_KEY} is required"))?;
+    let value = map
+        .get(CAP_KEY)
+        .ok_or_else(|| format!("{CAP_KEY} is required"))?;
     value
         .as_u64()
         .filter(|n| *n > 0)
@@ -142,6 +146,7 @@ impl FairShare {
 impl Policy for FairShare {
     fn init(&mut self, config: &Value) -> Result<(), String> {
         self.cap = parse_config(config)?;
+        coordinosaur_policy::info!("fair-share: at most {} running jobs per tenant", self.cap);
         Ok(())
     }
 

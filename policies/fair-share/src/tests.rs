@@ -11,7 +11,9 @@ fn job(uid: &str, tenant: &str) -> Job {
 
 fn configured(cap: u64) -> FairShare {
     let mut policy = FairShare::default();
-    policy.init(&json!({ "max_running_per_tenant": cap })).unwrap();
+    policy
+        .init(&json!({ "max_running_per_tenant": cap }))
+        .unwrap();
     policy
 }
 
@@ -29,7 +31,14 @@ struct Host {
 
 impl Host {
     fn new(policy: FairShare, max: usize) -> Self {
-        Self { policy, max, queue: Vec::new(), running: Vec::new(), seq: 0, granted: Vec::new() }
+        Self {
+            policy,
+            max,
+            queue: Vec::new(),
+            running: Vec::new(),
+            seq: 0,
+            granted: Vec::new(),
+        }
     }
 
     fn state(&self) -> ChannelState {
@@ -73,7 +82,11 @@ impl Host {
     }
 
     fn finish(&mut self, uid: &str) {
-        let at = self.running.iter().position(|j| j.uid == uid).expect("running");
+        let at = self
+            .running
+            .iter()
+            .position(|j| j.uid == uid)
+            .expect("running");
         let job = self.running.remove(at);
         self.event(EventKind::Finished, job);
         self.grant();
@@ -101,7 +114,10 @@ fn tenants_alternate_whatever_the_registration_order() {
     for uid in ["x", "a1", "b1", "c1", "a2", "b2", "a3"] {
         host.finish(uid);
     }
-    assert_eq!(host.granted, ["x", "a1", "b1", "c1", "a2", "b2", "a3", "a4"]);
+    assert_eq!(
+        host.granted,
+        ["x", "a1", "b1", "c1", "a2", "b2", "a3", "a4"]
+    );
 }
 
 #[test]
@@ -146,10 +162,19 @@ fn running_counts_follow_events_and_never_underflow() {
     let mut policy = configured(1);
     let state = ChannelState::default();
     let a = job("a1", "a");
-    let ev = |kind| Event { kind, job: a.clone() };
+    let ev = |kind| Event {
+        kind,
+        job: a.clone(),
+    };
     policy.on_event(&ev(EventKind::Granted), &state);
-    assert_eq!(policy.before_grant(&job("a2", "a"), &state), Decision::Defer);
-    assert_eq!(policy.before_grant(&job("b1", "b"), &state), Decision::Grant);
+    assert_eq!(
+        policy.before_grant(&job("a2", "a"), &state),
+        Decision::Defer
+    );
+    assert_eq!(
+        policy.before_grant(&job("b1", "b"), &state),
+        Decision::Grant
+    );
     policy.on_event(&ev(EventKind::Finished), &state);
     for kind in [EventKind::Finished, EventKind::Aborted, EventKind::Expired] {
         policy.on_event(&ev(EventKind::Granted), &state);
@@ -159,7 +184,10 @@ fn running_counts_follow_events_and_never_underflow() {
     // An end without a start (the instance was reloaded in between).
     policy.on_event(&ev(EventKind::Expired), &state);
     assert_eq!(policy.running("a"), 0);
-    assert_eq!(policy.before_grant(&job("a2", "a"), &state), Decision::Grant);
+    assert_eq!(
+        policy.before_grant(&job("a2", "a"), &state),
+        Decision::Grant
+    );
 }
 
 #[test]
@@ -168,16 +196,28 @@ fn jobs_without_tenant_share_the_default_tenant() {
     let state = ChannelState::default();
     let anon = Job::new("n1", "{}");
     assert_eq!(policy.admit(&anon, &state), Admission::Accept(0));
-    policy.on_event(&Event { kind: EventKind::Granted, job: anon }, &state);
+    policy.on_event(
+        &Event {
+            kind: EventKind::Granted,
+            job: anon,
+        },
+        &state,
+    );
     assert_eq!(policy.running(DEFAULT_TENANT), 1);
-    assert_eq!(policy.before_grant(&job("n2", "default"), &state), Decision::Defer);
+    assert_eq!(
+        policy.before_grant(&job("n2", "default"), &state),
+        Decision::Defer
+    );
 }
 
 #[test]
 fn a_non_string_tenant_is_rejected() {
     let mut policy = configured(1);
     let reply = policy.admit(&Job::new("a", r#"{"tenant":7}"#), &ChannelState::default());
-    assert_eq!(reply, Admission::Reject(r#"field "tenant" must be a string, got 7"#.to_owned()));
+    assert_eq!(
+        reply,
+        Admission::Reject(r#"field "tenant" must be a string, got 7"#.to_owned())
+    );
 }
 
 #[test]
@@ -185,7 +225,13 @@ fn cancelled_jobs_are_forgotten() {
     let mut policy = configured(1);
     let state = ChannelState::default();
     policy.admit(&job("a1", "a"), &state);
-    policy.on_event(&Event { kind: EventKind::Cancelled, job: job("a1", "a") }, &state);
+    policy.on_event(
+        &Event {
+            kind: EventKind::Cancelled,
+            job: job("a1", "a"),
+        },
+        &state,
+    );
     assert!(policy.rounds.waiting.is_empty());
 }
 
@@ -198,7 +244,10 @@ fn config_needs_a_positive_integer_cap() {
     );
     for bad in [json!(0), json!(-1), json!(1.5), json!("2"), json!(u64::MAX)] {
         let err = parse_config(&json!({ "max_running_per_tenant": bad })).unwrap_err();
-        assert!(err.starts_with("max_running_per_tenant must be a positive integer"), "{err}");
+        assert!(
+            err.starts_with("max_running_per_tenant must be a positive integer"),
+            "{err}"
+        );
     }
     let err = parse_config(&json!({ "max_running_per_tenant": 1, "typo": 1 })).unwrap_err();
     assert!(err.contains("\"typo\""), "{err}");

@@ -43,7 +43,10 @@ mod tests {
     #[test]
     fn integer_priority_is_the_queue_priority() {
         assert_eq!(admit(r#"{"priority":5}"#), Admission::Accept(5));
-        assert_eq!(admit(r#"{"priority":-7,"tenant":"acme"}"#), Admission::Accept(-7));
+        assert_eq!(
+            admit(r#"{"priority":-7,"tenant":"acme"}"#),
+            Admission::Accept(-7)
+        );
         assert_eq!(
             admit(&format!(r#"{{"priority":{}}}"#, i64::MAX)),
             Admission::Accept(i64::MAX)

@@ -18,8 +18,8 @@ pub mod bindings {
     });
 }
 
-pub use bindings::Guest;
 use bindings::coordinosaur::policy::{log as wit_log, types as wit};
+pub use bindings::Guest;
 
 pub use wit::{
     Admission as WitAdmission, ChannelState as WitChannelState, Decision as WitDecision,
@@ -52,7 +52,11 @@ pub fn init<P: Policy>(slot: &'static Slot<P>, config: String) -> Result<(), Str
 }
 
 /// `admit`, delegated to the instance's policy.
-pub fn admit<P: Policy>(slot: &'static Slot<P>, job: WitJob, state: WitChannelState) -> WitAdmission {
+pub fn admit<P: Policy>(
+    slot: &'static Slot<P>,
+    job: WitJob,
+    state: WitChannelState,
+) -> WitAdmission {
     let (job, state) = (job_from(job), state_from(state));
     match with_policy(slot, |p| p.admit(&job, &state)) {
         Admission::Accept(priority) => WitAdmission::Accept(priority),

@@ -179,9 +179,14 @@ mod tests {
         assert_eq!(Job::new("a", "{}").meta_i64("p"), Ok(None));
         assert_eq!(Job::new("a", r#"{"p":null}"#).meta_i64("p"), Ok(None));
         let err = Job::new("a", r#"{"p":"high"}"#).meta_i64("p").unwrap_err();
-        assert_eq!(err.to_string(), r#"field "p" must be an integer, got "high""#);
+        assert_eq!(
+            err.to_string(),
+            r#"field "p" must be an integer, got "high""#
+        );
         assert!(Job::new("a", r#"{"p":1.5}"#).meta_i64("p").is_err());
-        assert!(Job::new("a", r#"{"p":18446744073709551615}"#).meta_i64("p").is_err());
+        assert!(Job::new("a", r#"{"p":18446744073709551615}"#)
+            .meta_i64("p")
+            .is_err());
     }
 
     #[test]
