@@ -10,9 +10,20 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::engine::{Engine, Output, Time};
+use crate::engine::{Engine, NoPolicies, Output, Policies, Time};
 use crate::mqtt::Inbound;
+use crate::policy::reload::Update;
+use crate::policy::PolicyHost;
 use crate::protocol;
+
+/// The policy host and the stream of reloaded policy files, when any channel uses a policy.
+#[derive(Debug)]
+pub struct PolicyRuntime {
+    /// Runs the policies behind the engine's hooks.
+    pub host: PolicyHost,
+    /// Recompiled policy files from the watcher.
+    pub updates: mpsc::UnboundedReceiver<Update>,
+}
 
 /// Engine time: the wall clock at start-up plus monotonic time elapsed since, so leases mean
 /// the same after a restart and paused-time tests still drive it.
@@ -88,9 +99,11 @@ pub async fn run(
     clock: Clock,
     mut inbound: mpsc::UnboundedReceiver<Inbound>,
     mut sink: impl Sink,
+    mut policies: Option<PolicyRuntime>,
     shutdown: impl Future,
 ) {
     tokio::pin!(shutdown);
+    let mut none = NoPolicies;
     // One sleep, re-armed only when the engine's next deadline changes.
     let far = Duration::from_secs(86_400 * 365);
     let sleep = tokio::time::sleep(far);
@@ -107,7 +120,7 @@ pub async fn run(
             biased;
             _ = &mut shutdown => break,
             msg = inbound.recv() => match msg {
-                Some(Inbound::Input(input)) => engine.handle(clock.now(), input),
+                Some(Inbound::Input(input)) => engine.handle_with(clock.now(), input, hooks(&mut policies, &mut none)),
                 Some(Inbound::Rejected { topic, rejection }) => {
                     warn!(topic, reason = %rejection.error, uid = rejection.uid.as_deref(), "message refused");
                     if let Some(out) = rejection.to_output() {
@@ -118,7 +131,12 @@ pub async fn run(
             },
             _ = &mut sleep, if armed.is_some() => {
                 armed = None;
-                engine.handle_timeout(clock.now());
+                engine.handle_timeout_with(clock.now(), hooks(&mut policies, &mut none));
+            }
+            Some(update) = next_update(&mut policies) => {
+                if let Some(rt) = policies.as_mut() {
+                    apply_update(&mut engine, clock.now(), &mut rt.host, update);
+                }
             }
         }
         while let Some(out) = engine.poll_output() {
@@ -126,6 +144,47 @@ pub async fn run(
         }
     }
     debug!("driver stopped");
+}
+
+/// The hooks to hand the engine: the policy host, or the built-in behaviour.
+fn hooks<'a>(
+    policies: &'a mut Option<PolicyRuntime>,
+    none: &'a mut NoPolicies,
+) -> &'a mut dyn Policies {
+    match policies {
+        Some(rt) => &mut rt.host,
+        None => none,
+    }
+}
+
+/// The next reloaded policy file; never completes without a policy runtime.
+async fn next_update(policies: &mut Option<PolicyRuntime>) -> Option<Update> {
+    match policies {
+        Some(rt) => rt.updates.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Swaps a reloaded policy in between two events and re-ranks the waiting jobs it governs.
+fn apply_update(engine: &mut Engine, now: Time, host: &mut PolicyHost, update: Update) {
+    let path = update.path;
+    match update.result {
+        Ok(compiled) => {
+            let compile_ms = compiled.compile_time.as_millis();
+            let moved = host.swap(compiled);
+            engine.readmit(now, |o| o.policy.as_deref() == Some(path.as_path()), host);
+            info!(
+                policy = %path.display(),
+                channels = moved.len(),
+                compile_ms,
+                took_ms = update.seen_at.elapsed().as_millis(),
+                "policy swapped"
+            );
+        }
+        Err(e) => {
+            warn!(policy = %path.display(), cause = %e, "policy reload failed; the last good version stays")
+        }
+    }
 }
 
 async fn publish(sink: &mut impl Sink, out: Output) {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod mqtt;
+pub mod policy;
 pub mod protocol;
 
 #[cfg(feature = "embedded-broker")]
@@ -51,6 +52,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> anyhow::Result<()> {
     let _broker = start_embedded_broker(&config, &mut settings).await?;
     tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
 
+    let (policies, _reloader) = start_policies(&config).await?;
     let (client, eventloop) = mqtt::connect(&settings);
     let (tx, rx) = mpsc::unbounded_channel();
     let prefix = settings.prefix.clone();
@@ -61,7 +63,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> anyhow::Result<()> {
         client: client.clone(),
         prefix,
     };
-    driver::run(engine, driver::Clock::new(), rx, sink, shutdown).await;
+    driver::run(engine, driver::Clock::new(), rx, sink, policies, shutdown).await;
 
     tracing::info!("shutting down");
     // Queued publishes go out before the DISCONNECT, which is queued behind them.
@@ -73,6 +75,35 @@ pub async fn run(config: Config, shutdown: impl Future) -> anyhow::Result<()> {
         tracing::warn!("MQTT connection did not close within 3 s");
     }
     Ok(())
+}
+
+/// Compiles every configured policy (a bad one stops start-up) and starts watching their files.
+async fn start_policies(
+    config: &Config,
+) -> anyhow::Result<(
+    Option<driver::PolicyRuntime>,
+    Option<policy::reload::Reloader>,
+)> {
+    let paths = config.policy_paths();
+    if paths.is_empty() {
+        return Ok((None, None));
+    }
+    let sandbox = config.policy_sandbox.clone();
+    let preload = paths.clone();
+    let (host, compiler) = tokio::task::spawn_blocking(move || {
+        let compiler = policy::Compiler::new()?;
+        let mut host = policy::PolicyHost::new(compiler.clone(), &sandbox);
+        host.preload(&preload)?;
+        Ok::<_, policy::PolicyError>((host, compiler))
+    })
+    .await
+    .context("policy start-up")??;
+    let (tx, updates) = mpsc::unbounded_channel();
+    let reloader = policy::reload::watch(&paths, compiler, tx).context("watching policy files")?;
+    Ok((
+        Some(driver::PolicyRuntime { host, updates }),
+        Some(reloader),
+    ))
 }
 
 #[cfg(feature = "embedded-broker")]

@@ -232,6 +232,11 @@ impl ChannelRule {
         self.policy.apply(options);
     }
 
+    /// The policy file this entry names, if any.
+    pub fn policy_path(&self) -> Option<Arc<Path>> {
+        self.policy.policy.clone().flatten()
+    }
+
     /// The keys this entry sets, in schema order.
     pub fn keys(&self) -> Vec<&'static str> {
         let mut keys = Vec::new();

@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 pub use channels::ChannelRule;
 pub use explain::{Explanation, MatchedRule};
-pub use settings::{EmbeddedBrokerConfig, Limits, MqttConfig};
+pub use settings::{EmbeddedBrokerConfig, Limits, MqttConfig, PolicySandbox};
 pub use values::ChannelPattern;
 
 use crate::engine::ChannelOptions;
@@ -62,6 +62,8 @@ pub struct Config {
     pub embedded_broker: EmbeddedBrokerConfig,
     /// `[limits]`: bounds on client requests.
     pub limits: Limits,
+    /// `[policy_sandbox]`: time and memory budget of policy calls.
+    pub policy_sandbox: PolicySandbox,
     /// `[defaults]`: the options of a channel that no `[[channels]]` entry matches.
     pub defaults: ChannelOptions,
     /// `[[channels]]`, in file order; later entries override earlier ones.
@@ -78,6 +80,8 @@ struct RawConfig {
     embedded_broker: EmbeddedBrokerConfig,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    policy_sandbox: PolicySandbox,
     #[serde(default)]
     defaults: channels::RawDefaults,
     #[serde(default)]
@@ -103,7 +107,13 @@ impl Config {
         // `from_str` keeps the input in the error, so its Display shows line, column and snippet.
         let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         // `[defaults]` first: it is usually above `[[channels]]`, so errors come in file order.
-        let base = path.parent().unwrap_or(Path::new(""));
+        // Absolute, so policy paths and the events of the folder watcher compare equal.
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let base = std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned());
+        let base = base.as_path();
         let defaults = raw.defaults.resolve(text, base).map_err(invalid)?;
         let channels = raw
             .channels
@@ -115,6 +125,7 @@ impl Config {
             mqtt: raw.mqtt,
             embedded_broker: raw.embedded_broker,
             limits: raw.limits,
+            policy_sandbox: raw.policy_sandbox,
             defaults,
             channels,
         })
@@ -148,6 +159,17 @@ impl Config {
             options: self.channel_options(channel),
             matched,
         }
+    }
+
+    /// Every policy file named anywhere in the config, once each.
+    pub fn policy_paths(&self) -> Vec<std::sync::Arc<Path>> {
+        let mut paths: Vec<_> = std::iter::once(self.defaults.policy.clone())
+            .chain(self.channels.iter().map(|c| c.policy_path()))
+            .flatten()
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
     }
 
     /// A few lines for `coordinosaur check-config` to print when the file is valid.

@@ -96,3 +96,23 @@ impl Default for Limits {
         }
     }
 }
+
+/// `[policy_sandbox]`: what one policy call may use.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySandbox {
+    /// Wall-clock budget of one hook call (10 ms); a call over it is interrupted.
+    #[serde(deserialize_with = "duration::millis")]
+    pub call_timeout: Millis,
+    /// Linear memory one policy instance may grow to, in bytes (16 MiB).
+    pub max_memory: usize,
+}
+
+impl Default for PolicySandbox {
+    fn default() -> Self {
+        PolicySandbox {
+            call_timeout: Millis(10),
+            max_memory: 16 << 20,
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Compiling and type-checking policy components.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, StoreLimits};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+use super::PolicyError;
+
+wasmtime::component::bindgen!({
+    path: "wit",
+    world: "policy",
+});
+
+pub(crate) use coordinosaur::policy::log::Level;
+pub(crate) use coordinosaur::policy::types as wit;
+
+/// Period of the epoch ticker: the resolution of call deadlines.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// What a policy's store holds: an empty WASI context (no files, network, environment, stdio;
+/// clocks read the engine time of the current call), the memory limiter and the channel name
+/// for log lines.
+pub(crate) struct StoreState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) channel: Arc<str>,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit::Host for StoreState {}
+
+impl coordinosaur::policy::log::Host for StoreState {
+    fn log(&mut self, level: Level, message: String) {
+        let channel = &*self.channel;
+        match level {
+            Level::Trace => {
+                tracing::trace!(target: "coordinosaur::policy::guest", channel, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "coordinosaur::policy::guest", channel, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "coordinosaur::policy::guest", channel, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "coordinosaur::policy::guest", channel, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "coordinosaur::policy::guest", channel, "{message}")
+            }
+        }
+    }
+}
+
+/// One policy file, compiled, linked and type-checked against the world.
+pub struct CompiledPolicy {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Ready to instantiate cheaply, once per channel.
+    pub(crate) pre: PolicyPre<StoreState>,
+    /// How long reading and compiling took.
+    pub compile_time: Duration,
+}
+
+impl std::fmt::Debug for CompiledPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPolicy")
+            .field("path", &self.path)
+            .field("compile_time", &self.compile_time)
+            .finish()
+    }
+}
+
+/// The wasmtime engine and linker shared by every policy, plus the epoch ticker thread.
+/// Cloning shares them; the ticker stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Compiler {
+    pub(crate) engine: Engine,
+    linker: Arc<Linker<StoreState>>,
+    _ticker: Arc<Ticker>,
+}
+
+impl std::fmt::Debug for Compiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compiler")
+    }
+}
+
+/// Increments the engine's epoch every [`EPOCH_TICK`] so that deadlines fire.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Compiler {
+    /// Sets up wasmtime with epoch interruption and links the host side of the world:
+    /// `log`, `types`, and WASI p2 with an empty context so `wasm32-wasip2` guests load too.
+    pub fn new() -> Result<Compiler, PolicyError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(PolicyError::Runtime)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(PolicyError::Runtime)?;
+        Policy::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(PolicyError::Runtime)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticking = engine.weak();
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticking.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| PolicyError::Runtime(e.into()))?;
+        Ok(Compiler {
+            engine,
+            linker: Arc::new(linker),
+            _ticker: Arc::new(Ticker { stop }),
+        })
+    }
+
+    /// Reads, compiles and type-checks `path`. Blocking (tens of ms): call it off the async
+    /// runtime.
+    pub fn compile(&self, path: &Path) -> Result<CompiledPolicy, PolicyError> {
+        let started = Instant::now();
+        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let component =
+            Component::from_binary(&self.engine, &bytes).map_err(|cause| PolicyError::Compile {
+                path: path.to_owned(),
+                cause,
+            })?;
+        let interface = |cause| PolicyError::Interface {
+            path: path.to_owned(),
+            cause,
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(interface)?;
+        let pre = PolicyPre::new(instance_pre).map_err(interface)?;
+        Ok(CompiledPolicy {
+            path: path.to_owned(),
+            pre,
+            compile_time: started.elapsed(),
+        })
+    }
+}

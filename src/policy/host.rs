@@ -1,0 +1,387 @@
+//! Running policies: one sandboxed instance per channel behind the engine's hooks.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, ResourceTable, WasiCtxBuilder};
+
+use super::compile::{wit, CompiledPolicy, Compiler, Policy, StoreState, EPOCH_TICK};
+use super::PolicyError;
+use crate::config::PolicySandbox;
+use crate::engine::{Admission, ChannelView, Decision, JobEvent, JobInfo, OnPolicyError, Policies};
+
+/// Counters of what the policies did, for logs and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyStats {
+    /// Hook calls made.
+    pub calls: u64,
+    /// Calls that trapped, ran out of time or memory, or found no usable instance.
+    pub failures: u64,
+    /// Instances created (first use, after a failure, after a swap).
+    pub instantiations: u64,
+    /// Policy files swapped in by a reload.
+    pub swaps: u64,
+}
+
+/// A channel's instance of its policy.
+struct Slot {
+    /// The compiled policy the instance came from; a swap replaces it.
+    compiled: Arc<CompiledPolicy>,
+    /// The channel's `policy_config` (JSON), handed to `init`.
+    config: Arc<str>,
+    /// `None` after a failure: rebuilt on the next call. `init` failures are remembered in
+    /// `broken` instead, so a bad config is not retried on every call.
+    live: Option<Live>,
+    /// Why `init` refused, until a swap brings a new policy.
+    broken: Option<String>,
+}
+
+/// A store and the instance living in it.
+struct Live {
+    store: Store<StoreState>,
+    bindings: Policy,
+}
+
+/// Engine time for guests: WASI clocks read the time of the current call, so policies stay
+/// deterministic and learn nothing about the host.
+#[derive(Clone)]
+struct EngineClock(Arc<AtomicU64>);
+
+impl HostWallClock for EngineClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+impl HostMonotonicClock for EngineClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed).saturating_mul(1_000_000)
+    }
+}
+
+/// Runs each channel's policy; implements the engine's hooks.
+pub struct PolicyHost {
+    compiler: Compiler,
+    /// One compiled component per file, shared by every channel using it.
+    compiled: HashMap<Arc<Path>, Arc<CompiledPolicy>>,
+    /// Files that failed to compile, with the reason (until a reload succeeds).
+    unusable: HashMap<Arc<Path>, String>,
+    /// Instances by channel name.
+    slots: HashMap<Arc<str>, Slot>,
+    /// Epoch ticks one call may take.
+    deadline_ticks: u64,
+    /// Linear memory one instance may use.
+    max_memory: usize,
+    /// Engine time of the current call, read by the guests' clocks.
+    clock: Arc<AtomicU64>,
+    stats: PolicyStats,
+}
+
+impl std::fmt::Debug for PolicyHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyHost")
+            .field("policies", &self.compiled.len())
+            .field("instances", &self.slots.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// Which hook is calling, for logs.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    Admit,
+    BeforeGrant,
+    OnEvent,
+}
+
+impl PolicyHost {
+    /// A host with the given sandbox, sharing `compiler`'s engine.
+    pub fn new(compiler: Compiler, sandbox: &PolicySandbox) -> PolicyHost {
+        let tick = EPOCH_TICK.as_millis().max(1) as u64;
+        PolicyHost {
+            compiler,
+            compiled: HashMap::new(),
+            unusable: HashMap::new(),
+            slots: HashMap::new(),
+            // +1: the current tick may be nearly over when the call starts.
+            deadline_ticks: sandbox.call_timeout.0.div_ceil(tick) + 1,
+            max_memory: sandbox.max_memory,
+            clock: Arc::new(AtomicU64::new(0)),
+            stats: PolicyStats::default(),
+        }
+    }
+
+    /// Compiles every file in `paths` now, so that a bad policy stops start-up with its reason.
+    pub fn preload(&mut self, paths: &[Arc<Path>]) -> Result<(), PolicyError> {
+        for path in paths {
+            let compiled = self.compiler.compile(path)?;
+            info!(policy = %path.display(), compile_ms = compiled.compile_time.as_millis(), "policy loaded");
+            self.compiled.insert(path.clone(), Arc::new(compiled));
+        }
+        Ok(())
+    }
+
+    /// Swaps in a newly compiled version of a file. Channels using it get a new instance
+    /// (with `init` run) right away; a channel whose `init` fails keeps its old instance.
+    /// Returns the channels now running the new version.
+    pub fn swap(&mut self, compiled: CompiledPolicy) -> Vec<Arc<str>> {
+        let path: Arc<Path> = Arc::from(compiled.path.as_path());
+        let compiled = Arc::new(compiled);
+        self.compiled.insert(path.clone(), compiled.clone());
+        self.unusable.remove(&path);
+        self.stats.swaps += 1;
+        let mut moved = Vec::new();
+        let channels: Vec<Arc<str>> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| *s.compiled.path == *path)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in channels {
+            let Some(slot) = self.slots.get(&channel) else {
+                continue;
+            };
+            let config = slot.config.clone();
+            match self.instantiate(&compiled, &channel, &config) {
+                Ok(live) => {
+                    self.slots.insert(
+                        channel.clone(),
+                        Slot {
+                            compiled: compiled.clone(),
+                            config,
+                            live: Some(live),
+                            broken: None,
+                        },
+                    );
+                    moved.push(channel);
+                }
+                Err(cause) => {
+                    warn!(%channel, policy = %path.display(), cause, "new policy refused; channel keeps the old one");
+                }
+            }
+        }
+        moved
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> PolicyStats {
+        self.stats
+    }
+
+    /// Creates a store and instance and runs `init`.
+    fn instantiate(
+        &mut self,
+        compiled: &CompiledPolicy,
+        channel: &Arc<str>,
+        config: &str,
+    ) -> Result<Live, String> {
+        self.stats.instantiations += 1;
+        let clock = EngineClock(self.clock.clone());
+        let wasi = WasiCtxBuilder::new()
+            .wall_clock(clock.clone())
+            .monotonic_clock(clock)
+            .insecure_random_seed(0)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.max_memory)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = StoreState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            channel: channel.clone(),
+        };
+        let mut store = Store::new(&self.compiler.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // A fresh store's deadline is 0: set it before instantiating or start-up code traps.
+        store.set_epoch_deadline(self.deadline_ticks);
+        let bindings = compiled
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("instantiate: {e:#}"))?;
+        store.set_epoch_deadline(self.deadline_ticks);
+        match bindings.call_init(&mut store, config) {
+            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Err(reason)) => Err(format!("init refused the config: {reason}")),
+            Err(e) => Err(format!("init failed: {e:#}")),
+        }
+    }
+
+    /// Runs `f` on the channel's instance, creating it if needed. `None` when there is no usable
+    /// instance or the call failed (already logged and counted; the instance is dropped).
+    fn call<R>(
+        &mut self,
+        view: &ChannelView<'_>,
+        hook: Hook,
+        f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> Option<R> {
+        let path = view.options.policy.clone()?;
+        self.stats.calls += 1;
+        self.clock.store(view.now.0, Ordering::Relaxed);
+        let channel: Arc<str> = Arc::from(view.channel);
+        let compiled = match self.compiled_for(&path) {
+            Ok(c) => c,
+            Err(cause) => return self.failed(view, hook, &cause),
+        };
+        let stale = self.slots.get(&channel).is_none_or(|s| {
+            !Arc::ptr_eq(&s.compiled, &compiled) || *s.config != *view.options.policy_config
+        });
+        if stale {
+            let config: Arc<str> = view.options.policy_config.clone();
+            self.slots.insert(
+                channel.clone(),
+                Slot {
+                    compiled: compiled.clone(),
+                    config,
+                    live: None,
+                    broken: None,
+                },
+            );
+        }
+        let slot = self.slots.get(&channel)?;
+        if let Some(reason) = &slot.broken {
+            let reason = reason.clone();
+            return self.failed(view, hook, &reason);
+        }
+        if slot.live.is_none() {
+            let config = slot.config.clone();
+            match self.instantiate(&compiled, &channel, &config) {
+                Ok(live) => {
+                    if let Some(slot) = self.slots.get_mut(&channel) {
+                        slot.live = Some(live);
+                    }
+                }
+                Err(cause) => {
+                    if let Some(slot) = self.slots.get_mut(&channel) {
+                        slot.broken = Some(cause.clone());
+                    }
+                    return self.failed(view, hook, &cause);
+                }
+            }
+        }
+        let ticks = self.deadline_ticks;
+        let live = self.slots.get_mut(&channel)?.live.as_mut()?;
+        live.store.set_epoch_deadline(ticks);
+        match f(&live.bindings, &mut live.store) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // A trapped instance cannot be entered again: drop it, rebuild on the next call.
+                if let Some(slot) = self.slots.get_mut(&channel) {
+                    slot.live = None;
+                }
+                self.failed(view, hook, &format!("{e:#}"))
+            }
+        }
+    }
+
+    fn compiled_for(&mut self, path: &Arc<Path>) -> Result<Arc<CompiledPolicy>, String> {
+        if let Some(c) = self.compiled.get(path) {
+            return Ok(c.clone());
+        }
+        if let Some(reason) = self.unusable.get(path) {
+            return Err(reason.clone());
+        }
+        // Not preloaded (a config reload named a new file): compile now, once.
+        match self.compiler.compile(path) {
+            Ok(c) => {
+                let c = Arc::new(c);
+                self.compiled.insert(path.clone(), c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                self.unusable.insert(path.clone(), e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn failed<R>(&mut self, view: &ChannelView<'_>, hook: Hook, cause: &str) -> Option<R> {
+        self.stats.failures += 1;
+        warn!(channel = view.channel, ?hook, cause, fallback = ?view.options.on_policy_error, "policy call failed");
+        None
+    }
+}
+
+fn job(view: &ChannelView<'_>, job: &JobInfo<'_>) -> wit::Job {
+    wit::Job {
+        uid: job.uid.to_owned(),
+        channel: view.channel.to_owned(),
+        timeout_ms: job.timeout.0,
+        registered_at_ms: job.registered_at.0,
+        meta: job.meta.unwrap_or("{}").to_owned(),
+    }
+}
+
+fn state(view: &ChannelView<'_>) -> wit::ChannelState {
+    wit::ChannelState {
+        channel: view.channel.to_owned(),
+        max_concurrent_jobs: view.options.max_concurrent_jobs,
+        running: view.running,
+        waiting: view.waiting,
+        now_ms: view.now.0,
+    }
+}
+
+impl Policies for PolicyHost {
+    fn admit(&mut self, view: &ChannelView<'_>, info: &JobInfo<'_>) -> Admission {
+        let (j, s) = (job(view, info), state(view));
+        match self.call(view, Hook::Admit, |p, store| p.call_admit(store, &j, &s)) {
+            Some(wit::Admission::Accept(priority)) => Admission::Accept(priority),
+            Some(wit::Admission::Reject(reason)) => Admission::Reject(reason),
+            None => match view.options.on_policy_error {
+                OnPolicyError::Open => Admission::Accept(0),
+                OnPolicyError::Closed => {
+                    Admission::Reject("policy error (on_policy_error = closed)".into())
+                }
+            },
+        }
+    }
+
+    fn before_grant(&mut self, view: &ChannelView<'_>, info: &JobInfo<'_>) -> Decision {
+        let (j, s) = (job(view, info), state(view));
+        match self.call(view, Hook::BeforeGrant, |p, store| {
+            p.call_before_grant(store, &j, &s)
+        }) {
+            Some(wit::Decision::Grant) => Decision::Grant,
+            Some(wit::Decision::Defer) => Decision::Defer,
+            Some(wit::Decision::Veto(reason)) => Decision::Veto(reason),
+            None => match view.options.on_policy_error {
+                OnPolicyError::Open => Decision::Grant,
+                OnPolicyError::Closed => {
+                    Decision::Veto("policy error (on_policy_error = closed)".into())
+                }
+            },
+        }
+    }
+
+    fn on_event(&mut self, view: &ChannelView<'_>, event: JobEvent, info: &JobInfo<'_>) {
+        let kind = match event {
+            JobEvent::Granted => wit::EventKind::Granted,
+            JobEvent::Finished => wit::EventKind::Finished,
+            JobEvent::Aborted => wit::EventKind::Aborted,
+            JobEvent::Expired => wit::EventKind::Expired,
+            JobEvent::Cancelled => wit::EventKind::Cancelled,
+        };
+        let ev = wit::Event {
+            kind,
+            job: job(view, info),
+        };
+        let s = state(view);
+        self.call(view, Hook::OnEvent, |p, store| {
+            p.call_on_event(store, &ev, &s)
+        });
+    }
+}

@@ -1,0 +1,53 @@
+//! The policy host: per-channel WebAssembly components (WIT world `coordinosaur:policy/policy`,
+//! in `wit/`) run by wasmtime behind the engine's [`Policies`](crate::engine::Policies) hooks.
+//!
+//! - [`compile`]: one compiled, type-checked, pre-instantiated component per policy file,
+//!   shared by every channel that uses it.
+//! - [`PolicyHost`]: one instance per channel, created on first use; every call runs under an
+//!   epoch deadline and a memory cap. A trap, a timeout or an `init` error falls back to the
+//!   built-in decision (`on_policy_error = "open"`) or rejects (`"closed"`), is logged with the
+//!   channel, hook and cause, and the instance is rebuilt from the pre-instantiated component.
+//! - [`reload`]: a notify watcher on the policy folders that recompiles a changed file off the
+//!   async runtime and hands it to the driver, which swaps it in between two events.
+
+mod compile;
+mod host;
+pub mod reload;
+
+pub use compile::{CompiledPolicy, Compiler};
+pub use host::{PolicyHost, PolicyStats};
+
+use std::path::PathBuf;
+
+/// Why a policy file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy {}: {source}", path.display())]
+    Read {
+        /// The policy file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Not a component wasmtime can compile.
+    #[error("cannot compile policy {}: {cause:#}", path.display())]
+    Compile {
+        /// The policy file.
+        path: PathBuf,
+        /// wasmtime's reason.
+        cause: wasmtime::Error,
+    },
+    /// A component, but not of the `coordinosaur:policy/policy` world (missing or mistyped
+    /// exports, unknown imports).
+    #[error("policy {} does not implement the coordinosaur:policy world: {cause:#}", path.display())]
+    Interface {
+        /// The policy file.
+        path: PathBuf,
+        /// What did not match.
+        cause: wasmtime::Error,
+    },
+    /// The wasmtime engine could not be set up.
+    #[error("cannot set up the policy runtime: {0:#}")]
+    Runtime(wasmtime::Error),
+}
