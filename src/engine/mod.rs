@@ -389,17 +389,19 @@ impl Engine {
         timeout: Millis,
         hooks: &mut dyn Policies,
     ) {
-        let id = self.channel_id(channel);
-        let ch = &mut self.channels[id as usize];
-        if ch.renew(uid, timeout, now) {
-            self.settle(id, now, hooks);
-        } else {
-            self.outputs.push_back(Output::Rejected {
-                channel: ch.name.clone(),
-                uid: uid.into(),
-                reason: "renew: no such job (never registered, or its lease already ended)".into(),
-            });
+        // Never creates a channel: a stray renew must not grow state.
+        let id = self.by_name.get(channel).copied();
+        if let Some(id) = id {
+            if self.channels[id as usize].renew(uid, timeout, now) {
+                self.settle(id, now, hooks);
+                return;
+            }
         }
+        self.outputs.push_back(Output::Rejected {
+            channel: channel.into(),
+            uid: uid.into(),
+            reason: "renew: no such job (never registered, or its lease already ended)".into(),
+        });
     }
 
     fn handle_infos(&mut self, now: Time, channel: &str) {

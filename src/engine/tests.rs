@@ -380,6 +380,11 @@ fn renew_of_unknown_job_is_rejected() {
         timeout: Millis(1),
     });
     assert!(matches!(&h.log[0].1, Output::Rejected { uid, .. } if &**uid == "nope"));
+    assert_eq!(
+        h.engine.channel_count(),
+        0,
+        "a stray renew creates no channel"
+    );
 }
 
 #[test]
