@@ -1,0 +1,873 @@
+//! Property tests for the rules engine, through the public API of the library only.
+//!
+//! Random step sequences (register, finished, aborted, concurrency/set, renew, infos, and moving
+//! the clock) are fed to an [`Engine`]. A checker follows the engine's outputs and asserts its
+//! rules after every step. The checker is not a second engine: it only records what the engine
+//! said (who waits in which order, who runs until when, every grant time) and holds each new
+//! decision and each query answer against the rules.
+//!
+//! Time moves in two ways. `Advance` wakes the engine at every `next_deadline()` on the way, as
+//! the driver does, so leases must end exactly on their deadline. `Skip` jumps past deadlines and
+//! hands in the next input directly; the engine must catch up by itself. A twin engine, fed the
+//! same inputs but woken with an explicit `handle_timeout(now)` before each input, tells which
+//! outputs of a `handle` call are the catch-up and which are the input's own effect.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use coordinosaur::engine::{
+    ChannelOptions, ChannelState, EndReason, Engine, Input, Millis, Output, QuotaLog, QuotaSpec,
+    Registration, Resolver, Time,
+};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+/// Engine time at the start of every run.
+const T0: Time = Time(1_000_000);
+/// Uids come from `u0..u{UIDS}` per channel, so duplicates and re-registrations are common.
+const UIDS: u8 = 5;
+/// Longer than any lease (timeout < 5 s, offset < 1 s): after it, every lease has ended.
+const DRAIN_MS: u64 = 60_000;
+
+type Check = Result<(), TestCaseError>;
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+/// One engine input, by channel index and uid number.
+#[derive(Debug, Clone)]
+enum Op {
+    Register { ch: usize, uid: u8, timeout: u64 },
+    Finished { ch: usize, uid: u8 },
+    Aborted { ch: usize, uid: u8 },
+    SetConcurrency { ch: usize, max: u32 },
+    Renew { ch: usize, uid: u8, timeout: u64 },
+    Infos { ch: usize },
+}
+
+/// One step of a run.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Apply an input at the current time.
+    Input(Op),
+    /// Move the clock forward by this many ms, waking the engine at each deadline on the way.
+    Advance(u64),
+    /// Move the clock forward without waking the engine, then apply an input.
+    Skip(u64, Op),
+}
+
+fn channel_name(ch: usize) -> String {
+    format!("c{ch}")
+}
+
+fn uid_name(uid: u8) -> String {
+    format!("u{uid}")
+}
+
+fn options(max: u32, offset_ms: u64, quotas: &[(u64, u32)]) -> ChannelOptions {
+    ChannelOptions {
+        max_concurrent_jobs: max,
+        timeout_offset: Millis(offset_ms),
+        quotas: quotas
+            .iter()
+            .enumerate()
+            .map(|(i, &(interval, limit))| QuotaSpec {
+                name: format!("q{i}"),
+                interval: Millis(interval),
+                limit,
+                log: QuotaLog::Quiet,
+            })
+            .collect(),
+    }
+}
+
+/// Channel `c{i}` gets `table[i]`; any other name gets the defaults.
+fn resolver(table: Vec<ChannelOptions>) -> Resolver {
+    Box::new(move |name| {
+        name.strip_prefix('c')
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| table.get(i).cloned())
+            .unwrap_or_default()
+    })
+}
+
+/// The engine input for `op`, with the channel index reduced to the `n` channels of the run.
+fn to_input(op: &Op, n: usize) -> Input {
+    match *op {
+        Op::Register { ch, uid, timeout } => Input::Register(Registration {
+            channel: channel_name(ch % n),
+            uid: uid_name(uid),
+            timeout: Millis(timeout),
+            priority: 0,
+            meta: None,
+        }),
+        Op::Finished { ch, uid } => Input::Finished {
+            channel: channel_name(ch % n),
+            uid: uid_name(uid),
+        },
+        Op::Aborted { ch, uid } => Input::Aborted {
+            channel: channel_name(ch % n),
+            uid: uid_name(uid),
+        },
+        Op::SetConcurrency { ch, max } => Input::SetConcurrency {
+            channel: channel_name(ch % n),
+            max,
+        },
+        Op::Renew { ch, uid, timeout } => Input::Renew {
+            channel: channel_name(ch % n),
+            uid: uid_name(uid),
+            timeout: Millis(timeout),
+        },
+        Op::Infos { ch } => Input::Infos {
+            channel: channel_name(ch % n),
+        },
+    }
+}
+
+fn drain(engine: &mut Engine) -> Vec<Output> {
+    std::iter::from_fn(|| engine.poll_output()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules that do not depend on the engine
+
+/// When a window `(interval, limit)` next has room, if it is full at `at`, given every grant time
+/// so far (ascending). A grant at `t` is allowed iff fewer than `limit` grants `g` have
+/// `t <= g + interval`; with grants ascending that fails iff the `limit`-th most recent one still
+/// counts, and it stops counting one millisecond after `g + interval`.
+fn window_opening(interval: u64, limit: u32, gos: &[Time], at: Time) -> Option<Time> {
+    let l = limit as usize;
+    if l == 0 || gos.len() < l {
+        return None;
+    }
+    let g = gos[gos.len() - l];
+    (at <= g + Millis(interval)).then_some(g + Millis(interval) + Millis(1))
+}
+
+/// Grants counting against a window at `at`, as the state report shows them.
+fn window_used(interval: u64, limit: u32, gos: &[Time], at: Time) -> u32 {
+    let counting = gos.iter().filter(|g| at <= **g + Millis(interval)).count();
+    u32::try_from(counting.min(limit as usize)).unwrap_or(u32::MAX)
+}
+
+/// The largest number of grants in any `[g_i, g_i + interval]` over the whole history.
+fn busiest_window(interval: u64, gos: &[Time]) -> usize {
+    let mut best = 0;
+    let mut end = 0;
+    for (i, g) in gos.iter().enumerate() {
+        while end < gos.len() && gos[end] <= *g + Millis(interval) {
+            end += 1;
+        }
+        best = best.max(end - i);
+    }
+    best
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checker
+
+/// A job the engine has accepted and not yet granted.
+#[derive(Debug)]
+struct Waiting {
+    uid: String,
+    /// The job's own timeout (renew of a waiting job replaces it).
+    timeout: u64,
+}
+
+/// What the outputs say about one channel.
+#[derive(Debug)]
+struct Chan {
+    name: String,
+    opts: ChannelOptions,
+    /// Current running limit.
+    max: u32,
+    /// Accepted, not granted, not cancelled; in registration order.
+    waiting: Vec<Waiting>,
+    /// Granted and not ended, with the lease deadline the rules give.
+    running: HashMap<String, Time>,
+    /// Every grant time, ascending.
+    gos: Vec<Time>,
+    /// Whether a job was granted since the last `concurrency/set`.
+    go_since_set: bool,
+}
+
+impl Chan {
+    /// `Some(was_running)` if the uid is known.
+    fn status(&self, uid: &str) -> Option<bool> {
+        if self.running.contains_key(uid) {
+            Some(true)
+        } else if self.waiting.iter().any(|w| w.uid == uid) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    fn forget(&mut self, uid: &str) {
+        self.running.remove(uid);
+        self.waiting.retain(|w| w.uid != uid);
+    }
+
+    /// When every full window has room again, if any is full at `at`.
+    fn quota_opening(&self, at: Time) -> Option<Time> {
+        self.opts
+            .quotas
+            .iter()
+            .filter_map(|q| window_opening(q.interval.0, q.limit, &self.gos, at))
+            .max()
+    }
+
+    fn offset(&self) -> Millis {
+        self.opts.timeout_offset
+    }
+}
+
+/// One call made into the engine, for replaying.
+#[derive(Debug, Clone)]
+enum Call {
+    Handle(Time, Input),
+    Timeout(Time),
+}
+
+struct Checker {
+    engine: Engine,
+    /// Same inputs, but with an explicit `handle_timeout(now)` before each one.
+    twin: Engine,
+    now: Time,
+    chans: Vec<Chan>,
+    /// Every call made to `engine` with the outputs it produced.
+    calls: Vec<(Call, Vec<Output>)>,
+    /// Number of `Go` outputs so far.
+    grants: usize,
+    /// Number of `Expired` and `Ended { was_running: true }` outputs so far.
+    lease_ends: usize,
+}
+
+impl Checker {
+    fn new(table: &[ChannelOptions]) -> Checker {
+        let chans = table
+            .iter()
+            .enumerate()
+            .map(|(i, o)| Chan {
+                name: channel_name(i),
+                opts: o.clone(),
+                max: o.max_concurrent_jobs,
+                waiting: Vec::new(),
+                running: HashMap::new(),
+                gos: Vec::new(),
+                go_since_set: false,
+            })
+            .collect();
+        Checker {
+            engine: Engine::new(resolver(table.to_vec())),
+            twin: Engine::new(resolver(table.to_vec())),
+            now: T0,
+            chans,
+            calls: Vec::new(),
+            grants: 0,
+            lease_ends: 0,
+        }
+    }
+
+    fn chan_index(&self, name: &str) -> Result<usize, TestCaseError> {
+        self.chans
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| TestCaseError::fail(format!("output for unknown channel {name}")))
+    }
+
+    fn run(&mut self, steps: &[Step]) -> Check {
+        self.check_invariants()?;
+        for step in steps {
+            self.step(step)?;
+        }
+        self.settle_everything()
+    }
+
+    fn step(&mut self, step: &Step) -> Check {
+        match step {
+            Step::Input(op) => self.apply(op, true)?,
+            Step::Advance(ms) => self.advance(*ms)?,
+            Step::Skip(ms, op) => {
+                self.now = self.now + Millis(*ms);
+                self.apply(op, false)?;
+            }
+        }
+        self.check_invariants()
+    }
+
+    /// Wakes both engines at each deadline up to `now + ms`, then moves the clock there.
+    fn advance(&mut self, ms: u64) -> Check {
+        let target = self.now + Millis(ms);
+        loop {
+            let deadline = self.engine.next_deadline();
+            prop_assert_eq!(deadline, self.twin.next_deadline());
+            let Some(d) = deadline.filter(|d| *d <= target) else {
+                break;
+            };
+            prop_assert!(d >= self.now, "deadline {:?} before now {:?}", d, self.now);
+            self.now = d;
+            self.engine.handle_timeout(d);
+            self.twin.handle_timeout(d);
+            let out = drain(&mut self.engine);
+            prop_assert_eq!(&out, &drain(&mut self.twin));
+            for o in &out {
+                self.observe(o, true)?;
+            }
+            self.calls.push((Call::Timeout(d), out));
+            let after = self.engine.next_deadline();
+            prop_assert!(
+                after.is_none_or(|a| a > d),
+                "handle_timeout({d:?}) left a deadline at {after:?}"
+            );
+            self.check_invariants()?;
+        }
+        self.now = target;
+        Ok(())
+    }
+
+    /// Hands `op` to the engine at `now`. `exact`: every deadline before `now` was delivered.
+    fn apply(&mut self, op: &Op, exact: bool) -> Check {
+        let input = to_input(op, self.chans.len());
+        let now = self.now;
+        self.twin.handle_timeout(now);
+        let catch_up = drain(&mut self.twin);
+        self.twin.handle(now, input.clone());
+        let effect = drain(&mut self.twin);
+        self.engine.handle(now, input.clone());
+        let out = drain(&mut self.engine);
+        let expected: Vec<Output> = catch_up.iter().chain(&effect).cloned().collect();
+        prop_assert_eq!(
+            &out,
+            &expected,
+            "handle(now, input) must equal handle_timeout(now) then the input"
+        );
+        for o in &catch_up {
+            self.observe(o, exact)?;
+        }
+        self.apply_effect(op, &effect)?;
+        self.calls.push((Call::Handle(now, input), out));
+        Ok(())
+    }
+
+    /// Checks what an input did after the catch-up, and records it.
+    fn apply_effect(&mut self, op: &Op, effect: &[Output]) -> Check {
+        let n = self.chans.len();
+        let now = self.now;
+        match *op {
+            Op::Register { ch, uid, timeout } => {
+                let c = &mut self.chans[ch % n];
+                let uid = uid_name(uid);
+                if c.status(&uid).is_some() {
+                    prop_assert!(
+                        effect.is_empty(),
+                        "duplicate register of {} had effects {:?}",
+                        uid,
+                        effect
+                    );
+                } else {
+                    c.waiting.push(Waiting { uid, timeout });
+                }
+                self.observe_all(effect)
+            }
+            Op::Finished { ch, uid } => {
+                self.end(ch % n, &uid_name(uid), EndReason::Finished, effect)
+            }
+            Op::Aborted { ch, uid } => self.end(ch % n, &uid_name(uid), EndReason::Aborted, effect),
+            Op::SetConcurrency { ch, max } => {
+                let c = &mut self.chans[ch % n];
+                c.max = max;
+                c.go_since_set = false;
+                self.observe_all(effect)
+            }
+            Op::Renew { ch, uid, timeout } => {
+                let c = &mut self.chans[ch % n];
+                let uid = uid_name(uid);
+                match c.status(&uid) {
+                    None => {
+                        prop_assert!(
+                            matches!(effect, [Output::Rejected { channel, uid: u, .. }]
+                                if **channel == *c.name && **u == *uid),
+                            "renew of unknown {} should be rejected, got {:?}",
+                            uid,
+                            effect
+                        );
+                        return Ok(());
+                    }
+                    Some(true) => {
+                        let deadline = now + Millis(timeout) + c.offset();
+                        c.running.insert(uid, deadline);
+                    }
+                    Some(false) => {
+                        if let Some(w) = c.waiting.iter_mut().find(|w| w.uid == uid) {
+                            w.timeout = timeout;
+                        }
+                    }
+                }
+                self.observe_all(effect)
+            }
+            Op::Infos { ch } => {
+                let [Output::State(s)] = effect else {
+                    return Err(TestCaseError::fail(format!(
+                        "infos should give exactly one state, got {effect:?}"
+                    )));
+                };
+                prop_assert_eq!(s.now, now);
+                self.check_state(ch % n, s)
+            }
+        }
+    }
+
+    /// Checks `finished`/`aborted` of `uid`: one `Ended` first if the uid is known, else nothing.
+    fn end(&mut self, ch: usize, uid: &str, reason: EndReason, effect: &[Output]) -> Check {
+        let c = &mut self.chans[ch];
+        let Some(was_running) = c.status(uid) else {
+            prop_assert!(
+                effect.is_empty(),
+                "end of unknown {} had effects {:?}",
+                uid,
+                effect
+            );
+            return Ok(());
+        };
+        let expected = Output::Ended {
+            channel: Arc::from(c.name.as_str()),
+            uid: Arc::from(uid),
+            reason,
+            was_running,
+        };
+        prop_assert_eq!(effect.first(), Some(&expected));
+        c.forget(uid);
+        if was_running {
+            self.lease_ends += 1;
+        }
+        self.observe_all(&effect[1..])
+    }
+
+    fn observe_all(&mut self, outputs: &[Output]) -> Check {
+        outputs.iter().try_for_each(|o| self.observe(o, true))
+    }
+
+    /// Checks a grant or an expiry at `now` and records it. `exact`: a lease must end on the dot.
+    fn observe(&mut self, o: &Output, exact: bool) -> Check {
+        let now = self.now;
+        match o {
+            Output::Go { channel, uid } => {
+                let idx = self.chan_index(channel)?;
+                let c = &mut self.chans[idx];
+                let pos = c.waiting.iter().position(|w| *w.uid == **uid);
+                prop_assert!(pos.is_some(), "Go for {} which is not waiting", uid);
+                prop_assert_eq!(
+                    pos,
+                    Some(0),
+                    "Go for {} out of FIFO order; waiting: {:?}",
+                    uid,
+                    c.waiting
+                );
+                prop_assert!(
+                    c.running.len() < c.max as usize,
+                    "Go for {} with {} running and max {}",
+                    uid,
+                    c.running.len(),
+                    c.max
+                );
+                for q in &c.opts.quotas {
+                    let open = window_opening(q.interval.0, q.limit, &c.gos, now);
+                    prop_assert!(
+                        open.is_none(),
+                        "Go for {} at {:?} but quota {} is full until {:?}",
+                        uid,
+                        now,
+                        q.name,
+                        open
+                    );
+                }
+                let job = c.waiting.remove(0);
+                c.running
+                    .insert(job.uid, now + Millis(job.timeout) + c.offset());
+                c.gos.push(now);
+                c.go_since_set = true;
+                self.grants += 1;
+            }
+            Output::Expired { channel, uid } => {
+                let idx = self.chan_index(channel)?;
+                let c = &mut self.chans[idx];
+                let deadline = c.running.remove(&**uid);
+                prop_assert!(
+                    deadline.is_some(),
+                    "Expired for {} which is not running",
+                    uid
+                );
+                let deadline = deadline.unwrap_or(now);
+                if exact {
+                    prop_assert_eq!(deadline, now, "lease of {} ended off its deadline", uid);
+                } else {
+                    prop_assert!(deadline <= now, "lease of {} ended early", uid);
+                }
+                self.lease_ends += 1;
+            }
+            other => return Err(TestCaseError::fail(format!("unexpected output {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// A state report must agree with the outputs so far, at the report's own time.
+    fn check_state(&self, ch: usize, s: &ChannelState) -> Check {
+        let c = &self.chans[ch];
+        prop_assert_eq!(&s.channel, &c.name);
+        prop_assert_eq!(s.max_concurrent_jobs, c.max);
+        prop_assert_eq!(s.timeout_offset_ms, c.opts.timeout_offset.0);
+        let mut running = s.running.clone();
+        running.sort();
+        let mut expected: Vec<String> = c.running.keys().cloned().collect();
+        expected.sort();
+        prop_assert_eq!(running, expected);
+        prop_assert_eq!(s.running_count, c.running.len());
+        prop_assert_eq!(s.waiting, c.waiting.len());
+        prop_assert_eq!(s.quotas.len(), c.opts.quotas.len());
+        for (q, spec) in s.quotas.iter().zip(&c.opts.quotas) {
+            let (interval, limit) = (spec.interval.0, spec.limit);
+            prop_assert_eq!(q.used, window_used(interval, limit, &c.gos, s.now));
+            prop_assert_eq!(
+                q.next_opening,
+                window_opening(interval, limit, &c.gos, s.now)
+            );
+        }
+        prop_assert_eq!(s.next_window_opening, c.quota_opening(s.now));
+        Ok(())
+    }
+
+    /// The rules that must hold between steps.
+    fn check_invariants(&self) -> Check {
+        let now = self.now;
+        let next = self.engine.next_deadline();
+        prop_assert!(
+            next.is_none_or(|d| d >= now),
+            "next_deadline {next:?} before now {now:?}"
+        );
+        let mut expected_next: Option<Time> = None;
+        let mut earliest = |t: Time| {
+            expected_next = Some(expected_next.map_or(t, |e| e.min(t)));
+        };
+        for (i, c) in self.chans.iter().enumerate() {
+            let waiting: Vec<String> = self
+                .engine
+                .waiting(&c.name)
+                .iter()
+                .map(|u| u.to_string())
+                .collect();
+            let tracked: Vec<String> = c.waiting.iter().map(|w| w.uid.clone()).collect();
+            prop_assert_eq!(&waiting, &tracked, "waiting queue of {}", c.name);
+            let mut running: Vec<(String, Time)> = self
+                .engine
+                .running(&c.name)
+                .into_iter()
+                .map(|(u, t)| (u.to_string(), t))
+                .collect();
+            running.sort();
+            let mut tracked: Vec<(String, Time)> =
+                c.running.iter().map(|(u, t)| (u.clone(), *t)).collect();
+            tracked.sort();
+            prop_assert_eq!(&running, &tracked, "leases of {}", c.name);
+            for (u, _) in &running {
+                prop_assert!(!waiting.contains(u), "{} both waiting and running", u);
+            }
+            prop_assert!(
+                c.running.len() <= c.max as usize || !c.go_since_set,
+                "{}: {} running over max {} after a grant",
+                c.name,
+                c.running.len(),
+                c.max
+            );
+            for (u, d) in &c.running {
+                prop_assert!(*d >= now, "lease of {} due at {:?} still running", u, d);
+                earliest(*d);
+            }
+            if !c.waiting.is_empty() && c.running.len() < c.max as usize {
+                let opening = c.quota_opening(now);
+                prop_assert!(
+                    opening.is_some(),
+                    "{}: {} waiting, {} of {} slots used, no quota full at {:?}: should have granted",
+                    c.name,
+                    c.waiting.len(),
+                    c.running.len(),
+                    c.max,
+                    now
+                );
+                if let Some(o) = opening {
+                    prop_assert!(
+                        next.is_some_and(|d| d <= o),
+                        "{}: quota opens at {:?} but next_deadline is {:?}",
+                        c.name,
+                        o,
+                        next
+                    );
+                    earliest(o);
+                }
+            }
+            match self.engine.channel_state(&c.name) {
+                Some(s) => {
+                    prop_assert!(s.now <= now);
+                    self.check_state(i, &s)?;
+                }
+                None => prop_assert!(
+                    c.waiting.is_empty() && c.running.is_empty() && c.gos.is_empty(),
+                    "{} has jobs but the engine does not know it",
+                    c.name
+                ),
+            }
+        }
+        prop_assert_eq!(
+            next,
+            expected_next,
+            "next_deadline should be the earliest lease end or quota opening"
+        );
+        Ok(())
+    }
+
+    /// Pauses every channel and lets every lease run out: each grant must then have ended once.
+    fn settle_everything(&mut self) -> Check {
+        for ch in 0..self.chans.len() {
+            self.step(&Step::Input(Op::SetConcurrency { ch, max: 0 }))?;
+        }
+        self.step(&Step::Advance(DRAIN_MS))?;
+        prop_assert_eq!(self.engine.next_deadline(), None);
+        for c in &self.chans {
+            prop_assert!(
+                c.running.is_empty(),
+                "{} still running {:?}",
+                c.name,
+                c.running
+            );
+            for q in &c.opts.quotas {
+                if q.limit > 0 {
+                    let busiest = busiest_window(q.interval.0, &c.gos);
+                    prop_assert!(
+                        busiest <= q.limit as usize,
+                        "{}: {} grants in one window of quota {}",
+                        c.name,
+                        busiest,
+                        q.name
+                    );
+                }
+            }
+        }
+        prop_assert_eq!(self.grants, self.lease_ends);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strategies
+
+fn timeout() -> impl Strategy<Value = u64> {
+    prop_oneof![1 => Just(0u64), 4 => 0..5_000u64]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let ch = 0..3usize;
+    let uid = 0..UIDS;
+    prop_oneof![
+        5 => (ch.clone(), uid.clone(), timeout())
+            .prop_map(|(ch, uid, timeout)| Op::Register { ch, uid, timeout }),
+        3 => (ch.clone(), uid.clone()).prop_map(|(ch, uid)| Op::Finished { ch, uid }),
+        1 => (ch.clone(), uid.clone()).prop_map(|(ch, uid)| Op::Aborted { ch, uid }),
+        1 => (ch.clone(), 0..4u32).prop_map(|(ch, max)| Op::SetConcurrency { ch, max }),
+        1 => (ch.clone(), uid, timeout())
+            .prop_map(|(ch, uid, timeout)| Op::Renew { ch, uid, timeout }),
+        1 => ch.prop_map(|ch| Op::Infos { ch }),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => op().prop_map(Step::Input),
+        3 => prop_oneof![Just(0u64), Just(1), 0..3_000u64].prop_map(Step::Advance),
+        1 => (1..3_000u64, op()).prop_map(|(ms, op)| Step::Skip(ms, op)),
+    ]
+}
+
+fn channel_options() -> impl Strategy<Value = ChannelOptions> {
+    let quota = (prop_oneof![Just(1u64), 1..20u64, 1..3_000u64], 0..4u32);
+    (
+        1..=3u32,
+        prop_oneof![Just(0u64), 0..1_000u64],
+        prop::collection::vec(quota, 0..=2),
+    )
+        .prop_map(|(max, offset, quotas)| options(max, offset, &quotas))
+}
+
+fn scenario() -> impl Strategy<Value = (Vec<ChannelOptions>, Vec<Step>)> {
+    (
+        prop::collection::vec(channel_options(), 2..=3),
+        prop::collection::vec(step(), 1..=200),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Every rule holds after every step, and every grant ends exactly once.
+    #[test]
+    fn engine_keeps_its_rules((table, steps) in scenario()) {
+        Checker::new(&table).run(&steps)?;
+    }
+
+    /// Replaying the same calls into a fresh engine gives the same outputs and the same state.
+    #[test]
+    fn replay_is_deterministic((table, steps) in scenario()) {
+        let mut first = Checker::new(&table);
+        first.run(&steps)?;
+        let mut replay = Engine::new(resolver(table.clone()));
+        for (call, outputs) in &first.calls {
+            match call {
+                Call::Handle(now, input) => replay.handle(*now, input.clone()),
+                Call::Timeout(now) => replay.handle_timeout(*now),
+            }
+            prop_assert_eq!(&drain(&mut replay), outputs, "after {:?}", call);
+        }
+        prop_assert_eq!(replay.next_deadline(), first.engine.next_deadline());
+        prop_assert_eq!(replay.channel_count(), first.engine.channel_count());
+        for c in &first.chans {
+            prop_assert_eq!(replay.channel_state(&c.name), first.engine.channel_state(&c.name));
+            prop_assert_eq!(replay.waiting(&c.name), first.engine.waiting(&c.name));
+            prop_assert_eq!(replay.running(&c.name), first.engine.running(&c.name));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Edge cases, deterministic
+
+fn register(engine: &mut Engine, now: Time, uid: &str, timeout: u64) {
+    engine.handle(
+        now,
+        Input::Register(Registration {
+            channel: "c0".into(),
+            uid: uid.into(),
+            timeout: Millis(timeout),
+            priority: 0,
+            meta: None,
+        }),
+    );
+}
+
+fn go(uid: &str) -> Output {
+    Output::Go {
+        channel: "c0".into(),
+        uid: uid.into(),
+    }
+}
+
+fn expired(uid: &str) -> Output {
+    Output::Expired {
+        channel: "c0".into(),
+        uid: uid.into(),
+    }
+}
+
+#[test]
+fn zero_timeout_lease_ends_at_its_grant_time() {
+    let mut e = Engine::new(resolver(vec![options(1, 0, &[])]));
+    register(&mut e, T0, "a", 0);
+    assert_eq!(drain(&mut e), [go("a")]);
+    // The lease is due now: the engine asks to be woken now, not later.
+    assert_eq!(e.next_deadline(), Some(T0));
+    // The next input at the same time ends it first, then queues and grants b.
+    register(&mut e, T0, "b", 0);
+    assert_eq!(drain(&mut e), [expired("a"), go("b")]);
+    e.handle_timeout(T0);
+    assert_eq!(drain(&mut e), [expired("b")]);
+    assert_eq!(e.next_deadline(), None);
+}
+
+#[test]
+fn zero_timeout_with_offset_lasts_the_offset() {
+    let mut e = Engine::new(resolver(vec![options(1, 250, &[])]));
+    register(&mut e, T0, "a", 0);
+    assert_eq!(e.running("c0"), [(Arc::from("a"), T0 + Millis(250))]);
+    assert_eq!(e.next_deadline(), Some(T0 + Millis(250)));
+}
+
+#[test]
+fn lowering_concurrency_to_zero_keeps_running_jobs_and_grants_nothing() {
+    let mut e = Engine::new(resolver(vec![options(2, 0, &[])]));
+    register(&mut e, T0, "a", 1_000);
+    register(&mut e, T0, "b", 2_000);
+    register(&mut e, T0, "c", 1_000);
+    assert_eq!(drain(&mut e), [go("a"), go("b")]);
+    let set = |max| Input::SetConcurrency {
+        channel: "c0".into(),
+        max,
+    };
+    e.handle(T0, set(0));
+    assert!(drain(&mut e).is_empty(), "nothing is revoked");
+    assert_eq!(e.running("c0").len(), 2);
+    e.handle(
+        T0 + Millis(10),
+        Input::Finished {
+            channel: "c0".into(),
+            uid: "a".into(),
+        },
+    );
+    assert!(matches!(
+        &drain(&mut e)[..],
+        [Output::Ended {
+            was_running: true,
+            ..
+        }]
+    ));
+    // Only b's lease is left to wake for: a paused channel does not wait on a quota.
+    assert_eq!(e.next_deadline(), Some(T0 + Millis(2_000)));
+    e.handle_timeout(T0 + Millis(2_000));
+    assert_eq!(drain(&mut e), [expired("b")]);
+    assert_eq!(e.next_deadline(), None);
+    assert_eq!(e.waiting("c0"), [Arc::from("c")]);
+    e.handle(T0 + Millis(3_000), set(1));
+    assert_eq!(drain(&mut e), [go("c")]);
+}
+
+#[test]
+fn quota_of_one_per_millisecond_grants_every_other_millisecond() {
+    // A grant at t counts while now <= t + 1, so the next one can come at t + 2.
+    let mut e = Engine::new(resolver(vec![options(3, 0, &[(1, 1)])]));
+    for u in ["a", "b", "c"] {
+        register(&mut e, T0, u, 10_000);
+    }
+    assert_eq!(drain(&mut e), [go("a")]);
+    assert_eq!(e.next_deadline(), Some(T0 + Millis(2)));
+    e.handle_timeout(T0 + Millis(1));
+    assert!(drain(&mut e).is_empty());
+    e.handle_timeout(T0 + Millis(2));
+    assert_eq!(drain(&mut e), [go("b")]);
+    assert_eq!(e.next_deadline(), Some(T0 + Millis(4)));
+    // Skipping past the opening: the next input catches up and grants at its own time.
+    e.handle(
+        T0 + Millis(7),
+        Input::Infos {
+            channel: "c0".into(),
+        },
+    );
+    let out = drain(&mut e);
+    assert_eq!(out[0], go("c"));
+    assert!(
+        matches!(&out[1], Output::State(s) if s.quotas[0].next_opening == Some(T0 + Millis(9)))
+    );
+}
+
+#[test]
+fn window_helpers_agree_with_the_rule() {
+    let gos = [Time(0), Time(0), Time(1_000), Time(1_001)];
+    assert_eq!(busiest_window(1_000, &gos), 3);
+    assert_eq!(busiest_window(999, &gos), 2);
+    assert_eq!(
+        window_opening(1_000, 2, &gos[..2], Time(1_000)),
+        Some(Time(1_001))
+    );
+    assert_eq!(window_opening(1_000, 2, &gos[..2], Time(1_001)), None);
+    assert_eq!(window_opening(1_000, 0, &gos, Time(0)), None);
+    assert_eq!(window_used(1_000, 2, &gos, Time(1_001)), 2);
+}
