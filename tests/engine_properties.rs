@@ -78,6 +78,7 @@ fn options(max: u32, offset_ms: u64, quotas: &[(u64, u32)]) -> ChannelOptions {
                 log: QuotaLog::Quiet,
             })
             .collect(),
+        ..ChannelOptions::default()
     }
 }
 
