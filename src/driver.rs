@@ -202,6 +202,7 @@ async fn publish(sink: &mut impl Sink, out: Output) {
             reason,
             was_running,
         } => debug!(%channel, %uid, ?reason, was_running, "ended"),
+        Output::AllStates(all) => info!(channels = all.len(), "state of all channels"),
         Output::State(s) => info!(
             channel = s.channel,
             running = s.running_count,

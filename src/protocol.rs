@@ -101,12 +101,14 @@ impl Rejection {
     }
 }
 
-/// Subscription filters for everything `decode` handles under `prefix`. They do not match the
+/// Subscription filters for everything `decode` handles under `prefix` (`PREFIX/infos` asks for
+/// every channel's state at once). They do not match the
 /// daemon's own `go/`, `expired/` and `rejected/` messages, so those never come back to it.
-pub fn subscriptions(prefix: &str) -> [String; 2] {
+pub fn subscriptions(prefix: &str) -> [String; 3] {
     [
         format!("{prefix}/+/+"),
         format!("{prefix}/+/concurrency/set"),
+        format!("{prefix}/infos"),
     ]
 }
 
@@ -117,10 +119,12 @@ pub fn decode(
     payload: &[u8],
     limits: &DecodeLimits,
 ) -> Result<Option<Input>, Rejection> {
-    let rest = topic
-        .strip_prefix(prefix)
-        .and_then(|r| r.strip_prefix('/'))
-        .ok_or_else(|| Rejection::new(None, None, ProtocolError::BadTopic))?;
+    let rest = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'));
+    if rest == Some("infos") {
+        // Daemon-wide: every channel's state on PREFIX/state.
+        return Ok(Some(Input::InfosAll));
+    }
+    let rest = rest.ok_or_else(|| Rejection::new(None, None, ProtocolError::BadTopic))?;
     let (channel, action) = rest
         .split_once('/')
         .filter(|(c, a)| !c.is_empty() && !a.is_empty())
@@ -329,6 +333,10 @@ pub fn encode(prefix: &str, output: &Output) -> Option<(String, Vec<u8>)> {
         Output::State(state) => {
             let body = serde_json::to_vec(state).ok()?;
             Some((format!("{prefix}/{}/state", state.channel), body))
+        }
+        Output::AllStates(states) => {
+            let body = serde_json::to_vec(states).ok()?;
+            Some((format!("{prefix}/state"), body))
         }
         Output::Ended { .. } => None,
     }

@@ -365,6 +365,7 @@ quotas = [{ interval = "1m", limit = 10, name = "per-minute" }]
             "next_opening": null,
         }],
         "next_window_opening": null,
+        "policy": null,
         "now": reported,
     });
     assert_eq!(state, expected);

@@ -406,6 +406,7 @@ impl Channel {
             waiting: self.waiting(),
             quotas,
             next_window_opening,
+            policy: self.opts.policy.as_ref().map(|p| p.display().to_string()),
             now,
         }
     }

@@ -78,6 +78,8 @@ pub enum Input {
         /// Channel name.
         channel: String,
     },
+    /// `PREFIX/infos`: report the state of every channel.
+    InfosAll,
 }
 
 /// How a job left the engine without expiring.
@@ -128,6 +130,8 @@ pub enum Output {
     },
     /// Reply to `infos` (publish on `state`).
     State(ChannelState),
+    /// Reply to the daemon-wide `infos` (publish on `PREFIX/state`), channels by name.
+    AllStates(Vec<ChannelState>),
 }
 
 /// Use of one quota window, as reported in `state`.
@@ -164,6 +168,8 @@ pub struct ChannelState {
     pub quotas: Vec<QuotaState>,
     /// When all full windows have room again (ms since the Unix epoch), if any is full.
     pub next_window_opening: Option<Time>,
+    /// The policy file deciding admission and order, if any.
+    pub policy: Option<String>,
     /// The engine time of this report (ms since the Unix epoch).
     pub now: Time,
 }
@@ -243,6 +249,12 @@ impl Engine {
                 timeout,
             } => self.handle_renew(now, &channel, &uid, timeout, hooks),
             Input::Infos { channel } => self.handle_infos(now, &channel),
+            Input::InfosAll => {
+                let mut all: Vec<ChannelState> =
+                    self.channels.iter().map(|c| c.state(now)).collect();
+                all.sort_by(|a, b| a.channel.cmp(&b.channel));
+                self.outputs.push_back(Output::AllStates(all));
+            }
         }
     }
 

@@ -285,7 +285,8 @@ fn multi_level_prefix() {
         subscriptions("org/jobs"),
         [
             "org/jobs/+/+".to_string(),
-            "org/jobs/+/concurrency/set".to_string()
+            "org/jobs/+/concurrency/set".to_string(),
+            "org/jobs/infos".to_string()
         ]
     );
 }
@@ -324,4 +325,14 @@ fn encode_outputs() {
         was_running: true,
     };
     assert_eq!(encode(P, &ended), None);
+}
+
+#[test]
+fn daemon_wide_infos() {
+    assert_eq!(dec("coordinosaur/infos", b""), Ok(Some(Input::InfosAll)));
+    let out = Output::AllStates(Vec::new());
+    assert_eq!(
+        encode(P, &out),
+        Some(("coordinosaur/state".into(), b"[]".to_vec()))
+    );
 }
