@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::config::Config;
 use crate::engine::{Engine, NoPolicies, Output, Policies, Time};
 use crate::mqtt::Inbound;
 use crate::policy::reload::Update;
@@ -100,6 +101,7 @@ pub async fn run(
     mut inbound: mpsc::UnboundedReceiver<Inbound>,
     mut sink: impl Sink,
     mut policies: Option<PolicyRuntime>,
+    mut configs: mpsc::UnboundedReceiver<Config>,
     shutdown: impl Future,
 ) {
     tokio::pin!(shutdown);
@@ -133,6 +135,9 @@ pub async fn run(
                 armed = None;
                 engine.handle_timeout_with(clock.now(), hooks(&mut policies, &mut none));
             }
+            Some(config) = configs.recv() => {
+                apply_config(&mut engine, clock.now(), hooks(&mut policies, &mut none), config);
+            }
             Some(update) = next_update(&mut policies) => {
                 if let Some(rt) = policies.as_mut() {
                     apply_update(&mut engine, clock.now(), &mut rt.host, update);
@@ -163,6 +168,19 @@ async fn next_update(policies: &mut Option<PolicyRuntime>) -> Option<Update> {
         Some(rt) => rt.updates.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Applies a reloaded config to every channel and logs what changed.
+fn apply_config(engine: &mut Engine, now: Time, hooks: &mut dyn Policies, config: Config) {
+    let report = engine.reconfigure(
+        now,
+        Box::new(move |channel| config.channel_options(channel)),
+        hooks,
+    );
+    for (channel, keys) in &report {
+        info!(%channel, changed = ?keys, "channel reconfigured");
+    }
+    info!(channels_changed = report.len(), "config applied");
 }
 
 /// Swaps a reloaded policy in between two events and re-ranks the waiting jobs it governs.

@@ -18,11 +18,14 @@ pub mod engine;
 pub mod mqtt;
 pub mod policy;
 pub mod protocol;
+pub mod reload;
+pub mod watch;
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -31,8 +34,13 @@ use tokio::sync::mpsc;
 use config::Config;
 use protocol::DecodeLimits;
 
-/// Runs the daemon with `config` until `shutdown` completes, then disconnects cleanly.
-pub async fn run(config: Config, shutdown: impl Future) -> anyhow::Result<()> {
+/// Runs the daemon with `config` until `shutdown` completes, then disconnects cleanly. With
+/// `config_path`, the file is re-read on SIGHUP or when it changes (see [`reload`]).
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: impl Future,
+) -> anyhow::Result<()> {
     let mut settings = mqtt::Settings {
         host: config.mqtt.host.clone(),
         port: config.mqtt.port,
@@ -52,7 +60,17 @@ pub async fn run(config: Config, shutdown: impl Future) -> anyhow::Result<()> {
     let _broker = start_embedded_broker(&config, &mut settings).await?;
     tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
 
-    let (policies, _reloader) = start_policies(&config).await?;
+    let (runtime, policy_watch) = start_policies(&config).await?;
+    let (config_tx, configs) = mpsc::unbounded_channel();
+    if let Some(path) = config_path {
+        tokio::spawn(reload::run(path, policy_watch, config_tx));
+    } else {
+        // No file to re-read: keep watching the policies for as long as the daemon runs.
+        tokio::spawn(async move {
+            let _keep = policy_watch;
+            config_tx.closed().await;
+        });
+    }
     let (client, eventloop) = mqtt::connect(&settings);
     let (tx, rx) = mpsc::unbounded_channel();
     let prefix = settings.prefix.clone();
@@ -63,7 +81,16 @@ pub async fn run(config: Config, shutdown: impl Future) -> anyhow::Result<()> {
         client: client.clone(),
         prefix,
     };
-    driver::run(engine, driver::Clock::new(), rx, sink, policies, shutdown).await;
+    driver::run(
+        engine,
+        driver::Clock::new(),
+        rx,
+        sink,
+        Some(runtime),
+        configs,
+        shutdown,
+    )
+    .await;
 
     tracing::info!("shutting down");
     // Queued publishes go out before the DISCONNECT, which is queued behind them.
@@ -80,14 +107,8 @@ pub async fn run(config: Config, shutdown: impl Future) -> anyhow::Result<()> {
 /// Compiles every configured policy (a bad one stops start-up) and starts watching their files.
 async fn start_policies(
     config: &Config,
-) -> anyhow::Result<(
-    Option<driver::PolicyRuntime>,
-    Option<policy::reload::Reloader>,
-)> {
+) -> anyhow::Result<(driver::PolicyRuntime, reload::PolicyWatch)> {
     let paths = config.policy_paths();
-    if paths.is_empty() {
-        return Ok((None, None));
-    }
     let sandbox = config.policy_sandbox.clone();
     let preload = paths.clone();
     let (host, compiler) = tokio::task::spawn_blocking(move || {
@@ -99,11 +120,14 @@ async fn start_policies(
     .await
     .context("policy start-up")??;
     let (tx, updates) = mpsc::unbounded_channel();
-    let reloader = policy::reload::watch(&paths, compiler, tx).context("watching policy files")?;
-    Ok((
-        Some(driver::PolicyRuntime { host, updates }),
-        Some(reloader),
-    ))
+    let mut watch = reload::PolicyWatch {
+        compiler,
+        updates: tx,
+        watcher: None,
+        paths: Vec::new(),
+    };
+    watch.follow(paths);
+    Ok((driver::PolicyRuntime { host, updates }, watch))
 }
 
 #[cfg(feature = "embedded-broker")]

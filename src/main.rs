@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             print!("{}", config.explain(&channel));
             ExitCode::SUCCESS
         }
-        Command::Serve => match serve(config) {
+        Command::Serve => match serve(config, cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
@@ -70,7 +70,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(coordinosaur::run(config, shutdown_signal()))
+    runtime.block_on(coordinosaur::run(config, Some(path), shutdown_signal()))
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -51,6 +51,9 @@ pub(crate) struct Channel {
     pub(crate) name: Arc<str>,
     /// Options resolved when the channel was first seen; `max_concurrent_jobs` changes at runtime.
     opts: ChannelOptions,
+    /// `max_concurrent_jobs` as the config last said, so that a reload which does not change it
+    /// keeps a runtime `concurrency/set`.
+    configured_max: u32,
     /// Every job the channel knows, by uid. Invariant: a uid is here iff it is in exactly one of
     /// `queue` (deadline `None`) or `leases` (deadline `Some`).
     jobs: HashMap<Arc<str>, Job>,
@@ -70,6 +73,7 @@ impl Channel {
     pub(crate) fn new(name: Arc<str>, opts: ChannelOptions) -> Channel {
         let windows = opts.quotas.iter().cloned().map(Window::new).collect();
         Channel {
+            configured_max: opts.max_concurrent_jobs,
             name,
             opts,
             jobs: HashMap::new(),
@@ -244,6 +248,46 @@ impl Channel {
             job.deadline = new;
         }
         true
+    }
+
+    /// Takes new options from a config reload. Running jobs and their leases are kept (a lower
+    /// limit revokes nothing); quota windows keep their grant history by name; the new offset
+    /// applies to leases granted from now on. Returns what changed, for the log.
+    pub(crate) fn reconfigure(&mut self, mut opts: ChannelOptions) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if opts.max_concurrent_jobs == self.configured_max {
+            // The file did not change it: a runtime concurrency/set stays in force.
+            opts.max_concurrent_jobs = self.opts.max_concurrent_jobs;
+        } else {
+            self.configured_max = opts.max_concurrent_jobs;
+            changed.push("max_concurrent_jobs");
+        }
+        if opts.timeout_offset != self.opts.timeout_offset {
+            changed.push("timeout_offset");
+        }
+        if opts.quotas != self.opts.quotas {
+            changed.push("quotas");
+            let mut old: HashMap<String, Window> = std::mem::take(&mut self.windows)
+                .into_iter()
+                .map(|w| (w.spec.name.clone(), w))
+                .collect();
+            self.windows = opts
+                .quotas
+                .iter()
+                .map(|spec| match old.remove(&spec.name) {
+                    Some(w) => w.respec(spec.clone()),
+                    None => Window::new(spec.clone()),
+                })
+                .collect();
+        }
+        if opts.policy != self.opts.policy
+            || opts.policy_config != self.opts.policy_config
+            || opts.on_policy_error != self.opts.on_policy_error
+        {
+            changed.push("policy");
+        }
+        self.opts = opts;
+        changed
     }
 
     pub(crate) fn set_max(&mut self, max: u32) {

@@ -299,6 +299,37 @@ impl Engine {
         }
     }
 
+    /// Takes a new resolver (a reloaded config) and re-resolves every known channel: new limits,
+    /// quotas and policy mappings apply at once, running jobs are never revoked, quota history is
+    /// kept by window name, and waiting jobs are re-admitted where the policy changed. Returns
+    /// `(channel, changed keys)` for every channel that changed.
+    pub fn reconfigure(
+        &mut self,
+        now: Time,
+        resolver: Resolver,
+        hooks: &mut dyn Policies,
+    ) -> Vec<(Arc<str>, Vec<&'static str>)> {
+        self.handle_timeout_with(now, hooks);
+        let now = self.now;
+        self.resolver = resolver;
+        let mut report = Vec::new();
+        for index in 0..self.channels.len() {
+            let ch = &mut self.channels[index];
+            let opts = (self.resolver)(&ch.name);
+            let changed = ch.reconfigure(opts);
+            if changed.is_empty() {
+                continue;
+            }
+            if changed.contains(&"policy") {
+                ch.readmit(now, hooks, &mut self.outputs);
+            }
+            report.push((ch.name.clone(), changed));
+            let id = ChannelId::try_from(index).unwrap_or(ChannelId::MAX);
+            self.settle(id, now, hooks);
+        }
+        report
+    }
+
     /// Names of the channels whose options satisfy `pred`.
     pub fn channels_where(&self, pred: impl Fn(&ChannelOptions) -> bool) -> Vec<Arc<str>> {
         self.channels

@@ -22,6 +22,16 @@ impl Window {
         }
     }
 
+    /// The same window under a new spec, keeping the grants that still matter: at most the new
+    /// limit of the most recent ones (older grants can never count again).
+    pub(crate) fn respec(mut self, spec: QuotaSpec) -> Window {
+        while self.grants.len() > spec.limit as usize {
+            self.grants.pop_front();
+        }
+        self.spec = spec;
+        self
+    }
+
     fn enabled(&self) -> bool {
         self.spec.limit > 0
     }

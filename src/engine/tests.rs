@@ -466,3 +466,60 @@ fn priority_orders_the_queue_fifo_among_equals() {
         .collect();
     assert_eq!(order, ["high", "mid1", "mid2", "low"]);
 }
+
+#[test]
+fn reconfigure_raises_limits_keeps_quota_history_and_runtime_concurrency() {
+    let mut h = Harness::new(opts(1, 0, &[(10_000, 2)]));
+    for u in ["a", "b", "c", "d"] {
+        h.register(u, 60_000);
+    }
+    h.finish("a");
+    assert_eq!(h.go_uids(), ["a", "b"]);
+    // Raise the limit to 3 and keep the quota window (same name q0, limit 3 now).
+    let report = h.engine.reconfigure(
+        h.now,
+        Box::new(|_| opts(3, 500, &[(10_000, 3)])),
+        &mut NoPolicies,
+    );
+    h.drain();
+    assert_eq!(
+        report,
+        vec![(
+            Arc::from("c"),
+            vec!["max_concurrent_jobs", "timeout_offset", "quotas"]
+        )]
+    );
+    // Two grants already counted in the window: only one more fits.
+    assert_eq!(h.go_uids(), ["a", "b", "c"]);
+    assert_eq!(
+        h.engine
+            .running("c")
+            .iter()
+            .find(|(u, _)| &**u == "c")
+            .map(|(_, t)| *t),
+        Some(h.now + Millis(60_500)),
+        "new offset applies to new grants"
+    );
+    // A runtime concurrency/set survives a reload that does not touch max_concurrent_jobs.
+    h.input(Input::SetConcurrency {
+        channel: "c".into(),
+        max: 7,
+    });
+    h.engine.reconfigure(
+        h.now,
+        Box::new(|_| opts(3, 0, &[(10_000, 3)])),
+        &mut NoPolicies,
+    );
+    assert_eq!(
+        h.engine.channel_state("c").map(|s| s.max_concurrent_jobs),
+        Some(7)
+    );
+    // Lowering revokes nothing.
+    h.engine
+        .reconfigure(h.now, Box::new(|_| opts(1, 0, &[])), &mut NoPolicies);
+    assert_eq!(h.engine.running("c").len(), 2);
+    assert_eq!(
+        h.engine.channel_state("c").map(|s| s.max_concurrent_jobs),
+        Some(1)
+    );
+}
