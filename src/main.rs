@@ -66,7 +66,10 @@ fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: the driver owns all decisions and the MQTT task only forwards, so more workers
+    // add cross-thread wake-ups (measured: +24-35 us p50 per round trip) and nothing else.
+    // Blocking work (policy compiles, the embedded broker's start-up) runs on the blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

@@ -143,6 +143,22 @@ impl Daemon {
         self.dir.path()
     }
 
+    /// Process id of the running daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. "HUP") to the daemon with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("daemon is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// The config file given with `--config`.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("coordinosaur.toml")
