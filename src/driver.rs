@@ -11,11 +11,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::engine::Input;
 use crate::engine::{Engine, NoPolicies, Output, Policies, Time};
+use crate::metrics::Recorder;
 use crate::mqtt::Inbound;
 use crate::policy::reload::Update;
 use crate::policy::PolicyHost;
-use crate::protocol;
+use crate::protocol::{self, Rejection};
 
 /// The policy host and the stream of reloaded policy files, when any channel uses a policy.
 #[derive(Debug)]
@@ -94,25 +96,165 @@ impl Sink for MqttSink {
     }
 }
 
+/// What the driver listens to besides MQTT.
+#[derive(Debug)]
+pub struct Control {
+    /// The policy host and reloaded policy files, if policies are enabled.
+    pub policies: Option<PolicyRuntime>,
+    /// Reloaded configs.
+    pub configs: mpsc::UnboundedReceiver<Config>,
+    /// Channel labels for metrics.
+    pub metrics: Recorder,
+}
+
+/// The engine and everything its decisions go through.
+struct Driver<S> {
+    engine: Engine,
+    clock: Clock,
+    sink: S,
+    policies: Option<PolicyRuntime>,
+    none: NoPolicies,
+    metrics: Recorder,
+    /// Channels whose gauges need refreshing after the current event.
+    touched: Vec<String>,
+}
+
+impl<S: Sink> Driver<S> {
+    fn input(&mut self, input: Input) {
+        if let Some(channel) = input.channel() {
+            self.touched.push(channel.to_owned());
+        }
+        let now = self.clock.now();
+        let (engine, hooks) = self.split();
+        engine.handle_with(now, input, hooks);
+    }
+
+    fn timeout(&mut self) {
+        let now = self.clock.now();
+        let (engine, hooks) = self.split();
+        engine.handle_timeout_with(now, hooks);
+    }
+
+    async fn refused(&mut self, topic: String, rejection: Rejection) {
+        warn!(topic, reason = %rejection.error, uid = rejection.uid.as_deref(), "message refused");
+        self.metrics
+            .rejection(rejection.channel.as_deref().unwrap_or(""), "invalid");
+        if let Some(out) = rejection.to_output() {
+            self.publish(out).await;
+        }
+    }
+
+    fn config(&mut self, config: Config) {
+        let now = self.clock.now();
+        let (engine, hooks) = self.split();
+        let report = engine.reconfigure(
+            now,
+            Box::new(move |channel| config.channel_options(channel)),
+            hooks,
+        );
+        for (channel, keys) in &report {
+            info!(%channel, changed = ?keys, "channel reconfigured");
+        }
+        info!(channels_changed = report.len(), "config applied");
+    }
+
+    /// Swaps a reloaded policy in between two events and re-ranks the waiting jobs it governs.
+    fn policy_update(&mut self, update: Update) {
+        let now = self.clock.now();
+        let Some(rt) = self.policies.as_mut() else {
+            return;
+        };
+        let path = update.path;
+        match update.result {
+            Ok(compiled) => {
+                let compile_ms = compiled.compile_time.as_millis();
+                let moved = rt.host.swap(compiled);
+                self.engine.readmit(
+                    now,
+                    |o| o.policy.as_deref() == Some(path.as_path()),
+                    &mut rt.host,
+                );
+                metrics::counter!("coordinosaur_policy_reloads_total", "result" => "ok")
+                    .increment(1);
+                info!(
+                    policy = %path.display(),
+                    channels = moved.len(),
+                    compile_ms,
+                    took_ms = update.seen_at.elapsed().as_millis(),
+                    "policy swapped"
+                );
+            }
+            Err(e) => {
+                metrics::counter!("coordinosaur_policy_reloads_total", "result" => "error")
+                    .increment(1);
+                warn!(policy = %path.display(), cause = %e, "policy reload failed; the last good version stays");
+            }
+        }
+    }
+
+    fn split(&mut self) -> (&mut Engine, &mut dyn Policies) {
+        let hooks: &mut dyn Policies = match &mut self.policies {
+            Some(rt) => &mut rt.host,
+            None => &mut self.none,
+        };
+        (&mut self.engine, hooks)
+    }
+
+    /// Publishes every pending decision, then refreshes the gauges of the channels involved.
+    async fn flush(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            if let Some(channel) = out.channel() {
+                if self.touched.last().map(String::as_str) != Some(channel) {
+                    self.touched.push(channel.to_owned());
+                }
+            }
+            self.publish(out).await;
+        }
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for channel in std::mem::take(&mut self.touched) {
+            self.metrics.channel_gauges(&self.engine, &channel);
+        }
+    }
+
+    async fn publish(&mut self, out: Output) {
+        log_output(&out);
+        self.metrics.output(&out);
+        self.sink.send(out).await;
+    }
+}
+
 /// Runs the engine until `shutdown` completes or the inbound channel closes.
 pub async fn run(
-    mut engine: Engine,
+    engine: Engine,
     clock: Clock,
     mut inbound: mpsc::UnboundedReceiver<Inbound>,
-    mut sink: impl Sink,
-    mut policies: Option<PolicyRuntime>,
-    mut configs: mpsc::UnboundedReceiver<Config>,
+    sink: impl Sink,
+    control: Control,
     shutdown: impl Future,
 ) {
     tokio::pin!(shutdown);
-    let mut none = NoPolicies;
+    let Control {
+        policies,
+        mut configs,
+        metrics,
+    } = control;
+    let mut d = Driver {
+        engine,
+        clock,
+        sink,
+        policies,
+        none: NoPolicies,
+        metrics,
+        touched: Vec::new(),
+    };
     // One sleep, re-armed only when the engine's next deadline changes.
     let far = Duration::from_secs(86_400 * 365);
     let sleep = tokio::time::sleep(far);
     tokio::pin!(sleep);
     let mut armed: Option<Time> = None;
     loop {
-        let next = engine.next_deadline();
+        let next = d.engine.next_deadline();
         if next != armed {
             let wake = next.map_or_else(|| Instant::now() + far, |t| clock.instant_of(t));
             sleep.as_mut().reset(wake);
@@ -122,44 +264,20 @@ pub async fn run(
             biased;
             _ = &mut shutdown => break,
             msg = inbound.recv() => match msg {
-                Some(Inbound::Input(input)) => engine.handle_with(clock.now(), input, hooks(&mut policies, &mut none)),
-                Some(Inbound::Rejected { topic, rejection }) => {
-                    warn!(topic, reason = %rejection.error, uid = rejection.uid.as_deref(), "message refused");
-                    if let Some(out) = rejection.to_output() {
-                        publish(&mut sink, out).await;
-                    }
-                }
+                Some(Inbound::Input(input)) => d.input(input),
+                Some(Inbound::Rejected { topic, rejection }) => d.refused(topic, rejection).await,
                 None => break,
             },
             _ = &mut sleep, if armed.is_some() => {
                 armed = None;
-                engine.handle_timeout_with(clock.now(), hooks(&mut policies, &mut none));
+                d.timeout();
             }
-            Some(config) = configs.recv() => {
-                apply_config(&mut engine, clock.now(), hooks(&mut policies, &mut none), config);
-            }
-            Some(update) = next_update(&mut policies) => {
-                if let Some(rt) = policies.as_mut() {
-                    apply_update(&mut engine, clock.now(), &mut rt.host, update);
-                }
-            }
+            Some(config) = configs.recv() => d.config(config),
+            Some(update) = next_update(&mut d.policies) => d.policy_update(update),
         }
-        while let Some(out) = engine.poll_output() {
-            publish(&mut sink, out).await;
-        }
+        d.flush().await;
     }
     debug!("driver stopped");
-}
-
-/// The hooks to hand the engine: the policy host, or the built-in behaviour.
-fn hooks<'a>(
-    policies: &'a mut Option<PolicyRuntime>,
-    none: &'a mut NoPolicies,
-) -> &'a mut dyn Policies {
-    match policies {
-        Some(rt) => &mut rt.host,
-        None => none,
-    }
 }
 
 /// The next reloaded policy file; never completes without a policy runtime.
@@ -170,49 +288,19 @@ async fn next_update(policies: &mut Option<PolicyRuntime>) -> Option<Update> {
     }
 }
 
-/// Applies a reloaded config to every channel and logs what changed.
-fn apply_config(engine: &mut Engine, now: Time, hooks: &mut dyn Policies, config: Config) {
-    let report = engine.reconfigure(
-        now,
-        Box::new(move |channel| config.channel_options(channel)),
-        hooks,
-    );
-    for (channel, keys) in &report {
-        info!(%channel, changed = ?keys, "channel reconfigured");
-    }
-    info!(channels_changed = report.len(), "config applied");
-}
-
-/// Swaps a reloaded policy in between two events and re-ranks the waiting jobs it governs.
-fn apply_update(engine: &mut Engine, now: Time, host: &mut PolicyHost, update: Update) {
-    let path = update.path;
-    match update.result {
-        Ok(compiled) => {
-            let compile_ms = compiled.compile_time.as_millis();
-            let moved = host.swap(compiled);
-            engine.readmit(now, |o| o.policy.as_deref() == Some(path.as_path()), host);
-            info!(
-                policy = %path.display(),
-                channels = moved.len(),
-                compile_ms,
-                took_ms = update.seen_at.elapsed().as_millis(),
-                "policy swapped"
-            );
-        }
-        Err(e) => {
-            warn!(policy = %path.display(), cause = %e, "policy reload failed; the last good version stays")
-        }
-    }
-}
-
-async fn publish(sink: &mut impl Sink, out: Output) {
-    match &out {
-        Output::Go { channel, uid } => info!(%channel, %uid, "go"),
+fn log_output(out: &Output) {
+    match out {
+        Output::Go {
+            channel,
+            uid,
+            waited,
+        } => info!(%channel, %uid, waited_ms = waited.0, "go"),
         Output::Expired { channel, uid } => info!(%channel, %uid, "lease expired"),
         Output::Rejected {
             channel,
             uid,
             reason,
+            ..
         } => info!(%channel, %uid, reason, "rejected"),
         Output::Ended {
             channel,
@@ -228,5 +316,4 @@ async fn publish(sink: &mut impl Sink, out: Output) {
             "state"
         ),
     }
-    sink.send(out).await;
 }

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod metrics;
 pub mod mqtt;
 pub mod policy;
 pub mod protocol;
@@ -60,6 +61,11 @@ pub async fn run(
     let _broker = start_embedded_broker(&config, &mut settings).await?;
     tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
 
+    let config_metrics = config.metrics.clone();
+    if let Some(addr) = config_metrics.listen {
+        metrics::install(addr)?;
+        tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
+    }
     let (runtime, policy_watch) = start_policies(&config).await?;
     let (config_tx, configs) = mpsc::unbounded_channel();
     if let Some(path) = config_path {
@@ -81,16 +87,12 @@ pub async fn run(
         client: client.clone(),
         prefix,
     };
-    driver::run(
-        engine,
-        driver::Clock::new(),
-        rx,
-        sink,
-        Some(runtime),
+    let control = driver::Control {
+        policies: Some(runtime),
         configs,
-        shutdown,
-    )
-    .await;
+        metrics: metrics::Recorder::new(config_metrics.max_channels),
+    };
+    driver::run(engine, driver::Clock::new(), rx, sink, control, shutdown).await;
 
     tracing::info!("shutting down");
     // Queued publishes go out before the DISCONNECT, which is queued behind them.

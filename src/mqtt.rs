@@ -81,6 +81,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 info!(broker = %format!("{}:{}", settings.host, settings.port), session_present = ack.session_present, "connected");
                 connected = true;
+                metrics::counter!("coordinosaur_broker_connects_total").increment(1);
                 backoff = Duration::from_millis(50);
                 for filter in &filters {
                     // try_subscribe: awaiting from the polling task could deadlock on a full channel.

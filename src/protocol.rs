@@ -94,6 +94,7 @@ impl Rejection {
     /// The `rejected/{uid}` output to publish, when both channel and uid are known.
     pub fn to_output(&self) -> Option<Output> {
         Some(Output::Rejected {
+            kind: crate::engine::RejectKind::Invalid,
             channel: self.channel.as_deref()?.into(),
             uid: self.uid.as_deref()?.into(),
             reason: self.error.to_string(),
@@ -311,7 +312,7 @@ fn shorten(s: &str) -> String {
 /// The topic and payload that announce `output`, or `None` for outputs that are not published.
 pub fn encode(prefix: &str, output: &Output) -> Option<(String, Vec<u8>)> {
     match output {
-        Output::Go { channel, uid } => Some((
+        Output::Go { channel, uid, .. } => Some((
             format!("{prefix}/{channel}/go/{uid}"),
             uid.as_bytes().to_vec(),
         )),
@@ -323,6 +324,7 @@ pub fn encode(prefix: &str, output: &Output) -> Option<(String, Vec<u8>)> {
             channel,
             uid,
             reason,
+            ..
         } => {
             let body = serde_json::json!({ "uid": &**uid, "reason": reason });
             Some((

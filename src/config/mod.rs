@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 pub use channels::ChannelRule;
 pub use explain::{Explanation, MatchedRule};
-pub use settings::{EmbeddedBrokerConfig, Limits, MqttConfig, PolicySandbox};
+pub use settings::{EmbeddedBrokerConfig, Limits, MetricsConfig, MqttConfig, PolicySandbox};
 pub use values::ChannelPattern;
 
 use crate::engine::ChannelOptions;
@@ -64,6 +64,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[policy_sandbox]`: time and memory budget of policy calls.
     pub policy_sandbox: PolicySandbox,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// `[defaults]`: the options of a channel that no `[[channels]]` entry matches.
     pub defaults: ChannelOptions,
     /// `[[channels]]`, in file order; later entries override earlier ones.
@@ -82,6 +84,8 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     policy_sandbox: PolicySandbox,
+    #[serde(default)]
+    metrics: MetricsConfig,
     #[serde(default)]
     defaults: channels::RawDefaults,
     #[serde(default)]
@@ -126,6 +130,7 @@ impl Config {
             embedded_broker: raw.embedded_broker,
             limits: raw.limits,
             policy_sandbox: raw.policy_sandbox,
+            metrics: raw.metrics,
             defaults,
             channels,
         })

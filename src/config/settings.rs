@@ -116,3 +116,23 @@ impl Default for PolicySandbox {
         }
     }
 }
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `/metrics` (off when absent), e.g. `127.0.0.1:9464`.
+    pub listen: Option<SocketAddr>,
+    /// Channels that get their own `channel` label; later ones are counted under `_other`, so
+    /// the number of series stays bounded however many channels clients invent (100).
+    pub max_channels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            max_channels: 100,
+        }
+    }
+}

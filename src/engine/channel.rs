@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use super::policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, Policies};
 use super::quota::Window;
-use super::{ChannelOptions, ChannelState, Millis, Output, QuotaState, Registration, Time};
+use super::{
+    ChannelOptions, ChannelState, Millis, Output, QuotaState, Registration, RejectKind, Time,
+};
 
 /// How many jobs a policy may defer in one grant opportunity before the engine stops asking
 /// until the next event. Bounds the cost of one event when a policy defers everything.
@@ -67,6 +69,10 @@ pub(crate) struct Channel {
     next_seq: u64,
     /// The deadline this channel currently has in the engine's timer set, if any.
     pub(crate) timer: Option<Time>,
+    /// Since when a quota has kept a waiting job from a free slot, if it does now.
+    quota_blocked_since: Option<Time>,
+    /// Time quotas held the channel back before `quota_blocked_since`.
+    quota_held: Millis,
 }
 
 impl Channel {
@@ -82,6 +88,8 @@ impl Channel {
             windows,
             next_seq: 0,
             timer: None,
+            quota_blocked_since: None,
+            quota_held: Millis(0),
         }
     }
 
@@ -126,6 +134,7 @@ impl Channel {
                 Admission::Accept(p) => priority = p,
                 Admission::Reject(reason) => {
                     out.extend([Output::Rejected {
+                        kind: RejectKind::Policy,
                         channel: self.name.clone(),
                         uid: reg.uid.into(),
                         reason,
@@ -177,6 +186,7 @@ impl Channel {
                 Admission::Reject(reason) => {
                     self.jobs.remove(&uid);
                     out.extend([Output::Rejected {
+                        kind: RejectKind::Policy,
                         channel: self.name.clone(),
                         uid,
                         reason,
@@ -325,6 +335,32 @@ impl Channel {
         hooks: &mut dyn Policies,
         out: &mut impl Extend<Output>,
     ) -> Option<Time> {
+        let open = self.grant_while_allowed(now, hooks, out);
+        match (open, self.quota_blocked_since) {
+            (Some(_), None) => self.quota_blocked_since = Some(now),
+            (None, Some(since)) => {
+                self.quota_held = self.quota_held + (now - since);
+                self.quota_blocked_since = None;
+            }
+            _ => {}
+        }
+        open
+    }
+
+    /// Time quotas have held the channel back, up to `now`.
+    pub(crate) fn quota_held(&self, now: Time) -> Millis {
+        self.quota_held
+            + self
+                .quota_blocked_since
+                .map_or(Millis(0), |since| now - since)
+    }
+
+    fn grant_while_allowed(
+        &mut self,
+        now: Time,
+        hooks: &mut dyn Policies,
+        out: &mut impl Extend<Output>,
+    ) -> Option<Time> {
         let mut cursor: Option<QueueKey> = None;
         let mut deferred = 0;
         while self.running() < self.opts.max_concurrent_jobs as usize && !self.queue.is_empty() {
@@ -354,6 +390,7 @@ impl Channel {
                     self.queue.remove(&key);
                     self.jobs.remove(&uid);
                     out.extend([Output::Rejected {
+                        kind: RejectKind::Policy,
                         channel: self.name.clone(),
                         uid,
                         reason,
@@ -398,9 +435,14 @@ impl Channel {
         if let Some(job) = self.jobs.get(&uid) {
             self.notify(now, hooks, JobEvent::Granted, &uid, job);
         }
+        let waited = self
+            .jobs
+            .get(&uid)
+            .map_or(Millis(0), |j| now - j.registered_at);
         out.extend([Output::Go {
             channel: self.name.clone(),
             uid,
+            waited,
         }]);
     }
 
@@ -451,6 +493,7 @@ impl Channel {
             quotas,
             next_window_opening,
             policy: self.opts.policy.as_ref().map(|p| p.display().to_string()),
+            quota_held_ms: self.quota_held(now).0,
             now,
         }
     }

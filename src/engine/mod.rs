@@ -82,6 +82,35 @@ pub enum Input {
     InfosAll,
 }
 
+impl Input {
+    /// The channel the input is about (`None` for the daemon-wide `InfosAll`).
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Input::Register(r) => Some(&r.channel),
+            Input::Finished { channel, .. }
+            | Input::Aborted { channel, .. }
+            | Input::SetConcurrency { channel, .. }
+            | Input::Renew { channel, .. }
+            | Input::Infos { channel } => Some(channel),
+            Input::InfosAll => None,
+        }
+    }
+}
+
+impl Output {
+    /// The channel the output is about (`None` for `AllStates`).
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Output::Go { channel, .. }
+            | Output::Expired { channel, .. }
+            | Output::Rejected { channel, .. }
+            | Output::Ended { channel, .. } => Some(channel),
+            Output::State(s) => Some(&s.channel),
+            Output::AllStates(_) => None,
+        }
+    }
+}
+
 /// How a job left the engine without expiring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -100,6 +129,8 @@ pub enum Output {
         channel: Arc<str>,
         /// Job id.
         uid: Arc<str>,
+        /// How long it waited in the queue.
+        waited: Millis,
     },
     /// The job's lease ran out; its slot is free again (publish `expired/{uid}`).
     Expired {
@@ -114,6 +145,8 @@ pub enum Output {
         channel: Arc<str>,
         /// Job id.
         uid: Arc<str>,
+        /// Who refused it, for metrics.
+        kind: RejectKind,
         /// Why, for the client.
         reason: String,
     },
@@ -132,6 +165,28 @@ pub enum Output {
     State(ChannelState),
     /// Reply to the daemon-wide `infos` (publish on `PREFIX/state`), channels by name.
     AllStates(Vec<ChannelState>),
+}
+
+/// Who refused a request: a small fixed set, so it can label metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectKind {
+    /// The message itself was invalid (protocol layer).
+    Invalid,
+    /// `renew` of a job that is not known.
+    Renew,
+    /// The channel's policy rejected or vetoed it (or failed, with `on_policy_error = closed`).
+    Policy,
+}
+
+impl RejectKind {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Invalid => "invalid",
+            RejectKind::Renew => "renew",
+            RejectKind::Policy => "policy",
+        }
+    }
 }
 
 /// Use of one quota window, as reported in `state`.
@@ -170,6 +225,8 @@ pub struct ChannelState {
     pub next_window_opening: Option<Time>,
     /// The policy file deciding admission and order, if any.
     pub policy: Option<String>,
+    /// Total time a quota kept a waiting job from a free slot, in milliseconds.
+    pub quota_held_ms: u64,
     /// The engine time of this report (ms since the Unix epoch).
     pub now: Time,
 }
@@ -374,6 +431,16 @@ impl Engine {
         self.channel(channel)?.meta(uid)
     }
 
+    /// `(running, waiting)` of a known channel, cheaply (for gauges).
+    pub fn counts(&self, channel: &str) -> Option<(usize, usize)> {
+        self.channel(channel).map(|c| (c.running(), c.waiting()))
+    }
+
+    /// Total time quotas held `channel` back, in milliseconds (for metrics).
+    pub fn quota_held(&self, channel: &str) -> Option<Millis> {
+        self.channel(channel).map(|c| c.quota_held(self.now))
+    }
+
     /// Number of channels seen so far.
     pub fn channel_count(&self) -> usize {
         self.channels.len()
@@ -443,6 +510,7 @@ impl Engine {
         self.outputs.push_back(Output::Rejected {
             channel: channel.into(),
             uid: uid.into(),
+            kind: RejectKind::Renew,
             reason: "renew: no such job (never registered, or its lease already ended)".into(),
         });
     }

@@ -106,6 +106,16 @@ enum Hook {
     OnEvent,
 }
 
+impl Hook {
+    fn as_str(self) -> &'static str {
+        match self {
+            Hook::Admit => "admit",
+            Hook::BeforeGrant => "before-grant",
+            Hook::OnEvent => "on-event",
+        }
+    }
+}
+
 impl PolicyHost {
     /// A host with the given sandbox, sharing `compiler`'s engine.
     pub fn new(compiler: Compiler, sandbox: &PolicySandbox) -> PolicyHost {
@@ -275,7 +285,11 @@ impl PolicyHost {
         let ticks = self.deadline_ticks;
         let live = self.slots.get_mut(&channel)?.live.as_mut()?;
         live.store.set_epoch_deadline(ticks);
-        match f(&live.bindings, &mut live.store) {
+        let started = std::time::Instant::now();
+        let result = f(&live.bindings, &mut live.store);
+        metrics::histogram!("coordinosaur_policy_call_seconds", "hook" => hook.as_str())
+            .record(started.elapsed().as_secs_f64());
+        match result {
             Ok(r) => Some(r),
             Err(e) => {
                 // A trapped instance cannot be entered again: drop it, rebuild on the next call.
@@ -310,6 +324,8 @@ impl PolicyHost {
 
     fn failed<R>(&mut self, view: &ChannelView<'_>, hook: Hook, cause: &str) -> Option<R> {
         self.stats.failures += 1;
+        metrics::counter!("coordinosaur_policy_failures_total", "hook" => hook.as_str())
+            .increment(1);
         warn!(channel = view.channel, ?hook, cause, fallback = ?view.options.on_policy_error, "policy call failed");
         None
     }

@@ -138,12 +138,14 @@ fn rejection_output_needs_both_channel_and_uid() {
         channel,
         uid,
         reason,
+        kind,
     }) = e.to_output()
     else {
         panic!("no output for {e:?}");
     };
     assert_eq!((&*channel, &*uid), ("ch", "a"));
     assert!(reason.contains("timeout"));
+    assert_eq!(kind, crate::engine::RejectKind::Invalid);
     assert_eq!(error(reg("{}")).to_output(), None);
 }
 
@@ -294,6 +296,7 @@ fn multi_level_prefix() {
 #[test]
 fn encode_outputs() {
     let go = Output::Go {
+        waited: Millis(3),
         channel: "ch".into(),
         uid: "a/b".into(),
     };
@@ -310,6 +313,7 @@ fn encode_outputs() {
         Some(("coordinosaur/ch/expired/a".into(), b"a".to_vec()))
     );
     let rej = Output::Rejected {
+        kind: crate::engine::RejectKind::Policy,
         channel: "ch".into(),
         uid: "a".into(),
         reason: "no \"way\"".into(),

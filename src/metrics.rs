@@ -1,0 +1,186 @@
+//! Prometheus metrics: names, labels and the bounded channel label.
+//!
+//! Recording goes through the `metrics` facade, which costs nothing until [`install`] sets the
+//! Prometheus recorder (when `[metrics] listen` is configured). Per-channel series carry a
+//! `channel` label for the first `max_channels` channels seen; later channels share the label
+//! value `_other`, so a client inventing channel names cannot grow the series without bound.
+//! Gauges (running, waiting) exist only for labelled channels.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::engine::{Engine, Output};
+
+/// Label value for channels beyond `max_channels`.
+pub const OTHER: &str = "_other";
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// Binding or installing the exporter failed.
+    #[error("cannot serve metrics on {addr}: {cause}")]
+    Install {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What went wrong.
+        cause: String,
+    },
+}
+
+/// Serves Prometheus text on `http://addr/metrics` from the current tokio runtime.
+pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
+    let buckets = [
+        0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+    ];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &buckets,
+        )
+        .and_then(|b| b.install())
+        .map_err(|e| MetricsError::Install {
+            addr,
+            cause: e.to_string(),
+        })?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("coordinosaur_grants_total", "Jobs granted (go published).");
+    describe_counter!(
+        "coordinosaur_rejections_total",
+        "Requests refused, by reason: invalid, renew, policy."
+    );
+    describe_counter!("coordinosaur_expirations_total", "Leases that ran out.");
+    describe_counter!(
+        "coordinosaur_ended_total",
+        "Jobs ended by finished or aborted (cancelled while waiting included)."
+    );
+    describe_histogram!(
+        "coordinosaur_queue_wait_seconds",
+        Unit::Seconds,
+        "Time from register to go."
+    );
+    describe_gauge!("coordinosaur_running", "Jobs holding a slot.");
+    describe_gauge!("coordinosaur_waiting", "Jobs queued.");
+    describe_counter!(
+        "coordinosaur_quota_held_milliseconds_total",
+        Unit::Milliseconds,
+        "Time quotas kept a waiting job from a free slot."
+    );
+    describe_histogram!(
+        "coordinosaur_policy_call_seconds",
+        Unit::Seconds,
+        "Duration of policy hook calls."
+    );
+    describe_counter!(
+        "coordinosaur_policy_failures_total",
+        "Policy calls that trapped, timed out or had no usable instance."
+    );
+    describe_counter!(
+        "coordinosaur_policy_reloads_total",
+        "Policy files swapped in (result=ok) or refused (result=error)."
+    );
+    describe_counter!(
+        "coordinosaur_broker_connects_total",
+        "Connections to the broker (the first one included)."
+    );
+}
+
+/// Maps channels to bounded label values and records engine outputs.
+#[derive(Debug)]
+pub struct Recorder {
+    labelled: HashSet<Arc<str>>,
+    max_channels: usize,
+}
+
+impl Recorder {
+    /// At most `max_channels` distinct channel labels.
+    pub fn new(max_channels: usize) -> Recorder {
+        Recorder {
+            labelled: HashSet::new(),
+            max_channels,
+        }
+    }
+
+    /// The label value for `channel`.
+    pub fn label(&mut self, channel: &str) -> Option<Arc<str>> {
+        if let Some(c) = self.labelled.get(channel) {
+            return Some(c.clone());
+        }
+        if self.labelled.len() < self.max_channels {
+            let c: Arc<str> = channel.into();
+            self.labelled.insert(c.clone());
+            return Some(c);
+        }
+        None
+    }
+
+    fn label_text(&mut self, channel: &str) -> String {
+        self.label(channel)
+            .map_or_else(|| OTHER.to_owned(), |c| c.to_string())
+    }
+
+    /// Counts one decision.
+    pub fn output(&mut self, out: &Output) {
+        match out {
+            Output::Go {
+                channel, waited, ..
+            } => {
+                let ch = self.label_text(channel);
+                counter!("coordinosaur_grants_total", "channel" => ch.clone()).increment(1);
+                histogram!("coordinosaur_queue_wait_seconds", "channel" => ch)
+                    .record(waited.0 as f64 / 1000.0);
+            }
+            Output::Expired { channel, .. } => {
+                counter!("coordinosaur_expirations_total", "channel" => self.label_text(channel))
+                    .increment(1);
+            }
+            Output::Rejected { channel, kind, .. } => {
+                // Invalid messages are counted where they are decoded, with or without a uid.
+                if *kind != crate::engine::RejectKind::Invalid {
+                    self.rejection(channel, kind.as_str());
+                }
+            }
+            Output::Ended {
+                channel, reason, ..
+            } => {
+                let reason = match reason {
+                    crate::engine::EndReason::Finished => "finished",
+                    crate::engine::EndReason::Aborted => "aborted",
+                };
+                counter!("coordinosaur_ended_total", "channel" => self.label_text(channel), "reason" => reason).increment(1);
+            }
+            Output::State(_) | Output::AllStates(_) => {}
+        }
+    }
+
+    /// Counts a refusal.
+    pub fn rejection(&mut self, channel: &str, reason: &'static str) {
+        counter!("coordinosaur_rejections_total", "channel" => self.label_text(channel), "reason" => reason).increment(1);
+    }
+
+    /// Sets the gauges of `channel` from the engine (labelled channels only).
+    pub fn channel_gauges(&mut self, engine: &Engine, channel: &str) {
+        let Some(label) = self.label(channel) else {
+            return;
+        };
+        let Some((running, waiting)) = engine.counts(channel) else {
+            return;
+        };
+        let ch = label.to_string();
+        gauge!("coordinosaur_running", "channel" => ch.clone()).set(running as f64);
+        gauge!("coordinosaur_waiting", "channel" => ch.clone()).set(waiting as f64);
+        if let Some(held) = engine.quota_held(channel) {
+            counter!("coordinosaur_quota_held_milliseconds_total", "channel" => ch)
+                .absolute(held.0);
+        }
+    }
+}
