@@ -169,10 +169,11 @@ impl Recorder {
 
     /// Sets the gauges of `channel` from the engine (labelled channels only).
     pub fn channel_gauges(&mut self, engine: &Engine, channel: &str) {
-        let Some(label) = self.label(channel) else {
+        // Only channels that exist: `infos` on invented names must not use up labels.
+        let Some((running, waiting)) = engine.counts(channel) else {
             return;
         };
-        let Some((running, waiting)) = engine.counts(channel) else {
+        let Some(label) = self.label(channel) else {
             return;
         };
         let ch = label.to_string();
