@@ -453,7 +453,7 @@ fn swap_keeps_every_queued_job_and_changes_behaviour() {
         assert!(out.is_empty(), "{out:?}");
     }
     let per_register = started.elapsed() / JOBS as u32;
-    eprintln!("priority: {JOBS} registrations through the engine, {per_register:?} each (admit + before_grant)");
+    eprintln!("priority: {JOBS} registrations through the engine, {per_register:?} each (one admit call; the slot is held)");
     let reversed: Vec<String> = uids.iter().rev().cloned().collect();
     assert_eq!(rig.waiting("ch"), reversed);
 
