@@ -246,9 +246,13 @@ impl PolicyHost {
             Ok(c) => c,
             Err(cause) => return self.failed(view, hook, &cause),
         };
-        let stale = self.slots.get(&channel).is_none_or(|s| {
-            !Arc::ptr_eq(&s.compiled, &compiled) || *s.config != *view.options.policy_config
-        });
+        // Same file and config: keep the slot even if it holds an older version of the file.
+        // `swap` moves every slot it can to a new version; a slot still on the old one is a
+        // channel whose `init` refused the new version, and it keeps its previous policy.
+        let stale = self
+            .slots
+            .get(&channel)
+            .is_none_or(|s| *s.compiled.path != *path || *s.config != *view.options.policy_config);
         if stale {
             let config: Arc<str> = view.options.policy_config.clone();
             self.slots.insert(
@@ -267,7 +271,8 @@ impl PolicyHost {
             return self.failed(view, hook, &reason);
         }
         if slot.live.is_none() {
-            let config = slot.config.clone();
+            // Rebuild from the slot's own version, which may be older than `compiled`.
+            let (compiled, config) = (slot.compiled.clone(), slot.config.clone());
             match self.instantiate(&compiled, &channel, &config) {
                 Ok(live) => {
                     if let Some(slot) = self.slots.get_mut(&channel) {

@@ -7,6 +7,7 @@
 //!   fallback broker can be added as another variant.
 //! - [`daemon`]: [`Daemon`] runs the `coordinosaur` binary against a broker and waits until it answers.
 //! - [`client`]: [`Client`], an async rumqttc client with bounded waits and protocol helpers.
+//! - [`policies`]: the policy components of `policies/`, built once per test process.
 //!
 //! Every wait is bounded (by default [`DEFAULT_TIMEOUT`]); nothing uses fixed ports or paused time.
 #![allow(
@@ -18,6 +19,7 @@
 pub mod broker;
 pub mod client;
 pub mod daemon;
+pub mod policies;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};

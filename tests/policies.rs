@@ -1,0 +1,528 @@
+//! Policies end to end: a real Mosquitto, the real `coordinosaur` binary with `policy = ...`
+//! channels, and MQTT test clients. Policy files live in a temp folder of the test (absolute
+//! paths in the config), so tests can replace, break or delete them while the daemon runs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::policies::policy_wasm;
+use common::{free_port, topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+/// Span of every "nothing arrives" check.
+const QUIET: Duration = Duration::from_millis(400);
+
+/// A broker, a daemon, a client subscribed to `go/+` and `rejected/+` of some channels, and the
+/// folder holding the policy files the config names.
+struct Setup {
+    _broker: TestBroker,
+    daemon: Daemon,
+    client: Client,
+    policies: TempDir,
+}
+
+impl Setup {
+    /// Copies each `(file name, crate)` component into a fresh folder, then starts a daemon
+    /// with `toml`, in which `{dir}` stands for that folder.
+    async fn start(files: &[(&str, &str)], toml: &str, channels: &[&str]) -> Setup {
+        let policies = tempfile::Builder::new()
+            .prefix("coordinosaur-policies-")
+            .tempdir()
+            .expect("temp dir for policies");
+        for (file, krate) in files {
+            std::fs::copy(policy_wasm(krate), policies.path().join(file)).expect("copy a policy");
+        }
+        let toml = toml.replace("{dir}", &policies.path().display().to_string());
+        let broker = TestBroker::start();
+        let daemon = Daemon::start(broker.port(), &toml).await;
+        let client = Client::connect(broker.port(), &unique_id("worker")).await;
+        for channel in channels {
+            for action in ["go/+", "rejected/+"] {
+                client.subscribe(&topic(channel, action)).await;
+            }
+        }
+        Setup {
+            _broker: broker,
+            daemon,
+            client,
+            policies,
+        }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.policies.path().join(file)
+    }
+
+    /// `register` with extra registration fields (`priority`, `tenant`, ...).
+    async fn register(&self, channel: &str, uid: &str, fields: Value) {
+        let mut body = json!({"uid": uid, "timeout": 300});
+        if let (Some(body), Some(fields)) = (body.as_object_mut(), fields.as_object()) {
+            body.extend(fields.clone());
+        }
+        self.client
+            .publish(&topic(channel, "register"), body.to_string())
+            .await;
+    }
+
+    async fn next_go(&mut self, channel: &str) -> String {
+        self.client.next_go(channel).await
+    }
+
+    /// The reason of the next `rejected/{uid}`.
+    async fn rejected(&mut self, channel: &str, uid: &str) -> String {
+        let payload = self
+            .client
+            .expect(&topic(channel, &format!("rejected/{uid}")), DEFAULT_TIMEOUT)
+            .await;
+        let body: Value = serde_json::from_slice(&payload).expect("rejected payload is JSON");
+        body["reason"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Polls `infos` until `channel` has `waiting` queued jobs.
+    async fn wait_waiting(&mut self, channel: &str, waiting: u64) {
+        let deadline = Instant::now() + DEFAULT_TIMEOUT;
+        loop {
+            let state = self.client.state(channel).await;
+            if state["waiting"] == waiting {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{channel}: waiting is {} after {DEFAULT_TIMEOUT:?}, expected {waiting}",
+                state["waiting"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Finishes the running job `running`, repeatedly, and returns the order of the `n` grants.
+    async fn drain_one_by_one(
+        &mut self,
+        channel: &str,
+        mut running: String,
+        n: usize,
+    ) -> Vec<String> {
+        let mut order = Vec::new();
+        for _ in 0..n {
+            self.client.finished(channel, &running).await;
+            running = self.next_go(channel).await;
+            order.push(running.clone());
+        }
+        order
+    }
+
+    /// Number of log lines containing `needle`.
+    fn log_count(&self, needle: &str) -> usize {
+        self.daemon
+            .log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until the log has more than `before` lines containing `needle`; returns when it
+    /// saw them (polled every 5 ms).
+    async fn wait_log_count(&self, needle: &str, before: usize) -> Instant {
+        let deadline = Instant::now() + DEFAULT_TIMEOUT;
+        loop {
+            if self.log_count(needle) > before {
+                return Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new {needle:?} in the daemon log within {DEFAULT_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Replaces `path` atomically with the component of `krate`: copy to a temp name in the same
+/// folder, then rename over it.
+fn replace_atomically(path: &Path, krate: &str) {
+    let tmp = path.with_extension("wasm.tmp");
+    std::fs::copy(policy_wasm(krate), &tmp).expect("copy the new policy");
+    std::fs::rename(&tmp, path).expect("rename the new policy into place");
+}
+
+/// A `[[channels]]` entry using `{dir}/file`.
+fn channel_rule(pattern: &str, file: &str, max: u32, extra: &str) -> String {
+    format!(
+        "[[channels]]\npattern = \"{pattern}\"\nmax_concurrent_jobs = {max}\npolicy = \"{{dir}}/{file}\"\n{extra}\n"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Example policies
+
+#[tokio::test]
+async fn priority_orders_grants_and_rejects_non_integer_priorities() {
+    let toml = channel_rule("prio", "priority.wasm", 1, "");
+    let mut s = Setup::start(&[("priority.wasm", "priority")], &toml, &["prio"]).await;
+    s.register("prio", "hold", json!({})).await;
+    assert_eq!(s.next_go("prio").await, "hold");
+    for (uid, fields) in [
+        ("a", json!({"priority": 1})),
+        ("b", json!({"priority": 5})),
+        ("c", json!({"priority": 1})),
+        ("d", json!({"tenant": "x"})),
+        ("e", json!({"priority": "high"})),
+    ] {
+        s.register("prio", uid, fields).await;
+    }
+    let reason = s.rejected("prio", "e").await;
+    assert!(
+        reason.contains("\"priority\""),
+        "reason names the field: {reason}"
+    );
+    let order = s.drain_one_by_one("prio", "hold".into(), 4).await;
+    assert_eq!(order, ["b", "a", "c", "d"]);
+}
+
+#[tokio::test]
+async fn fair_share_caps_tenants_per_channel_independently() {
+    // Two channels match the rule, so both use the same file with their own instance.
+    let toml = channel_rule(
+        "fs-",
+        "fair_share.wasm",
+        2,
+        "policy_config = { max_running_per_tenant = 1 }",
+    );
+    let mut s = Setup::start(
+        &[("fair_share.wasm", "fair-share")],
+        &toml,
+        &["fs-x", "fs-y"],
+    )
+    .await;
+    s.register("fs-x", "x1", json!({"tenant": "a"})).await;
+    assert_eq!(s.next_go("fs-x").await, "x1");
+    // Tenant a runs one job on fs-x, none on fs-y.
+    s.register("fs-y", "y1", json!({"tenant": "a"})).await;
+    assert_eq!(s.next_go("fs-y").await, "y1");
+    // At its cap on fs-x: deferred although a slot is free; tenant b takes it.
+    s.register("fs-x", "x2", json!({"tenant": "a"})).await;
+    s.register("fs-x", "x3", json!({"tenant": "b"})).await;
+    assert_eq!(s.next_go("fs-x").await, "x3");
+    s.client.expect_none(&topic("fs-x", "go/+"), QUIET).await;
+    s.client.finished("fs-x", "x1").await;
+    assert_eq!(s.next_go("fs-x").await, "x2");
+}
+
+#[tokio::test]
+async fn fair_share_alternates_tenants() {
+    let toml = channel_rule(
+        "rr",
+        "fair_share.wasm",
+        1,
+        "policy_config = { max_running_per_tenant = 10 }",
+    );
+    let mut s = Setup::start(&[("fair_share.wasm", "fair-share")], &toml, &["rr"]).await;
+    s.register("rr", "hold", json!({"tenant": "z"})).await;
+    assert_eq!(s.next_go("rr").await, "hold");
+    for (uid, tenant) in [
+        ("a1", "a"),
+        ("a2", "a"),
+        ("a3", "a"),
+        ("b1", "b"),
+        ("b2", "b"),
+        ("c1", "c"),
+    ] {
+        s.register("rr", uid, json!({"tenant": tenant})).await;
+    }
+    s.wait_waiting("rr", 6).await;
+    let order = s.drain_one_by_one("rr", "hold".into(), 6).await;
+    assert_eq!(order, ["a1", "b1", "c1", "a2", "b2", "a3"]);
+}
+
+#[tokio::test]
+async fn deny_rejects_listed_tenants_with_the_reason() {
+    let toml = channel_rule(
+        "deny",
+        "deny.wasm",
+        10,
+        "policy_config = { tenants = [\"evil\"] }",
+    );
+    let mut s = Setup::start(&[("deny.wasm", "deny")], &toml, &["deny"]).await;
+    s.register("deny", "e1", json!({"tenant": "evil"})).await;
+    assert_eq!(
+        s.rejected("deny", "e1").await,
+        r#"tenant "evil" is denied by policy"#
+    );
+    s.register("deny", "g1", json!({"tenant": "good"})).await;
+    assert_eq!(s.next_go("deny").await, "g1");
+    s.client.expect_none(&topic("deny", "go/e1"), QUIET).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile fixtures
+
+/// A channel using fixture `krate` under `sandbox`, plus a channel without a policy: every job on
+/// both gets `go`, one after the other, and the daemon logs the failures.
+async fn contained(krate: &str, sandbox: &str) {
+    let file = format!("{}.wasm", krate.replace('-', "_"));
+    let toml = format!(
+        "[policy_sandbox]\n{sandbox}\n\n{}",
+        channel_rule("hostile", &file, 1, "")
+    );
+    let mut s = Setup::start(&[(&file, krate)], &toml, &["hostile", "plain"]).await;
+    let started = Instant::now();
+    let mut running: Option<String> = None;
+    for i in 0..5 {
+        let uid = format!("h{i}");
+        s.register("hostile", &uid, json!({})).await;
+        if let Some(previous) = running.take() {
+            s.client.finished("hostile", &previous).await;
+        }
+        assert_eq!(s.next_go("hostile").await, uid);
+        running = Some(uid);
+    }
+    eprintln!(
+        "{krate}: 5 jobs through a failing policy in {:?}",
+        started.elapsed()
+    );
+    s.client.register("plain", "p", 30.0).await;
+    assert_eq!(s.next_go("plain").await, "p");
+    s.daemon.wait_log("policy call failed").await;
+    assert!(s.daemon.is_running(), "the daemon survived {krate}");
+}
+
+#[tokio::test]
+async fn spin_is_interrupted_and_the_channel_keeps_granting() {
+    contained("spin", "call_timeout = \"5ms\"").await;
+}
+
+#[tokio::test]
+async fn grow_hits_the_memory_cap_and_the_channel_keeps_granting() {
+    contained("grow", "max_memory = 2097152").await;
+}
+
+#[tokio::test]
+async fn trap_falls_back_and_the_channel_keeps_granting() {
+    contained("trap", "").await;
+}
+
+#[tokio::test]
+async fn start_up_with_a_wrong_interface_policy_fails_naming_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("wrong_interface.wasm");
+    std::fs::copy(policy_wasm("wrong-interface"), &policy).expect("copy the fixture");
+    let config = dir.path().join("coordinosaur.toml");
+    // Policies load before the MQTT connection: no broker is needed to see the failure.
+    let toml = format!(
+        "{}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
+        channel_rule("w", "wrong_interface.wasm", 1, "")
+            .replace("{dir}", &dir.path().display().to_string()),
+        free_port()
+    );
+    std::fs::write(&config, toml).expect("write the config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinosaur"))
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn coordinosaur");
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("coordinosaur kept running with a wrong-interface policy");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&policy.display().to_string()) && stderr.contains("coordinosaur:policy"),
+        "stderr names the file and the world:\n{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hot reload
+
+#[tokio::test]
+async fn hot_swap_keeps_every_queued_job_and_changes_behaviour() {
+    const JOBS: usize = 1_000;
+    let deny_reason = r#"tenant "evil" is denied by policy"#;
+    // priority ignores the config; deny, swapped in later, reads it.
+    let toml = channel_rule(
+        "swap",
+        "policy.wasm",
+        1,
+        "policy_config = { tenants = [\"evil\"] }",
+    );
+    let mut s = Setup::start(&[("policy.wasm", "priority")], &toml, &["swap"]).await;
+    s.register("swap", "hold", json!({})).await;
+    assert_eq!(s.next_go("swap").await, "hold");
+    let evil = |i: usize| i.is_multiple_of(10);
+    let uids: Vec<String> = (0..JOBS).map(|i| format!("j{i:04}")).collect();
+    for (i, uid) in uids.iter().enumerate() {
+        let tenant = if evil(i) { "evil" } else { "good" };
+        s.register("swap", uid, json!({"priority": i, "tenant": tenant}))
+            .await;
+    }
+    s.wait_waiting("swap", JOBS as u64).await;
+
+    let swaps_before = s.log_count("policy swapped");
+    let renamed_at = Instant::now();
+    replace_atomically(&s.path("policy.wasm"), "deny");
+    // The first decision of the new policy: readmit rejects the evil jobs.
+    let (first, _) = s
+        .client
+        .expect_match(&topic("swap", "rejected/+"), DEFAULT_TIMEOUT)
+        .await;
+    let first_decision = renamed_at.elapsed();
+    let logged_at = s.wait_log_count("policy swapped", swaps_before).await;
+    let log_line = logged_at - renamed_at;
+    let line = s
+        .daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("policy swapped"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    eprintln!(
+        "reload of {JOBS} queued jobs: rename -> \"policy swapped\" log line {log_line:?}, \
+         rename -> first decision by the new policy {first_decision:?}\n  {line}"
+    );
+    assert!(first_decision < Duration::from_secs(10));
+
+    // Every evil job is rejected with deny's reason (the first one already taken above).
+    let mut rejected = vec![first.rsplit('/').next().unwrap_or_default().to_owned()];
+    while rejected.len() < JOBS / 10 {
+        let (t, payload) = s
+            .client
+            .expect_match(&topic("swap", "rejected/+"), DEFAULT_TIMEOUT)
+            .await;
+        let body: Value = serde_json::from_slice(&payload).expect("JSON");
+        assert_eq!(body["reason"], deny_reason);
+        rejected.push(t.rsplit('/').next().unwrap_or_default().to_owned());
+    }
+    let evil_uids: Vec<String> = (0..JOBS)
+        .filter(|i| evil(*i))
+        .map(|i| uids[i].clone())
+        .collect();
+    rejected.sort();
+    assert_eq!(rejected, evil_uids);
+
+    // None lost: with room for everyone, every other job gets go, now in FIFO order (deny
+    // accepts at 0) instead of priority order.
+    s.client.set_concurrency("swap", 10_000).await;
+    let mut granted = Vec::new();
+    while granted.len() < JOBS - JOBS / 10 {
+        granted.push(s.next_go("swap").await);
+    }
+    let good: Vec<String> = (0..JOBS)
+        .filter(|i| !evil(*i))
+        .map(|i| uids[i].clone())
+        .collect();
+    assert_eq!(granted, good);
+    s.client
+        .expect_none(&topic("swap", "rejected/+"), QUIET)
+        .await;
+
+    // New registrations follow deny.
+    s.register("swap", "late-evil", json!({"tenant": "evil"}))
+        .await;
+    assert_eq!(s.rejected("swap", "late-evil").await, deny_reason);
+    s.register(
+        "swap",
+        "late-good",
+        json!({"tenant": "good", "priority": "not checked"}),
+    )
+    .await;
+    assert_eq!(s.next_go("swap").await, "late-good");
+}
+
+/// A channel using `policy.wasm` (priority) with one slot, held by `hold`.
+async fn priority_channel() -> Setup {
+    let toml = channel_rule("prio", "policy.wasm", 1, "");
+    let mut s = Setup::start(&[("policy.wasm", "priority")], &toml, &["prio"]).await;
+    s.register("prio", "hold", json!({})).await;
+    assert_eq!(s.next_go("prio").await, "hold");
+    s
+}
+
+/// priority still decides: `low{n}`(1) then `high{n}`(9) queue behind `running`, and `high{n}`
+/// goes first. Returns the job left running (`low{n}`).
+async fn assert_priority_still_decides(s: &mut Setup, running: &str, n: u32) -> String {
+    let (low, high) = (format!("low{n}"), format!("high{n}"));
+    s.register("prio", &low, json!({"priority": 1})).await;
+    s.register("prio", &high, json!({"priority": 9})).await;
+    s.wait_waiting("prio", 2).await;
+    let order = s.drain_one_by_one("prio", running.into(), 2).await;
+    assert_eq!(order, [high, low.clone()]);
+    low
+}
+
+#[tokio::test]
+async fn a_broken_file_is_refused_and_the_old_policy_keeps_deciding() {
+    let mut s = priority_channel().await;
+    let path = s.path("policy.wasm");
+    let bytes = std::fs::read(&path).expect("read the policy");
+    // Written in place: truncated, then garbage.
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate the policy");
+    s.wait_log_count("policy reload failed", 0).await;
+    let failures = s.log_count("policy reload failed");
+    std::fs::write(&path, b"this is not a wasm component").expect("write garbage");
+    s.wait_log_count("policy reload failed", failures).await;
+    assert_eq!(s.log_count("policy swapped"), 0);
+    assert_priority_still_decides(&mut s, "hold", 0).await;
+}
+
+#[tokio::test]
+async fn a_deleted_file_keeps_the_last_good_policy_and_warns() {
+    let mut s = priority_channel().await;
+    let path = s.path("policy.wasm");
+    std::fs::remove_file(&path).expect("delete the policy");
+    s.wait_log_count("policy reload failed", 0).await;
+    let line = s
+        .daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("policy reload failed"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(line.contains("WARN"), "a warning: {line}");
+    let running = assert_priority_still_decides(&mut s, "hold", 0).await;
+    // The folder is still watched: a file put back is picked up.
+    replace_atomically(&path, "priority");
+    s.wait_log_count("policy swapped", 0).await;
+    assert_priority_still_decides(&mut s, &running, 1).await;
+}
+
+#[tokio::test]
+async fn a_swap_refused_by_init_keeps_the_old_policy() {
+    // The channel has no policy_config: priority accepts that, deny's init refuses it.
+    let mut s = priority_channel().await;
+    s.register("prio", "queued-low", json!({"priority": 1}))
+        .await;
+    s.register("prio", "queued-high", json!({"priority": 9}))
+        .await;
+    s.wait_waiting("prio", 2).await;
+    replace_atomically(&s.path("policy.wasm"), "deny");
+    s.daemon.wait_log("new policy refused").await;
+    // The queued jobs keep priority's order, and priority still decides new ones.
+    let order = s.drain_one_by_one("prio", "hold".into(), 2).await;
+    assert_eq!(order, ["queued-high", "queued-low"]);
+    let running = assert_priority_still_decides(&mut s, "queued-low", 0).await;
+    s.register("prio", "bad", json!({"priority": "x"})).await;
+    let reason = s.rejected("prio", "bad").await;
+    assert!(reason.contains("\"priority\""), "{reason}");
+    s.client.finished("prio", &running).await;
+}

@@ -1,0 +1,544 @@
+//! The policy host in-process: real components from `policies/` behind the engine's hooks, no
+//! MQTT. Each test drives an [`Engine`] with [`Engine::handle_with`] and a [`PolicyHost`], and
+//! reads the decisions from `poll_output`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::policies::{policy_crates_on_disk, policy_wasm, policy_wasm_wasip2, POLICY_CRATES};
+use coordinosaur::config::PolicySandbox;
+use coordinosaur::engine::{
+    ChannelOptions, Engine, Input, Millis, OnPolicyError, Output, Registration, Time,
+};
+use coordinosaur::policy::{Compiler, PolicyError, PolicyHost};
+use serde_json::json;
+
+/// The reason the host gives when a failing policy rejects (`on_policy_error = "closed"`).
+const CLOSED_REASON: &str = "policy error (on_policy_error = closed)";
+
+/// A hostile call must be stopped this fast; the budget is milliseconds, so this only catches
+/// "not interrupted at all" while staying reliable on a loaded machine.
+const FAR_ABOVE_BUDGET: Duration = Duration::from_secs(2);
+
+/// Every policy crate and a test that exercises it: naming the test function makes a crate
+/// without a test a compile error here, and `every_policy_crate_has_a_test` fails when a crate
+/// is added on disk without an entry (as wasmtime's `assert_test_exists!`).
+const COVERAGE: &[(&str, fn())] = &[
+    ("priority", priority_orders_by_field_fifo_among_equals),
+    ("fair-share", fair_share_defers_a_tenant_at_its_cap),
+    ("deny", deny_rejects_listed_tenants_with_the_reason),
+    ("spin", spin_is_interrupted_within_the_budget_open),
+    ("grow", grow_hits_the_memory_cap_and_falls_back),
+    ("trap", trap_falls_back_and_the_instance_is_rebuilt),
+    (
+        "wrong-interface",
+        wrong_interface_fails_to_compile_naming_the_world,
+    ),
+];
+
+#[test]
+fn every_policy_crate_has_a_test() {
+    let mut covered: Vec<String> = COVERAGE.iter().map(|(n, _)| (*n).to_owned()).collect();
+    covered.sort();
+    let mut known: Vec<String> = POLICY_CRATES.iter().map(|n| (*n).to_owned()).collect();
+    known.sort();
+    assert_eq!(
+        policy_crates_on_disk(),
+        covered,
+        "every crate under policies/ (examples and fixtures) needs an entry in COVERAGE"
+    );
+    assert_eq!(known, covered, "POLICY_CRATES and COVERAGE disagree");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// One channel rule for the resolver.
+#[derive(Clone)]
+struct Rule {
+    policy: PathBuf,
+    config: serde_json::Value,
+    on_error: OnPolicyError,
+    max: u32,
+}
+
+fn rule(policy: &Path, config: serde_json::Value) -> Rule {
+    Rule {
+        policy: policy.to_owned(),
+        config,
+        on_error: OnPolicyError::Open,
+        max: 1,
+    }
+}
+
+impl Rule {
+    fn max(mut self, max: u32) -> Rule {
+        self.max = max;
+        self
+    }
+
+    fn closed(mut self) -> Rule {
+        self.on_error = OnPolicyError::Closed;
+        self
+    }
+
+    fn options(&self) -> ChannelOptions {
+        ChannelOptions {
+            max_concurrent_jobs: self.max,
+            policy: Some(Arc::from(self.policy.as_path())),
+            policy_config: Arc::from(self.config.to_string().as_str()),
+            on_policy_error: self.on_error,
+            ..ChannelOptions::default()
+        }
+    }
+}
+
+/// An engine whose every channel uses `rule`, a host with `sandbox`, and engine time.
+struct Rig {
+    engine: Engine,
+    host: PolicyHost,
+    /// The host's compiler: a policy to swap in must come from the same wasmtime engine.
+    compiler: Compiler,
+    now: u64,
+}
+
+impl Rig {
+    fn new(rule: Rule) -> Rig {
+        Rig::with_sandbox(rule, PolicySandbox::default())
+    }
+
+    fn with_sandbox(rule: Rule, sandbox: PolicySandbox) -> Rig {
+        let compiler = Compiler::new().expect("policy runtime");
+        let mut host = PolicyHost::new(compiler.clone(), &sandbox);
+        host.preload(&[Arc::from(rule.policy.as_path())])
+            .expect("preload the policy");
+        let engine = Engine::new(Box::new(move |_| rule.options()));
+        Rig {
+            engine,
+            host,
+            compiler,
+            now: 1_000_000,
+        }
+    }
+
+    /// Applies `input` one millisecond after the previous one; returns what the engine decided.
+    fn handle(&mut self, input: Input) -> Vec<String> {
+        self.now += 1;
+        self.engine
+            .handle_with(Time(self.now), input, &mut self.host);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.engine.poll_output())
+            .filter_map(|o| match o {
+                Output::Go { uid, .. } => Some(format!("go {uid}")),
+                Output::Rejected { uid, reason, .. } => Some(format!("rejected {uid}: {reason}")),
+                Output::Expired { uid, .. } => Some(format!("expired {uid}")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn register(&mut self, channel: &str, uid: &str, meta: serde_json::Value) -> Vec<String> {
+        self.handle(Input::Register(Registration {
+            channel: channel.into(),
+            uid: uid.into(),
+            timeout: Millis(60_000),
+            priority: 0,
+            meta: Some(meta.to_string().into()),
+        }))
+    }
+
+    fn finish(&mut self, channel: &str, uid: &str) -> Vec<String> {
+        self.handle(Input::Finished {
+            channel: channel.into(),
+            uid: uid.into(),
+        })
+    }
+
+    fn set_max(&mut self, channel: &str, max: u32) -> Vec<String> {
+        self.handle(Input::SetConcurrency {
+            channel: channel.into(),
+            max,
+        })
+    }
+
+    fn waiting(&self, channel: &str) -> Vec<String> {
+        self.engine
+            .waiting(channel)
+            .iter()
+            .map(|u| u.to_string())
+            .collect()
+    }
+}
+
+/// A sandbox with the default time budget and `max_memory` bytes of memory.
+fn sandbox(call_timeout_ms: u64, max_memory: usize) -> PolicySandbox {
+    PolicySandbox {
+        call_timeout: Millis(call_timeout_ms),
+        max_memory,
+    }
+}
+
+/// A temp folder holding a copy of `from` as `policy.wasm`, for tests that replace the file.
+fn policy_copy(from: &Path) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("policy.wasm");
+    std::fs::copy(from, &path).expect("copy the policy");
+    (dir, path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Example policies
+
+/// `hold` takes the only slot; then `a`(1) `b`(5) `c`(1) `d`(none) queue and `e`("high") is
+/// rejected naming the field. Finishing one job at a time grants b, a, c, d.
+fn priority_scenario(wasm: &Path) {
+    let mut rig = Rig::new(rule(wasm, json!({})));
+    assert_eq!(rig.register("ch", "hold", json!({})), ["go hold"]);
+    assert!(rig.register("ch", "a", json!({"priority": 1})).is_empty());
+    assert!(rig.register("ch", "b", json!({"priority": 5})).is_empty());
+    assert!(rig.register("ch", "c", json!({"priority": 1})).is_empty());
+    assert!(rig.register("ch", "d", json!({"tenant": "x"})).is_empty());
+    let rejected = rig.register("ch", "e", json!({"priority": "high"}));
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(
+        rejected[0].starts_with("rejected e: ") && rejected[0].contains("\"priority\""),
+        "the reason names the field: {rejected:?}"
+    );
+    assert_eq!(rig.waiting("ch"), ["b", "a", "c", "d"]);
+    let mut order = Vec::new();
+    let mut running = "hold".to_owned();
+    for _ in 0..4 {
+        let out = rig.finish("ch", &running);
+        assert_eq!(out.len(), 1, "{out:?}");
+        running = out[0].strip_prefix("go ").expect("a grant").to_owned();
+        order.push(running.clone());
+    }
+    assert_eq!(order, ["b", "a", "c", "d"]);
+    assert_eq!(rig.host.stats().failures, 0);
+}
+
+#[test]
+fn priority_orders_by_field_fifo_among_equals() {
+    priority_scenario(&policy_wasm("priority"));
+}
+
+#[test]
+fn priority_built_for_wasip2_behaves_the_same() {
+    priority_scenario(&policy_wasm_wasip2("priority"));
+}
+
+#[test]
+fn fair_share_defers_a_tenant_at_its_cap() {
+    let wasm = policy_wasm("fair-share");
+    let mut rig = Rig::new(rule(&wasm, json!({"max_running_per_tenant": 1})).max(2));
+    assert_eq!(rig.register("ch", "a1", json!({"tenant": "a"})), ["go a1"]);
+    // A slot is free, but tenant a is at its cap: deferred.
+    assert!(rig.register("ch", "a2", json!({"tenant": "a"})).is_empty());
+    assert_eq!(rig.waiting("ch"), ["a2"]);
+    // Another tenant's job takes the free slot.
+    assert_eq!(rig.register("ch", "b1", json!({"tenant": "b"})), ["go b1"]);
+    // a1 ends: a2 fits the cap again.
+    assert_eq!(rig.finish("ch", "a1"), ["go a2"]);
+    assert_eq!(rig.host.stats().failures, 0);
+}
+
+#[test]
+fn fair_share_alternates_tenants() {
+    let wasm = policy_wasm("fair-share");
+    let mut rig = Rig::new(rule(&wasm, json!({"max_running_per_tenant": 10})));
+    assert_eq!(
+        rig.register("ch", "hold", json!({"tenant": "z"})),
+        ["go hold"]
+    );
+    for (uid, tenant) in [
+        ("a1", "a"),
+        ("a2", "a"),
+        ("a3", "a"),
+        ("b1", "b"),
+        ("b2", "b"),
+        ("c1", "c"),
+    ] {
+        assert!(rig
+            .register("ch", uid, json!({"tenant": tenant}))
+            .is_empty());
+    }
+    assert_eq!(rig.waiting("ch"), ["a1", "b1", "c1", "a2", "b2", "a3"]);
+    let mut order = Vec::new();
+    let mut running = "hold".to_owned();
+    for _ in 0..6 {
+        let out = rig.finish("ch", &running);
+        running = out[0].strip_prefix("go ").expect("a grant").to_owned();
+        order.push(running.clone());
+    }
+    assert_eq!(order, ["a1", "b1", "c1", "a2", "b2", "a3"]);
+}
+
+#[test]
+fn fair_share_without_config_fails_init_and_falls_back_open() {
+    let wasm = policy_wasm("fair-share");
+    let mut rig = Rig::new(rule(&wasm, json!({})).max(2));
+    // No cap: both of tenant a's jobs run, as without a policy.
+    assert_eq!(rig.register("ch", "a1", json!({"tenant": "a"})), ["go a1"]);
+    assert_eq!(rig.register("ch", "a2", json!({"tenant": "a"})), ["go a2"]);
+    let stats = rig.host.stats();
+    assert!(stats.failures >= 2, "{stats:?}");
+    // A failed init is remembered, not retried on every call.
+    assert_eq!(stats.instantiations, 1, "{stats:?}");
+}
+
+#[test]
+fn fair_share_without_config_fails_init_and_falls_back_closed() {
+    let wasm = policy_wasm("fair-share");
+    let mut rig = Rig::new(rule(&wasm, json!({})).max(2).closed());
+    assert_eq!(
+        rig.register("ch", "a1", json!({"tenant": "a"})),
+        [format!("rejected a1: {CLOSED_REASON}")]
+    );
+}
+
+#[test]
+fn deny_rejects_listed_tenants_with_the_reason() {
+    let wasm = policy_wasm("deny");
+    let mut rig = Rig::new(rule(&wasm, json!({"tenants": ["evil"]})).max(10));
+    assert_eq!(
+        rig.register("ch", "e1", json!({"tenant": "evil"})),
+        [r#"rejected e1: tenant "evil" is denied by policy"#]
+    );
+    assert_eq!(
+        rig.register("ch", "g1", json!({"tenant": "good"})),
+        ["go g1"]
+    );
+    assert_eq!(rig.register("ch", "n1", json!({})), ["go n1"]);
+}
+
+#[test]
+fn two_channels_using_one_policy_keep_separate_state() {
+    let wasm = policy_wasm("fair-share");
+    let mut rig = Rig::new(rule(&wasm, json!({"max_running_per_tenant": 1})).max(2));
+    assert_eq!(rig.register("x", "x1", json!({"tenant": "a"})), ["go x1"]);
+    // Tenant a has one job running on x, none on y: y's instance counts its own.
+    assert_eq!(rig.register("y", "y1", json!({"tenant": "a"})), ["go y1"]);
+    assert!(rig.register("x", "x2", json!({"tenant": "a"})).is_empty());
+    assert!(rig.register("y", "y2", json!({"tenant": "a"})).is_empty());
+    assert_eq!(rig.finish("y", "y1"), ["go y2"]);
+    assert_eq!(rig.waiting("x"), ["x2"]);
+    assert_eq!(rig.host.stats().instantiations, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile fixtures
+
+/// Registers `uid` and returns the decisions and the wall time of the call.
+fn timed_register(rig: &mut Rig, uid: &str) -> (Vec<String>, Duration) {
+    let started = Instant::now();
+    let out = rig.register("ch", uid, json!({}));
+    (out, started.elapsed())
+}
+
+#[test]
+fn spin_is_interrupted_within_the_budget_open() {
+    let wasm = policy_wasm("spin");
+    let mut rig = Rig::with_sandbox(rule(&wasm, json!({})), sandbox(10, 16 << 20));
+    let mut previous = rig.host.stats();
+    for i in 0..5 {
+        let uid = format!("j{i}");
+        let (out, took) = timed_register(&mut rig, &uid);
+        eprintln!("spin (open, 10 ms budget): register -> go took {took:?}");
+        assert!(took < FAR_ABOVE_BUDGET, "not interrupted: {took:?}");
+        assert_eq!(out, [format!("go {uid}")]);
+        let stats = rig.host.stats();
+        assert_eq!(stats.failures, previous.failures + 1, "{stats:?}");
+        // The interrupted instance is dropped; the next call builds a new one.
+        assert!(stats.instantiations > previous.instantiations, "{stats:?}");
+        previous = stats;
+        rig.finish("ch", &uid);
+    }
+}
+
+#[test]
+fn spin_is_interrupted_within_the_budget_closed() {
+    let wasm = policy_wasm("spin");
+    let mut rig = Rig::with_sandbox(rule(&wasm, json!({})).closed(), sandbox(10, 16 << 20));
+    for i in 0..3 {
+        let uid = format!("j{i}");
+        let (out, took) = timed_register(&mut rig, &uid);
+        assert!(took < FAR_ABOVE_BUDGET, "not interrupted: {took:?}");
+        assert_eq!(out, [format!("rejected {uid}: {CLOSED_REASON}")]);
+    }
+    assert_eq!(rig.host.stats().failures, 3);
+}
+
+#[test]
+fn grow_hits_the_memory_cap_and_falls_back() {
+    let wasm = policy_wasm("grow");
+    let cap = 2 << 20;
+    let mut open = Rig::with_sandbox(rule(&wasm, json!({})).max(10), sandbox(1_000, cap));
+    for i in 0..3 {
+        let uid = format!("g{i}");
+        let (out, took) = timed_register(&mut open, &uid);
+        eprintln!("grow (open, 2 MiB cap): register -> go took {took:?}");
+        assert!(took < FAR_ABOVE_BUDGET, "{took:?}");
+        // admit trapped (accepted at 0); before_grant is the SDK default on a fresh instance.
+        assert_eq!(out, [format!("go {uid}")]);
+    }
+    let stats = open.host.stats();
+    assert_eq!(stats.failures, 3, "one failed admit per job: {stats:?}");
+    let mut closed = Rig::with_sandbox(rule(&wasm, json!({})).closed(), sandbox(1_000, cap));
+    let (out, _) = timed_register(&mut closed, "g");
+    assert_eq!(out, [format!("rejected g: {CLOSED_REASON}")]);
+}
+
+#[test]
+fn trap_falls_back_and_the_instance_is_rebuilt() {
+    let wasm = policy_wasm("trap");
+    let mut rig = Rig::new(rule(&wasm, json!({})).max(10));
+    for i in 0..3u64 {
+        let uid = format!("t{i}");
+        assert_eq!(rig.register("ch", &uid, json!({})), [format!("go {uid}")]);
+        let stats = rig.host.stats();
+        // admit and before_grant both trap, and each trapped instance is replaced by a new one
+        // (before_grant's, and the one on_event(granted) runs on).
+        assert_eq!(stats.failures, 2 * (i + 1), "{stats:?}");
+        assert!(stats.instantiations > 2 * i + 1, "{stats:?}");
+    }
+    let mut closed = Rig::new(rule(&wasm, json!({})).closed());
+    assert_eq!(
+        closed.register("ch", "t", json!({})),
+        [format!("rejected t: {CLOSED_REASON}")]
+    );
+}
+
+#[test]
+fn wrong_interface_fails_to_compile_naming_the_world() {
+    let wasm = policy_wasm("wrong-interface");
+    let compiler = Compiler::new().expect("policy runtime");
+    let err = compiler
+        .compile(&wasm)
+        .expect_err("a component of another world must not load");
+    assert!(matches!(err, PolicyError::Interface { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("coordinosaur:policy") && text.contains("wrong_interface.wasm"),
+        "the message names the world and the file: {text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Swapping policies
+
+/// The config of the swap tests: priority ignores it, deny needs it.
+fn deny_evil() -> serde_json::Value {
+    json!({"tenants": ["evil"]})
+}
+
+#[test]
+fn swap_keeps_every_queued_job_and_changes_behaviour() {
+    const JOBS: usize = 1_000;
+    let (_dir, path) = policy_copy(&policy_wasm("priority"));
+    let mut rig = Rig::new(rule(&path, deny_evil()));
+    assert_eq!(rig.register("ch", "hold", json!({})), ["go hold"]);
+    let uids: Vec<String> = (0..JOBS).map(|i| format!("j{i:04}")).collect();
+    let evil = |i: usize| i.is_multiple_of(10);
+    let started = Instant::now();
+    for (i, uid) in uids.iter().enumerate() {
+        let tenant = if evil(i) { "evil" } else { "good" };
+        // Later jobs get higher priorities: priority order is the reverse of FIFO.
+        let out = rig.register("ch", uid, json!({"priority": i, "tenant": tenant}));
+        assert!(out.is_empty(), "{out:?}");
+    }
+    let per_register = started.elapsed() / JOBS as u32;
+    eprintln!("priority: {JOBS} registrations through the engine, {per_register:?} each (one admit call; the slot is held)");
+    let reversed: Vec<String> = uids.iter().rev().cloned().collect();
+    assert_eq!(rig.waiting("ch"), reversed);
+
+    // Replace the file with deny and swap it in, as the driver does on a reload.
+    std::fs::copy(policy_wasm("deny"), &path).expect("replace the policy file");
+    let compiled = rig.compiler.compile(&path).expect("deny compiles");
+    let started = Instant::now();
+    let moved = rig.host.swap(compiled);
+    assert_eq!(moved, [Arc::<str>::from("ch")]);
+    rig.now += 1;
+    let target = path.clone();
+    rig.engine.readmit(
+        Time(rig.now),
+        |o| o.policy.as_deref() == Some(target.as_path()),
+        &mut rig.host,
+    );
+    eprintln!(
+        "swap priority -> deny + readmit of {JOBS} waiting jobs: {:?}",
+        started.elapsed()
+    );
+    let mut out = rig.drain();
+    // In the old queue's order; compared as sets.
+    out.sort();
+    let expected_rejections: Vec<String> = (0..JOBS)
+        .filter(|i| evil(*i))
+        .map(|i| format!(r#"rejected {}: tenant "evil" is denied by policy"#, uids[i]))
+        .collect();
+    assert_eq!(out, expected_rejections);
+    // deny accepts at 0: the rest queue in registration order now.
+    let good: Vec<String> = (0..JOBS)
+        .filter(|i| !evil(*i))
+        .map(|i| uids[i].clone())
+        .collect();
+    assert_eq!(rig.waiting("ch"), good);
+    // None lost: every good job is granted once there is room.
+    let grants = rig.set_max("ch", 10_000);
+    let expected: Vec<String> = good.iter().map(|u| format!("go {u}")).collect();
+    assert_eq!(grants, expected);
+    assert_eq!(expected_rejections.len() + grants.len(), JOBS);
+    // New registrations follow deny.
+    assert_eq!(
+        rig.register("ch", "late", json!({"tenant": "evil"})),
+        [r#"rejected late: tenant "evil" is denied by policy"#]
+    );
+    assert_eq!(rig.host.stats().failures, 0);
+}
+
+#[test]
+fn swap_whose_init_fails_keeps_the_old_policy() {
+    let (_dir, path) = policy_copy(&policy_wasm("priority"));
+    // priority ignores the config; deny refuses `{}` (`tenants is required`).
+    let mut rig = Rig::new(rule(&path, json!({})));
+    assert_eq!(rig.register("ch", "hold", json!({})), ["go hold"]);
+    std::fs::copy(policy_wasm("deny"), &path).expect("replace the policy file");
+    let compiled = rig.compiler.compile(&path).expect("deny compiles");
+    assert!(rig.host.swap(compiled).is_empty(), "init must refuse");
+    // priority still decides, on every later call.
+    for (uid, p) in [("low", 1), ("high", 9), ("mid", 5)] {
+        assert!(rig.register("ch", uid, json!({"priority": p})).is_empty());
+    }
+    assert_eq!(rig.waiting("ch"), ["high", "mid", "low"]);
+    assert_eq!(
+        rig.register("ch", "bad", json!({"priority": "x"})).len(),
+        1,
+        "priority still rejects non-integers"
+    );
+}
+
+#[test]
+fn broken_file_fails_to_compile_and_nothing_changes() {
+    let (_dir, path) = policy_copy(&policy_wasm("priority"));
+    let mut rig = Rig::new(rule(&path, json!({})));
+    assert_eq!(rig.register("ch", "hold", json!({})), ["go hold"]);
+    let bytes = std::fs::read(&path).expect("read the policy");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate the policy");
+    let err = rig
+        .compiler
+        .compile(&path)
+        .expect_err("a truncated component must not compile");
+    assert!(matches!(err, PolicyError::Compile { .. }), "{err:?}");
+    let before = rig.host.stats();
+    for (uid, p) in [("low", 1), ("high", 9)] {
+        assert!(rig.register("ch", uid, json!({"priority": p})).is_empty());
+    }
+    assert_eq!(rig.waiting("ch"), ["high", "low"]);
+    let after = rig.host.stats();
+    assert_eq!((after.swaps, after.failures), (before.swaps, 0));
+}
