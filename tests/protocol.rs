@@ -366,6 +366,7 @@ quotas = [{ interval = "1m", limit = 10, name = "per-minute" }]
         }],
         "next_window_opening": null,
         "policy": null,
+        "quota_held_ms": 0,
         "now": reported,
     });
     assert_eq!(state, expected);
