@@ -24,7 +24,7 @@ const WATCH_PERIOD: Duration = Duration::from_secs(1);
 /// Arguments of `coordinosaur status`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Exit codes: 0 answered; 125 no answer within 5 s, broker unreachable or usage error."
+    after_help = "Exit codes: 0 answered (or --watch ended by Ctrl-C); 125 no answer within --timeout, broker\nunreachable, or a usage error."
 )]
 pub struct StatusArgs {
     /// Only this channel (the daemon creates it with its configured options if it is new).
