@@ -10,8 +10,11 @@
 //! - [`mqtt`]: the rumqttc event loop: connect, resubscribe, decode, forward.
 //! - [`driver`]: the task owning the engine; sleeps exactly until the next deadline and
 //!   publishes decisions.
+//! - [`cli`]: the client commands `run` (gate a command behind a channel) and `status`, which
+//!   talk to a running daemon over MQTT like any worker.
 //! - `broker` (feature `embedded-broker`): an in-process rumqttd for machines without a broker.
 
+pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod engine;

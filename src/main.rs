@@ -1,19 +1,22 @@
-//! The `coordinosaur` command: the daemon, plus `check-config` and `explain`.
+//! The `coordinosaur` command: the daemon, `check-config` and `explain`, and the client commands
+//! `run` and `status` (in the library's `cli` module).
 
-use std::path::PathBuf;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use coordinosaur::cli;
 use coordinosaur::config::Config;
 
 /// Coordinates jobs over MQTT: semaphores, leases and sliding-window quotas per channel.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Configuration file.
-    #[arg(long, short, global = true, default_value = "coordinosaur.toml")]
-    config: PathBuf,
+    /// Configuration file [default: coordinosaur.toml; for run and status, only if it exists].
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -29,33 +32,54 @@ enum Command {
         /// Channel name, as in PREFIX/CHANNEL/register.
         channel: String,
     },
+    /// Wait for go on a channel, run a command under the lease, report how it ended.
+    Run(cli::run::RunArgs),
+    /// Ask the daemon for its channels' state: running/max, waiting, quota windows, policy.
+    Status(cli::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
-        Ok(c) => c,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+            let _ = e.print();
+            return match e.exit_code() {
+                0 => ExitCode::SUCCESS,
+                _ => ExitCode::from(cli::usage_exit_code(std::env::args_os())),
+            };
         }
     };
+    let path = cli.config.as_deref();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
-            println!("{}: OK\n{}", cli.config.display(), config.summary());
+        Command::Run(args) => ExitCode::from(cli::run::main(path, args)),
+        Command::Status(args) => ExitCode::from(cli::status::main(path, args)),
+        Command::CheckConfig => with_config(path, |path, config| {
+            println!("{}: OK\n{}", path.display(), config.summary());
             ExitCode::SUCCESS
-        }
-        Command::Explain { channel } => {
+        }),
+        Command::Explain { channel } => with_config(path, |_, config| {
             print!("{}", config.explain(&channel));
             ExitCode::SUCCESS
-        }
-        Command::Serve => match serve(config, cli.config) {
+        }),
+        Command::Serve => with_config(path, |path, config| match serve(config, path.to_owned()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
-        },
+        }),
+    }
+}
+
+/// Loads the daemon's config (exit code 2 if it is unreadable or invalid) and hands it to `f`.
+fn with_config(path: Option<&Path>, f: impl FnOnce(&Path, Config) -> ExitCode) -> ExitCode {
+    let path = path.unwrap_or(Path::new(cli::endpoint::DEFAULT_CONFIG));
+    match Config::load(path) {
+        Ok(config) => f(path, config),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -64,6 +88,7 @@ fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     // One thread: the driver owns all decisions and the MQTT task only forwards, so more workers

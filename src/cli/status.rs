@@ -1,0 +1,243 @@
+//! `coordinosaur status`: ask the daemon for its channels' state and print it.
+//!
+//! Without a channel it publishes `PREFIX/infos` and reads the array on `PREFIX/state`; with one,
+//! `PREFIX/CHANNEL/infos` and `PREFIX/CHANNEL/state`. The subscription is acknowledged before the
+//! request goes out, so a fast answer cannot be missed.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{sleep, timeout_at, Instant};
+
+use super::format::StateView;
+use super::session::Session;
+use super::{exit, random_u32, CliError, Endpoint};
+
+/// How long DISCONNECT may take to go out.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refresh period of `--watch`.
+const WATCH_PERIOD: Duration = Duration::from_secs(1);
+
+/// Arguments of `coordinosaur status`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 answered (or --watch ended by Ctrl-C); 125 no answer within --timeout, broker\nunreachable, or a usage error."
+)]
+pub struct StatusArgs {
+    /// Only this channel (the daemon creates it with its configured options if it is new).
+    pub channel: Option<String>,
+    /// Print the daemon's JSON answer, pretty-printed, instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every second until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// Broker address, overriding [mqtt] host and port of the config file.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub broker: Option<String>,
+    /// How long the daemon has to answer (seconds or 500ms, 2m...).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = super::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Runs `coordinosaur status` and returns the process exit code.
+pub fn main(config: Option<&Path>, args: StatusArgs) -> u8 {
+    super::block_on(async move {
+        match status(config, &args).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("coordinosaur status: {e}");
+                exit::UNREACHABLE
+            }
+        }
+    })
+}
+
+async fn status(config: Option<&Path>, args: &StatusArgs) -> Result<u8, CliError> {
+    let endpoint = Endpoint::resolve(config, args.broker.as_deref())?;
+    if let Some(c) = &args.channel {
+        if c.is_empty() || c.contains(['/', '+', '#', '\0']) {
+            return Err(CliError::Usage(format!(
+                "channel {c:?}: must be one topic level without `+`, `#` or NUL"
+            )));
+        }
+    }
+    let (infos, state) = match &args.channel {
+        Some(c) => (
+            endpoint.topic(&format!("{c}/infos")),
+            endpoint.topic(&format!("{c}/state")),
+        ),
+        None => (endpoint.topic("infos"), endpoint.topic("state")),
+    };
+    // Installed before anything else, so Ctrl-C in --watch always ends cleanly with 0.
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|e| CliError::Usage(format!("cannot handle signals: {e}")))?;
+    let client_id = format!(
+        "coordinosaur-status-{}-{:08x}",
+        std::process::id(),
+        random_u32()
+    );
+    let mut session = Session::connect(&endpoint, &client_id, None).await?;
+    session.subscribe(std::slice::from_ref(&state)).await?;
+    let tty = std::io::stdout().is_terminal();
+    let mut first = true;
+    // Ctrl-C ends --watch normally; a one-shot query it interrupts exits as shells report it.
+    let mut code = 0;
+    loop {
+        let answer = tokio::select! {
+            answer = ask(&mut session, &infos, &state, args.timeout) => answer?,
+            _ = interrupt.recv() => {
+                code = if args.watch { 0 } else { 130 };
+                break;
+            }
+        };
+        if args.watch && tty {
+            // Clear the screen and go home, so each refresh replaces the last.
+            print!("\x1b[2J\x1b[H");
+        } else if !first {
+            println!();
+        }
+        first = false;
+        print!("{}", render(&answer, args.json));
+        let _ = std::io::stdout().flush();
+        if !args.watch {
+            break;
+        }
+        tokio::select! {
+            _ = interrupt.recv() => break,
+            () = sleep(WATCH_PERIOD) => {}
+        }
+    }
+    session.disconnect(DISCONNECT_TIMEOUT).await;
+    Ok(code)
+}
+
+/// Publishes `infos` and returns the first answer on `state`.
+async fn ask(
+    session: &mut Session,
+    infos: &str,
+    state: &str,
+    within: Duration,
+) -> Result<Value, CliError> {
+    let no_answer = format!(
+        "no coordinator answered on {infos} at {}; is it running?",
+        session.broker()
+    );
+    session.publish_qos0(infos, Vec::new())?;
+    let deadline = Instant::now() + within;
+    loop {
+        let message = match timeout_at(deadline, session.next_message()).await {
+            Ok(m) => m?,
+            Err(_) => return Err(CliError::NoAnswer(no_answer)),
+        };
+        if message.topic == state {
+            if let Ok(value) = serde_json::from_slice(&message.payload) {
+                return Ok(value);
+            }
+        }
+    }
+}
+
+/// The answer as pretty JSON or as a table, with a final newline.
+pub fn render(answer: &Value, json: bool) -> String {
+    if json {
+        return format!(
+            "{}\n",
+            serde_json::to_string_pretty(answer).unwrap_or_default()
+        );
+    }
+    let states: Vec<StateView> = match answer {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|v| serde_json::from_value(v.clone()).ok())
+            .collect(),
+        other => serde_json::from_value(other.clone()).into_iter().collect(),
+    };
+    table(&states)
+}
+
+/// `CHANNEL RUNNING WAITING QUOTAS POLICY`, one row per channel, columns aligned.
+pub fn table(states: &[StateView]) -> String {
+    if states.is_empty() {
+        return "no channels yet\n".into();
+    }
+    let header = ["CHANNEL", "RUNNING", "WAITING", "QUOTAS", "POLICY"].map(String::from);
+    let rows: Vec<[String; 5]> = std::iter::once(header)
+        .chain(states.iter().map(|s| {
+            [
+                s.channel.clone(),
+                s.running(),
+                s.waiting.to_string(),
+                s.quotas(),
+                s.policy(),
+            ]
+        }))
+        .collect();
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_table_row_per_channel() {
+        let answer = json!([
+            {"channel": "a", "max_concurrent_jobs": 2, "timeout_offset_ms": 0, "running": ["x", "y"],
+             "running_count": 2, "waiting": 3, "next_window_opening": 61_000,
+             "quotas": [{"name": "minute", "interval_ms": 60000, "limit": 2, "used": 2, "next_opening": 61_000}],
+             "policy": "/etc/p/fair.wasm", "now": 1_000},
+            {"channel": "bb", "max_concurrent_jobs": 1, "timeout_offset_ms": 0, "running": [],
+             "running_count": 0, "waiting": 0, "quotas": [], "next_window_opening": null,
+             "policy": null, "now": 1_000}
+        ]);
+        let text = render(&answer, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].starts_with("CHANNEL  RUNNING  WAITING  QUOTAS"),
+            "{text}"
+        );
+        assert!(
+            lines[1]
+                .starts_with("a        2/2      3        minute 2/2, opens in 1m00s  fair.wasm"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("bb       0/1      0        -"),
+            "{text}"
+        );
+        assert!(lines[2].ends_with("built-in"), "{text}");
+    }
+
+    #[test]
+    fn one_channel_and_no_channel() {
+        let one = json!({"channel": "c", "max_concurrent_jobs": 1, "running_count": 1, "waiting": 0, "now": 0});
+        assert!(render(&one, false)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("c "));
+        assert_eq!(render(&json!([]), false), "no channels yet\n");
+    }
+}

@@ -1,0 +1,405 @@
+//! `coordinosaur run`: the real binary against a real daemon and Mosquitto, observed by a test
+//! client subscribed to the channel's topics.
+
+mod common;
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::{free_port, topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::time::{timeout, Instant};
+
+/// Starts `coordinosaur run --broker 127.0.0.1:PORT ARGS...` with stdout and stderr captured.
+fn spawn_run(port: u16, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_coordinosaur"))
+        .arg("run")
+        .arg("--broker")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        // No ./coordinosaur.toml to pick up by accident.
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn coordinosaur run")
+}
+
+/// Waits (bounded) for `run` to exit; returns its exit code and stderr.
+async fn finish(child: Child) -> (Option<i32>, String) {
+    let out: Output = timeout(DEFAULT_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("coordinosaur run did not exit within 10 s")
+        .expect("wait for coordinosaur run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A daemon and a watcher subscribed to everything on `ch` (go, finished, aborted, renew, expired).
+async fn setup(extra_toml: &str) -> (TestBroker, Daemon, Client) {
+    let broker = TestBroker::start();
+    let daemon = Daemon::start(broker.port(), extra_toml).await;
+    let watcher = Client::connect(broker.port(), &unique_id("watcher")).await;
+    for action in [
+        "go/+",
+        "finished",
+        "aborted",
+        "renew",
+        "expired/+",
+        "rejected/+",
+    ] {
+        watcher.subscribe(&topic("ch", action)).await;
+    }
+    (broker, daemon, watcher)
+}
+
+fn payload_text(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+#[tokio::test]
+async fn a_command_that_succeeds_exits_0_quietly_and_frees_the_slot() {
+    let (broker, _daemon, mut w) = setup("").await;
+    let run = spawn_run(
+        broker.port(),
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "60",
+            "--uid",
+            "ok-1",
+            "--",
+            "true",
+        ],
+    );
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert_eq!(stderr, "", "quiet on success when not a terminal");
+    w.expect(&topic("ch", "go/ok-1"), DEFAULT_TIMEOUT).await;
+    assert_eq!(
+        w.expect(&topic("ch", "finished"), DEFAULT_TIMEOUT).await,
+        b"ok-1"
+    );
+    w.expect_none(&topic("ch", "aborted"), Duration::ZERO).await;
+    // max_concurrent_jobs = 1: the next job is granted at once.
+    w.register("ch", "next", 60.0).await;
+    assert_eq!(w.next_go("ch").await, "next");
+}
+
+#[tokio::test]
+async fn a_failing_command_gives_its_exit_code_and_publishes_aborted() {
+    let (broker, _daemon, mut w) = setup("").await;
+    let run = spawn_run(
+        broker.port(),
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "60",
+            "--uid",
+            "fail-1",
+            "--meta",
+            "tenant=acme",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(3), "stderr: {stderr}");
+    assert_eq!(
+        w.expect(&topic("ch", "aborted"), DEFAULT_TIMEOUT).await,
+        b"fail-1"
+    );
+    w.expect_none(&topic("ch", "finished"), Duration::ZERO)
+        .await;
+    let state = w.state("ch").await;
+    assert_eq!(state["running_count"], 0, "{state}");
+}
+
+#[tokio::test]
+async fn a_command_past_half_its_timeout_is_renewed_and_never_expires() {
+    let (broker, _daemon, mut w) = setup("").await;
+    let run = spawn_run(
+        broker.port(),
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "1",
+            "--uid",
+            "long-1",
+            "--",
+            "sleep",
+            "2.5",
+        ],
+    );
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    let renew = w.expect(&topic("ch", "renew"), Duration::ZERO).await;
+    let renew: serde_json::Value = serde_json::from_slice(&renew).unwrap();
+    assert_eq!(renew, json!({"uid": "long-1", "timeout": 1}));
+    w.expect(&topic("ch", "finished"), DEFAULT_TIMEOUT).await;
+    w.expect_none(&topic("ch", "expired/+"), Duration::ZERO)
+        .await;
+    w.expect_none(&topic("ch", "rejected/+"), Duration::ZERO)
+        .await;
+}
+
+#[tokio::test]
+async fn sigint_goes_to_the_command_and_run_exits_130() {
+    let (broker, _daemon, mut w) = setup("").await;
+    let run = spawn_run(
+        broker.port(),
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "60",
+            "--uid",
+            "int-1",
+            "--",
+            "sleep",
+            "30",
+        ],
+    );
+    w.expect(&topic("ch", "go/int-1"), DEFAULT_TIMEOUT).await;
+    let started = Instant::now();
+    let pid = Pid::from_raw(run.id().expect("pid of run") as i32);
+    kill(pid, Signal::SIGINT).expect("send SIGINT to run");
+    let (code, stderr) = finish(run).await;
+    // sleep died of the forwarded SIGINT (2): 128 + 2; run itself survived to report it.
+    assert_eq!(code, Some(130), "stderr: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        w.expect(&topic("ch", "aborted"), DEFAULT_TIMEOUT).await,
+        b"int-1"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_run_frees_its_slot_at_once_through_its_will() {
+    let (broker, _daemon, mut w) = setup("").await;
+    let mut run = spawn_run(
+        broker.port(),
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "60",
+            "--uid",
+            "dead-1",
+            "--",
+            "sleep",
+            "30",
+        ],
+    );
+    w.expect(&topic("ch", "go/dead-1"), DEFAULT_TIMEOUT).await;
+    w.register("ch", "second", 60.0).await;
+    // The command (sleep) outlives run; remember it to clean up.
+    let pid = run.id().expect("pid of run");
+    let children = wait_for_children(pid).await;
+    run.start_kill().expect("SIGKILL run");
+    let _ = run.wait().await;
+    let killed = Instant::now();
+    let will = w
+        .expect(&topic("ch", "aborted"), Duration::from_secs(2))
+        .await;
+    assert_eq!(payload_text(&will), "dead-1");
+    w.expect(&topic("ch", "go/second"), Duration::from_secs(2))
+        .await;
+    assert!(killed.elapsed() < Duration::from_secs(2));
+    for child in children {
+        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+    }
+}
+
+/// Pids of `pid`'s children, once it has any (the command starts just after `go`).
+async fn wait_for_children(pid: u32) -> Vec<i32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    loop {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            // No /proc children file on this kernel: nothing to clean up by pid.
+            return Vec::new();
+        };
+        let pids: Vec<i32> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if !pids.is_empty() || Instant::now() > deadline {
+            return pids;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn giving_up_the_wait_exits_124_and_leaves_the_queue() {
+    let (broker, _daemon, mut w) = setup("").await;
+    w.register("ch", "holder", 60.0).await;
+    assert_eq!(w.next_go("ch").await, "holder");
+    let started = Instant::now();
+    let run = spawn_run(
+        broker.port(),
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "60",
+            "--uid",
+            "patient-1",
+            "--wait-timeout",
+            "0.5s",
+            "--",
+            "true",
+        ],
+    );
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(124), "stderr: {stderr}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(
+        stderr.contains("no go on channel ch within 500ms"),
+        "{stderr}"
+    );
+    assert_eq!(
+        w.expect(&topic("ch", "aborted"), DEFAULT_TIMEOUT).await,
+        b"patient-1"
+    );
+    let state = w.state("ch").await;
+    assert_eq!(state["waiting"], 0, "{state}");
+    assert_eq!(state["running"], json!(["holder"]), "{state}");
+    w.expect_none(&topic("ch", "go/patient-1"), Duration::ZERO)
+        .await;
+}
+
+#[tokio::test]
+async fn a_rejected_registration_exits_122_with_the_reason() {
+    let (broker, _daemon, _w) = setup("[limits]\nmax_timeout = 10\n").await;
+    let run = spawn_run(
+        broker.port(),
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "60",
+            "--uid",
+            "greedy-1",
+            "--",
+            "true",
+        ],
+    );
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(122), "stderr: {stderr}");
+    assert!(stderr.contains("rejected on channel ch"), "{stderr}");
+    assert!(
+        stderr.contains("timeout"),
+        "the reason names the timeout: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_exits_125() {
+    let run = spawn_run(
+        free_port(),
+        &["--channel", "ch", "--timeout", "60", "--", "true"],
+    );
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(125), "stderr: {stderr}");
+    assert!(
+        stderr.contains("cannot reach the MQTT broker at 127.0.0.1:"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn usage_errors_exit_125() {
+    for args in [
+        &["--channel", "ch", "--timeout", "60"][..],
+        &["--channel", "ch", "--timeout", "soon", "--", "true"],
+        &["--channel", "a/b", "--timeout", "60", "--", "true"],
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "60",
+            "--meta",
+            "uid=x",
+            "--",
+            "true",
+        ],
+    ] {
+        let (code, stderr) = finish(spawn_run(free_port(), args)).await;
+        assert_eq!(code, Some(125), "{args:?}: {stderr}");
+        assert!(!stderr.is_empty(), "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_command_exits_127_and_aborts() {
+    let (broker, _daemon, mut w) = setup("").await;
+    let run = spawn_run(
+        broker.port(),
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "60",
+            "--uid",
+            "nope-1",
+            "--",
+            "/nonexistent/cmd",
+        ],
+    );
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(127), "stderr: {stderr}");
+    assert!(stderr.contains("cannot run /nonexistent/cmd"), "{stderr}");
+    assert_eq!(
+        w.expect(&topic("ch", "aborted"), DEFAULT_TIMEOUT).await,
+        b"nope-1"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_lease_stops_the_command_and_exits_123() {
+    let (broker, _daemon, mut w) = setup("").await;
+    let run = spawn_run(
+        broker.port(),
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "60",
+            "--uid",
+            "exp-1",
+            "--",
+            "sleep",
+            "30",
+        ],
+    );
+    w.expect(&topic("ch", "go/exp-1"), DEFAULT_TIMEOUT).await;
+    let started = Instant::now();
+    // Someone shortens the lease to 50 ms: it expires long before run's next renew (30 s).
+    w.renew("ch", "exp-1", 0.05).await;
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(123), "stderr: {stderr}");
+    assert!(
+        stderr.contains("lease of exp-1 on channel ch expired"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "sleep was stopped"
+    );
+    w.expect(&topic("ch", "expired/exp-1"), DEFAULT_TIMEOUT)
+        .await;
+}
