@@ -133,12 +133,7 @@ impl Channel {
             match hooks.admit(&self.view(now), &job) {
                 Admission::Accept(p) => priority = p,
                 Admission::Reject(reason) => {
-                    out.extend([Output::Rejected {
-                        kind: RejectKind::Policy,
-                        channel: self.name.clone(),
-                        uid: reg.uid.into(),
-                        reason,
-                    }]);
+                    out.extend([self.policy_rejection(reg.uid, reason)]);
                     return false;
                 }
             }
@@ -185,14 +180,19 @@ impl Channel {
                 }
                 Admission::Reject(reason) => {
                     self.jobs.remove(&uid);
-                    out.extend([Output::Rejected {
-                        kind: RejectKind::Policy,
-                        channel: self.name.clone(),
-                        uid,
-                        reason,
-                    }]);
+                    out.extend([self.policy_rejection(uid, reason)]);
                 }
             }
+        }
+    }
+
+    /// `rejected/{uid}` on behalf of the channel's policy.
+    fn policy_rejection(&self, uid: impl Into<Arc<str>>, reason: String) -> Output {
+        Output::Rejected {
+            kind: RejectKind::Policy,
+            channel: self.name.clone(),
+            uid: uid.into(),
+            reason,
         }
     }
 
@@ -389,12 +389,7 @@ impl Channel {
                 Decision::Veto(reason) => {
                     self.queue.remove(&key);
                     self.jobs.remove(&uid);
-                    out.extend([Output::Rejected {
-                        kind: RejectKind::Policy,
-                        channel: self.name.clone(),
-                        uid,
-                        reason,
-                    }]);
+                    out.extend([self.policy_rejection(uid, reason)]);
                     continue;
                 }
             }
