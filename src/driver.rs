@@ -169,11 +169,9 @@ impl<S: Sink> Driver<S> {
             Ok(compiled) => {
                 let compile_ms = compiled.compile_time.as_millis();
                 let moved = rt.host.swap(compiled);
-                self.engine.readmit(
-                    now,
-                    |o| o.policy.as_deref() == Some(path.as_path()),
-                    &mut rt.host,
-                );
+                // Only channels that took the new version: one whose init refused it keeps its old
+                // instance, and asking that one again would double-count in stateful policies.
+                self.engine.readmit_channels(now, &moved, &mut rt.host);
                 metrics::counter!("coordinosaur_policy_reloads_total", "result" => "ok")
                     .increment(1);
                 info!(

@@ -356,6 +356,19 @@ impl Engine {
         }
     }
 
+    /// Like [`Engine::readmit`], for the named channels only (those whose policy instance was
+    /// actually replaced).
+    pub fn readmit_channels(&mut self, now: Time, channels: &[Arc<str>], hooks: &mut dyn Policies) {
+        self.handle_timeout_with(now, hooks);
+        let now = self.now;
+        for name in channels {
+            if let Some(&id) = self.by_name.get(name) {
+                self.channels[id as usize].readmit(now, hooks, &mut self.outputs);
+                self.settle(id, now, hooks);
+            }
+        }
+    }
+
     /// Takes a new resolver (a reloaded config) and re-resolves every known channel: new limits,
     /// quotas and policy mappings apply at once, running jobs are never revoked, quota history is
     /// kept by window name, and waiting jobs are re-admitted where the policy changed. Returns
