@@ -201,8 +201,13 @@ impl Config {
         let _ = writeln!(out, "topic prefix: {}", mqtt.topic_prefix);
         let _ = writeln!(
             out,
-            "limits: payload up to {} bytes, job timeout up to {}",
-            self.limits.max_payload, self.limits.max_timeout
+            "limits: payload up to {} bytes, job timeout up to {}, uid up to {} bytes, \
+             {} channels, {} waiting jobs per channel",
+            self.limits.max_payload,
+            self.limits.max_timeout,
+            self.limits.max_uid_len,
+            self.limits.max_channels,
+            self.limits.max_waiting_per_channel
         );
         let defaults = &self.defaults;
         let _ = writeln!(
