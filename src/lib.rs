@@ -54,6 +54,7 @@ pub async fn run(
             .clone()
             .map(|u| (u, config.mqtt.password.clone().unwrap_or_default())),
         keep_alive: config.mqtt.keep_alive,
+        clean_session: config.mqtt.clean_session,
         prefix: config.mqtt.topic_prefix.clone(),
         limits: config.limits.decode(),
     };

@@ -198,6 +198,15 @@ impl Config {
             mqtt.client_id,
             humantime::format_duration(mqtt.keep_alive),
         );
+        let _ = writeln!(
+            out,
+            "session: {}",
+            if mqtt.clean_session {
+                "clean (nothing queued while the daemon is away)"
+            } else {
+                "persistent (the broker queues requests while the daemon is away)"
+            }
+        );
         let _ = writeln!(out, "topic prefix: {}", mqtt.topic_prefix);
         let _ = writeln!(
             out,

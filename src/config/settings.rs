@@ -31,6 +31,10 @@ pub struct MqttConfig {
     /// MQTT keep-alive (30 s): zero (off) or between 1 s and 65535 s, so rumqttc accepts it.
     #[serde(deserialize_with = "values::keep_alive")]
     pub keep_alive: Duration,
+    /// Whether to start a fresh MQTT session on every connect (false). With a persistent
+    /// session (false), the broker keeps the daemon's subscriptions under its `client_id` and
+    /// queues the QoS 1 requests clients publish while the daemon is down or reconnecting.
+    pub clean_session: bool,
 }
 
 impl Default for MqttConfig {
@@ -43,6 +47,7 @@ impl Default for MqttConfig {
             password: None,
             topic_prefix: "coordinosaur".to_owned(),
             keep_alive: Duration::from_secs(30),
+            clean_session: false,
         }
     }
 }

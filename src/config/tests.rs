@@ -612,3 +612,9 @@ fn count_and_uid_limits_parse_and_reach_engine_and_decoder() {
     assert_eq!(decode.max_uid_len, 64);
     assert_eq!(decode.max_payload, def.max_payload);
 }
+
+#[test]
+fn session_is_persistent_unless_asked() {
+    assert!(!ok("").mqtt.clean_session);
+    assert!(ok("[mqtt]\nclean_session = true\n").mqtt.clean_session);
+}
