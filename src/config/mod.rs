@@ -32,6 +32,12 @@ pub use values::ChannelPattern;
 
 use crate::engine::ChannelOptions;
 
+/// Environment variable that overrides `[mqtt] username` (see [`Config::apply_env`]).
+pub const ENV_MQTT_USERNAME: &str = "COORDINOSAUR_MQTT_USERNAME";
+
+/// Environment variable that overrides `[mqtt] password` (see [`Config::apply_env`]).
+pub const ENV_MQTT_PASSWORD: &str = "COORDINOSAUR_MQTT_PASSWORD";
+
 /// Why the configuration could not be loaded. Each message is meant to be shown to the user as-is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -134,6 +140,20 @@ impl Config {
             defaults,
             channels,
         })
+    }
+
+    /// Applies the environment's overrides: [`ENV_MQTT_USERNAME`] and [`ENV_MQTT_PASSWORD`]
+    /// replace `[mqtt] username` and `password`, so secrets can stay out of the file. `env` looks
+    /// a variable up (`|k| std::env::var(k).ok()` in the daemon); a variable that is set but
+    /// empty means "none", as an empty value in the file does. Kept apart from
+    /// [`Config::parse`] so that parsing stays a pure function of the text.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        if let Some(user) = env(ENV_MQTT_USERNAME) {
+            self.mqtt.username = (!user.is_empty()).then_some(user);
+        }
+        if let Some(password) = env(ENV_MQTT_PASSWORD) {
+            self.mqtt.password = (!password.is_empty()).then_some(password);
+        }
     }
 
     /// The options of `channel`: `[defaults]`, then every matching `[[channels]]` entry in order.

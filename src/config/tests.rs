@@ -614,6 +614,44 @@ fn count_and_uid_limits_parse_and_reach_engine_and_decoder() {
 }
 
 #[test]
+fn environment_overrides_credentials_and_empty_means_none() {
+    let text = "[mqtt]\nusername = \"file-user\"\npassword = \"file-pass\"\n";
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |key: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
+    // Nothing set: the file's values stay.
+    let mut cfg = ok(text);
+    cfg.apply_env(env(&[]));
+    assert_eq!(cfg.mqtt.username.as_deref(), Some("file-user"));
+    assert_eq!(cfg.mqtt.password.as_deref(), Some("file-pass"));
+    // Both set: both win over the file.
+    let mut cfg = ok(text);
+    cfg.apply_env(env(&[
+        (ENV_MQTT_USERNAME, "env-user"),
+        (ENV_MQTT_PASSWORD, "env-pass"),
+    ]));
+    assert_eq!(cfg.mqtt.username.as_deref(), Some("env-user"));
+    assert_eq!(cfg.mqtt.password.as_deref(), Some("env-pass"));
+    // Only the password: the user name comes from the file (the usual split).
+    let mut cfg = ok("[mqtt]\nusername = \"file-user\"\n");
+    cfg.apply_env(env(&[(ENV_MQTT_PASSWORD, "secret")]));
+    assert_eq!(cfg.mqtt.username.as_deref(), Some("file-user"));
+    assert_eq!(cfg.mqtt.password.as_deref(), Some("secret"));
+    // Set but empty: none, as an empty value in the file.
+    let mut cfg = ok(text);
+    cfg.apply_env(env(&[(ENV_MQTT_USERNAME, ""), (ENV_MQTT_PASSWORD, "")]));
+    assert_eq!(cfg.mqtt.username, None);
+    assert_eq!(cfg.mqtt.password, None);
+    assert_eq!(ENV_MQTT_USERNAME, "COORDINOSAUR_MQTT_USERNAME");
+    assert_eq!(ENV_MQTT_PASSWORD, "COORDINOSAUR_MQTT_PASSWORD");
+}
+
+#[test]
 fn session_is_persistent_unless_asked() {
     assert!(!ok("").mqtt.clean_session);
     assert!(ok("[mqtt]\nclean_session = true\n").mqtt.clean_session);
