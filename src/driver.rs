@@ -146,6 +146,11 @@ impl<S: Sink> Driver<S> {
 
     fn config(&mut self, config: Config) {
         let now = self.clock.now();
+        let limits = config.limits.engine();
+        if limits != self.engine.limits() {
+            info!(?limits, "limits changed");
+            self.engine.set_limits(limits);
+        }
         let (engine, hooks) = self.split();
         let report = engine.reconfigure(
             now,

@@ -36,7 +36,6 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use config::Config;
-use protocol::DecodeLimits;
 
 /// Runs the daemon with `config` until `shutdown` completes, then disconnects cleanly. With
 /// `config_path`, the file is re-read on SIGHUP or when it changes (see [`reload`]).
@@ -55,11 +54,9 @@ pub async fn run(
             .clone()
             .map(|u| (u, config.mqtt.password.clone().unwrap_or_default())),
         keep_alive: config.mqtt.keep_alive,
+        clean_session: config.mqtt.clean_session,
         prefix: config.mqtt.topic_prefix.clone(),
-        limits: DecodeLimits {
-            max_payload: config.limits.max_payload,
-            max_timeout: config.limits.max_timeout,
-        },
+        limits: config.limits.decode(),
     };
     let _broker = start_embedded_broker(&config, &mut settings).await?;
     tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
@@ -85,7 +82,11 @@ pub async fn run(
     let prefix = settings.prefix.clone();
     let mqtt_task = tokio::spawn(mqtt::run(client.clone(), eventloop, settings, tx));
 
-    let engine = engine::Engine::new(Box::new(move |channel| config.channel_options(channel)));
+    let limits = config.limits.engine();
+    let engine = engine::Engine::with_limits(
+        Box::new(move |channel| config.channel_options(channel)),
+        limits,
+    );
     let sink = driver::MqttSink {
         client: client.clone(),
         prefix,

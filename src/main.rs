@@ -71,11 +71,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads the daemon's config (exit code 2 if it is unreadable or invalid) and hands it to `f`.
+/// Loads the daemon's config (exit code 2 if it is unreadable or invalid), applies the
+/// environment's overrides (`COORDINOSAUR_MQTT_USERNAME`, `..._PASSWORD`) and hands it to `f`.
 fn with_config(path: Option<&Path>, f: impl FnOnce(&Path, Config) -> ExitCode) -> ExitCode {
     let path = path.unwrap_or(Path::new(cli::endpoint::DEFAULT_CONFIG));
     match Config::load(path) {
-        Ok(config) => f(path, config),
+        Ok(mut config) => {
+            config.apply_env(|key| std::env::var(key).ok());
+            f(path, config)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)

@@ -56,7 +56,7 @@ fn describe() {
     describe_counter!("coordinosaur_grants_total", "Jobs granted (go published).");
     describe_counter!(
         "coordinosaur_rejections_total",
-        "Requests refused, by reason: invalid, renew, policy."
+        "Requests refused, by reason: invalid, renew, policy, limit."
     );
     describe_counter!("coordinosaur_expirations_total", "Leases that ran out.");
     describe_counter!(

@@ -29,6 +29,9 @@ pub struct Settings {
     pub credentials: Option<(String, String)>,
     /// Keep-alive (0 or at least 1 s; checked by config).
     pub keep_alive: Duration,
+    /// Start a fresh session on every connect; false keeps the broker-side session (its
+    /// subscriptions and the QoS 1 messages queued while we were away).
+    pub clean_session: bool,
     /// First topic level.
     pub prefix: String,
     /// Payload and timeout limits for decoding.
@@ -55,7 +58,7 @@ pub fn connect(settings: &Settings) -> (AsyncClient, EventLoop) {
     opts.set_keep_alive(settings.keep_alive)
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_inflight(500)
-        .set_clean_session(true);
+        .set_clean_session(settings.clean_session);
     if let Some((user, pass)) = &settings.credentials {
         opts.set_credentials(user, pass);
     }
@@ -79,6 +82,9 @@ pub async fn run(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                // Subscribe on every ConnAck, even with `session_present`: the broker may have
+                // dropped or expired the session (a restart without persistence, a session
+                // expiry), and subscribing again to a filter we hold is harmless.
                 info!(broker = %format!("{}:{}", settings.host, settings.port), session_present = ack.session_present, "connected");
                 connected = true;
                 metrics::counter!("coordinosaur_broker_connects_total").increment(1);

@@ -10,8 +10,9 @@ use serde_json::{Map, Value};
 
 use crate::engine::{Input, Millis, Output, Registration};
 
-/// Longest uid accepted, in bytes. A uid becomes a topic level, and topics are capped at 64 KiB.
-pub const MAX_UID_LEN: usize = 1024;
+/// Default longest uid, in bytes (`[limits] max_uid_len`). A uid becomes a topic level, and
+/// topics are capped at 64 KiB.
+pub const DEFAULT_MAX_UID_LEN: usize = 1024;
 
 /// Limits applied while decoding.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +21,8 @@ pub struct DecodeLimits {
     pub max_payload: usize,
     /// Largest `timeout` accepted.
     pub max_timeout: Millis,
+    /// Longest uid accepted, in bytes.
+    pub max_uid_len: usize,
 }
 
 impl Default for DecodeLimits {
@@ -27,6 +30,7 @@ impl Default for DecodeLimits {
         DecodeLimits {
             max_payload: 64 * 1024,
             max_timeout: Millis(365 * 24 * 3600 * 1000),
+            max_uid_len: DEFAULT_MAX_UID_LEN,
         }
     }
 }
@@ -63,6 +67,14 @@ pub enum ProtocolError {
     /// `uid` cannot be used as a topic level.
     #[error("`uid` {0}")]
     BadUid(&'static str),
+    /// `uid` is longer than `[limits] max_uid_len`.
+    #[error("`uid` of {len} bytes is over the limit max_uid_len = {limit} bytes")]
+    UidTooLong {
+        /// The uid's length in bytes.
+        len: usize,
+        /// Configured limit.
+        limit: usize,
+    },
     /// `timeout` is not a usable number of seconds.
     #[error("`timeout` {0}")]
     BadTimeout(String),
@@ -181,7 +193,7 @@ pub fn decode(
             }
         }
         "finished" | "aborted" => {
-            check_uid(text).map_err(|e| reject(None, e))?;
+            check_uid(text, limits.max_uid_len).map_err(|e| reject(None, e))?;
             let uid = text.to_owned();
             if action == "finished" {
                 Input::Finished {
@@ -237,7 +249,7 @@ fn decode_job(
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
         Some(other) => return Err((None, ProtocolError::UidType(json_type(&other)))),
     };
-    check_uid(&uid).map_err(|e| (None, e))?;
+    check_uid(&uid, limits.max_uid_len).map_err(|e| (None, e))?;
     let timeout = match obj.remove("timeout") {
         None => Err(ProtocolError::Missing("timeout")),
         Some(v) => timeout_millis(&v, limits.max_timeout),
@@ -248,11 +260,14 @@ fn decode_job(
 }
 
 /// A uid must be usable as one topic level of `go/{uid}`.
-fn check_uid(uid: &str) -> Result<(), ProtocolError> {
+fn check_uid(uid: &str, max_len: usize) -> Result<(), ProtocolError> {
     if uid.is_empty() {
         Err(ProtocolError::BadUid("is empty"))
-    } else if uid.len() > MAX_UID_LEN {
-        Err(ProtocolError::BadUid("is longer than 1024 bytes"))
+    } else if uid.len() > max_len {
+        Err(ProtocolError::UidTooLong {
+            len: uid.len(),
+            limit: max_len,
+        })
     } else if uid.contains(['+', '#', '\0']) {
         Err(ProtocolError::BadUid(
             "contains '+', '#' or NUL, which cannot appear in a topic",

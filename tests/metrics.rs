@@ -115,3 +115,31 @@ async fn metrics_match_what_happened() {
     assert!(!text.contains("channel=\"zzz\""), "{text}");
     drop(daemon);
 }
+
+#[tokio::test]
+async fn limit_rejections_are_counted_with_reason_limit() {
+    let broker = TestBroker::start();
+    let port = free_port();
+    let _daemon = Daemon::start(
+        broker.port(),
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[limits]\nmax_waiting_per_channel = 1\n\n\
+             [defaults]\nmax_concurrent_jobs = 0\n"
+        ),
+    )
+    .await;
+    let mut client = Client::connect(broker.port(), &unique_id("worker")).await;
+    client.subscribe(&topic("jobs", "rejected/+")).await;
+    client.register("jobs", "a", 60.0).await;
+    client.register("jobs", "b", 60.0).await;
+    client.register("jobs", "c", 60.0).await;
+    client
+        .expect(&topic("jobs", "rejected/c"), common::DEFAULT_TIMEOUT)
+        .await;
+    wait_for(
+        port,
+        "coordinosaur_rejections_total{channel=\"jobs\",reason=\"limit\"}",
+        2.0,
+    )
+    .await;
+}

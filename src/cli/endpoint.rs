@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::CliError;
-use crate::config::{Config, MqttConfig};
+use crate::config::Config;
 
 /// The config file read when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "coordinosaur.toml";
@@ -33,11 +33,14 @@ impl Endpoint {
     /// Resolves the endpoint from `--config` (`None`: [`DEFAULT_CONFIG`] if it exists) and
     /// `--broker`.
     pub fn resolve(config: Option<&Path>, broker: Option<&str>) -> Result<Endpoint, CliError> {
-        let mqtt = match config {
+        let mut config = match config {
             Some(path) => load(path)?,
             None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG))?,
-            None => MqttConfig::default(),
+            None => Config::default(),
         };
+        // The same overrides as the daemon's, so a worker host can keep its password out of files.
+        config.apply_env(|key| std::env::var(key).ok());
+        let mqtt = config.mqtt;
         let mut endpoint = Endpoint {
             host: mqtt.host,
             port: mqtt.port,
@@ -68,10 +71,8 @@ impl Endpoint {
     }
 }
 
-fn load(path: &Path) -> Result<MqttConfig, CliError> {
-    Config::load(path)
-        .map(|c| c.mqtt)
-        .map_err(|e| CliError::Usage(e.to_string()))
+fn load(path: &Path) -> Result<Config, CliError> {
+    Config::load(path).map_err(|e| CliError::Usage(e.to_string()))
 }
 
 /// `host:port`, `[v6addr]:port`, or a bare host (port 1883).

@@ -32,6 +32,12 @@ pub use values::ChannelPattern;
 
 use crate::engine::ChannelOptions;
 
+/// Environment variable that overrides `[mqtt] username` (see [`Config::apply_env`]).
+pub const ENV_MQTT_USERNAME: &str = "COORDINOSAUR_MQTT_USERNAME";
+
+/// Environment variable that overrides `[mqtt] password` (see [`Config::apply_env`]).
+pub const ENV_MQTT_PASSWORD: &str = "COORDINOSAUR_MQTT_PASSWORD";
+
 /// Why the configuration could not be loaded. Each message is meant to be shown to the user as-is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -136,6 +142,20 @@ impl Config {
         })
     }
 
+    /// Applies the environment's overrides: [`ENV_MQTT_USERNAME`] and [`ENV_MQTT_PASSWORD`]
+    /// replace `[mqtt] username` and `password`, so secrets can stay out of the file. `env` looks
+    /// a variable up (`|k| std::env::var(k).ok()` in the daemon); a variable that is set but
+    /// empty means "none", as an empty value in the file does. Kept apart from
+    /// [`Config::parse`] so that parsing stays a pure function of the text.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        if let Some(user) = env(ENV_MQTT_USERNAME) {
+            self.mqtt.username = (!user.is_empty()).then_some(user);
+        }
+        if let Some(password) = env(ENV_MQTT_PASSWORD) {
+            self.mqtt.password = (!password.is_empty()).then_some(password);
+        }
+    }
+
     /// The options of `channel`: `[defaults]`, then every matching `[[channels]]` entry in order.
     pub fn channel_options(&self, channel: &str) -> ChannelOptions {
         let mut options = self.defaults.clone();
@@ -198,11 +218,25 @@ impl Config {
             mqtt.client_id,
             humantime::format_duration(mqtt.keep_alive),
         );
+        let _ = writeln!(
+            out,
+            "session: {}",
+            if mqtt.clean_session {
+                "clean (nothing queued while the daemon is away)"
+            } else {
+                "persistent (the broker queues requests while the daemon is away)"
+            }
+        );
         let _ = writeln!(out, "topic prefix: {}", mqtt.topic_prefix);
         let _ = writeln!(
             out,
-            "limits: payload up to {} bytes, job timeout up to {}",
-            self.limits.max_payload, self.limits.max_timeout
+            "limits: payload up to {} bytes, job timeout up to {}, uid up to {} bytes, \
+             {} channels, {} waiting jobs per channel",
+            self.limits.max_payload,
+            self.limits.max_timeout,
+            self.limits.max_uid_len,
+            self.limits.max_channels,
+            self.limits.max_waiting_per_channel
         );
         let defaults = &self.defaults;
         let _ = writeln!(

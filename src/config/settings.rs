@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{duration, values};
-use crate::engine::Millis;
+use crate::engine::{EngineLimits, Millis};
+use crate::protocol::{DecodeLimits, DEFAULT_MAX_UID_LEN};
 
 /// `[mqtt]`: how to reach the broker and which topics are ours.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -30,6 +31,10 @@ pub struct MqttConfig {
     /// MQTT keep-alive (30 s): zero (off) or between 1 s and 65535 s, so rumqttc accepts it.
     #[serde(deserialize_with = "values::keep_alive")]
     pub keep_alive: Duration,
+    /// Whether to start a fresh MQTT session on every connect (false). With a persistent
+    /// session (false), the broker keeps the daemon's subscriptions under its `client_id` and
+    /// queues the QoS 1 requests clients publish while the daemon is down or reconnecting.
+    pub clean_session: bool,
 }
 
 impl Default for MqttConfig {
@@ -42,6 +47,7 @@ impl Default for MqttConfig {
             password: None,
             topic_prefix: "coordinosaur".to_owned(),
             keep_alive: Duration::from_secs(30),
+            clean_session: false,
         }
     }
 }
@@ -86,13 +92,45 @@ pub struct Limits {
     /// Longest job timeout a register may ask for (365 days); longer ones are rejected.
     #[serde(deserialize_with = "duration::millis")]
     pub max_timeout: Millis,
+    /// Longest uid accepted, in bytes (1024); a uid becomes a topic level of `go/{uid}`.
+    #[serde(deserialize_with = "values::max_uid_len")]
+    pub max_uid_len: usize,
+    /// Channels the daemon will create (10,000); a register for one more is rejected.
+    #[serde(deserialize_with = "values::at_least_one")]
+    pub max_channels: usize,
+    /// Jobs one channel may hold waiting (100,000); a register past it is rejected.
+    #[serde(deserialize_with = "values::at_least_one")]
+    pub max_waiting_per_channel: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let engine = EngineLimits::default();
         Limits {
             max_payload: 65_536,
             max_timeout: Millis(365 * 24 * 60 * 60 * 1000),
+            max_uid_len: DEFAULT_MAX_UID_LEN,
+            max_channels: engine.max_channels,
+            max_waiting_per_channel: engine.max_waiting_per_channel,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits the engine enforces.
+    pub fn engine(&self) -> EngineLimits {
+        EngineLimits {
+            max_channels: self.max_channels,
+            max_waiting_per_channel: self.max_waiting_per_channel,
+        }
+    }
+
+    /// The limits applied while decoding messages.
+    pub fn decode(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_payload: self.max_payload,
+            max_timeout: self.max_timeout,
+            max_uid_len: self.max_uid_len,
         }
     }
 }

@@ -200,6 +200,36 @@ const BAD: &[(&str, &str, usize, &[&str])] = &[
         &["max_payload", "64"],
     ),
     (
+        "max_uid_len of zero",
+        "[limits]\nmax_timeout = 60\nmax_uid_len = 0\n",
+        3,
+        &["max_uid_len", "between 1 and 32768"],
+    ),
+    (
+        "max_uid_len over a topic level",
+        "[limits]\nmax_uid_len = 40000\n",
+        2,
+        &["max_uid_len", "40000"],
+    ),
+    (
+        "max_channels of zero",
+        "[limits]\n\nmax_channels = 0\n",
+        3,
+        &["max_channels = 0", "at least 1"],
+    ),
+    (
+        "negative max_waiting_per_channel",
+        "[limits]\nmax_waiting_per_channel = -5\n",
+        2,
+        &["max_waiting_per_channel = -5"],
+    ),
+    (
+        "max_waiting_per_channel of zero",
+        "[limits]\nmax_waiting_per_channel = 0\n",
+        2,
+        &["max_waiting_per_channel = 0", "at least 1"],
+    ),
+    (
         "bad listen address",
         "[embedded_broker]\nenabled = true\nlisten = \"localhost\"\n",
         3,
@@ -556,4 +586,73 @@ fn bad_on_policy_error_names_the_line() {
         .expect_err("invalid")
         .to_string();
     assert!(err.contains("line 3") && err.contains("ajar"), "{err}");
+}
+
+#[test]
+fn count_and_uid_limits_parse_and_reach_engine_and_decoder() {
+    let def = Config::default().limits;
+    assert_eq!(
+        (
+            def.max_uid_len,
+            def.max_channels,
+            def.max_waiting_per_channel
+        ),
+        (1024, 10_000, 100_000)
+    );
+    let cfg = ok("[limits]\nmax_uid_len = 64\nmax_channels = 2\nmax_waiting_per_channel = 3\n");
+    assert_eq!(cfg.limits.max_uid_len, 64);
+    assert_eq!(
+        cfg.limits.engine(),
+        crate::engine::EngineLimits {
+            max_channels: 2,
+            max_waiting_per_channel: 3
+        }
+    );
+    let decode = cfg.limits.decode();
+    assert_eq!(decode.max_uid_len, 64);
+    assert_eq!(decode.max_payload, def.max_payload);
+}
+
+#[test]
+fn environment_overrides_credentials_and_empty_means_none() {
+    let text = "[mqtt]\nusername = \"file-user\"\npassword = \"file-pass\"\n";
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |key: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
+    // Nothing set: the file's values stay.
+    let mut cfg = ok(text);
+    cfg.apply_env(env(&[]));
+    assert_eq!(cfg.mqtt.username.as_deref(), Some("file-user"));
+    assert_eq!(cfg.mqtt.password.as_deref(), Some("file-pass"));
+    // Both set: both win over the file.
+    let mut cfg = ok(text);
+    cfg.apply_env(env(&[
+        (ENV_MQTT_USERNAME, "env-user"),
+        (ENV_MQTT_PASSWORD, "env-pass"),
+    ]));
+    assert_eq!(cfg.mqtt.username.as_deref(), Some("env-user"));
+    assert_eq!(cfg.mqtt.password.as_deref(), Some("env-pass"));
+    // Only the password: the user name comes from the file (the usual split).
+    let mut cfg = ok("[mqtt]\nusername = \"file-user\"\n");
+    cfg.apply_env(env(&[(ENV_MQTT_PASSWORD, "secret")]));
+    assert_eq!(cfg.mqtt.username.as_deref(), Some("file-user"));
+    assert_eq!(cfg.mqtt.password.as_deref(), Some("secret"));
+    // Set but empty: none, as an empty value in the file.
+    let mut cfg = ok(text);
+    cfg.apply_env(env(&[(ENV_MQTT_USERNAME, ""), (ENV_MQTT_PASSWORD, "")]));
+    assert_eq!(cfg.mqtt.username, None);
+    assert_eq!(cfg.mqtt.password, None);
+    assert_eq!(ENV_MQTT_USERNAME, "COORDINOSAUR_MQTT_USERNAME");
+    assert_eq!(ENV_MQTT_PASSWORD, "COORDINOSAUR_MQTT_PASSWORD");
+}
+
+#[test]
+fn session_is_persistent_unless_asked() {
+    assert!(!ok("").mqtt.clean_session);
+    assert!(ok("[mqtt]\nclean_session = true\n").mqtt.clean_session);
 }

@@ -64,6 +64,35 @@ pub(super) fn max_payload<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::E
     }
 }
 
+/// Longest accepted `limits.max_uid_len`: a uid is one level of an MQTT topic, and a topic must
+/// fit in 65,535 bytes together with the prefix, the channel and the action.
+pub(super) const MAX_UID_LEN_CEILING: usize = 32_768;
+
+/// `limits.max_uid_len`: 1 to 32,768 bytes.
+pub(super) fn max_uid_len<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let bytes = usize::deserialize(d)?;
+    if (1..=MAX_UID_LEN_CEILING).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "max_uid_len must be between 1 and {MAX_UID_LEN_CEILING} bytes, got {bytes}"
+        )))
+    }
+}
+
+/// A count limit (`limits.max_channels`, `limits.max_waiting_per_channel`): at least 1, since 0
+/// would refuse every job.
+pub(super) fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n >= 1 {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(
+            "must be at least 1 (0 would refuse every job)",
+        ))
+    }
+}
+
 /// `mqtt.username` / `mqtt.password`: an empty string means "not set", as in the original.
 pub(super) fn optional_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let text = String::deserialize(d)?;

@@ -111,15 +111,30 @@ impl Channel {
     }
 
     /// Queues a new job, asking the channel's policy for its priority.
-    /// Returns false (and changes nothing) if the uid is already known or the policy refused it.
+    /// Returns false (and changes nothing) if the uid is already known, `max_waiting` jobs are
+    /// already waiting, or the policy refused it; the last two are reported as `Rejected`.
     pub(crate) fn register(
         &mut self,
         reg: Registration,
         now: Time,
+        max_waiting: usize,
         hooks: &mut dyn Policies,
         out: &mut impl Extend<Output>,
     ) -> bool {
         if self.jobs.contains_key(reg.uid.as_str()) {
+            return false;
+        }
+        // Before the policy: a job that cannot be queued must not reach `admit`.
+        if self.queue.len() >= max_waiting {
+            out.extend([Output::Rejected {
+                kind: RejectKind::Limit,
+                channel: self.name.clone(),
+                uid: reg.uid.into(),
+                reason: format!(
+                    "max_waiting_per_channel: {max_waiting} jobs already wait in this channel, \
+                     the limit ([limits] max_waiting_per_channel = {max_waiting}); retry later"
+                ),
+            }]);
             return false;
         }
         let mut priority = reg.priority;

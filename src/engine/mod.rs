@@ -176,6 +176,9 @@ pub enum RejectKind {
     Renew,
     /// The channel's policy rejected or vetoed it (or failed, with `on_policy_error = closed`).
     Policy,
+    /// Accepting it would have grown state past a configured limit (`max_channels`,
+    /// `max_waiting_per_channel`).
+    Limit,
 }
 
 impl RejectKind {
@@ -185,6 +188,7 @@ impl RejectKind {
             RejectKind::Invalid => "invalid",
             RejectKind::Renew => "renew",
             RejectKind::Policy => "policy",
+            RejectKind::Limit => "limit",
         }
     }
 }
@@ -234,6 +238,26 @@ pub struct ChannelState {
 /// Index of a channel in the engine's slab.
 type ChannelId = u32;
 
+/// Bounds on how much state clients can make the engine hold. A request that would go past one
+/// is answered with `rejected/{uid}` ([`RejectKind::Limit`]) instead of growing state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// Channels the engine will create. Channels are never forgotten, so this bounds how many
+    /// distinct channel names clients can ever use in the daemon's lifetime.
+    pub max_channels: usize,
+    /// Jobs one channel may hold waiting (running jobs are bounded by `max_concurrent_jobs`).
+    pub max_waiting_per_channel: usize,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        EngineLimits {
+            max_channels: 10_000,
+            max_waiting_per_channel: 100_000,
+        }
+    }
+}
+
 /// Resolves a channel's options from its name when the channel is first seen.
 pub type Resolver = Box<dyn Fn(&str) -> ChannelOptions + Send>;
 
@@ -252,6 +276,9 @@ pub struct Engine {
     outputs: VecDeque<Output>,
     /// The latest time handed in; time never runs backwards inside the engine.
     now: Time,
+    /// How many channels and waiting jobs clients may create; `channels.len()` never exceeds
+    /// `max_channels`, but a lowered limit (reload) never drops what already exists.
+    limits: EngineLimits,
 }
 
 impl fmt::Debug for Engine {
@@ -261,13 +288,19 @@ impl fmt::Debug for Engine {
             .field("timers", &self.timers.len())
             .field("outputs", &self.outputs.len())
             .field("now", &self.now)
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
 impl Engine {
-    /// An engine whose channels take their options from `resolver`.
+    /// An engine whose channels take their options from `resolver`, with default limits.
     pub fn new(resolver: Resolver) -> Engine {
+        Engine::with_limits(resolver, EngineLimits::default())
+    }
+
+    /// An engine whose channels take their options from `resolver`, bounded by `limits`.
+    pub fn with_limits(resolver: Resolver, limits: EngineLimits) -> Engine {
         Engine {
             channels: Vec::new(),
             by_name: HashMap::new(),
@@ -275,7 +308,19 @@ impl Engine {
             resolver,
             outputs: VecDeque::new(),
             now: Time(0),
+            limits,
         }
+    }
+
+    /// Replaces the limits (a reloaded config). Lowering one refuses new growth only: existing
+    /// channels and waiting jobs stay.
+    pub fn set_limits(&mut self, limits: EngineLimits) {
+        self.limits = limits;
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> EngineLimits {
+        self.limits
     }
 
     /// Applies one input at `now` with no policies. Leases due by `now` end first.
@@ -296,7 +341,15 @@ impl Engine {
                 self.handle_end(now, &channel, &uid, EndReason::Aborted, hooks)
             }
             Input::SetConcurrency { channel, max } => {
-                let id = self.channel_id(&channel);
+                let Some(id) = self.channel_id(&channel) else {
+                    // No uid to answer to: the refusal is only logged.
+                    tracing::warn!(
+                        channel,
+                        max_channels = self.limits.max_channels,
+                        "concurrency/set for a new channel refused: max_channels reached"
+                    );
+                    return;
+                };
                 self.channels[id as usize].set_max(max);
                 self.settle(id, now, hooks);
             }
@@ -466,11 +519,24 @@ impl Engine {
     }
 
     fn handle_register(&mut self, now: Time, reg: Registration, hooks: &mut dyn Policies) {
-        let id = self.channel_id(&reg.channel);
+        let Some(id) = self.channel_id(&reg.channel) else {
+            let max = self.limits.max_channels;
+            self.outputs.push_back(Output::Rejected {
+                channel: reg.channel.as_str().into(),
+                uid: reg.uid.into(),
+                kind: RejectKind::Limit,
+                reason: format!(
+                    "max_channels: the coordinator already has {max} channels, the limit \
+                     ([limits] max_channels = {max}); use an existing channel"
+                ),
+            });
+            return;
+        };
+        let max_waiting = self.limits.max_waiting_per_channel;
         let channel = &mut self.channels[id as usize];
         let uid = reg.uid.clone();
         let known = channel.knows(&uid);
-        if channel.register(reg, now, hooks, &mut self.outputs) {
+        if channel.register(reg, now, max_waiting, hooks, &mut self.outputs) {
             tracing::debug!(channel = %channel.name, uid, "queued");
             self.settle(id, now, hooks);
         } else if known {
@@ -537,10 +603,14 @@ impl Engine {
         self.outputs.push_back(Output::State(state));
     }
 
-    /// The id of `name`, creating the channel with resolved options on first sight.
-    fn channel_id(&mut self, name: &str) -> ChannelId {
+    /// The id of `name`, creating the channel with resolved options on first sight; `None` if
+    /// it is new and `max_channels` channels already exist.
+    fn channel_id(&mut self, name: &str) -> Option<ChannelId> {
         if let Some(id) = self.by_name.get(name) {
-            return *id;
+            return Some(*id);
+        }
+        if self.channels.len() >= self.limits.max_channels {
+            return None;
         }
         let opts = (self.resolver)(name);
         let name: Arc<str> = name.into();
@@ -548,7 +618,7 @@ impl Engine {
         tracing::debug!(channel = %name, ?opts, "new channel");
         self.channels.push(Channel::new(name.clone(), opts));
         self.by_name.insert(name, id);
-        id
+        Some(id)
     }
 
     /// Grants what the channel now allows and re-arms its timer.

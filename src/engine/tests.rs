@@ -523,3 +523,133 @@ fn reconfigure_raises_limits_keeps_quota_history_and_runtime_concurrency() {
         Some(1)
     );
 }
+
+fn limited(o: ChannelOptions, max_channels: usize, max_waiting: usize) -> Harness {
+    let limits = EngineLimits {
+        max_channels,
+        max_waiting_per_channel: max_waiting,
+    };
+    Harness {
+        engine: Engine::with_limits(Box::new(move |_| o.clone()), limits),
+        now: Time(1_000_000),
+        log: Vec::new(),
+    }
+}
+
+/// `(uid, kind, reason)` of every rejection so far.
+fn rejections(h: &Harness) -> Vec<(String, RejectKind, String)> {
+    h.log
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Output::Rejected {
+                uid, kind, reason, ..
+            } => Some((uid.to_string(), *kind, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn default_limits_are_documented_values() {
+    let limits = Engine::new(Box::new(|_| ChannelOptions::default())).limits();
+    assert_eq!(limits.max_channels, 10_000);
+    assert_eq!(limits.max_waiting_per_channel, 100_000);
+}
+
+#[test]
+fn register_past_max_waiting_is_rejected_by_name_and_does_not_queue() {
+    let mut h = limited(opts(1, 0, &[]), 10, 3);
+    for u in ["run", "w1", "w2", "w3", "w4"] {
+        h.register(u, 10_000);
+    }
+    assert_eq!(h.go_uids(), ["run"]);
+    assert_eq!(
+        h.engine.waiting("c"),
+        ["w1", "w2", "w3"].map(Arc::<str>::from)
+    );
+    let rejected = rejections(&h);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let (uid, kind, reason) = &rejected[0];
+    assert_eq!((uid.as_str(), *kind), ("w4", RejectKind::Limit));
+    assert!(reason.contains("max_waiting_per_channel"), "{reason}");
+    assert_eq!(kind.as_str(), "limit");
+    // Room again once the queue moves: the channel keeps serving.
+    h.finish("run");
+    h.register("w5", 10_000);
+    assert_eq!(h.go_uids(), ["run", "w1"]);
+    assert_eq!(
+        h.engine.waiting("c"),
+        ["w2", "w3", "w5"].map(Arc::<str>::from)
+    );
+    assert_eq!(rejections(&h).len(), 1);
+}
+
+#[test]
+fn duplicate_of_a_waiting_job_at_the_limit_is_ignored_not_rejected() {
+    let mut h = limited(opts(0, 0, &[]), 10, 2);
+    h.register("a", 1000);
+    h.register("b", 1000);
+    h.register("a", 1000);
+    assert!(rejections(&h).is_empty());
+    assert_eq!(h.engine.waiting("c").len(), 2);
+}
+
+#[test]
+fn running_jobs_do_not_count_against_max_waiting() {
+    let mut h = limited(opts(3, 0, &[]), 10, 1);
+    for u in ["a", "b", "c", "d"] {
+        h.register(u, 1000);
+    }
+    assert_eq!(h.go_uids(), ["a", "b", "c"]);
+    assert_eq!(h.engine.waiting("c"), ["d"].map(Arc::<str>::from));
+    assert!(rejections(&h).is_empty());
+}
+
+#[test]
+fn new_channel_past_max_channels_is_rejected_and_not_created() {
+    let mut h = limited(opts(1, 0, &[]), 2, 100);
+    h.register_in("one", "a", 1000);
+    h.register_in("two", "b", 1000);
+    h.register_in("three", "c", 1000);
+    assert_eq!(h.go_uids(), ["a", "b"]);
+    assert_eq!(h.engine.channel_count(), 2);
+    assert!(h.engine.channel_state("three").is_none());
+    let rejected = rejections(&h);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].0, "c");
+    assert_eq!(rejected[0].1, RejectKind::Limit);
+    assert!(rejected[0].2.contains("max_channels"), "{}", rejected[0].2);
+    // concurrency/set does not create it either; existing channels keep working.
+    h.input(Input::SetConcurrency {
+        channel: "three".into(),
+        max: 5,
+    });
+    assert_eq!(h.engine.channel_count(), 2);
+    h.register_in("one", "a2", 1000);
+    h.input(Input::Finished {
+        channel: "one".into(),
+        uid: "a".into(),
+    });
+    assert_eq!(h.go_uids(), ["a", "b", "a2"]);
+}
+
+#[test]
+fn lowering_limits_keeps_what_exists_and_refuses_growth() {
+    let mut h = limited(opts(0, 0, &[]), 10, 10);
+    for u in ["a", "b", "c"] {
+        h.register_in("x", u, 1000);
+    }
+    h.register_in("y", "d", 1000);
+    h.engine.set_limits(EngineLimits {
+        max_channels: 1,
+        max_waiting_per_channel: 2,
+    });
+    h.register_in("x", "e", 1000);
+    h.register_in("y", "f", 1000);
+    h.register_in("z", "g", 1000);
+    assert_eq!(h.engine.waiting("x").len(), 3);
+    assert_eq!(h.engine.waiting("y").len(), 2);
+    assert_eq!(h.engine.channel_count(), 2);
+    let uids: Vec<_> = rejections(&h).into_iter().map(|r| r.0).collect();
+    assert_eq!(uids, ["e", "g"]);
+}

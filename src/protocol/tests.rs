@@ -117,18 +117,48 @@ fn bad_registrations_name_the_reason_and_the_uid_when_known() {
 
 #[test]
 fn long_uid_is_refused() {
-    let uid = "x".repeat(MAX_UID_LEN + 1);
+    let uid = "x".repeat(DEFAULT_MAX_UID_LEN + 1);
     let e = error(reg(&format!(r#"{{"uid":"{uid}","timeout":1}}"#)));
-    assert!(matches!(e.error, ProtocolError::BadUid(_)));
+    assert_eq!(
+        e.error,
+        ProtocolError::UidTooLong {
+            len: DEFAULT_MAX_UID_LEN + 1,
+            limit: DEFAULT_MAX_UID_LEN
+        }
+    );
+    assert!(e.error.to_string().contains("max_uid_len"), "{}", e.error);
     assert!(
         registered(&format!(
             r#"{{"uid":"{}","timeout":1}}"#,
-            "y".repeat(MAX_UID_LEN)
+            "y".repeat(DEFAULT_MAX_UID_LEN)
         ))
         .uid
         .len()
-            == MAX_UID_LEN
+            == DEFAULT_MAX_UID_LEN
     );
+}
+
+#[test]
+fn max_uid_len_is_configurable_for_every_action() {
+    let limits = DecodeLimits {
+        max_uid_len: 4,
+        ..DecodeLimits::default()
+    };
+    let dec = |topic: &str, payload: &str| decode(P, topic, payload.as_bytes(), &limits);
+    assert!(dec("coordinosaur/ch/register", r#"{"uid":"abcd","timeout":1}"#).is_ok());
+    for (topic, payload) in [
+        ("coordinosaur/ch/register", r#"{"uid":"abcde","timeout":1}"#),
+        ("coordinosaur/ch/renew", r#"{"uid":"abcde","timeout":1}"#),
+        ("coordinosaur/ch/finished", "abcde"),
+        ("coordinosaur/ch/aborted", "abcde"),
+    ] {
+        let e = dec(topic, payload).expect_err(topic);
+        assert_eq!(
+            e.error,
+            ProtocolError::UidTooLong { len: 5, limit: 4 },
+            "{topic}"
+        );
+    }
 }
 
 #[test]

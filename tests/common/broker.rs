@@ -76,6 +76,8 @@ pub struct Mosquitto {
     dir: TempDir,
     /// The running broker, `None` after `stop`.
     child: Option<Child>,
+    /// Config lines appended after the harness's own (see [`Mosquitto::start_with`]).
+    extra: String,
 }
 
 impl Mosquitto {
@@ -103,6 +105,14 @@ impl Mosquitto {
     ///
     /// Panics if Mosquitto is not installed, or if it does not come up within 10 s (with its log).
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with("")
+    }
+
+    /// Like [`Mosquitto::start`], with `extra` config lines written after the harness's own, so
+    /// they can override them (Mosquitto keeps the last value of a global option), e.g.
+    /// `allow_anonymous false`, `password_file PATH`, `acl_file PATH`. Paths must be absolute;
+    /// the broker runs as root (`user root`), so it can read files in any temp dir.
+    pub fn start_with(extra: &str) -> Mosquitto {
         let exe = Self::executable()
             .unwrap_or_else(|| panic!("mosquitto not installed: apt-get install -y mosquitto"));
         let dir = tempfile::Builder::new()
@@ -114,6 +124,7 @@ impl Mosquitto {
             exe,
             dir,
             child: None,
+            extra: extra.to_owned(),
         };
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -199,6 +210,7 @@ impl Mosquitto {
              connection_messages true\n",
             port = self.port
         );
+        let config = format!("{config}{}\n", self.extra);
         fs::write(self.config_path(), config).expect("write mosquitto.conf");
     }
 

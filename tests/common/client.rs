@@ -96,11 +96,24 @@ impl Client {
     /// Connects to the broker on `127.0.0.1:port` and returns once the broker sent CONNACK
     /// (waits up to 10 s; panics otherwise).
     pub async fn connect(port: u16, id: &str) -> Client {
+        Client::connect_with(port, id, None).await
+    }
+
+    /// [`Client::connect`] with a broker user name and password.
+    pub async fn connect_as(port: u16, id: &str, user: &str, password: &str) -> Client {
+        Client::connect_with(port, id, Some((user, password))).await
+    }
+
+    /// [`Client::connect`], logging in with `login` (user, password) when given.
+    pub async fn connect_with(port: u16, id: &str, login: Option<(&str, &str)>) -> Client {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options
             .set_keep_alive(Duration::from_secs(5))
             .set_clean_session(true)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let mut network = eventloop.network_options();
         network.set_tcp_nodelay(true);

@@ -21,6 +21,16 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// Lines of the log printed when a test fails.
 const LOG_TAIL: usize = 80;
 
+/// How to run the daemon beyond its config file.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// Extra environment variables for the daemon process (e.g. its MQTT credentials).
+    pub env: Vec<(String, String)>,
+    /// User name and password the readiness probe logs in with, for brokers that refuse
+    /// anonymous clients. The probe needs the rights of a worker: publish `infos`, read `state`.
+    pub probe_login: Option<(String, String)>,
+}
+
 /// A running daemon: `coordinosaur --config FILE`, with `RUST_LOG=coordinosaur=debug` and its
 /// stdout and stderr in a log file. Killed on drop; if the test is failing, the log tail is printed.
 ///
@@ -35,6 +45,8 @@ pub struct Daemon {
     dir: TempDir,
     /// The running process, `None` after `kill`.
     child: Option<Child>,
+    /// Environment and probe login, kept for `spawn_again`.
+    options: DaemonOptions,
 }
 
 impl Daemon {
@@ -48,11 +60,20 @@ impl Daemon {
     /// `[limits]`, ...). It is written before the `[mqtt]` table, so top-level keys in it stay
     /// top-level.
     pub async fn start(broker_port: u16, extra_toml: &str) -> Daemon {
+        Daemon::start_with_options(broker_port, extra_toml, DaemonOptions::default()).await
+    }
+
+    /// [`Daemon::start`] with extra environment variables and a login for the readiness probe.
+    pub async fn start_with_options(
+        broker_port: u16,
+        extra_toml: &str,
+        options: DaemonOptions,
+    ) -> Daemon {
         let config = format!(
             "{extra_toml}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nclient_id = \"{}\"\n",
             unique_id("coordinosaur-test")
         );
-        Daemon::start_with_config(broker_port, &config, PREFIX).await
+        Daemon::spawn_in_new_dir(broker_port, &config, PREFIX, options).await
     }
 
     /// Lower-level [`Daemon::start`]: writes `config` verbatim (it must set `[mqtt]` itself, or
@@ -61,6 +82,15 @@ impl Daemon {
     /// config's `topic_prefix`, and `broker_port` the port the daemon's broker listens on (for an
     /// embedded broker, the port of its `listen` address; the probe retries until it is up).
     pub async fn start_with_config(broker_port: u16, config: &str, prefix: &str) -> Daemon {
+        Daemon::spawn_in_new_dir(broker_port, config, prefix, DaemonOptions::default()).await
+    }
+
+    async fn spawn_in_new_dir(
+        broker_port: u16,
+        config: &str,
+        prefix: &str,
+        options: DaemonOptions,
+    ) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("coordinosaur-daemon-")
             .tempdir()
@@ -71,6 +101,7 @@ impl Daemon {
             prefix: prefix.to_owned(),
             dir,
             child: None,
+            options,
         };
         daemon.spawn_again().await;
         daemon
@@ -91,6 +122,7 @@ impl Daemon {
             .env("RUST_LOG", "coordinosaur=debug")
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -177,7 +209,10 @@ impl Daemon {
     /// Assumes `state` replies are not retained: a retained one from an earlier run would
     /// answer the probe before the new process is up.
     async fn wait_ready(&mut self) {
-        let mut probe = Client::connect(self.broker_port, &unique_id("ready-probe")).await;
+        let login = self.options.probe_login.as_ref();
+        let login = login.map(|(user, password)| (user.as_str(), password.as_str()));
+        let mut probe =
+            Client::connect_with(self.broker_port, &unique_id("ready-probe"), login).await;
         let state_topic = format!("{}/{READY_CHANNEL}/state", self.prefix);
         let infos_topic = format!("{}/{READY_CHANNEL}/infos", self.prefix);
         probe.subscribe(&state_topic).await;
