@@ -27,7 +27,10 @@ use coordinosaur::engine::{
 use coordinosaur::policy::{Compiler, PolicyHost};
 
 #[path = "../tests/common/policies.rs"]
-#[allow(dead_code, reason = "shared with the tests; the bench uses only policy_wasm")]
+#[allow(
+    dead_code,
+    reason = "shared with the tests; the bench uses only policy_wasm"
+)]
 mod policies;
 
 /// Channel used by every measurement.
@@ -400,7 +403,10 @@ fn reload(compiler: &Compiler) {
         );
         let t3 = Instant::now();
         assert_eq!(moved.len(), 1, "the channel moved to the new version");
-        assert!(engine.poll_output().is_none(), "nothing granted or rejected");
+        assert!(
+            engine.poll_output().is_none(),
+            "nothing granted or rejected"
+        );
         compile.push(t1 - t0);
         swap.push(t2 - t1);
         readmit.push(t3 - t2);
