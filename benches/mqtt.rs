@@ -105,7 +105,6 @@ fn main() {
         .tempdir()
         .expect("temp dir");
     let broker = Proc::mosquitto(&mosquitto_exe, dir.path());
-    let port = broker.port;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -139,7 +138,7 @@ fn compare(
     responders: &[Responder],
 ) -> (Vec<Outcome>, Vec<Proc>) {
     let port = broker.port;
-    let mut procs: Vec<Proc> = responders
+    let procs: Vec<Proc> = responders
         .iter()
         .map(|r| {
             let mut proc = r.spawn(port, dir);
