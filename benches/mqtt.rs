@@ -20,6 +20,12 @@
 //! registers again after every `finished`. CPU use of Mosquitto, the responder and this process
 //! is sampled from `/proc/PID/stat` over each throughput window. Everything is bounded in time; a
 //! watchdog kills the children and exits after 5 minutes.
+//!
+//! `cargo bench --bench mqtt -- --policies` runs the policy comparison instead: the daemon with
+//! the `priority` policy on every channel against the daemon with no policy (both at
+//! `RUST_LOG=warn`, every register carrying a `priority` field), same rounds and load; then the
+//! end-to-end hot reload latency (rename `deny` over `priority`, poll with registrations of a
+//! denied tenant until the first `rejected`, and back). See [`policy_bench`].
 
 use std::fmt::Write as _;
 use std::fs;
@@ -34,6 +40,13 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot, Barrier};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
+
+#[path = "../tests/common/policies.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with the tests; the bench uses only policy_wasm"
+)]
+mod policies;
 
 /// Rounds: in each, every responder is measured once, one after the other.
 const ROUNDS: usize = 5;
@@ -68,6 +81,8 @@ fn main() {
         null_responder(port, prefix, multi_thread);
         return;
     }
+    // `cargo bench --bench mqtt -- --policies`: the policy comparison instead of the default run.
+    let policy_mode = args.iter().any(|a| a == "--policies");
     let Some(mosquitto_exe) = find_mosquitto() else {
         println!("mosquitto not found (apt-get install -y mosquitto); skipping the MQTT benchmark");
         return;
@@ -90,12 +105,15 @@ fn main() {
         .tempdir()
         .expect("temp dir");
     let broker = Proc::mosquitto(&mosquitto_exe, dir.path());
-    let port = broker.port;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
 
+    if policy_mode {
+        policy_bench(&rt, broker, dir.path());
+        return;
+    }
     let responders = [
         Responder::Null {
             multi_thread: false,
@@ -104,10 +122,26 @@ fn main() {
         Responder::Daemon { log: "warn" },
         Responder::Null { multi_thread: true },
     ];
-    let mut procs: Vec<Proc> = responders
+    let (results, procs) = compare(&rt, &broker, dir.path(), &responders);
+    drop(procs);
+    drop(broker);
+    print_report(&results);
+}
+
+/// Spawns `responders`, waits until each is ready, and measures them in interleaved rounds
+/// (latency then throughput, one responder after the other). Returns the outcomes and the
+/// still-running responder processes (their logs' sizes are already in the outcomes).
+fn compare(
+    rt: &tokio::runtime::Runtime,
+    broker: &Proc,
+    dir: &Path,
+    responders: &[Responder],
+) -> (Vec<Outcome>, Vec<Proc>) {
+    let port = broker.port;
+    let procs: Vec<Proc> = responders
         .iter()
         .map(|r| {
-            let mut proc = r.spawn(port, dir.path());
+            let mut proc = r.spawn(port, dir);
             rt.block_on(wait_ready(port, r, &mut proc));
             proc
         })
@@ -127,7 +161,7 @@ fn main() {
     let mut lat_conns: Vec<(Job, Conn)> = responders
         .iter()
         .map(|r| {
-            let job = Job::new(r.prefix(), "lat", "lat-0");
+            let job = Job::new(r.prefix(), "lat", "lat-0", &r.fields(0));
             let conn = rt.block_on(Conn::connect(
                 port,
                 &format!("bench-lat-{}", r.prefix()),
@@ -148,13 +182,7 @@ fn main() {
                 LAT_SAMPLES,
                 &mut results[i].latency.samples,
             ));
-            let tp = rt.block_on(throughput_run(
-                port,
-                r.prefix(),
-                round,
-                broker.pid(),
-                procs[i].pid(),
-            ));
+            let tp = rt.block_on(throughput_run(port, r, round, broker.pid(), procs[i].pid()));
             eprintln!(
                 "round {round} {}: {:.0} cycles/s, {} errors",
                 r.name(),
@@ -166,12 +194,10 @@ fn main() {
         }
     }
     drop(lat_conns);
-    for (i, proc) in procs.iter_mut().enumerate() {
+    for (i, proc) in procs.iter().enumerate() {
         results[i].log_bytes = proc.log_len();
-        proc.stop();
     }
-    drop(broker);
-    print_report(&results);
+    (results, procs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -186,6 +212,11 @@ enum Responder {
     Daemon {
         log: &'static str,
     },
+    /// The daemon at `RUST_LOG=warn` with the `priority` policy on every channel (`true`) or
+    /// with no policy at all (`false`); see [`policy_bench`].
+    PolicyDaemon {
+        policy: bool,
+    },
 }
 
 impl Responder {
@@ -198,6 +229,8 @@ impl Responder {
             Responder::Null { multi_thread: true } => "cdnmtr",
             Responder::Daemon { log: "info" } => "cdinfo",
             Responder::Daemon { .. } => "cdwarn",
+            Responder::PolicyDaemon { policy: true } => "cdprio",
+            Responder::PolicyDaemon { policy: false } => "cdnopo",
         }
     }
 
@@ -208,6 +241,17 @@ impl Responder {
             } => "null responder".into(),
             Responder::Null { multi_thread: true } => "null responder (multi-thread rt)".into(),
             Responder::Daemon { log } => format!("daemon (log={log})"),
+            Responder::PolicyDaemon { policy: true } => "daemon, policy priority".into(),
+            Responder::PolicyDaemon { policy: false } => "daemon, no policy".into(),
+        }
+    }
+
+    /// Extra registration fields sent by the load generator (the `priority` the policy reads;
+    /// sent to both policy-mode daemons so that packets are the same size).
+    fn fields(&self, worker: usize) -> String {
+        match self {
+            Responder::PolicyDaemon { .. } => format!(",\"priority\":{}", worker % 4),
+            _ => String::new(),
         }
     }
 
@@ -243,6 +287,34 @@ impl Responder {
                 } else {
                     c.env("RUST_LOG", log);
                 }
+                c
+            }
+            Responder::PolicyDaemon { policy } => {
+                let config = dir.join(format!("coordinosaur-{run}.toml"));
+                let policy_lines = if *policy {
+                    format!(
+                        "policy = \"{}\"\n\n[[channels]]\npattern = \"rl\"\n\
+                         policy = \"{}\"\npolicy_config = {{ tenants = [\"evil\"] }}\n",
+                        dir.join("policies").join("priority.wasm").display(),
+                        dir.join("reload").join("active.wasm").display()
+                    )
+                } else {
+                    String::new()
+                };
+                fs::write(
+                    &config,
+                    format!(
+                        "[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\n\
+                         client_id = \"coordinosaur-bench-{run}\"\ntopic_prefix = \"{run}\"\n\n\
+                         [defaults]\nmax_concurrent_jobs = 1000000\n{policy_lines}"
+                    ),
+                )
+                .expect("write daemon config");
+                let mut c = Command::new(env!("CARGO_BIN_EXE_coordinosaur"));
+                c.arg("--config")
+                    .arg(config)
+                    .env("NO_COLOR", "1")
+                    .env("RUST_LOG", "warn");
                 c
             }
         };
@@ -452,12 +524,13 @@ struct Job {
 }
 
 impl Job {
-    fn new(prefix: &str, channel: &str, uid: &str) -> Job {
+    /// `fields`: extra registration fields, each with a leading comma (`,"priority":3`).
+    fn new(prefix: &str, channel: &str, uid: &str, fields: &str) -> Job {
         Job {
             register: format!("{prefix}/{channel}/register"),
             finished: format!("{prefix}/{channel}/finished"),
             go: format!("{prefix}/{channel}/go/{uid}"),
-            body: format!("{{\"uid\":\"{uid}\",\"timeout\":{JOB_TIMEOUT_S}}}"),
+            body: format!("{{\"uid\":\"{uid}\",\"timeout\":{JOB_TIMEOUT_S}{fields}}}"),
             uid: uid.to_owned(),
         }
     }
@@ -486,7 +559,7 @@ async fn wait_ready(port: u16, responder: &Responder, proc: &mut Proc) {
     // The daemon must answer `infos` with `state`; the null responder answers only registers.
     let prefix = responder.prefix();
     let (listen, ask, body) = match responder {
-        Responder::Daemon { .. } => (
+        Responder::Daemon { .. } | Responder::PolicyDaemon { .. } => (
             format!("{prefix}/__ready/state"),
             format!("{prefix}/__ready/infos"),
             String::new(),
@@ -612,11 +685,12 @@ struct Shared {
 
 async fn throughput_run(
     port: u16,
-    prefix: &str,
+    responder: &Responder,
     round: usize,
     broker_pid: u32,
     responder_pid: u32,
 ) -> Throughput {
+    let prefix = responder.prefix();
     let shared = Arc::new(Shared::default());
     let barrier = Arc::new(Barrier::new(WORKERS + 1));
     let mut workers = Vec::new();
@@ -624,11 +698,12 @@ async fn throughput_run(
         let shared = shared.clone();
         let barrier = barrier.clone();
         let prefix = prefix.to_owned();
+        let fields = responder.fields(k);
         workers.push(tokio::spawn(async move {
             // A fresh uid per round: the last `finished` of a round may be lost when its
             // connection is dropped, and the daemon ignores a register for a uid it still runs.
             let uid = format!("w{k}-r{round}");
-            let job = Job::new(&prefix, &format!("tp{}", k % CHANNELS), &uid);
+            let job = Job::new(&prefix, &format!("tp{}", k % CHANNELS), &uid, &fields);
             let id = format!("bench-tp-{prefix}-{round}-{k}");
             let mut conn = Conn::connect(port, &id, vec![job.go.clone()]).await;
             barrier.wait().await;
@@ -808,6 +883,185 @@ fn parse_uid(payload: &[u8]) -> Option<String> {
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policies: `--policies`
+
+/// Tries of the reload latency measurement (alternately deny over priority and back).
+const RELOAD_TRIES: usize = 6;
+/// Pause between two polls of the reload measurement (each poll is one register round trip).
+const RELOAD_POLL: Duration = Duration::from_millis(2);
+
+/// The daemon with the `priority` policy against the daemon with none (both at log=warn,
+/// same load with a `priority` field in every register), in interleaved rounds; then the
+/// end-to-end reload latency on the policy daemon.
+fn policy_bench(rt: &tokio::runtime::Runtime, broker: Proc, dir: &Path) {
+    eprintln!("building the guest policies (cd policies && cargo build --release) ...");
+    for (folder, file, krate) in [
+        ("policies", "priority.wasm", "priority"),
+        ("reload", "active.wasm", "priority"),
+        ("reload", "priority.wasm", "priority"),
+        ("reload", "deny.wasm", "deny"),
+    ] {
+        fs::create_dir_all(dir.join(folder)).expect("policy folder");
+        fs::copy(policies::policy_wasm(krate), dir.join(folder).join(file)).expect("copy policy");
+    }
+    let responders = [
+        Responder::PolicyDaemon { policy: false },
+        Responder::PolicyDaemon { policy: true },
+    ];
+    let (results, mut procs) = compare(rt, &broker, dir, &responders);
+    let reload = rt.block_on(reload_latency(broker.port, dir));
+    for p in &mut procs {
+        p.stop();
+    }
+    drop(broker);
+    print_report(&results);
+    print_policy_report(&results, &reload);
+}
+
+/// One reload: which policy was renamed into place and how long until its first decision.
+struct Reload {
+    new_policy: &'static str,
+    latency: Duration,
+    polls: u32,
+}
+
+/// Renames `deny` (then `priority`, alternately) over the `rl` channel's policy file and polls
+/// with registrations of tenant `evil` until one is decided by the new policy: `rejected` once
+/// deny is in, `go` once priority is back.
+async fn reload_latency(port: u16, dir: &Path) -> Vec<Reload> {
+    let prefix = Responder::PolicyDaemon { policy: true }.prefix();
+    let folder = dir.join("reload");
+    let active = folder.join("active.wasm");
+    let mut conn = Conn::connect(port, "bench-reload", vec![format!("{prefix}/rl/+/+")]).await;
+    let mut out = Vec::new();
+    for attempt in 0..RELOAD_TRIES {
+        let new_policy = if attempt % 2 == 0 { "deny" } else { "priority" };
+        let tmp = folder.join("active.wasm.tmp");
+        fs::copy(folder.join(format!("{new_policy}.wasm")), &tmp).expect("copy the new policy");
+        let renamed = Instant::now();
+        fs::rename(&tmp, &active).expect("rename the new policy into place");
+        let mut polls = 0u32;
+        loop {
+            assert!(
+                renamed.elapsed() < Duration::from_secs(20),
+                "no decision by {new_policy} within 20 s of the rename"
+            );
+            polls += 1;
+            let uid = format!("rl{attempt}-{polls}");
+            let body =
+                format!("{{\"uid\":\"{uid}\",\"timeout\":{JOB_TIMEOUT_S},\"tenant\":\"evil\"}}");
+            conn.client
+                .publish(
+                    format!("{prefix}/rl/register"),
+                    QoS::AtLeastOnce,
+                    false,
+                    body,
+                )
+                .await
+                .expect("publish register");
+            let (go, rejected) = (
+                format!("{prefix}/rl/go/{uid}"),
+                format!("{prefix}/rl/rejected/{uid}"),
+            );
+            let granted = loop {
+                match timeout(REPLY_TIMEOUT, conn.rx.recv()).await {
+                    Ok(Some(p)) if p.topic == go => break true,
+                    Ok(Some(p)) if p.topic == rejected => break false,
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("event loop ended"),
+                    Err(_) => panic!("no go or rejected for {uid} within {REPLY_TIMEOUT:?}"),
+                }
+            };
+            let at = renamed.elapsed();
+            if granted {
+                conn.client
+                    .publish(
+                        format!("{prefix}/rl/finished"),
+                        QoS::AtLeastOnce,
+                        false,
+                        uid,
+                    )
+                    .await
+                    .expect("publish finished");
+            }
+            if granted == (new_policy == "priority") {
+                out.push(Reload {
+                    new_policy,
+                    latency: at,
+                    polls,
+                });
+                break;
+            }
+            tokio::time::sleep(RELOAD_POLL).await;
+        }
+        eprintln!(
+            "reload {attempt}: {new_policy} deciding after {:?}",
+            out[attempt].latency
+        );
+        // Let the watcher settle before the next rename.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    out
+}
+
+fn print_policy_report(results: &[Outcome], reload: &[Reload]) {
+    let mut s = String::new();
+    let find = |name: &str| results.iter().find(|r| r.name == name);
+    if let (Some(none), Some(prio)) = (find("daemon, no policy"), find("daemon, policy priority")) {
+        let ratio = prio.throughput.cycles_per_s() / none.throughput.cycles_per_s();
+        let (_, best_none) = min_max(none.rounds.iter().copied());
+        let (_, best_prio) = min_max(prio.rounds.iter().copied());
+        let per_round: Vec<String> = prio
+            .rounds
+            .iter()
+            .zip(&none.rounds)
+            .map(|(p, n)| format!("{:.2}", p / n))
+            .collect();
+        let cpu = |o: &Outcome| o.throughput.cpu_us_per_cycle(o.throughput.ticks_responder);
+        let _ = writeln!(
+            s,
+            "\n## Policy priority / no policy (target: throughput >= 0.8x)\n\
+             | throughput ratio | per round | best-round ratio | target met | daemon CPU us/cycle: priority / none | latency p50 ratio |\n\
+             |---:|---|---:|---|---:|---:|\n\
+             | {ratio:.2} | {} | {:.2} | {} | {:.1} / {:.1} | {:.2} |",
+            per_round.join(", "),
+            best_prio / best_none,
+            yes_no(ratio >= 0.8),
+            cpu(prio),
+            cpu(none),
+            prio.latency.pct(0.5) / none.latency.pct(0.5),
+        );
+    }
+    if !reload.is_empty() {
+        let mut all: Vec<Duration> = reload.iter().map(|r| r.latency).collect();
+        all.sort_unstable();
+        let median = all[all.len() / 2].as_secs_f64() * 1e3;
+        let _ = writeln!(
+            s,
+            "\n## Reload latency: rename -> first decision by the new policy (target < 500 ms)\n\
+             | try | new policy | ms | polls |\n|---:|---|---:|---:|"
+        );
+        for (i, r) in reload.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "| {i} | {} | {:.1} | {} |",
+                r.new_policy,
+                r.latency.as_secs_f64() * 1e3,
+                r.polls
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nMedian {median:.1} ms, min-max {:.1}-{:.1} ms (poll every {RELOAD_POLL:?} + one round trip): target {}",
+            all[0].as_secs_f64() * 1e3,
+            all[all.len() - 1].as_secs_f64() * 1e3,
+            if median < 500.0 { "met" } else { "NOT met" }
+        );
+    }
+    println!("{s}");
 }
 
 // ---------------------------------------------------------------------------------------------
