@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::engine::{Engine, Output};
 
@@ -36,12 +36,20 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     let buckets = [
         0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
     ];
+    // Policy calls take microseconds: their own buckets, or every call lands in the first one.
+    let call_buckets = [1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2, 0.1];
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            Matcher::Full("coordinosaur_queue_wait_seconds".into()),
             &buckets,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("coordinosaur_policy_call_seconds".into()),
+                &call_buckets,
+            )
+        })
         .and_then(|b| b.install())
         .map_err(|e| MetricsError::Install {
             addr,

@@ -2,13 +2,15 @@
 //! and config reload.
 //!
 //! Folders are watched rather than files, so that atomic renames and editors' save patterns
-//! (which replace the inode) are seen; events are filtered to the files asked for. A file is
-//! reported once it has been quiet for [`SETTLE`], so a half-written file is never read.
+//! (which replace the inode) are seen; events are filtered to the files asked for. A file written
+//! in place is reported once it has been quiet for [`SETTLE`], so a half-written file is never
+//! read; a file renamed into place is complete and is reported at once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -39,7 +41,7 @@ impl std::fmt::Debug for FileWatcher {
 /// Watches `files` and returns settled changes. Must be called inside a tokio runtime.
 pub fn watch(files: &[PathBuf]) -> notify::Result<(FileWatcher, mpsc::UnboundedReceiver<Change>)> {
     let wanted: Vec<PathBuf> = files.to_vec();
-    let (raw_tx, raw_rx) = mpsc::unbounded_channel::<PathBuf>();
+    let (raw_tx, raw_rx) = mpsc::unbounded_channel::<(PathBuf, bool)>();
     let filter = wanted.clone();
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -47,9 +49,14 @@ pub fn watch(files: &[PathBuf]) -> notify::Result<(FileWatcher, mpsc::UnboundedR
                 if matches!(event.kind, EventKind::Access(_)) {
                     return;
                 }
+                // A file renamed into place is complete: no need to wait for writes to settle.
+                let renamed_into = matches!(
+                    event.kind,
+                    EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+                );
                 for path in event.paths {
                     if filter.contains(&path) {
-                        let _ = raw_tx.send(path);
+                        let _ = raw_tx.send((path, renamed_into));
                     }
                 }
             }
@@ -74,12 +81,15 @@ fn folder_of(path: &Path) -> PathBuf {
     }
 }
 
-/// Reports each path once it has been quiet for [`SETTLE`].
-async fn settle(mut raw: mpsc::UnboundedReceiver<PathBuf>, out: mpsc::UnboundedSender<Change>) {
-    // path -> (first seen, last seen)
+/// Reports each path once it has been quiet for [`SETTLE`] (at once when renamed into place).
+async fn settle(
+    mut raw: mpsc::UnboundedReceiver<(PathBuf, bool)>,
+    out: mpsc::UnboundedSender<Change>,
+) {
+    // path -> (first seen, due)
     let mut pending: HashMap<PathBuf, (Instant, Instant)> = HashMap::new();
     loop {
-        let next_due = pending.values().map(|(_, last)| *last + SETTLE).min();
+        let next_due = pending.values().map(|(_, due)| *due).min();
         let event = match next_due {
             Some(due) => tokio::select! {
                 p = raw.recv() => p.map(Some),
@@ -89,18 +99,19 @@ async fn settle(mut raw: mpsc::UnboundedReceiver<PathBuf>, out: mpsc::UnboundedS
         };
         match event {
             None => return,
-            Some(Some(path)) => {
+            Some(Some((path, renamed_into))) => {
                 let now = Instant::now();
+                let due = if renamed_into { now } else { now + SETTLE };
                 pending
                     .entry(path)
-                    .and_modify(|e| e.1 = now)
-                    .or_insert((now, now));
+                    .and_modify(|e| e.1 = due)
+                    .or_insert((now, due));
             }
             Some(None) => {
                 let now = Instant::now();
                 let due: Vec<PathBuf> = pending
                     .iter()
-                    .filter(|(_, (_, last))| *last + SETTLE <= now)
+                    .filter(|(_, (_, due))| *due <= now)
                     .map(|(p, _)| p.clone())
                     .collect();
                 for path in due {
