@@ -81,6 +81,8 @@ pub struct PolicyHost {
     slots: HashMap<Arc<str>, Slot>,
     /// Epoch ticks one call may take.
     deadline_ticks: u64,
+    /// CPU time one call may use.
+    budget: Duration,
     /// Linear memory one instance may use.
     max_memory: usize,
     /// Engine time of the current call, read by the guests' clocks.
@@ -128,6 +130,7 @@ impl PolicyHost {
             // +1: the current tick may be nearly over when the call starts.
             deadline_ticks: sandbox.call_timeout.0.div_ceil(tick) + 1,
             max_memory: sandbox.max_memory,
+            budget: sandbox.call_timeout.as_duration(),
             clock: Arc::new(AtomicU64::new(0)),
             stats: PolicyStats::default(),
         }
@@ -213,9 +216,13 @@ impl PolicyHost {
             table: ResourceTable::new(),
             limits,
             channel: channel.clone(),
+            budget: self.budget,
+            call_started: (Duration::ZERO, std::time::Instant::now()),
         };
         let mut store = Store::new(&self.compiler.engine, state);
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|ctx| Ok(ctx.data().deadline_reached()));
+        store.data_mut().start_call();
         // A fresh store's deadline is 0: set it before instantiating or start-up code traps.
         store.set_epoch_deadline(self.deadline_ticks);
         let bindings = compiled
@@ -223,6 +230,7 @@ impl PolicyHost {
             .instantiate(&mut store)
             .map_err(|e| format!("instantiate: {e:#}"))?;
         store.set_epoch_deadline(self.deadline_ticks);
+        store.data_mut().start_call();
         match bindings.call_init(&mut store, config) {
             Ok(Ok(())) => Ok(Live { store, bindings }),
             Ok(Err(reason)) => Err(format!("init refused the config: {reason}")),
@@ -290,6 +298,7 @@ impl PolicyHost {
         let ticks = self.deadline_ticks;
         let live = self.slots.get_mut(&channel)?.live.as_mut()?;
         live.store.set_epoch_deadline(ticks);
+        live.store.data_mut().start_call();
         let started = std::time::Instant::now();
         let result = f(&live.bindings, &mut live.store);
         metrics::histogram!("coordinosaur_policy_call_seconds", "hook" => hook.as_str())
