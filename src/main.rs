@@ -88,8 +88,8 @@ fn with_config(path: Option<&Path>, f: impl FnOnce(&Path, Config) -> ExitCode) -
 }
 
 fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,rumqttd=warn".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
