@@ -11,7 +11,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use coordinosaur::engine::{ChannelOptions, Engine, Input, Millis, Output, Registration, Time};
+use coordinosaur::engine::{
+    ChannelOptions, Engine, EngineLimits, Input, Millis, Output, Registration, Time,
+};
 
 #[global_allocator]
 static ALLOC: counting_alloc::Counting = counting_alloc::Counting::new();
@@ -29,12 +31,20 @@ fn main() {
     bytes_per_job();
 }
 
-/// An engine whose every channel allows `max` running jobs and has no quota.
+/// An engine whose every channel allows `max` running jobs and has no quota, and whose waiting
+/// limit is above the deepest queue measured (the default, 100,000, would refuse the rest).
 fn engine(max: u32) -> Engine {
-    Engine::new(Box::new(move |_| ChannelOptions {
-        max_concurrent_jobs: max,
-        ..ChannelOptions::default()
-    }))
+    let limits = EngineLimits {
+        max_waiting_per_channel: 2_000_000,
+        ..EngineLimits::default()
+    };
+    Engine::with_limits(
+        Box::new(move |_| ChannelOptions {
+            max_concurrent_jobs: max,
+            ..ChannelOptions::default()
+        }),
+        limits,
+    )
 }
 
 fn uid(i: u64) -> String {
