@@ -105,11 +105,6 @@ impl Channel {
         &self.opts
     }
 
-    /// Whether the uid is waiting or running.
-    pub(crate) fn knows(&self, uid: &str) -> bool {
-        self.jobs.contains_key(uid)
-    }
-
     /// Queues a new job, asking the channel's policy for its priority.
     /// Returns false (and changes nothing) if the uid is already known, `max_waiting` jobs are
     /// already waiting, or the policy refused it; the last two are reported as `Rejected`.
@@ -122,6 +117,7 @@ impl Channel {
         out: &mut impl Extend<Output>,
     ) -> bool {
         if self.jobs.contains_key(reg.uid.as_str()) {
+            tracing::debug!(channel = %self.name, uid = reg.uid, "duplicate register ignored");
             return false;
         }
         // Before the policy: a job that cannot be queued must not reach `admit`.
@@ -157,6 +153,7 @@ impl Channel {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.queue.insert((Reverse(priority), seq), uid.clone());
+        tracing::debug!(channel = %self.name, %uid, "queued");
         let job = Job {
             seq,
             priority,

@@ -534,13 +534,8 @@ impl Engine {
         };
         let max_waiting = self.limits.max_waiting_per_channel;
         let channel = &mut self.channels[id as usize];
-        let uid = reg.uid.clone();
-        let known = channel.knows(&uid);
         if channel.register(reg, now, max_waiting, hooks, &mut self.outputs) {
-            tracing::debug!(channel = %channel.name, uid, "queued");
             self.settle(id, now, hooks);
-        } else if known {
-            tracing::debug!(channel = %channel.name, uid, "duplicate register ignored");
         }
     }
 
