@@ -2,6 +2,7 @@
 //! until the engine's next deadline, and publishes what comes out. It is the only reader of the
 //! clock.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,12 +13,13 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::engine::Input;
-use crate::engine::{Engine, NoPolicies, Output, Policies, Time};
+use crate::engine::{Change, Engine, NoPolicies, Output, Policies, Snapshot, Time};
 use crate::metrics::Recorder;
 use crate::mqtt::Inbound;
 use crate::policy::reload::Update;
 use crate::policy::PolicyHost;
 use crate::protocol::{self, Rejection};
+use crate::state::Journal;
 
 /// The policy host and the stream of reloaded policy files, when any channel uses a policy.
 #[derive(Debug)]
@@ -105,6 +107,8 @@ pub struct Control {
     pub configs: mpsc::UnboundedReceiver<Config>,
     /// Channel labels for metrics.
     pub metrics: Recorder,
+    /// The journal and the state restored from it, if persistence is on.
+    pub state: Option<(Journal, Snapshot)>,
 }
 
 /// The engine and everything its decisions go through.
@@ -117,6 +121,12 @@ struct Driver<S> {
     metrics: Recorder,
     /// Channels whose gauges need refreshing after the current event.
     touched: Vec<String>,
+    /// Where changes are recorded before their effects are published.
+    journal: Option<Journal>,
+    /// Outputs waiting for the journal batch (by id) that they depend on to be committed.
+    held: VecDeque<(u64, Output)>,
+    /// Reused buffer for the engine's changes.
+    changes: Vec<Change>,
 }
 
 impl<S: Sink> Driver<S> {
@@ -203,20 +213,54 @@ impl<S: Sink> Driver<S> {
         (&mut self.engine, hooks)
     }
 
-    /// Publishes every pending decision, then refreshes the gauges of the channels involved.
+    /// Publishes every pending decision, or with a journal, submits the changes behind them and
+    /// holds them until committed; then refreshes the gauges of the channels involved.
     async fn flush(&mut self) {
+        let hold = self.submit_changes();
         while let Some(out) = self.engine.poll_output() {
             if let Some(channel) = out.channel() {
                 if self.touched.last().map(String::as_str) != Some(channel) {
                     self.touched.push(channel.to_owned());
                 }
             }
-            self.publish(out).await;
+            match hold {
+                Some(id) => self.held.push_back((id, out)),
+                None => self.publish(out).await,
+            }
         }
         self.touched.sort_unstable();
         self.touched.dedup();
         for channel in std::mem::take(&mut self.touched) {
             self.metrics.channel_gauges(&self.engine, &channel);
+        }
+    }
+
+    /// Hands the engine's new changes to the journal. Returns the batch id that this event's
+    /// outputs must wait for: the new batch, or the last one if earlier outputs are still held
+    /// (so that nothing overtakes them); `None` if they can go out at once.
+    fn submit_changes(&mut self) -> Option<u64> {
+        let journal = self.journal.as_mut()?;
+        self.engine.take_changes(&mut self.changes);
+        if self.changes.is_empty() {
+            return (!self.held.is_empty()).then(|| journal.last_id());
+        }
+        let id = journal.submit(&self.changes);
+        self.changes.clear();
+        if journal.wants_compaction() {
+            journal.compact(&self.engine.export());
+        }
+        Some(id)
+    }
+
+    /// Publishes the held outputs whose batches are now committed, in order.
+    async fn release(&mut self) {
+        let Some(committed) = self.journal.as_ref().map(Journal::committed) else {
+            return;
+        };
+        while self.held.front().is_some_and(|(id, _)| *id <= committed) {
+            if let Some((_, out)) = self.held.pop_front() {
+                self.publish(out).await;
+            }
         }
     }
 
@@ -241,6 +285,7 @@ pub async fn run(
         policies,
         mut configs,
         metrics,
+        state,
     } = control;
     let mut d = Driver {
         engine,
@@ -250,7 +295,18 @@ pub async fn run(
         none: NoPolicies,
         metrics,
         touched: Vec::new(),
+        journal: None,
+        held: VecDeque::new(),
+        changes: Vec::new(),
     };
+    if let Some((journal, snapshot)) = state {
+        d.journal = Some(journal);
+        d.engine.record_changes(true);
+        let now = d.clock.now();
+        let (engine, hooks) = d.split();
+        engine.restore(now, snapshot, hooks);
+        d.flush().await;
+    }
     // One sleep, re-armed only when the engine's next deadline changes.
     let far = Duration::from_secs(86_400 * 365);
     let sleep = tokio::time::sleep(far);
@@ -277,10 +333,37 @@ pub async fn run(
             }
             Some(config) = configs.recv() => d.config(config),
             Some(update) = next_update(&mut d.policies) => d.policy_update(update),
+            () = committed(&mut d.journal) => {}
         }
         d.flush().await;
+        d.release().await;
+    }
+    if let Some(journal) = d.journal.take() {
+        // Let the writer finish what was decided, then publish what it committed.
+        let held = d.held.len();
+        let committed = journal.close(Duration::from_secs(5));
+        while d.held.front().is_some_and(|(id, _)| *id <= committed) {
+            if let Some((_, out)) = d.held.pop_front() {
+                d.publish(out).await;
+            }
+        }
+        if !d.held.is_empty() {
+            warn!(
+                unpublished = d.held.len(),
+                "decisions the journal could not commit were not published"
+            );
+        }
+        debug!(held, "journal closed");
     }
     debug!("driver stopped");
+}
+
+/// Completes when the journal commits more; never without a journal.
+async fn committed(journal: &mut Option<Journal>) {
+    match journal {
+        Some(j) => j.advanced().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next reloaded policy file; never completes without a policy runtime.
@@ -298,6 +381,9 @@ fn log_output(out: &Output) {
             uid,
             waited,
         } => info!(%channel, %uid, waited_ms = waited.0, "go"),
+        Output::GoAgain { channel, uid } => {
+            info!(%channel, %uid, "go again: lease restored from the journal")
+        }
         Output::Expired { channel, uid } => info!(%channel, %uid, "lease expired"),
         Output::Rejected {
             channel,

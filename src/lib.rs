@@ -23,6 +23,7 @@ pub mod mqtt;
 pub mod policy;
 pub mod protocol;
 pub mod reload;
+pub mod state;
 pub mod watch;
 
 #[cfg(feature = "embedded-broker")]
@@ -58,6 +59,8 @@ pub async fn run(
         prefix: config.mqtt.topic_prefix.clone(),
         limits: config.limits.decode(),
     };
+    // First: a second daemon on the same state dir must stop before it touches the broker.
+    let state = open_state(&config).await?;
     let _broker = start_embedded_broker(&config, &mut settings).await?;
     tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
 
@@ -95,6 +98,7 @@ pub async fn run(
         policies: Some(runtime),
         configs,
         metrics: metrics::Recorder::new(config_metrics.max_channels),
+        state,
     };
     driver::run(engine, driver::Clock::new(), rx, sink, control, shutdown).await;
 
@@ -108,6 +112,41 @@ pub async fn run(
         tracing::warn!("MQTT connection did not close within 3 s");
     }
     Ok(())
+}
+
+/// Opens the state dir (taking its lock) and restores the last run's state, unless
+/// persistence is off.
+async fn open_state(config: &Config) -> anyhow::Result<Option<(state::Journal, engine::Snapshot)>> {
+    let Some(dir) = config.state.dir().map(ToOwned::to_owned) else {
+        tracing::warn!("[state] dir = \"\": persistence is off; a restart forgets every job");
+        return Ok(None);
+    };
+    let durability = config.state.durability;
+    let started = std::time::Instant::now();
+    let (snapshot, recovery, journal) =
+        tokio::task::spawn_blocking(move || state::open(&dir, durability))
+            .await
+            .context("state start-up")??;
+    for warning in &recovery.warnings {
+        tracing::warn!("state: {warning}");
+    }
+    let (waiting, running) = snapshot.counts();
+    let (dir, durability, generation) = journal.describe();
+    tracing::info!(
+        dir = %dir.display(),
+        %durability,
+        generation,
+        base = recovery.base,
+        journals = recovery.journals,
+        changes = recovery.changes,
+        torn_bytes = recovery.torn_bytes,
+        channels = snapshot.channels.len(),
+        waiting,
+        running,
+        took_ms = started.elapsed().as_millis(),
+        "state restored"
+    );
+    Ok(Some((journal, snapshot)))
 }
 
 /// Compiles every configured policy (a bad one stops start-up) and starts watching their files.

@@ -166,6 +166,10 @@ impl Recorder {
                 };
                 counter!("coordinosaur_ended_total", "channel" => self.label_text(channel), "reason" => reason).increment(1);
             }
+            Output::GoAgain { channel, .. } => {
+                counter!("coordinosaur_go_republished_total", "channel" => self.label_text(channel))
+                    .increment(1);
+            }
             Output::State(_) | Output::AllStates(_) => {}
         }
     }

@@ -27,7 +27,9 @@ use serde::Deserialize;
 
 pub use channels::ChannelRule;
 pub use explain::{Explanation, MatchedRule};
-pub use settings::{EmbeddedBrokerConfig, Limits, MetricsConfig, MqttConfig, PolicySandbox};
+pub use settings::{
+    EmbeddedBrokerConfig, Limits, MetricsConfig, MqttConfig, PolicySandbox, StateConfig,
+};
 pub use values::ChannelPattern;
 
 use crate::engine::ChannelOptions;
@@ -72,6 +74,8 @@ pub struct Config {
     pub policy_sandbox: PolicySandbox,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// `[state]`: the journal (its `dir` is absolute once loaded from a file).
+    pub state: StateConfig,
     /// `[defaults]`: the options of a channel that no `[[channels]]` entry matches.
     pub defaults: ChannelOptions,
     /// `[[channels]]`, in file order; later entries override earlier ones.
@@ -92,6 +96,8 @@ struct RawConfig {
     policy_sandbox: PolicySandbox,
     #[serde(default)]
     metrics: MetricsConfig,
+    #[serde(default)]
+    state: StateConfig,
     #[serde(default)]
     defaults: channels::RawDefaults,
     #[serde(default)]
@@ -137,6 +143,14 @@ impl Config {
             limits: raw.limits,
             policy_sandbox: raw.policy_sandbox,
             metrics: raw.metrics,
+            state: StateConfig {
+                // Relative to the config file, like policy paths; "" stays "" (off).
+                dir: match raw.state.dir() {
+                    Some(dir) => base.join(dir),
+                    None => PathBuf::new(),
+                },
+                durability: raw.state.durability,
+            },
             defaults,
             channels,
         })

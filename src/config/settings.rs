@@ -1,6 +1,8 @@
-//! The daemon-wide tables: `[mqtt]`, `[embedded_broker]` and `[limits]`.
+//! The daemon-wide tables: `[mqtt]`, `[embedded_broker]`, `[limits]`, `[policy_sandbox]`,
+//! `[metrics]` and `[state]`.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -8,6 +10,7 @@ use serde::Deserialize;
 use super::{duration, values};
 use crate::engine::{EngineLimits, Millis};
 use crate::protocol::{DecodeLimits, DEFAULT_MAX_UID_LEN};
+use crate::state::Durability;
 
 /// `[mqtt]`: how to reach the broker and which topics are ours.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -172,5 +175,33 @@ impl Default for MetricsConfig {
             listen: None,
             max_channels: 100,
         }
+    }
+}
+
+/// `[state]`: where and how durably the journal is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// Folder of the journal, snapshots and lock file (`state`, beside the config file); an
+    /// empty string turns persistence off.
+    pub dir: PathBuf,
+    /// `fsync` (default): a decision is synced to disk before it is published; `os`: written
+    /// to the OS only (survives kill -9, not a power cut).
+    pub durability: Durability,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: PathBuf::from("state"),
+            durability: Durability::default(),
+        }
+    }
+}
+
+impl StateConfig {
+    /// The state folder, or `None` if persistence is off.
+    pub fn dir(&self) -> Option<&Path> {
+        (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use super::durable::{Change, ChangeLog, ChannelSnapshot, JobSnapshot};
 use super::policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, Policies};
 use super::quota::Window;
 use super::{
@@ -115,6 +116,7 @@ impl Channel {
         max_waiting: usize,
         hooks: &mut dyn Policies,
         out: &mut impl Extend<Output>,
+        log: &mut ChangeLog,
     ) -> bool {
         if self.jobs.contains_key(reg.uid.as_str()) {
             tracing::debug!(channel = %self.name, uid = reg.uid, "duplicate register ignored");
@@ -154,6 +156,15 @@ impl Channel {
         self.next_seq += 1;
         self.queue.insert((Reverse(priority), seq), uid.clone());
         tracing::debug!(channel = %self.name, %uid, "queued");
+        log.push(|| Change::Queued {
+            channel: self.name.clone(),
+            uid: uid.clone(),
+            seq,
+            priority,
+            timeout: reg.timeout,
+            registered_at: now,
+            meta: reg.meta.clone(),
+        });
         let job = Job {
             seq,
             priority,
@@ -173,6 +184,7 @@ impl Channel {
         now: Time,
         hooks: &mut dyn Policies,
         out: &mut impl Extend<Output>,
+        log: &mut ChangeLog,
     ) {
         if self.opts.policy.is_none() {
             return;
@@ -186,15 +198,30 @@ impl Channel {
             match hooks.admit(&view, &job.info(&uid)) {
                 Admission::Accept(p) => {
                     if let Some(job) = self.jobs.get_mut(&uid) {
-                        job.priority = p;
+                        if job.priority != p {
+                            job.priority = p;
+                            log.push(|| Change::Reprioritized {
+                                channel: self.name.clone(),
+                                uid: uid.clone(),
+                                priority: p,
+                            });
+                        }
                     }
                     self.queue.insert((Reverse(p), seq), uid);
                 }
                 Admission::Reject(reason) => {
                     self.jobs.remove(&uid);
+                    log.push(|| self.removed(&uid));
                     out.extend([self.policy_rejection(uid, reason)]);
                 }
             }
+        }
+    }
+
+    fn removed(&self, uid: &Arc<str>) -> Change {
+        Change::Removed {
+            channel: self.name.clone(),
+            uid: uid.clone(),
         }
     }
 
@@ -234,8 +261,10 @@ impl Channel {
         aborted: bool,
         now: Time,
         hooks: &mut dyn Policies,
+        log: &mut ChangeLog,
     ) -> Option<bool> {
-        let job = self.jobs.remove(uid)?;
+        let (uid, job) = self.jobs.remove_entry(uid)?;
+        log.push(|| self.removed(&uid));
         let was_running = job.deadline.is_some();
         match job.deadline {
             Some(deadline) => self.leases.remove(&(deadline, job.seq)),
@@ -246,13 +275,19 @@ impl Channel {
             (true, false) => JobEvent::Finished,
             (true, true) => JobEvent::Aborted,
         };
-        self.notify(now, hooks, event, uid, &job);
+        self.notify(now, hooks, event, &uid, &job);
         Some(was_running)
     }
 
     /// Restarts a running job's lease at `now`, or changes a waiting job's timeout.
     /// Returns false if the uid is unknown.
-    pub(crate) fn renew(&mut self, uid: &str, timeout: Millis, now: Time) -> bool {
+    pub(crate) fn renew(
+        &mut self,
+        uid: &str,
+        timeout: Millis,
+        now: Time,
+        log: &mut ChangeLog,
+    ) -> bool {
         let offset = self.opts.timeout_offset;
         let Some((key, job)) = self.jobs.get_key_value(uid) else {
             return false;
@@ -263,12 +298,18 @@ impl Channel {
         let new = old.map(|_| now + timeout + offset);
         if let (Some(old), Some(new)) = (old, new) {
             self.leases.remove(&(old, seq));
-            self.leases.insert((new, seq), key);
+            self.leases.insert((new, seq), key.clone());
         }
         if let Some(job) = self.jobs.get_mut(uid) {
             job.timeout = timeout;
             job.deadline = new;
         }
+        log.push(|| Change::Renewed {
+            channel: self.name.clone(),
+            uid: key,
+            timeout,
+            deadline: new,
+        });
         true
     }
 
@@ -322,12 +363,14 @@ impl Channel {
         now: Time,
         hooks: &mut dyn Policies,
         out: &mut impl Extend<Output>,
+        log: &mut ChangeLog,
     ) {
         while let Some(entry) = self.leases.first_entry() {
             if entry.key().0 > now {
                 break;
             }
             let uid = entry.remove();
+            log.push(|| self.removed(&uid));
             if let Some(job) = self.jobs.remove(&uid) {
                 self.notify(now, hooks, JobEvent::Expired, &uid, &job);
             }
@@ -346,8 +389,9 @@ impl Channel {
         now: Time,
         hooks: &mut dyn Policies,
         out: &mut impl Extend<Output>,
+        log: &mut ChangeLog,
     ) -> Option<Time> {
-        let open = self.grant_while_allowed(now, hooks, out);
+        let open = self.grant_while_allowed(now, hooks, out, log);
         match (open, self.quota_blocked_since) {
             (Some(_), None) => self.quota_blocked_since = Some(now),
             (None, Some(since)) => {
@@ -372,6 +416,7 @@ impl Channel {
         now: Time,
         hooks: &mut dyn Policies,
         out: &mut impl Extend<Output>,
+        log: &mut ChangeLog,
     ) -> Option<Time> {
         let mut cursor: Option<QueueKey> = None;
         let mut deferred = 0;
@@ -401,12 +446,13 @@ impl Channel {
                 Decision::Veto(reason) => {
                     self.queue.remove(&key);
                     self.jobs.remove(&uid);
+                    log.push(|| self.removed(&uid));
                     out.extend([self.policy_rejection(uid, reason)]);
                     continue;
                 }
             }
             self.queue.remove(&key);
-            self.start(uid, now, hooks, out);
+            self.start(uid, now, hooks, out, log);
         }
         None
     }
@@ -426,6 +472,7 @@ impl Channel {
         now: Time,
         hooks: &mut dyn Policies,
         out: &mut impl Extend<Output>,
+        log: &mut ChangeLog,
     ) {
         let offset = self.opts.timeout_offset;
         let Some(job) = self.jobs.get_mut(&uid) else {
@@ -436,6 +483,12 @@ impl Channel {
         let deadline = now + job.timeout + offset;
         job.deadline = Some(deadline);
         self.leases.insert((deadline, job.seq), uid.clone());
+        log.push(|| Change::Granted {
+            channel: self.name.clone(),
+            uid: uid.clone(),
+            at: now,
+            deadline,
+        });
         for w in &mut self.windows {
             w.record(now, &self.name);
         }
@@ -518,5 +571,88 @@ impl Channel {
     /// Running uids with their lease deadlines.
     pub(crate) fn leases(&self) -> impl Iterator<Item = (&Arc<str>, Time)> {
         self.leases.iter().map(|((t, _), u)| (u, *t))
+    }
+
+    /// The limit the config last gave, before any runtime `concurrency/set`.
+    pub(crate) fn configured_max(&self) -> u32 {
+        self.configured_max
+    }
+
+    /// The channel's durable state, or `None` if it has none worth keeping.
+    pub(crate) fn export(&self) -> Option<ChannelSnapshot> {
+        let max = self.opts.max_concurrent_jobs;
+        let concurrency = (max != self.configured_max).then_some((self.configured_max, max));
+        let jobs: BTreeMap<u64, JobSnapshot> = self
+            .jobs
+            .iter()
+            .map(|(uid, job)| {
+                let snap = JobSnapshot {
+                    uid: uid.clone(),
+                    priority: job.priority,
+                    timeout: job.timeout,
+                    registered_at: job.registered_at,
+                    deadline: job.deadline,
+                    meta: job.meta.clone(),
+                };
+                (job.seq, snap)
+            })
+            .collect();
+        // Every window records every grant (newer windows from a reload hold fewer), so the
+        // longest history holds all the others.
+        let grants: Vec<Time> = self
+            .windows
+            .iter()
+            .max_by_key(|w| w.grants().len())
+            .map(|w| w.grants().collect())
+            .unwrap_or_default();
+        if jobs.is_empty() && grants.is_empty() && concurrency.is_none() {
+            return None;
+        }
+        Some(ChannelSnapshot::new(concurrency, jobs, grants))
+    }
+
+    /// Takes back durable state into a channel that has none yet: jobs keep their order and
+    /// leases their deadlines (overdue ones end at the next `expire`), quota windows count the
+    /// grants again, and a runtime concurrency stays if the config still gives the limit it
+    /// replaced. Returns the running jobs whose lease has not ended by `now`.
+    pub(crate) fn restore(&mut self, snap: ChannelSnapshot, now: Time) -> Vec<Arc<str>> {
+        if let Some((configured, max)) = snap.concurrency {
+            if configured == self.configured_max {
+                self.opts.max_concurrent_jobs = max;
+            }
+        }
+        for w in &mut self.windows {
+            for &t in &snap.grants {
+                w.record(t, &self.name);
+            }
+        }
+        let mut live = Vec::new();
+        for (seq, job) in snap.jobs {
+            if self.jobs.contains_key(&job.uid) {
+                continue;
+            }
+            match job.deadline {
+                None => self
+                    .queue
+                    .insert((Reverse(job.priority), seq), job.uid.clone()),
+                Some(deadline) => {
+                    if deadline > now {
+                        live.push(job.uid.clone());
+                    }
+                    self.leases.insert((deadline, seq), job.uid.clone())
+                }
+            };
+            self.next_seq = self.next_seq.max(seq.saturating_add(1));
+            let restored = Job {
+                seq,
+                priority: job.priority,
+                timeout: job.timeout,
+                deadline: job.deadline,
+                meta: job.meta,
+                registered_at: job.registered_at,
+            };
+            self.jobs.insert(job.uid, restored);
+        }
+        live
     }
 }

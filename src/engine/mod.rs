@@ -9,6 +9,7 @@
 //! per channel that has something to wake for, so idle channels cost nothing.
 
 mod channel;
+mod durable;
 mod options;
 mod policy;
 mod quota;
@@ -19,6 +20,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use channel::Channel;
+use durable::ChangeLog;
+pub use durable::{Change, ChannelSnapshot, JobSnapshot, Snapshot};
 pub use options::{ChannelOptions, OnPolicyError, QuotaLog, QuotaSpec};
 pub use policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, NoPolicies, Policies};
 pub use time::{Millis, Time};
@@ -102,6 +105,7 @@ impl Output {
     pub fn channel(&self) -> Option<&str> {
         match self {
             Output::Go { channel, .. }
+            | Output::GoAgain { channel, .. }
             | Output::Expired { channel, .. }
             | Output::Rejected { channel, .. }
             | Output::Ended { channel, .. } => Some(channel),
@@ -131,6 +135,14 @@ pub enum Output {
         uid: Arc<str>,
         /// How long it waited in the queue.
         waited: Millis,
+    },
+    /// A running job's `go` once more, after a restart restored its lease: the crash may have
+    /// come between recording the grant and publishing it (publish `go/{uid}` again).
+    GoAgain {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
     },
     /// The job's lease ran out; its slot is free again (publish `expired/{uid}`).
     Expired {
@@ -279,6 +291,8 @@ pub struct Engine {
     /// How many channels and waiting jobs clients may create; `channels.len()` never exceeds
     /// `max_channels`, but a lowered limit (reload) never drops what already exists.
     limits: EngineLimits,
+    /// Changes to durable state since they were last taken (when recording).
+    log: ChangeLog,
 }
 
 impl fmt::Debug for Engine {
@@ -309,6 +323,62 @@ impl Engine {
             outputs: VecDeque::new(),
             now: Time(0),
             limits,
+            log: ChangeLog::default(),
+        }
+    }
+
+    /// Starts or stops recording [`Change`]s for a journal (off by default).
+    pub fn record_changes(&mut self, on: bool) {
+        self.log.enabled = on;
+        if !on {
+            self.log.changes.clear();
+        }
+    }
+
+    /// Moves the changes made since the last call into `into` (nothing unless recording).
+    pub fn take_changes(&mut self, into: &mut Vec<Change>) {
+        into.append(&mut self.log.changes);
+    }
+
+    /// Everything durable, as of now: what [`Engine::restore`] takes back.
+    pub fn export(&self) -> Snapshot {
+        let channels = self
+            .channels
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), c.export()?)))
+            .collect();
+        Snapshot { channels }
+    }
+
+    /// Takes back a snapshot into a fresh engine at `now` (the daemon's start): channels are
+    /// created with the current config's options (even past `max_channels`: nothing restored is
+    /// dropped), waiting jobs keep their order, running jobs their wall-clock lease ends. Leases
+    /// that ended while the daemon was down expire at once (`Expired`); every still-running job
+    /// gets its `go` again ([`Output::GoAgain`]), since a crash may have come between recording
+    /// the grant and publishing it; then the channels grant what they allow. Restoring into a
+    /// channel that already has a job with the same uid keeps the existing job.
+    pub fn restore(&mut self, now: Time, snapshot: Snapshot, hooks: &mut dyn Policies) {
+        self.now = self.now.max(now);
+        let now = self.now;
+        let mut restored = Vec::new();
+        for (name, snap) in snapshot.channels {
+            let id = match self.by_name.get(&name) {
+                Some(id) => *id,
+                None => self.create_channel(&name),
+            };
+            let live = self.channels[id as usize].restore(snap, now);
+            for uid in live {
+                self.outputs.push_back(Output::GoAgain {
+                    channel: name.clone(),
+                    uid,
+                });
+            }
+            restored.push(id);
+        }
+        for id in restored {
+            let ch = &mut self.channels[id as usize];
+            ch.expire(now, hooks, &mut self.outputs, &mut self.log);
+            self.settle(id, now, hooks);
         }
     }
 
@@ -350,7 +420,13 @@ impl Engine {
                     );
                     return;
                 };
-                self.channels[id as usize].set_max(max);
+                let ch = &mut self.channels[id as usize];
+                ch.set_max(max);
+                self.log.push(|| Change::Concurrency {
+                    channel: ch.name.clone(),
+                    configured: ch.configured_max(),
+                    max,
+                });
                 self.settle(id, now, hooks);
             }
             Input::Renew {
@@ -384,7 +460,7 @@ impl Engine {
             }
             self.timers.pop_first();
             self.channels[id as usize].timer = None;
-            self.channels[id as usize].expire(now, hooks, &mut self.outputs);
+            self.channels[id as usize].expire(now, hooks, &mut self.outputs, &mut self.log);
             self.settle(id, now, hooks);
         }
     }
@@ -402,7 +478,7 @@ impl Engine {
         for index in 0..self.channels.len() {
             let ch = &mut self.channels[index];
             if uses(ch.options()) {
-                ch.readmit(now, hooks, &mut self.outputs);
+                ch.readmit(now, hooks, &mut self.outputs, &mut self.log);
                 let id = ChannelId::try_from(index).unwrap_or(ChannelId::MAX);
                 self.settle(id, now, hooks);
             }
@@ -416,7 +492,7 @@ impl Engine {
         let now = self.now;
         for name in channels {
             if let Some(&id) = self.by_name.get(name) {
-                self.channels[id as usize].readmit(now, hooks, &mut self.outputs);
+                self.channels[id as usize].readmit(now, hooks, &mut self.outputs, &mut self.log);
                 self.settle(id, now, hooks);
             }
         }
@@ -444,7 +520,7 @@ impl Engine {
                 continue;
             }
             if changed.contains(&"policy") {
-                ch.readmit(now, hooks, &mut self.outputs);
+                ch.readmit(now, hooks, &mut self.outputs, &mut self.log);
             }
             report.push((ch.name.clone(), changed));
             let id = ChannelId::try_from(index).unwrap_or(ChannelId::MAX);
@@ -534,7 +610,14 @@ impl Engine {
         };
         let max_waiting = self.limits.max_waiting_per_channel;
         let channel = &mut self.channels[id as usize];
-        if channel.register(reg, now, max_waiting, hooks, &mut self.outputs) {
+        if channel.register(
+            reg,
+            now,
+            max_waiting,
+            hooks,
+            &mut self.outputs,
+            &mut self.log,
+        ) {
             self.settle(id, now, hooks);
         }
     }
@@ -552,7 +635,9 @@ impl Engine {
             return;
         };
         let ch = &mut self.channels[id as usize];
-        let Some(was_running) = ch.remove(uid, reason == EndReason::Aborted, now, hooks) else {
+        let Some(was_running) =
+            ch.remove(uid, reason == EndReason::Aborted, now, hooks, &mut self.log)
+        else {
             tracing::debug!(channel, uid, ?reason, "end for unknown uid ignored");
             return;
         };
@@ -576,7 +661,7 @@ impl Engine {
         // Never creates a channel: a stray renew must not grow state.
         let id = self.by_name.get(channel).copied();
         if let Some(id) = id {
-            if self.channels[id as usize].renew(uid, timeout, now) {
+            if self.channels[id as usize].renew(uid, timeout, now, &mut self.log) {
                 self.settle(id, now, hooks);
                 return;
             }
@@ -607,19 +692,24 @@ impl Engine {
         if self.channels.len() >= self.limits.max_channels {
             return None;
         }
+        Some(self.create_channel(name))
+    }
+
+    /// Creates a channel with its resolved options.
+    fn create_channel(&mut self, name: &str) -> ChannelId {
         let opts = (self.resolver)(name);
         let name: Arc<str> = name.into();
         let id = ChannelId::try_from(self.channels.len()).unwrap_or(ChannelId::MAX);
         tracing::debug!(channel = %name, ?opts, "new channel");
         self.channels.push(Channel::new(name.clone(), opts));
         self.by_name.insert(name, id);
-        Some(id)
+        id
     }
 
     /// Grants what the channel now allows and re-arms its timer.
     fn settle(&mut self, id: ChannelId, now: Time, hooks: &mut dyn Policies) {
         let ch = &mut self.channels[id as usize];
-        let quota_open = ch.grant(now, hooks, &mut self.outputs);
+        let quota_open = ch.grant(now, hooks, &mut self.outputs, &mut self.log);
         let next = ch.next_deadline(quota_open);
         if next != ch.timer {
             if let Some(old) = ch.timer {

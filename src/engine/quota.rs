@@ -85,11 +85,7 @@ impl Window {
     }
 
     /// Grant times still held (for state reports and the journal).
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "read by tests and state snapshots")
-    )]
-    pub(crate) fn grants(&self) -> impl Iterator<Item = Time> + '_ {
+    pub(crate) fn grants(&self) -> impl ExactSizeIterator<Item = Time> + '_ {
         self.grants.iter().copied()
     }
 }

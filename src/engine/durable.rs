@@ -1,0 +1,281 @@
+//! The engine's durable state, as data: the [`Change`]s the engine reports while it runs and the
+//! [`Snapshot`] they fold into. The journal (`crate::state`) stores both; on start the daemon
+//! folds the journal into the last snapshot and hands the result to [`super::Engine::restore`].
+//!
+//! What is durable: waiting jobs (order and priority), running leases (wall-clock deadlines),
+//! the recent grant times that quota windows count, and runtime `concurrency/set` values. What is
+//! not: quota-held time (a metric), policy instances' own memory (policies start fresh).
+//!
+//! Changes describe outcomes, not requests: replaying them needs neither the config nor the
+//! policies that produced them, so a restart under an edited config or a swapped policy restores
+//! exactly what the last run decided.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Millis, Time};
+
+/// One change to durable state, in the order the engine made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A job joined the queue.
+    Queued {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// Registration order within the channel (breaks priority ties).
+        seq: u64,
+        /// Queue priority.
+        priority: i64,
+        /// The job's own timeout.
+        timeout: Millis,
+        /// When it registered.
+        registered_at: Time,
+        /// Extra registration fields, for policies.
+        meta: Option<Box<str>>,
+    },
+    /// A waiting job's priority changed (a policy swap re-ranked the queue).
+    Reprioritized {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// New priority.
+        priority: i64,
+    },
+    /// A waiting job was granted: it runs until `deadline`, and `at` counts in every quota window.
+    Granted {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// Grant time.
+        at: Time,
+        /// Lease end.
+        deadline: Time,
+    },
+    /// `renew`: a new timeout, and for a running job a new lease end.
+    Renewed {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// New timeout.
+        timeout: Millis,
+        /// New lease end (`None` while waiting).
+        deadline: Option<Time>,
+    },
+    /// A job left: finished, aborted, cancelled, expired, or rejected by its policy while queued.
+    Removed {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+    },
+    /// `concurrency/set`: the running limit `max` replaces the configured `configured`.
+    Concurrency {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The limit the config gave when it was set; a restart under a config that says
+        /// otherwise takes the config's value, as a reload would.
+        configured: u32,
+        /// The limit in force.
+        max: u32,
+    },
+}
+
+/// Everything durable about every channel that has any.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Channels by name.
+    pub channels: BTreeMap<Arc<str>, ChannelSnapshot>,
+}
+
+/// One channel's durable state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelSnapshot {
+    /// A runtime `concurrency/set`: `(configured limit at the time, limit set)`.
+    pub concurrency: Option<(u32, u32)>,
+    /// Waiting and running jobs by registration sequence number.
+    pub jobs: BTreeMap<u64, JobSnapshot>,
+    /// Recent grant times, oldest first; every quota window counts the most recent of them.
+    pub grants: Vec<Time>,
+    /// Uid to sequence number; rebuilt, not stored.
+    #[serde(skip)]
+    index: HashMap<Arc<str>, u64>,
+}
+
+/// One job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSnapshot {
+    /// Job id.
+    pub uid: Arc<str>,
+    /// Queue priority.
+    pub priority: i64,
+    /// The job's own timeout.
+    pub timeout: Millis,
+    /// When it registered.
+    pub registered_at: Time,
+    /// Lease end once granted; `None` while waiting.
+    pub deadline: Option<Time>,
+    /// Extra registration fields.
+    pub meta: Option<Box<str>>,
+}
+
+impl ChannelSnapshot {
+    /// A channel's state from its parts.
+    pub fn new(
+        concurrency: Option<(u32, u32)>,
+        jobs: BTreeMap<u64, JobSnapshot>,
+        grants: Vec<Time>,
+    ) -> ChannelSnapshot {
+        let index = jobs.iter().map(|(seq, j)| (j.uid.clone(), *seq)).collect();
+        ChannelSnapshot {
+            concurrency,
+            jobs,
+            grants,
+            index,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Folds one change in. Changes that name an unknown job change nothing (they cannot occur
+    /// in a journal the engine wrote, and a damaged one must not panic the daemon).
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Queued {
+                channel,
+                uid,
+                seq,
+                priority,
+                timeout,
+                registered_at,
+                meta,
+            } => {
+                let ch = self.channels.entry(channel).or_default();
+                ch.index.insert(uid.clone(), seq);
+                ch.jobs.insert(
+                    seq,
+                    JobSnapshot {
+                        uid,
+                        priority,
+                        timeout,
+                        registered_at,
+                        deadline: None,
+                        meta,
+                    },
+                );
+            }
+            Change::Reprioritized {
+                channel,
+                uid,
+                priority,
+            } => {
+                if let Some(job) = self.job(&channel, &uid) {
+                    job.priority = priority;
+                }
+            }
+            Change::Granted {
+                channel,
+                uid,
+                at,
+                deadline,
+            } => {
+                if let Some(job) = self.job(&channel, &uid) {
+                    job.deadline = Some(deadline);
+                }
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.grants.push(at);
+                }
+            }
+            Change::Renewed {
+                channel,
+                uid,
+                timeout,
+                deadline,
+            } => {
+                if let Some(job) = self.job(&channel, &uid) {
+                    job.timeout = timeout;
+                    job.deadline = deadline;
+                }
+            }
+            Change::Removed { channel, uid } => {
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    if let Some(seq) = ch.index.remove(&uid) {
+                        ch.jobs.remove(&seq);
+                    }
+                }
+            }
+            Change::Concurrency {
+                channel,
+                configured,
+                max,
+            } => {
+                self.channels.entry(channel).or_default().concurrency = Some((configured, max));
+            }
+        }
+    }
+
+    /// Rebuilds the uid indexes after deserializing.
+    pub fn reindex(&mut self) {
+        for ch in self.channels.values_mut() {
+            ch.index = ch
+                .jobs
+                .iter()
+                .map(|(seq, job)| (job.uid.clone(), *seq))
+                .collect();
+        }
+    }
+
+    /// Keeps only the grants that any window of limit at most `keep` could still count, and drops
+    /// channels left with nothing.
+    pub fn trim(&mut self, keep: usize) {
+        for ch in self.channels.values_mut() {
+            let excess = ch.grants.len().saturating_sub(keep);
+            ch.grants.drain(..excess);
+        }
+        self.channels.retain(|_, ch| {
+            !ch.jobs.is_empty() || !ch.grants.is_empty() || ch.concurrency.is_some()
+        });
+    }
+
+    /// `(waiting, running)` jobs over all channels.
+    pub fn counts(&self) -> (usize, usize) {
+        let running = self
+            .channels
+            .values()
+            .flat_map(|c| c.jobs.values())
+            .filter(|j| j.deadline.is_some())
+            .count();
+        let all: usize = self.channels.values().map(|c| c.jobs.len()).sum();
+        (all - running, running)
+    }
+
+    fn job(&mut self, channel: &str, uid: &str) -> Option<&mut JobSnapshot> {
+        let ch = self.channels.get_mut(channel)?;
+        let seq = ch.index.get(uid)?;
+        ch.jobs.get_mut(seq)
+    }
+}
+
+/// Changes the engine made since they were last taken; empty and free when recording is off.
+#[derive(Debug, Default)]
+pub(crate) struct ChangeLog {
+    /// Whether changes are kept.
+    pub(crate) enabled: bool,
+    /// Changes not yet taken.
+    pub(crate) changes: Vec<Change>,
+}
+
+impl ChangeLog {
+    /// Records the change `make` builds, if recording is on.
+    pub(crate) fn push(&mut self, make: impl FnOnce() -> Change) {
+        if self.enabled {
+            self.changes.push(make());
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Durable state: a checksummed, append-only journal of engine [`Change`]s plus snapshots.
+//!
+//! Layout of the state dir: `lock` (held with an OS file lock while a daemon runs; holds its
+//! pid), `snapshot.N` (the whole durable state when generation N began; generation 0 starts
+//! empty and has none) and `journal.N` (every change of generation N, in order). A daemon starts
+//! by folding the newest usable generation's snapshot and journals into one [`Snapshot`], writes
+//! that as the snapshot of a new generation, and journals from there. The journal is compacted
+//! the same way while running, once it outgrows its snapshot. Files of generations older than
+//! the previous snapshot are deleted, so a damaged newest snapshot can still be recovered from
+//! the one before it and both generations' journals.
+//!
+//! Writes happen on a dedicated thread ([`writer`]) with group commit: every batch the driver
+//! hands over while one write and `fdatasync` are in progress goes out in the next single write
+//! and sync. The driver publishes a batch's effects only once the thread reports it committed.
+
+mod format;
+mod writer;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::{Change, Snapshot};
+pub use writer::Journal;
+
+/// How hard a commit tries to survive a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `fdatasync` before publishing: survives a power cut or kernel crash.
+    #[default]
+    Fsync,
+    /// Written to the OS before publishing, synced by the OS later: survives the daemon's crash
+    /// or kill -9, not a power cut.
+    Os,
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Durability::Fsync => "fsync",
+            Durability::Os => "os",
+        })
+    }
+}
+
+/// Why the state dir could not be used. Each message names the path and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Another process holds the lock.
+    #[error("state dir {} is in use by another coordinosaur{}; stop it, or give this one its own [state] dir", dir.display(), holder.as_deref().map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked {
+        /// The state dir.
+        dir: PathBuf,
+        /// The pid written by the holder, if readable.
+        holder: Option<String>,
+    },
+    /// A file operation failed.
+    #[error("state dir {}: cannot {what} {}: {source}", dir.display(), path.display())]
+    Io {
+        /// The state dir.
+        dir: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// No generation could be restored.
+    #[error("state dir {}: cannot restore: {reason}. Nothing was changed; to start empty, move the dir aside (the old files stay there for inspection)", dir.display())]
+    Unrecoverable {
+        /// The state dir.
+        dir: PathBuf,
+        /// What is damaged.
+        reason: String,
+    },
+}
+
+/// What start-up found and restored.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Generation whose snapshot (or empty start, for 0) was the base.
+    pub base: u64,
+    /// Journals folded in.
+    pub journals: usize,
+    /// Changes folded in.
+    pub changes: usize,
+    /// Bytes dropped from the end of the last journal (a torn write).
+    pub torn_bytes: u64,
+    /// Problems worked around (a damaged snapshot skipped, a damaged record): each is logged.
+    pub warnings: Vec<String>,
+}
+
+/// An open state dir: the lock, and where the next generation goes.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    /// Held for the daemon's lifetime; the OS releases it when the process dies.
+    _lock: File,
+}
+
+/// Opens `dir` (creating it), takes its lock, restores the newest usable generation and starts
+/// a new one. Returns the restored state, what was done, and the journal to append to.
+pub fn open(
+    dir: &Path,
+    durability: Durability,
+) -> Result<(Snapshot, Recovery, Journal), StateError> {
+    let io_err = |what, path: &Path| {
+        let dir = dir.to_owned();
+        let path = path.to_owned();
+        move |source| StateError::Io {
+            dir,
+            what,
+            path,
+            source,
+        }
+    };
+    fs::create_dir_all(dir).map_err(io_err("create the folder", dir))?;
+    let lock = lock(dir)?;
+    let files = Files::scan(dir).map_err(io_err("list", dir))?;
+    let (snapshot, recovery) = recover(dir, &files)?;
+    let generation = files.newest().map_or(0, |g| g + 1);
+    let store = Store {
+        dir: dir.to_owned(),
+        _lock: lock,
+    };
+    let journal = Journal::start(store, generation, recovery.base, &snapshot, durability).map_err(
+        |(what, path, source)| StateError::Io {
+            dir: dir.to_owned(),
+            what,
+            path,
+            source,
+        },
+    )?;
+    Ok((snapshot, recovery, journal))
+}
+
+/// Takes the dir's lock file, or says who holds it.
+fn lock(dir: &Path) -> Result<File, StateError> {
+    let path = dir.join("lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| StateError::Io {
+            dir: dir.to_owned(),
+            what: "open the lock file",
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty());
+            return Err(StateError::Locked {
+                dir: dir.to_owned(),
+                holder,
+            });
+        }
+        Err(fs::TryLockError::Error(source)) => {
+            return Err(StateError::Io {
+                dir: dir.to_owned(),
+                what: "lock",
+                path,
+                source,
+            })
+        }
+    }
+    let wrote = file
+        .set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    if let Err(e) = wrote {
+        // The lock itself is what counts; the pid is only for the message of a second daemon.
+        tracing::warn!(path = %path.display(), cause = %e, "could not write the pid into the lock file");
+    }
+    Ok(file)
+}
+
+/// The generations present in a state dir.
+#[derive(Debug, Default)]
+struct Files {
+    snapshots: BTreeSet<u64>,
+    journals: BTreeSet<u64>,
+}
+
+impl Files {
+    fn scan(dir: &Path) -> io::Result<Files> {
+        let mut files = Files::default();
+        for entry in fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(g) = generation_of(name, "snapshot.") {
+                files.snapshots.insert(g);
+            } else if let Some(g) = generation_of(name, "journal.") {
+                files.journals.insert(g);
+            }
+        }
+        Ok(files)
+    }
+
+    fn newest(&self) -> Option<u64> {
+        self.snapshots.iter().chain(&self.journals).max().copied()
+    }
+
+    /// Bases to try, newest first: each snapshot generation whose journal exists, then 0.
+    fn bases(&self) -> Vec<u64> {
+        let mut bases: Vec<u64> = self
+            .snapshots
+            .iter()
+            .copied()
+            .filter(|g| self.journals.contains(g))
+            .collect();
+        if !bases.contains(&0) {
+            bases.push(0);
+        }
+        bases.sort_unstable_by(|a, b| b.cmp(a));
+        bases
+    }
+}
+
+fn generation_of(name: &str, prefix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub(crate) fn snapshot_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("snapshot.{generation}"))
+}
+
+pub(crate) fn journal_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("journal.{generation}"))
+}
+
+/// Folds the newest usable generation into one snapshot.
+fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError> {
+    if files.newest().is_none() {
+        return Ok((Snapshot::default(), Recovery::default()));
+    }
+    let newest_journal = files.journals.iter().max().copied().unwrap_or(0);
+    let mut warnings = Vec::new();
+    for base in files.bases() {
+        // Every journal from the base on must be there, or changes would be missing.
+        if let Some(gap) = (base..=newest_journal).find(|g| !files.journals.contains(g)) {
+            warnings.push(format!(
+                "generation {base} unusable: journal.{gap} is missing"
+            ));
+            continue;
+        }
+        let mut snapshot = if base == 0 && !files.snapshots.contains(&0) {
+            Snapshot::default()
+        } else {
+            let path = snapshot_path(dir, base);
+            let decoded = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| format::decode_snapshot(&bytes));
+            match decoded {
+                Ok(s) => s,
+                Err(e) => {
+                    warnings.push(format!(
+                        "{} is damaged ({e}); trying the generation before it",
+                        path.display()
+                    ));
+                    continue;
+                }
+            }
+        };
+        let mut recovery = Recovery {
+            base,
+            ..Recovery::default()
+        };
+        for g in base..=newest_journal {
+            let path = journal_path(dir, g);
+            let bytes = fs::read(&path).map_err(|source| StateError::Io {
+                dir: dir.to_owned(),
+                what: "read",
+                path: path.clone(),
+                source,
+            })?;
+            recovery.journals += 1;
+            let last = g == newest_journal;
+            let Some(body) = bytes.strip_prefix(format::JOURNAL_MAGIC.as_slice()) else {
+                if bytes.len() < format::JOURNAL_MAGIC.len()
+                    && format::JOURNAL_MAGIC.starts_with(&bytes)
+                    && last
+                {
+                    // Created but its header never fully written: an empty journal.
+                    recovery.torn_bytes += bytes.len() as u64;
+                    continue;
+                }
+                return Err(StateError::Unrecoverable {
+                    dir: dir.to_owned(),
+                    reason: format!(
+                        "{} is not a coordinosaur journal (wrong magic bytes)",
+                        path.display()
+                    ),
+                });
+            };
+            let recs = format::records(body);
+            for payload in &recs.payloads {
+                match format::decode_batch(payload) {
+                    Ok(changes) => {
+                        recovery.changes += changes.len();
+                        for change in changes {
+                            snapshot.apply(change);
+                        }
+                    }
+                    Err(e) => {
+                        // Checksummed, so written by a different version: refuse rather than guess.
+                        return Err(StateError::Unrecoverable {
+                            dir: dir.to_owned(),
+                            reason: format!("{}: {e}", path.display()),
+                        });
+                    }
+                }
+            }
+            if let Some(damage) = recs.damage {
+                let dropped = (body.len() - recs.good_len) as u64;
+                recovery.torn_bytes += dropped;
+                let at = recs.good_len + format::JOURNAL_MAGIC.len();
+                if last {
+                    warnings.push(format!(
+                        "{}: dropped a torn last write of {dropped} bytes at offset {at} ({damage})",
+                        path.display()
+                    ));
+                } else {
+                    // Damage before the newest journal: later journals build on what is lost.
+                    warnings.push(format!(
+                        "{}: damaged at offset {at} ({damage}); {dropped} bytes and every later journal are lost",
+                        path.display()
+                    ));
+                    break;
+                }
+            }
+        }
+        recovery.warnings = warnings;
+        return Ok((snapshot, recovery));
+    }
+    Err(StateError::Unrecoverable {
+        dir: dir.to_owned(),
+        reason: warnings.join("; "),
+    })
+}
+
+/// Changes as one journal record (for tools and tests that write journals by hand).
+pub fn encode_record(changes: &[Change]) -> Vec<u8> {
+    let mut out = Vec::new();
+    format::encode_batch(changes, &mut out);
+    out
+}
+
+/// Magic bytes a journal file starts with.
+pub const JOURNAL_MAGIC: &[u8; 8] = format::JOURNAL_MAGIC;

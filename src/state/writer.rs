@@ -1,0 +1,358 @@
+//! The journal writer: a thread that appends batches with group commit, and the handle the
+//! driver uses to submit batches, learn which are committed, and compact.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::format::{self, JOURNAL_MAGIC};
+use super::{journal_path, snapshot_path, Durability, Store};
+use crate::engine::{Change, Snapshot};
+
+/// A journal smaller than this is never compacted.
+const COMPACT_MIN: u64 = 16 << 20;
+/// One write takes at most about this many bytes of queued batches.
+const GROUP_MAX: usize = 8 << 20;
+/// Longest pause between retries of a failing write.
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// What the driver asks the writer thread to do, in order.
+enum Cmd {
+    /// Append one framed batch; `id` is reported committed once it is durable.
+    Batch { id: u64, bytes: Vec<u8> },
+    /// Start generation `generation` from `snapshot` (the state after every earlier batch).
+    Rotate { generation: u64, snapshot: Vec<u8> },
+}
+
+/// The driver's handle on the journal.
+#[derive(Debug)]
+pub struct Journal {
+    tx: Option<mpsc::Sender<Cmd>>,
+    committed: watch::Receiver<u64>,
+    /// Id of the last batch submitted (ids start at 1; 0 means none).
+    last_id: u64,
+    generation: u64,
+    bytes_since_snapshot: u64,
+    compact_at: u64,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    durability: Durability,
+    dir: PathBuf,
+}
+
+type StartError = (&'static str, PathBuf, io::Error);
+
+impl Journal {
+    /// Writes `snapshot` as generation `generation`, drops generations older than `keep_from`,
+    /// and starts the writer thread on the new journal.
+    pub(super) fn start(
+        store: Store,
+        generation: u64,
+        keep_from: u64,
+        snapshot: &Snapshot,
+        durability: Durability,
+    ) -> Result<Journal, StartError> {
+        let bytes = format::encode_snapshot(snapshot);
+        let file = new_generation(&store.dir, generation, &bytes)?;
+        prune(&store.dir, keep_from);
+        let (committed_tx, committed) = watch::channel(0);
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let dir = store.dir.clone();
+        let writer = Writer {
+            store,
+            file,
+            len: JOURNAL_MAGIC.len() as u64,
+            generation,
+            durability,
+            committed: committed_tx,
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| ("start the journal thread for", dir.clone(), e))?;
+        Ok(Journal {
+            tx: Some(tx),
+            committed,
+            last_id: 0,
+            generation,
+            bytes_since_snapshot: 0,
+            compact_at: COMPACT_MIN.max(2 * bytes.len() as u64),
+            stop,
+            thread: Some(thread),
+            durability,
+            dir,
+        })
+    }
+
+    /// Hands a batch of changes to the writer; returns its id.
+    pub fn submit(&mut self, changes: &[Change]) -> u64 {
+        let mut bytes = Vec::with_capacity(64 * changes.len());
+        format::encode_batch(changes, &mut bytes);
+        self.bytes_since_snapshot += bytes.len() as u64;
+        self.last_id += 1;
+        self.send(Cmd::Batch {
+            id: self.last_id,
+            bytes,
+        });
+        self.last_id
+    }
+
+    /// Id of the last batch submitted (0 if none).
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    /// Id of the last batch known durable.
+    pub fn committed(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Completes when more batches are committed. Never completes once the writer has stopped.
+    pub async fn advanced(&mut self) {
+        if self.committed.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Whether the journal has outgrown its snapshot enough to be compacted.
+    pub fn wants_compaction(&self) -> bool {
+        self.bytes_since_snapshot >= self.compact_at
+    }
+
+    /// Starts a new generation from `snapshot`, which must be the state after every batch
+    /// submitted so far. The old generation is dropped once the next one begins.
+    pub fn compact(&mut self, snapshot: &Snapshot) {
+        let bytes = format::encode_snapshot(snapshot);
+        self.generation += 1;
+        self.bytes_since_snapshot = 0;
+        self.compact_at = COMPACT_MIN.max(2 * bytes.len() as u64);
+        tracing::info!(
+            generation = self.generation,
+            snapshot_bytes = bytes.len(),
+            "compacting the journal"
+        );
+        self.send(Cmd::Rotate {
+            generation: self.generation,
+            snapshot: bytes,
+        });
+    }
+
+    /// Where the journal lives and how it syncs, for the log.
+    pub fn describe(&self) -> (&Path, Durability, u64) {
+        (&self.dir, self.durability, self.generation)
+    }
+
+    /// Lets the writer finish what was submitted (giving up on a write that keeps failing after
+    /// `patience`), then returns the last committed id.
+    pub fn close(mut self, patience: Duration) -> u64 {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let deadline = Instant::now() + patience;
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = thread.join();
+        }
+        self.committed()
+    }
+
+    fn send(&mut self, cmd: Cmd) {
+        let Some(tx) = &self.tx else { return };
+        if tx.send(cmd).is_err() {
+            // Only if the thread died: batches after this are never committed, so their effects
+            // are never published. Loud, because the daemon stops answering.
+            tracing::error!("journal writer thread is gone; nothing more will be committed");
+            self.tx = None;
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.tx = None;
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    store: Store,
+    file: File,
+    /// Bytes of the current journal known written.
+    len: u64,
+    generation: u64,
+    durability: Durability,
+    committed: watch::Sender<u64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut group = Vec::new();
+        let mut last_id = 0;
+        while let Ok(first) = rx.recv() {
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Cmd::Batch { id, bytes } => {
+                        group.extend_from_slice(&bytes);
+                        last_id = id;
+                    }
+                    Cmd::Rotate {
+                        generation,
+                        snapshot,
+                    } => {
+                        if !self.commit(&mut group, last_id) {
+                            return;
+                        }
+                        self.rotate(generation, &snapshot);
+                    }
+                }
+                if group.len() < GROUP_MAX {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !self.commit(&mut group, last_id) {
+                return;
+            }
+        }
+    }
+
+    /// Writes (and syncs) `group`, retrying until it works or the daemon stops; then reports
+    /// `id` committed. Returns false if it gave up.
+    fn commit(&mut self, group: &mut Vec<u8>, id: u64) -> bool {
+        if group.is_empty() {
+            return true;
+        }
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(10);
+        let mut last_report: Option<Instant> = None;
+        loop {
+            // Positioned writes: a retry overwrites whatever a failed attempt left behind.
+            let result =
+                self.file
+                    .write_all_at(group, self.len)
+                    .and_then(|()| match self.durability {
+                        Durability::Fsync => self.file.sync_data(),
+                        Durability::Os => Ok(()),
+                    });
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    metrics::counter!("coordinosaur_journal_write_errors_total").increment(1);
+                    if last_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::error!(
+                            journal = %journal_path(&self.store.dir, self.generation).display(),
+                            cause = %e,
+                            pending_bytes = group.len(),
+                            "journal write failed; holding every decision until it succeeds"
+                        );
+                        last_report = Some(Instant::now());
+                    }
+                    if self.stop.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        if last_report.is_some() {
+            tracing::info!(
+                failed_for_ms = started.elapsed().as_millis(),
+                "journal writes work again"
+            );
+        }
+        self.len += group.len() as u64;
+        metrics::histogram!("coordinosaur_journal_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!("coordinosaur_journal_bytes").set(self.len as f64);
+        group.clear();
+        self.committed.send_replace(id);
+        true
+    }
+
+    fn rotate(&mut self, generation: u64, snapshot: &[u8]) {
+        let dir = &self.store.dir;
+        match new_generation(dir, generation, snapshot) {
+            Ok(file) => {
+                prune(dir, self.generation);
+                self.file = file;
+                self.len = JOURNAL_MAGIC.len() as u64;
+                self.generation = generation;
+                metrics::gauge!("coordinosaur_journal_bytes").set(self.len as f64);
+            }
+            Err((what, path, e)) => {
+                // The current journal still holds everything; it just keeps growing.
+                tracing::warn!(path = %path.display(), cause = %e, "compaction failed: cannot {what}; the journal keeps growing");
+                let _ = fs::remove_file(snapshot_path(dir, generation));
+            }
+        }
+    }
+}
+
+/// Writes `snapshot.G` durably, then creates an empty `journal.G`; a journal never exists
+/// without the snapshot it follows.
+fn new_generation(dir: &Path, generation: u64, snapshot: &[u8]) -> Result<File, StartError> {
+    let snap = snapshot_path(dir, generation);
+    let tmp = snap.with_extension(format!("{generation}.tmp"));
+    let fail = |what, path: &Path| {
+        let path = path.to_owned();
+        move |e| (what, path, e)
+    };
+    write_synced(&tmp, snapshot).map_err(fail("write", &tmp))?;
+    fs::rename(&tmp, &snap).map_err(fail("rename into place", &snap))?;
+    sync_dir(dir).map_err(fail("sync", dir))?;
+    let path = journal_path(dir, generation);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(fail("create", &path))?;
+    file.write_all_at(JOURNAL_MAGIC, 0)
+        .and_then(|()| file.sync_all())
+        .map_err(fail("write", &path))?;
+    sync_dir(dir).map_err(fail("sync", dir))?;
+    Ok(file)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let file = File::create(path)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Deletes snapshots and journals of generations before `keep_from`, and leftover temp files.
+fn prune(dir: &Path, keep_from: u64) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let old = ["snapshot.", "journal."]
+            .iter()
+            .any(|prefix| super::generation_of(name, prefix).is_some_and(|g| g < keep_from));
+        if old || (name.starts_with("snapshot.") && name.ends_with(".tmp")) {
+            if let Err(e) = fs::remove_file(entry.path()) {
+                tracing::warn!(file = name, cause = %e, "could not delete an old state file");
+            }
+        }
+    }
+}
