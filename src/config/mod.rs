@@ -242,6 +242,15 @@ impl Config {
             }
         );
         let _ = writeln!(out, "topic prefix: {}", mqtt.topic_prefix);
+        let _ = match self.state.dir() {
+            Some(dir) => writeln!(
+                out,
+                "state: {} (durability {})",
+                dir.display(),
+                self.state.durability
+            ),
+            None => writeln!(out, "state: off (a restart forgets every job)"),
+        };
         let _ = writeln!(
             out,
             "limits: payload up to {} bytes, job timeout up to {}, uid up to {} bytes, \

@@ -26,6 +26,18 @@ fn quota(name: &str, secs: u64, limit: u32, log: QuotaLog) -> QuotaSpec {
 /// (case, file, line the message must point at, texts the message must contain)
 const BAD: &[(&str, &str, usize, &[&str])] = &[
     (
+        "unknown durability",
+        "[state]\ndir = \"s\"\ndurability = \"sometimes\"\n",
+        3,
+        &["durability", "fsync", "os"],
+    ),
+    (
+        "unknown key in [state]",
+        "[state]\nfolder = \"s\"\n",
+        2,
+        &["folder"],
+    ),
+    (
         "unknown top-level key",
         "# settings\n\nverbose = true\n[mqtt]\nport = 1883\n",
         3,
@@ -655,4 +667,20 @@ fn environment_overrides_credentials_and_empty_means_none() {
 fn session_is_persistent_unless_asked() {
     assert!(!ok("").mqtt.clean_session);
     assert!(ok("[mqtt]\nclean_session = true\n").mqtt.clean_session);
+}
+
+#[test]
+fn state_dir_defaults_beside_the_config_and_empty_turns_it_off() {
+    let c = Config::parse("", Path::new("/etc/coordinosaur/c.toml")).unwrap();
+    assert_eq!(c.state.dir(), Some(Path::new("/etc/coordinosaur/state")));
+    assert_eq!(c.state.durability, crate::state::Durability::Fsync);
+    let c = Config::parse(
+        "[state]\ndir = \"/var/lib/cdn\"\ndurability = \"os\"\n",
+        Path::new("/etc/c.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.state.dir(), Some(Path::new("/var/lib/cdn")));
+    assert_eq!(c.state.durability, crate::state::Durability::Os);
+    let c = Config::parse("[state]\ndir = \"\"\n", Path::new("/etc/c.toml")).unwrap();
+    assert_eq!(c.state.dir(), None);
 }

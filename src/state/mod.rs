@@ -363,3 +363,6 @@ pub fn encode_record(changes: &[Change]) -> Vec<u8> {
 
 /// Magic bytes a journal file starts with.
 pub const JOURNAL_MAGIC: &[u8; 8] = format::JOURNAL_MAGIC;
+
+#[cfg(test)]
+mod tests;

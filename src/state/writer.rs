@@ -178,9 +178,14 @@ impl Journal {
 }
 
 impl Drop for Journal {
+    /// Stops the writer after its current write (no retries) and waits for it, so the lock is
+    /// released when the handle is gone.
     fn drop(&mut self) {
         self.tx = None;
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

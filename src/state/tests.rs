@@ -1,0 +1,196 @@
+//! The state dir on a real file system: generations, recovery and damage.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::engine::{Millis, Time};
+
+fn queued(uid: &str, seq: u64) -> Change {
+    Change::Queued {
+        channel: Arc::from("ch"),
+        uid: Arc::from(uid),
+        seq,
+        priority: 0,
+        timeout: Millis(1_000),
+        registered_at: Time(5),
+        meta: None,
+    }
+}
+
+fn granted(uid: &str, at: u64) -> Change {
+    Change::Granted {
+        channel: Arc::from("ch"),
+        uid: Arc::from(uid),
+        at: Time(at),
+        deadline: Time(at + 1_000),
+    }
+}
+
+/// Opens `dir`, commits `batches`, and closes it again (as a clean stop would).
+fn run(dir: &Path, batches: &[Vec<Change>]) -> Snapshot {
+    let (mut snap, _, mut journal) = open(dir, Durability::Fsync).unwrap();
+    for b in batches {
+        let id = journal.submit(b);
+        for c in b.iter().cloned() {
+            snap.apply(c);
+        }
+        assert_eq!(journal.close_wait(id), id);
+    }
+    journal.close(Duration::from_secs(5));
+    snap
+}
+
+impl Journal {
+    /// Waits until `id` is committed (tests only).
+    fn close_wait(&mut self, id: u64) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.committed() < id && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.committed()
+    }
+}
+
+fn newest_journal(dir: &Path) -> PathBuf {
+    let files = Files::scan(dir).unwrap();
+    journal_path(dir, *files.journals.iter().max().unwrap())
+}
+
+#[test]
+fn what_was_committed_comes_back_and_each_start_begins_a_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let expected = run(
+        &dir,
+        &[vec![queued("a", 0), queued("b", 1)], vec![granted("a", 10)]],
+    );
+    let (snap, recovery, journal) = open(&dir, Durability::Os).unwrap();
+    assert_eq!(snap, expected);
+    assert_eq!(recovery.changes, 3);
+    assert_eq!(recovery.torn_bytes, 0);
+    assert!(recovery.warnings.is_empty());
+    assert_eq!(journal.describe().2, 1, "second start is generation 1");
+    drop(journal);
+    // The third start folds generation 1 (a snapshot, an empty journal) and drops generation 0.
+    let (snap, recovery, _journal) = open(&dir, Durability::Os).unwrap();
+    assert_eq!(snap, expected);
+    assert_eq!(recovery.base, 1);
+    assert!(!journal_path(&dir, 0).exists());
+    assert!(snapshot_path(&dir, 1).exists());
+}
+
+#[test]
+fn a_second_open_of_a_locked_dir_is_refused_with_the_holders_pid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_snap, _rec, _journal) = open(tmp.path(), Durability::Os).unwrap();
+    let err = open(tmp.path(), Durability::Os).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("in use by another coordinosaur"), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_torn_last_write_is_dropped_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = run(tmp.path(), &[vec![queued("a", 0)]]);
+    let record = encode_record(&[queued("b", 1)]);
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(newest_journal(tmp.path()))
+        .unwrap();
+    f.write_all(&record[..record.len() - 3]).unwrap();
+    drop(f);
+    let (snap, recovery, _j) = open(tmp.path(), Durability::Os).unwrap();
+    assert_eq!(snap, expected, "the torn record is not applied");
+    assert_eq!(recovery.torn_bytes, record.len() as u64 - 3);
+    assert!(
+        recovery.warnings[0].contains("torn last write"),
+        "{:?}",
+        recovery.warnings
+    );
+}
+
+#[test]
+fn a_damaged_newest_snapshot_falls_back_to_the_generation_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = run(tmp.path(), &[vec![queued("a", 0)]]);
+    // Generation 1 starts from a snapshot holding `a`, then journals `b`.
+    let expected = {
+        let mut s = run(tmp.path(), &[vec![queued("b", 1)]]);
+        s.reindex();
+        s
+    };
+    assert_ne!(first, expected);
+    let snap1 = snapshot_path(tmp.path(), 1);
+    let mut bytes = fs::read(&snap1).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&snap1, bytes).unwrap();
+    let (snap, recovery, _j) = open(tmp.path(), Durability::Os).unwrap();
+    assert_eq!(
+        snap, expected,
+        "journals 0 and 1 replayed over the empty start"
+    );
+    assert_eq!(recovery.base, 0);
+    assert!(
+        recovery.warnings[0].contains("damaged"),
+        "{:?}",
+        recovery.warnings
+    );
+}
+
+#[test]
+fn nothing_usable_refuses_and_leaves_the_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    run(tmp.path(), &[vec![queued("a", 0)]]);
+    fs::write(
+        journal_path(tmp.path(), 0),
+        b"garbage that is not a journal",
+    )
+    .unwrap();
+    let err = open(tmp.path(), Durability::Os).unwrap_err().to_string();
+    assert!(err.contains("cannot restore"), "{err}");
+    assert!(err.contains("journal.0"), "{err}");
+    assert!(journal_path(tmp.path(), 0).exists());
+}
+
+#[test]
+fn a_state_dir_that_is_a_file_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("not-a-dir");
+    fs::write(&file, b"x").unwrap();
+    let err = open(&file, Durability::Os).unwrap_err().to_string();
+    assert!(err.contains("not-a-dir"), "{err}");
+    assert!(err.contains("cannot create the folder"), "{err}");
+}
+
+#[test]
+fn compaction_starts_a_generation_and_keeps_the_one_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut snap, _, mut journal) = open(tmp.path(), Durability::Os).unwrap();
+    for (seq, uid) in ["a", "b", "c"].into_iter().enumerate() {
+        let batch = vec![queued(uid, seq as u64)];
+        journal.submit(&batch);
+        snap.apply(batch[0].clone());
+        if seq == 1 {
+            journal.compact(&snap);
+        }
+    }
+    let last = journal.last_id();
+    assert_eq!(journal.close_wait(last), last);
+    journal.close(Duration::from_secs(5));
+    assert!(snapshot_path(tmp.path(), 1).exists());
+    assert!(
+        journal_path(tmp.path(), 0).exists(),
+        "previous generation kept"
+    );
+    let (back, recovery, _j) = open(tmp.path(), Durability::Os).unwrap();
+    assert_eq!(recovery.base, 1);
+    assert_eq!(back, snap);
+}
