@@ -21,6 +21,10 @@
 //! is sampled from `/proc/PID/stat` over each throughput window. Everything is bounded in time; a
 //! watchdog kills the children and exits after 5 minutes.
 //!
+//! `cargo bench --bench mqtt -- --durability` compares the daemon with durable state off,
+//! `durability = "os"` and `durability = "fsync"` (all at `RUST_LOG=warn`; the other runs turn
+//! state off, so they measure the engine and MQTT alone).
+//!
 //! `cargo bench --bench mqtt -- --policies` runs the policy comparison instead: the daemon with
 //! the `priority` policy on every channel against the daemon with no policy (both at
 //! `RUST_LOG=warn`, every register carrying a `priority` field), same rounds and load; then the
@@ -112,6 +116,21 @@ fn main() {
 
     if policy_mode {
         policy_bench(&rt, broker, dir.path());
+        return;
+    }
+    // `cargo bench --bench mqtt -- --durability`: what the journal costs, per setting.
+    if args.iter().any(|a| a == "--durability") {
+        let responders = [
+            Responder::StateDaemon { durability: "off" },
+            Responder::StateDaemon { durability: "os" },
+            Responder::StateDaemon {
+                durability: "fsync",
+            },
+        ];
+        let (results, procs) = compare(&rt, &broker, dir.path(), &responders);
+        drop(procs);
+        drop(broker);
+        print_report(&results);
         return;
     }
     let responders = [
@@ -217,6 +236,11 @@ enum Responder {
     PolicyDaemon {
         policy: bool,
     },
+    /// The daemon at `RUST_LOG=warn` with durable state: `"off"` (`dir = ""`), `"os"` or
+    /// `"fsync"`; see `--durability`.
+    StateDaemon {
+        durability: &'static str,
+    },
 }
 
 impl Responder {
@@ -231,6 +255,9 @@ impl Responder {
             Responder::Daemon { .. } => "cdwarn",
             Responder::PolicyDaemon { policy: true } => "cdprio",
             Responder::PolicyDaemon { policy: false } => "cdnopo",
+            Responder::StateDaemon { durability: "off" } => "cdsoff",
+            Responder::StateDaemon { durability: "os" } => "cdstos",
+            Responder::StateDaemon { .. } => "cdsync",
         }
     }
 
@@ -243,6 +270,7 @@ impl Responder {
             Responder::Daemon { log } => format!("daemon (log={log})"),
             Responder::PolicyDaemon { policy: true } => "daemon, policy priority".into(),
             Responder::PolicyDaemon { policy: false } => "daemon, no policy".into(),
+            Responder::StateDaemon { durability } => format!("daemon, state {durability}"),
         }
     }
 
@@ -270,10 +298,12 @@ impl Responder {
             }
             Responder::Daemon { log } => {
                 let config = dir.join(format!("coordinosaur-{run}.toml"));
+                // State off: this run measures the engine and MQTT; `--durability` adds the journal.
                 fs::write(
                     &config,
                     format!(
-                        "[defaults]\nmax_concurrent_jobs = 1000000\n\n[mqtt]\nhost = \"127.0.0.1\"\n\
+                        "[defaults]\nmax_concurrent_jobs = 1000000\n\n[state]\ndir = \"\"\n\n\
+                         [mqtt]\nhost = \"127.0.0.1\"\n\
                          port = {broker_port}\nclient_id = \"coordinosaur-bench-{run}\"\n\
                          topic_prefix = \"{run}\"\n"
                     ),
@@ -306,7 +336,30 @@ impl Responder {
                     format!(
                         "[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\n\
                          client_id = \"coordinosaur-bench-{run}\"\ntopic_prefix = \"{run}\"\n\n\
+                         [state]\ndir = \"\"\n\n\
                          [defaults]\nmax_concurrent_jobs = 1000000\n{policy_lines}"
+                    ),
+                )
+                .expect("write daemon config");
+                let mut c = Command::new(env!("CARGO_BIN_EXE_coordinosaur"));
+                c.arg("--config")
+                    .arg(config)
+                    .env("NO_COLOR", "1")
+                    .env("RUST_LOG", "warn");
+                c
+            }
+            Responder::StateDaemon { durability } => {
+                let config = dir.join(format!("coordinosaur-{run}.toml"));
+                let state = match *durability {
+                    "off" => "dir = \"\"".to_owned(),
+                    d => format!("dir = \"state-{run}\"\ndurability = \"{d}\""),
+                };
+                fs::write(
+                    &config,
+                    format!(
+                        "[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\n\
+                         client_id = \"coordinosaur-bench-{run}\"\ntopic_prefix = \"{run}\"\n\n\
+                         [state]\n{state}\n\n[defaults]\nmax_concurrent_jobs = 1000000\n"
                     ),
                 )
                 .expect("write daemon config");
@@ -559,7 +612,9 @@ async fn wait_ready(port: u16, responder: &Responder, proc: &mut Proc) {
     // The daemon must answer `infos` with `state`; the null responder answers only registers.
     let prefix = responder.prefix();
     let (listen, ask, body) = match responder {
-        Responder::Daemon { .. } | Responder::PolicyDaemon { .. } => (
+        Responder::Daemon { .. }
+        | Responder::PolicyDaemon { .. }
+        | Responder::StateDaemon { .. } => (
             format!("{prefix}/__ready/state"),
             format!("{prefix}/__ready/infos"),
             String::new(),

@@ -312,6 +312,8 @@ pub async fn run(
     let sleep = tokio::time::sleep(far);
     tokio::pin!(sleep);
     let mut armed: Option<Time> = None;
+    // When to stop waiting for the sync marker and re-send restored jobs' `go` regardless.
+    let mut sync_by: Option<Instant> = None;
     loop {
         let next = d.engine.next_deadline();
         if next != armed {
@@ -325,6 +327,15 @@ pub async fn run(
             msg = inbound.recv() => match msg {
                 Some(Inbound::Input(input)) => d.input(input),
                 Some(Inbound::Rejected { topic, rejection }) => d.refused(topic, rejection).await,
+                Some(Inbound::Connected) => {
+                    if d.engine.awaits_redelivery() && sync_by.is_none() {
+                        sync_by = Some(Instant::now() + SYNC_PATIENCE);
+                    }
+                }
+                Some(Inbound::Synced) => {
+                    sync_by = None;
+                    d.engine.redeliver();
+                }
                 None => break,
             },
             _ = &mut sleep, if armed.is_some() => {
@@ -334,6 +345,15 @@ pub async fn run(
             Some(config) = configs.recv() => d.config(config),
             Some(update) = next_update(&mut d.policies) => d.policy_update(update),
             () = committed(&mut d.journal) => {}
+            () = until(sync_by) => {
+                sync_by = None;
+                warn!(
+                    "the sync marker did not come back within {SYNC_PATIENCE:?}; sending go again \
+                     to restored jobs without knowing whether their finished is still queued \
+                     (may the daemon's broker user publish to PREFIX/_coordinosaur/sync?)"
+                );
+                d.engine.redeliver();
+            }
         }
         d.flush().await;
         d.release().await;
@@ -356,6 +376,18 @@ pub async fn run(
         debug!(held, "journal closed");
     }
     debug!("driver stopped");
+}
+
+/// How long after connecting the driver waits for its sync marker before re-sending restored
+/// jobs' `go` anyway.
+const SYNC_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Completes at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes when the journal commits more; never without a journal.

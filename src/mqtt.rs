@@ -43,6 +43,11 @@ pub struct Settings {
 pub enum Inbound {
     /// A decoded request.
     Input(Input),
+    /// Connected (or reconnected) to the broker.
+    Connected,
+    /// The marker published after connecting came back: everything the broker had queued for
+    /// the daemon before it has been forwarded.
+    Synced,
     /// A refused message and its topic.
     Rejected {
         /// The topic it arrived on.
@@ -77,6 +82,16 @@ pub async fn run(
     to_driver: mpsc::UnboundedSender<Inbound>,
 ) {
     let filters = protocol::subscriptions(&settings.prefix);
+    let sync_topic = protocol::sync_topic(&settings.prefix);
+    // Tells our marker from another daemon's on the same prefix.
+    let nonce = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
     let mut backoff = Duration::from_millis(50);
     let mut connected = false;
     loop {
@@ -95,8 +110,22 @@ pub async fn run(
                         warn!(filter, cause = %e, "subscribe request not queued");
                     }
                 }
+                // Behind the subscriptions and behind whatever the broker queued for our session.
+                if let Err(e) =
+                    client.try_publish(sync_topic.as_str(), QoS::AtLeastOnce, false, nonce.clone())
+                {
+                    warn!(topic = sync_topic, cause = %e, "sync marker not queued");
+                }
+                if to_driver.send(Inbound::Connected).is_err() {
+                    return;
+                }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => debug!(?ack.return_codes, "subscribed"),
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == sync_topic => {
+                if p.payload == nonce.as_bytes() && to_driver.send(Inbound::Synced).is_err() {
+                    return;
+                }
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let msg = match protocol::decode(
                     &settings.prefix,

@@ -125,6 +125,12 @@ pub fn subscriptions(prefix: &str) -> [String; 3] {
     ]
 }
 
+/// The topic the daemon publishes a marker to after each connect: when its own marker comes
+/// back, every request the broker queued for it before the connect has been read.
+pub fn sync_topic(prefix: &str) -> String {
+    format!("{prefix}/_coordinosaur/sync")
+}
+
 /// Decodes one message. `Ok(None)`: a topic we publish ourselves, ignored silently.
 pub fn decode(
     prefix: &str,

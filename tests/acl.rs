@@ -36,6 +36,8 @@ topic write coordinosaur/+/expired/#
 topic write coordinosaur/+/rejected/#
 topic write coordinosaur/+/state
 topic write coordinosaur/state
+# Its own marker, to know when the requests queued while it was down have been read.
+topic write coordinosaur/_coordinosaur/sync
 ";
 
 const COORDINATOR: (&str, &str) = ("coordinosaur", "coordinator-secret");

@@ -1014,6 +1014,7 @@ proptest! {
                 let mut r = Engine::new(resolver(table.clone()));
                 r.record_changes(true);
                 r.restore(now, folded.clone(), &mut NoPolicies);
+                r.redeliver();
                 let mut again: Vec<Output> = drain(&mut r);
                 let mut expected: Vec<Output> = (0..n)
                     .flat_map(|c| {

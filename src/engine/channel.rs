@@ -573,6 +573,14 @@ impl Channel {
         self.leases.iter().map(|((t, _), u)| (u, *t))
     }
 
+    /// The sequence number of `uid` if it is running.
+    pub(crate) fn running_seq(&self, uid: &str) -> Option<u64> {
+        self.jobs
+            .get(uid)
+            .filter(|j| j.deadline.is_some())
+            .map(|j| j.seq)
+    }
+
     /// The limit the config last gave, before any runtime `concurrency/set`.
     pub(crate) fn configured_max(&self) -> u32 {
         self.configured_max
@@ -614,8 +622,9 @@ impl Channel {
     /// Takes back durable state into a channel that has none yet: jobs keep their order and
     /// leases their deadlines (overdue ones end at the next `expire`), quota windows count the
     /// grants again, and a runtime concurrency stays if the config still gives the limit it
-    /// replaced. Returns the running jobs whose lease has not ended by `now`.
-    pub(crate) fn restore(&mut self, snap: ChannelSnapshot, now: Time) -> Vec<Arc<str>> {
+    /// replaced. Returns the running jobs whose lease has not ended by `now`, with their
+    /// sequence numbers.
+    pub(crate) fn restore(&mut self, snap: ChannelSnapshot, now: Time) -> Vec<(Arc<str>, u64)> {
         if let Some((configured, max)) = snap.concurrency {
             if configured == self.configured_max {
                 self.opts.max_concurrent_jobs = max;
@@ -637,7 +646,7 @@ impl Channel {
                     .insert((Reverse(job.priority), seq), job.uid.clone()),
                 Some(deadline) => {
                     if deadline > now {
-                        live.push(job.uid.clone());
+                        live.push((job.uid.clone(), seq));
                     }
                     self.leases.insert((deadline, seq), job.uid.clone())
                 }

@@ -293,6 +293,8 @@ pub struct Engine {
     limits: EngineLimits,
     /// Changes to durable state since they were last taken (when recording).
     log: ChangeLog,
+    /// Jobs restored running, `(channel, uid, seq)`, whose `go` is to be said again.
+    redeliveries: Vec<(ChannelId, Arc<str>, u64)>,
 }
 
 impl fmt::Debug for Engine {
@@ -324,6 +326,7 @@ impl Engine {
             now: Time(0),
             limits,
             log: ChangeLog::default(),
+            redeliveries: Vec::new(),
         }
     }
 
@@ -340,6 +343,28 @@ impl Engine {
         into.append(&mut self.log.changes);
     }
 
+    /// Says `go` again ([`Output::GoAgain`]) for every job that [`Engine::restore`] brought
+    /// back running and that still runs under the same grant: the crash may have come between
+    /// recording the grant and publishing it. The driver calls it once the requests queued for
+    /// it while it was down have been read, so that a job whose `finished` was among them gets
+    /// no second `go`. Later calls do nothing.
+    pub fn redeliver(&mut self) {
+        for (id, uid, seq) in std::mem::take(&mut self.redeliveries) {
+            let ch = &self.channels[id as usize];
+            if ch.running_seq(&uid) == Some(seq) {
+                self.outputs.push_back(Output::GoAgain {
+                    channel: ch.name.clone(),
+                    uid,
+                });
+            }
+        }
+    }
+
+    /// Whether restored jobs still wait for [`Engine::redeliver`].
+    pub fn awaits_redelivery(&self) -> bool {
+        !self.redeliveries.is_empty()
+    }
+
     /// Everything durable, as of now: what [`Engine::restore`] takes back.
     pub fn export(&self) -> Snapshot {
         let channels = self
@@ -353,10 +378,9 @@ impl Engine {
     /// Takes back a snapshot into a fresh engine at `now` (the daemon's start): channels are
     /// created with the current config's options (even past `max_channels`: nothing restored is
     /// dropped), waiting jobs keep their order, running jobs their wall-clock lease ends. Leases
-    /// that ended while the daemon was down expire at once (`Expired`); every still-running job
-    /// gets its `go` again ([`Output::GoAgain`]), since a crash may have come between recording
-    /// the grant and publishing it; then the channels grant what they allow. Restoring into a
-    /// channel that already has a job with the same uid keeps the existing job.
+    /// that ended while the daemon was down expire at once (`Expired`); then the channels grant
+    /// what they allow. Restoring into a channel that already has a job with the same uid keeps
+    /// the existing job. The still-running jobs are remembered for [`Engine::redeliver`].
     pub fn restore(&mut self, now: Time, snapshot: Snapshot, hooks: &mut dyn Policies) {
         self.now = self.now.max(now);
         let now = self.now;
@@ -367,12 +391,8 @@ impl Engine {
                 None => self.create_channel(&name),
             };
             let live = self.channels[id as usize].restore(snap, now);
-            for uid in live {
-                self.outputs.push_back(Output::GoAgain {
-                    channel: name.clone(),
-                    uid,
-                });
-            }
+            self.redeliveries
+                .extend(live.into_iter().map(|(uid, seq)| (id, uid, seq)));
             restored.push(id);
         }
         for id in restored {

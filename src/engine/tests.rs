@@ -653,3 +653,73 @@ fn lowering_limits_keeps_what_exists_and_refuses_growth() {
     let uids: Vec<_> = rejections(&h).into_iter().map(|r| r.0).collect();
     assert_eq!(uids, ["e", "g"]);
 }
+
+/// A crash after the journal but before the broker: the restarted engine restores `a` and `b`
+/// running; `b` finished while the daemon was down and its `finished` is read before the
+/// redelivery, `a` ran out while down. Only jobs still running under the same grant hear `go`
+/// again; the freed slots go to the waiting jobs with ordinary `go`s.
+#[test]
+fn restore_redelivers_go_only_to_jobs_still_running_under_the_same_grant() {
+    let mut h = Harness::new(opts(3, 0, &[]));
+    h.engine.record_changes(true);
+    h.register("a", 1_000);
+    h.register("b", 60_000);
+    h.register("c", 60_000);
+    h.register("w", 60_000);
+    let mut changes = Vec::new();
+    h.engine.take_changes(&mut changes);
+    let mut snap = Snapshot::default();
+    for c in changes {
+        snap.apply(c);
+    }
+    let o = opts(3, 0, &[]);
+    let mut r = Engine::new(Box::new(move |_| o.clone()));
+    r.restore(Time(1_000_000 + 5_000), snap, &mut NoPolicies);
+    let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    assert_eq!(
+        out,
+        [
+            Output::Expired {
+                channel: "c".into(),
+                uid: "a".into()
+            },
+            Output::Go {
+                channel: "c".into(),
+                uid: "w".into(),
+                waited: Millis(5_000)
+            },
+        ]
+    );
+    assert!(r.awaits_redelivery());
+    // The queued `finished` of b, then b registers again and is granted anew.
+    r.handle(
+        Time(1_005_001),
+        Input::Finished {
+            channel: "c".into(),
+            uid: "b".into(),
+        },
+    );
+    r.handle(
+        Time(1_005_002),
+        Input::Register(Registration {
+            channel: "c".into(),
+            uid: "b".into(),
+            timeout: Millis(1_000),
+            priority: 0,
+            meta: None,
+        }),
+    );
+    let _: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    r.redeliver();
+    let again: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    assert_eq!(
+        again,
+        [Output::GoAgain {
+            channel: "c".into(),
+            uid: "c".into()
+        }]
+    );
+    assert!(!r.awaits_redelivery());
+    r.redeliver();
+    assert_eq!(r.poll_output(), None, "redelivery happens once");
+}
