@@ -45,21 +45,14 @@ pub async fn run(
     shutdown: impl Future,
 ) -> anyhow::Result<()> {
     let mut settings = mqtt::Settings {
-        host: config.mqtt.host.clone(),
-        port: config.mqtt.port,
+        broker: mqtt::Broker::from_config(&config.mqtt),
         client_id: config.mqtt.client_id.clone(),
-        credentials: config
-            .mqtt
-            .username
-            .clone()
-            .map(|u| (u, config.mqtt.password.clone().unwrap_or_default())),
-        keep_alive: config.mqtt.keep_alive,
         clean_session: config.mqtt.clean_session,
         prefix: config.mqtt.topic_prefix.clone(),
         limits: config.limits.decode(),
     };
     let _broker = start_embedded_broker(&config, &mut settings).await?;
-    tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
+    tracing::info!(broker = %settings.broker.address(), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
 
     let config_metrics = config.metrics.clone();
     if let Some(addr) = config_metrics.listen {
@@ -154,12 +147,12 @@ async fn start_embedded_broker(
         .context("embedded broker start-up")??;
     let addr = broker.local_addr();
     // Connect to our own broker; an unspecified listen address is reached through loopback.
-    settings.host = if addr.ip().is_unspecified() {
+    settings.broker.host = if addr.ip().is_unspecified() {
         "127.0.0.1".into()
     } else {
         addr.ip().to_string()
     };
-    settings.port = addr.port();
+    settings.broker.port = addr.port();
     tracing::info!(listen = %addr, "embedded broker started");
     Ok(Some(broker))
 }

@@ -8,6 +8,7 @@ use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packe
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::config::MqttConfig;
 use crate::engine::Input;
 use crate::protocol::{self, DecodeLimits, Rejection};
 
@@ -16,19 +17,62 @@ use crate::protocol::{self, DecodeLimits, Rejection};
 /// the connection (and every message in flight with it).
 const MAX_PACKET: usize = 16 << 20;
 
-/// Where and how to connect.
+/// How to reach the broker, from `[mqtt]`: shared by the daemon and the client commands, so
+/// both connect the same way (address, login, keep-alive).
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct Broker {
     /// Broker host.
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// MQTT client id.
-    pub client_id: String,
     /// Optional user name and password.
     pub credentials: Option<(String, String)>,
     /// Keep-alive (0 or at least 1 s; checked by config).
     pub keep_alive: Duration,
+}
+
+impl Broker {
+    /// The broker of `[mqtt]` (after [`crate::config::Config::apply_env`]).
+    pub fn from_config(mqtt: &MqttConfig) -> Broker {
+        Broker {
+            host: mqtt.host.clone(),
+            port: mqtt.port,
+            credentials: mqtt
+                .username
+                .clone()
+                .map(|u| (u, mqtt.password.clone().unwrap_or_default())),
+            keep_alive: mqtt.keep_alive,
+        }
+    }
+
+    /// rumqttc options to connect as `client_id`; callers add what is theirs (session, packet
+    /// sizes, a will).
+    pub fn options(&self, client_id: &str) -> MqttOptions {
+        let mut opts = MqttOptions::new(client_id, &self.host, self.port);
+        opts.set_keep_alive(self.keep_alive);
+        if let Some((user, pass)) = &self.credentials {
+            opts.set_credentials(user, pass);
+        }
+        opts
+    }
+
+    /// `host:port`, with an IPv6 host in brackets.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// What the daemon's connection needs besides the broker.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to connect, and how.
+    pub broker: Broker,
+    /// MQTT client id.
+    pub client_id: String,
     /// Start a fresh session on every connect; false keeps the broker-side session (its
     /// subscriptions and the QoS 1 messages queued while we were away).
     pub clean_session: bool,
@@ -54,14 +98,10 @@ pub enum Inbound {
 
 /// Creates the client (for publishing) and the event loop (for [`run`]).
 pub fn connect(settings: &Settings) -> (AsyncClient, EventLoop) {
-    let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
-    opts.set_keep_alive(settings.keep_alive)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+    let mut opts = settings.broker.options(&settings.client_id);
+    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_inflight(500)
         .set_clean_session(settings.clean_session);
-    if let Some((user, pass)) = &settings.credentials {
-        opts.set_credentials(user, pass);
-    }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     // Nagle's algorithm holds small QoS 1 packets back ~40 ms behind a delayed ACK.
     eventloop.network_options.set_tcp_nodelay(true);
@@ -85,7 +125,7 @@ pub async fn run(
                 // Subscribe on every ConnAck, even with `session_present`: the broker may have
                 // dropped or expired the session (a restart without persistence, a session
                 // expiry), and subscribing again to a filter we hold is harmless.
-                info!(broker = %format!("{}:{}", settings.host, settings.port), session_present = ack.session_present, "connected");
+                info!(broker = %settings.broker.address(), session_present = ack.session_present, "connected");
                 connected = true;
                 metrics::counter!("coordinosaur_broker_connects_total").increment(1);
                 backoff = Duration::from_millis(50);

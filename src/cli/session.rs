@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, Outgoing, Packet, QoS,
     SubscribeFilter, SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
@@ -71,13 +71,9 @@ impl Session {
         client_id: &str,
         will: Option<LastWill>,
     ) -> Result<Session, CliError> {
-        let mut opts = MqttOptions::new(client_id, &endpoint.host, endpoint.port);
-        opts.set_keep_alive(endpoint.keep_alive)
-            .set_clean_session(true)
+        let mut opts = endpoint.broker.options(client_id);
+        opts.set_clean_session(true)
             .set_max_packet_size(1 << 20, 1 << 20);
-        if let Some((user, pass)) = &endpoint.credentials {
-            opts.set_credentials(user, pass);
-        }
         if let Some(will) = will {
             opts.set_last_will(will);
         }
