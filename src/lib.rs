@@ -45,7 +45,7 @@ pub async fn run(
     shutdown: impl Future,
 ) -> anyhow::Result<()> {
     let mut settings = mqtt::Settings {
-        broker: mqtt::Broker::from_config(&config.mqtt),
+        broker: mqtt::Broker::from_config(&config.mqtt).context("MQTT TLS settings")?,
         client_id: config.mqtt.client_id.clone(),
         clean_session: config.mqtt.clean_session,
         prefix: config.mqtt.topic_prefix.clone(),
@@ -139,6 +139,9 @@ async fn start_embedded_broker(
     }
     if config.mqtt.keep_alive.is_zero() {
         anyhow::bail!("[mqtt] keep_alive = 0 is refused by the embedded broker; use at least 1s");
+    }
+    if config.mqtt.tls.is_some() {
+        anyhow::bail!("[mqtt.tls] is set, but the embedded broker has no TLS listener: remove [mqtt.tls] or set [embedded_broker] enabled = false");
     }
     let listen = config.embedded_broker.listen;
     // start() blocks until the broker accepts connections (bounded, 5 s).

@@ -1,10 +1,19 @@
 //! The MQTT edge: one task polls rumqttc's event loop, (re)subscribes on every ConnAck, decodes
 //! what arrives and forwards it to the driver. Publishing happens from the driver through the
 //! cloned [`AsyncClient`], never from this task, so the two never wait on each other.
+//!
+//! [`Broker`] turns `[mqtt]` into rumqttc options (plain TCP or TLS, see [`tls`]) for the daemon
+//! and the client commands alike.
 
+pub mod tls;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,
+    Transport,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -18,7 +27,7 @@ use crate::protocol::{self, DecodeLimits, Rejection};
 const MAX_PACKET: usize = 16 << 20;
 
 /// How to reach the broker, from `[mqtt]`: shared by the daemon and the client commands, so
-/// both connect the same way (address, login, keep-alive).
+/// both connect the same way (address, TLS, login, keep-alive).
 #[derive(Debug, Clone)]
 pub struct Broker {
     /// Broker host.
@@ -29,12 +38,15 @@ pub struct Broker {
     pub credentials: Option<(String, String)>,
     /// Keep-alive (0 or at least 1 s; checked by config).
     pub keep_alive: Duration,
+    /// TLS client settings (`[mqtt.tls]`, files already read); `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Broker {
-    /// The broker of `[mqtt]` (after [`crate::config::Config::apply_env`]).
-    pub fn from_config(mqtt: &MqttConfig) -> Broker {
-        Broker {
+    /// The broker of `[mqtt]` (after [`crate::config::Config::apply_env`]). Reads the
+    /// `[mqtt.tls]` files, so a missing or invalid one fails here, naming key and file.
+    pub fn from_config(mqtt: &MqttConfig) -> Result<Broker, tls::TlsError> {
+        Ok(Broker {
             host: mqtt.host.clone(),
             port: mqtt.port,
             credentials: mqtt
@@ -42,7 +54,8 @@ impl Broker {
                 .clone()
                 .map(|u| (u, mqtt.password.clone().unwrap_or_default())),
             keep_alive: mqtt.keep_alive,
-        }
+            tls: mqtt.tls.as_ref().map(tls::client_config).transpose()?,
+        })
     }
 
     /// rumqttc options to connect as `client_id`; callers add what is theirs (session, packet
@@ -50,6 +63,13 @@ impl Broker {
     pub fn options(&self, client_id: &str) -> MqttOptions {
         let mut opts = MqttOptions::new(client_id, &self.host, self.port);
         opts.set_keep_alive(self.keep_alive);
+        if let Some(config) = &self.tls {
+            // rumqttc checks the certificate against the host it dials (`[mqtt] host`), unless
+            // the config carries a `server_name` verifier.
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                config.clone(),
+            )));
+        }
         if let Some((user, pass)) = &self.credentials {
             opts.set_credentials(user, pass);
         }
@@ -160,17 +180,41 @@ pub async fn run(
                 if to_driver.is_closed() {
                     return;
                 }
-                if connected
+                let cause = describe(&e);
+                if !connected && tls::rustls_cause(&e).is_some() {
+                    // Wrong CA, wrong name, a refused client certificate: it will not heal by
+                    // itself, so say so on every attempt.
+                    warn!(%cause, retry_in = ?backoff, "broker TLS handshake failed");
+                } else if connected
                     || !matches!(e, ConnectionError::Io(_) | ConnectionError::NetworkTimeout)
                 {
-                    warn!(cause = %e, retry_in = ?backoff, "broker connection lost");
+                    warn!(%cause, retry_in = ?backoff, "broker connection lost");
                 } else {
-                    debug!(cause = %e, retry_in = ?backoff, "broker still unreachable");
+                    debug!(%cause, retry_in = ?backoff, "broker still unreachable");
                 }
                 connected = false;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// rumqttc's error for people: the OS error spelled out for the common refusals, and a TLS
+/// failure as rustls' own words plus what it most likely means.
+pub fn describe(error: &ConnectionError) -> String {
+    if let Some(cause) = tls::rustls_cause(error) {
+        return match tls::hint(cause) {
+            Some(hint) => format!("TLS: {cause} ({hint})"),
+            None => format!("TLS: {cause}"),
+        };
+    }
+    match error {
+        ConnectionError::Io(io) => io.to_string(),
+        ConnectionError::ConnectionRefused(code) => {
+            format!("the broker refused the connection: {code:?}")
+        }
+        ConnectionError::NetworkTimeout => "connection timed out".into(),
+        other => other.to_string(),
     }
 }

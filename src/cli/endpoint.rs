@@ -1,9 +1,10 @@
 //! Which broker and topic prefix a client command uses.
 //!
 //! The `[mqtt]` table of the config file when there is one (so `run` on the daemon's host needs
-//! no flags); `--broker host:port` overrides the address. Without a config file at the default
-//! path the defaults apply: `127.0.0.1:1883`, prefix `coordinosaur`. A config file named
-//! explicitly with `--config` must exist: a typo must not silently gate on another broker.
+//! no flags), `[mqtt.tls]` included; `--broker host:port` overrides the address. Without a
+//! config file at the default path the defaults apply: `127.0.0.1:1883`, prefix
+//! `coordinosaur`. A config file named explicitly with `--config` must exist: a typo must not
+//! silently gate on another broker.
 
 use std::path::Path;
 
@@ -17,8 +18,8 @@ pub const DEFAULT_CONFIG: &str = "coordinosaur.toml";
 /// Where a client command connects and which topics it uses.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// The broker, its login and keep-alive (how soon the broker notices a vanished client
-    /// and sends its will), as the daemon's.
+    /// The broker, its TLS settings, login and keep-alive (how soon the broker notices a
+    /// vanished client and sends its will), as the daemon's.
     pub broker: Broker,
     /// First topic level(s), as the daemon's `topic_prefix`.
     pub prefix: String,
@@ -36,9 +37,12 @@ impl Endpoint {
         // The same overrides as the daemon's, so a worker host can keep its password out of files.
         config.apply_env(|key| std::env::var(key).ok());
         let mut endpoint = Endpoint {
-            broker: Broker::from_config(&config.mqtt),
+            broker: Broker::from_config(&config.mqtt)
+                .map_err(|e| CliError::Usage(e.to_string()))?,
             prefix: config.mqtt.topic_prefix,
         };
+        // The TLS settings stay: the same broker reached at another address (the certificate
+        // is then checked against that host, unless `server_name` is set).
         if let Some(broker) = broker {
             (endpoint.broker.host, endpoint.broker.port) = parse_broker(broker)?;
         }

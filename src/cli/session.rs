@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, Outgoing, Packet, QoS,
-    SubscribeFilter, SubscribeReasonCode,
+    AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS, SubscribeFilter,
+    SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -249,24 +249,12 @@ async fn poll(mut eventloop: EventLoop, reports: mpsc::UnboundedSender<Report>) 
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(e) => {
-                let _ = reports.send(Report::Closed(describe(&e)));
+                let _ = reports.send(Report::Closed(crate::mqtt::describe(&e)));
                 return;
             }
         };
         if reports.send(report).is_err() {
             return;
         }
-    }
-}
-
-/// rumqttc's message, with the OS error spelled out for the common refusals.
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::Io(io) => io.to_string(),
-        ConnectionError::ConnectionRefused(code) => {
-            format!("the broker refused the connection: {code:?}")
-        }
-        ConnectionError::NetworkTimeout => "connection timed out".into(),
-        other => other.to_string(),
     }
 }
