@@ -181,9 +181,11 @@ pub async fn run(
                     return;
                 }
                 let cause = describe(&e);
-                if !connected && tls::rustls_cause(&e).is_some() {
-                    // Wrong CA, wrong name, a refused client certificate: it will not heal by
-                    // itself, so say so on every attempt.
+                let tls_failed =
+                    matches!(e, ConnectionError::Tls(_)) || tls::rustls_cause(&e).is_some();
+                if !connected && tls_failed {
+                    // Wrong CA, wrong name, a refused client certificate, a listener that does
+                    // not speak TLS: it will not heal by itself, so say so on every attempt.
                     warn!(%cause, retry_in = ?backoff, "broker TLS handshake failed");
                 } else if connected
                     || !matches!(e, ConnectionError::Io(_) | ConnectionError::NetworkTimeout)
