@@ -46,15 +46,8 @@ pub async fn run(
     shutdown: impl Future,
 ) -> anyhow::Result<()> {
     let mut settings = mqtt::Settings {
-        host: config.mqtt.host.clone(),
-        port: config.mqtt.port,
+        broker: mqtt::Broker::from_config(&config.mqtt).context("MQTT TLS settings")?,
         client_id: config.mqtt.client_id.clone(),
-        credentials: config
-            .mqtt
-            .username
-            .clone()
-            .map(|u| (u, config.mqtt.password.clone().unwrap_or_default())),
-        keep_alive: config.mqtt.keep_alive,
         clean_session: config.mqtt.clean_session,
         prefix: config.mqtt.topic_prefix.clone(),
         limits: config.limits.decode(),
@@ -62,7 +55,7 @@ pub async fn run(
     // First: a second daemon on the same state dir must stop before it touches the broker.
     let state = open_state(&config).await?;
     let _broker = start_embedded_broker(&config, &mut settings).await?;
-    tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
+    tracing::info!(broker = %settings.broker.address(), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
 
     let config_metrics = config.metrics.clone();
     if let Some(addr) = config_metrics.listen {
@@ -186,6 +179,9 @@ async fn start_embedded_broker(
     if config.mqtt.keep_alive.is_zero() {
         anyhow::bail!("[mqtt] keep_alive = 0 is refused by the embedded broker; use at least 1s");
     }
+    if config.mqtt.tls.is_some() {
+        anyhow::bail!("[mqtt.tls] is set, but the embedded broker has no TLS listener: remove [mqtt.tls] or set [embedded_broker] enabled = false");
+    }
     let listen = config.embedded_broker.listen;
     // start() blocks until the broker accepts connections (bounded, 5 s).
     let broker = tokio::task::spawn_blocking(move || broker::start(listen))
@@ -193,12 +189,12 @@ async fn start_embedded_broker(
         .context("embedded broker start-up")??;
     let addr = broker.local_addr();
     // Connect to our own broker; an unspecified listen address is reached through loopback.
-    settings.host = if addr.ip().is_unspecified() {
+    settings.broker.host = if addr.ip().is_unspecified() {
         "127.0.0.1".into()
     } else {
         addr.ip().to_string()
     };
-    settings.port = addr.port();
+    settings.broker.port = addr.port();
     tracing::info!(listen = %addr, "embedded broker started");
     Ok(Some(broker))
 }

@@ -54,6 +54,9 @@ fn main() -> ExitCode {
         Command::Run(args) => ExitCode::from(cli::run::main(path, args)),
         Command::Status(args) => ExitCode::from(cli::status::main(path, args)),
         Command::CheckConfig => with_config(path, |path, config| {
+            if let Err(code) = check_tls_files(path, &config) {
+                return code;
+            }
             println!("{}: OK\n{}", path.display(), config.summary());
             ExitCode::SUCCESS
         }),
@@ -61,11 +64,16 @@ fn main() -> ExitCode {
             print!("{}", config.explain(&channel));
             ExitCode::SUCCESS
         }),
-        Command::Serve => with_config(path, |path, config| match serve(config, path.to_owned()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
+        Command::Serve => with_config(path, |path, config| {
+            if let Err(code) = check_tls_files(path, &config) {
+                return code;
+            }
+            match serve(config, path.to_owned()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
         }),
     }
@@ -83,6 +91,18 @@ fn with_config(path: Option<&Path>, f: impl FnOnce(&Path, Config) -> ExitCode) -
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads the `[mqtt.tls]` files, so that a missing or invalid one is a config error (exit code
+/// 2, which systemd does not restart on) for `check-config` and the daemon alike.
+fn check_tls_files(path: &Path, config: &Config) -> Result<(), ExitCode> {
+    match coordinosaur::mqtt::Broker::from_config(&config.mqtt) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!("error: config file {}: {e}", path.display());
+            Err(ExitCode::from(2))
         }
     }
 }

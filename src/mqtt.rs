@@ -1,13 +1,23 @@
 //! The MQTT edge: one task polls rumqttc's event loop, (re)subscribes on every ConnAck, decodes
 //! what arrives and forwards it to the driver. Publishing happens from the driver through the
 //! cloned [`AsyncClient`], never from this task, so the two never wait on each other.
+//!
+//! [`Broker`] turns `[mqtt]` into rumqttc options (plain TCP or TLS, see [`tls`]) for the daemon
+//! and the client commands alike.
 
+pub mod tls;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,
+    Transport,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::config::MqttConfig;
 use crate::engine::Input;
 use crate::protocol::{self, DecodeLimits, Rejection};
 
@@ -16,19 +26,73 @@ use crate::protocol::{self, DecodeLimits, Rejection};
 /// the connection (and every message in flight with it).
 const MAX_PACKET: usize = 16 << 20;
 
-/// Where and how to connect.
+/// How to reach the broker, from `[mqtt]`: shared by the daemon and the client commands, so
+/// both connect the same way (address, TLS, login, keep-alive).
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct Broker {
     /// Broker host.
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// MQTT client id.
-    pub client_id: String,
     /// Optional user name and password.
     pub credentials: Option<(String, String)>,
     /// Keep-alive (0 or at least 1 s; checked by config).
     pub keep_alive: Duration,
+    /// TLS client settings (`[mqtt.tls]`, files already read); `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Broker {
+    /// The broker of `[mqtt]` (after [`crate::config::Config::apply_env`]). Reads the
+    /// `[mqtt.tls]` files, so a missing or invalid one fails here, naming key and file.
+    pub fn from_config(mqtt: &MqttConfig) -> Result<Broker, tls::TlsError> {
+        Ok(Broker {
+            host: mqtt.host.clone(),
+            port: mqtt.port,
+            credentials: mqtt
+                .username
+                .clone()
+                .map(|u| (u, mqtt.password.clone().unwrap_or_default())),
+            keep_alive: mqtt.keep_alive,
+            tls: mqtt.tls.as_ref().map(tls::client_config).transpose()?,
+        })
+    }
+
+    /// rumqttc options to connect as `client_id`; callers add what is theirs (session, packet
+    /// sizes, a will).
+    pub fn options(&self, client_id: &str) -> MqttOptions {
+        let mut opts = MqttOptions::new(client_id, &self.host, self.port);
+        opts.set_keep_alive(self.keep_alive);
+        if let Some(config) = &self.tls {
+            // rumqttc checks the certificate against the host it dials (`[mqtt] host`), unless
+            // the config carries a `server_name` verifier.
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                config.clone(),
+            )));
+        }
+        if let Some((user, pass)) = &self.credentials {
+            opts.set_credentials(user, pass);
+        }
+        opts
+    }
+
+    /// `host:port`, with an IPv6 host in brackets.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// What the daemon's connection needs besides the broker.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to connect, and how.
+    pub broker: Broker,
+    /// MQTT client id.
+    pub client_id: String,
     /// Start a fresh session on every connect; false keeps the broker-side session (its
     /// subscriptions and the QoS 1 messages queued while we were away).
     pub clean_session: bool,
@@ -59,14 +123,10 @@ pub enum Inbound {
 
 /// Creates the client (for publishing) and the event loop (for [`run`]).
 pub fn connect(settings: &Settings) -> (AsyncClient, EventLoop) {
-    let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
-    opts.set_keep_alive(settings.keep_alive)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+    let mut opts = settings.broker.options(&settings.client_id);
+    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_inflight(500)
         .set_clean_session(settings.clean_session);
-    if let Some((user, pass)) = &settings.credentials {
-        opts.set_credentials(user, pass);
-    }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     // Nagle's algorithm holds small QoS 1 packets back ~40 ms behind a delayed ACK.
     eventloop.network_options.set_tcp_nodelay(true);
@@ -100,7 +160,7 @@ pub async fn run(
                 // Subscribe on every ConnAck, even with `session_present`: the broker may have
                 // dropped or expired the session (a restart without persistence, a session
                 // expiry), and subscribing again to a filter we hold is harmless.
-                info!(broker = %format!("{}:{}", settings.host, settings.port), session_present = ack.session_present, "connected");
+                info!(broker = %settings.broker.address(), session_present = ack.session_present, "connected");
                 connected = true;
                 metrics::counter!("coordinosaur_broker_connects_total").increment(1);
                 backoff = Duration::from_millis(50);
@@ -149,17 +209,43 @@ pub async fn run(
                 if to_driver.is_closed() {
                     return;
                 }
-                if connected
+                let cause = describe(&e);
+                let tls_failed =
+                    matches!(e, ConnectionError::Tls(_)) || tls::rustls_cause(&e).is_some();
+                if !connected && tls_failed {
+                    // Wrong CA, wrong name, a refused client certificate, a listener that does
+                    // not speak TLS: it will not heal by itself, so say so on every attempt.
+                    warn!(%cause, retry_in = ?backoff, "broker TLS handshake failed");
+                } else if connected
                     || !matches!(e, ConnectionError::Io(_) | ConnectionError::NetworkTimeout)
                 {
-                    warn!(cause = %e, retry_in = ?backoff, "broker connection lost");
+                    warn!(%cause, retry_in = ?backoff, "broker connection lost");
                 } else {
-                    debug!(cause = %e, retry_in = ?backoff, "broker still unreachable");
+                    debug!(%cause, retry_in = ?backoff, "broker still unreachable");
                 }
                 connected = false;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// rumqttc's error for people: the OS error spelled out for the common refusals, and a TLS
+/// failure as rustls' own words plus what it most likely means.
+pub fn describe(error: &ConnectionError) -> String {
+    if let Some(cause) = tls::rustls_cause(error) {
+        return match tls::hint(cause) {
+            Some(hint) => format!("TLS: {cause} ({hint})"),
+            None => format!("TLS: {cause}"),
+        };
+    }
+    match error {
+        ConnectionError::Io(io) => io.to_string(),
+        ConnectionError::ConnectionRefused(code) => {
+            format!("the broker refused the connection: {code:?}")
+        }
+        ConnectionError::NetworkTimeout => "connection timed out".into(),
+        other => other.to_string(),
     }
 }

@@ -96,6 +96,7 @@ async fn coordinator(broker: &Mosquitto) -> Daemon {
             ("COORDINOSAUR_MQTT_PASSWORD".into(), COORDINATOR.1.into()),
         ],
         probe_login: Some((WORKER.0.into(), WORKER.1.into())),
+        ..DaemonOptions::default()
     };
     Daemon::start_with_options(broker.port(), "", options).await
 }

@@ -2,10 +2,10 @@
 
 mod common;
 
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
+use common::{run_binary, topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
 use serde_json::{json, Value};
 use tokio::process::Command;
 use tokio::time::{timeout, Instant};
@@ -27,26 +27,10 @@ quotas = [{ interval = 60, name = "minute", limit = 1 }]
 
 /// Runs `coordinosaur status --broker 127.0.0.1:PORT ARGS...` to completion (bounded).
 async fn status(port: u16, args: &[&str]) -> (Option<i32>, String, String) {
-    let out: Output = timeout(
-        DEFAULT_TIMEOUT,
-        Command::new(env!("CARGO_BIN_EXE_coordinosaur"))
-            .arg("status")
-            .arg("--broker")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(args)
-            .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("coordinosaur status did not exit within 10 s")
-    .expect("run coordinosaur status");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let broker = format!("127.0.0.1:{port}");
+    let mut all = vec!["status", "--broker", &broker];
+    all.extend_from_slice(args);
+    run_binary(&all).await
 }
 
 /// A daemon with the three channels of [`BUSY`] filled in.

@@ -1,32 +1,28 @@
 //! Which broker and topic prefix a client command uses.
 //!
 //! The `[mqtt]` table of the config file when there is one (so `run` on the daemon's host needs
-//! no flags); `--broker host:port` overrides the address. Without a config file at the default
-//! path the defaults apply: `127.0.0.1:1883`, prefix `coordinosaur`. A config file named
-//! explicitly with `--config` must exist: a typo must not silently gate on another broker.
+//! no flags), `[mqtt.tls]` included; `--broker host:port` overrides the address. Without a
+//! config file at the default path the defaults apply: `127.0.0.1:1883`, prefix
+//! `coordinosaur`. A config file named explicitly with `--config` must exist: a typo must not
+//! silently gate on another broker.
 
 use std::path::Path;
-use std::time::Duration;
 
 use super::CliError;
 use crate::config::Config;
+use crate::mqtt::Broker;
 
 /// The config file read when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "coordinosaur.toml";
 
 /// Where a client command connects and which topics it uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// Broker host name or address.
-    pub host: String,
-    /// Broker TCP port.
-    pub port: u16,
+    /// The broker, its TLS settings, login and keep-alive (how soon the broker notices a
+    /// vanished client and sends its will), as the daemon's.
+    pub broker: Broker,
     /// First topic level(s), as the daemon's `topic_prefix`.
     pub prefix: String,
-    /// Optional broker user name and password.
-    pub credentials: Option<(String, String)>,
-    /// MQTT keep-alive: how soon the broker notices a vanished client and sends its will.
-    pub keep_alive: Duration,
 }
 
 impl Endpoint {
@@ -40,29 +36,22 @@ impl Endpoint {
         };
         // The same overrides as the daemon's, so a worker host can keep its password out of files.
         config.apply_env(|key| std::env::var(key).ok());
-        let mqtt = config.mqtt;
         let mut endpoint = Endpoint {
-            host: mqtt.host,
-            port: mqtt.port,
-            prefix: mqtt.topic_prefix,
-            credentials: mqtt
-                .username
-                .map(|u| (u, mqtt.password.unwrap_or_default())),
-            keep_alive: mqtt.keep_alive,
+            broker: Broker::from_config(&config.mqtt)
+                .map_err(|e| CliError::Usage(e.to_string()))?,
+            prefix: config.mqtt.topic_prefix,
         };
+        // The TLS settings stay: the same broker reached at another address (the certificate
+        // is then checked against that host, unless `server_name` is set).
         if let Some(broker) = broker {
-            (endpoint.host, endpoint.port) = parse_broker(broker)?;
+            (endpoint.broker.host, endpoint.broker.port) = parse_broker(broker)?;
         }
         Ok(endpoint)
     }
 
     /// `host:port`, with an IPv6 host in brackets.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        self.broker.address()
     }
 
     /// `PREFIX/rest`.

@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    SubscribeFilter, SubscribeReasonCode,
+    AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS, SubscribeFilter,
+    SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -71,13 +71,9 @@ impl Session {
         client_id: &str,
         will: Option<LastWill>,
     ) -> Result<Session, CliError> {
-        let mut opts = MqttOptions::new(client_id, &endpoint.host, endpoint.port);
-        opts.set_keep_alive(endpoint.keep_alive)
-            .set_clean_session(true)
+        let mut opts = endpoint.broker.options(client_id);
+        opts.set_clean_session(true)
             .set_max_packet_size(1 << 20, 1 << 20);
-        if let Some((user, pass)) = &endpoint.credentials {
-            opts.set_credentials(user, pass);
-        }
         if let Some(will) = will {
             opts.set_last_will(will);
         }
@@ -253,24 +249,12 @@ async fn poll(mut eventloop: EventLoop, reports: mpsc::UnboundedSender<Report>) 
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(e) => {
-                let _ = reports.send(Report::Closed(describe(&e)));
+                let _ = reports.send(Report::Closed(crate::mqtt::describe(&e)));
                 return;
             }
         };
         if reports.send(report).is_err() {
             return;
         }
-    }
-}
-
-/// rumqttc's message, with the OS error spelled out for the common refusals.
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::Io(io) => io.to_string(),
-        ConnectionError::ConnectionRefused(code) => {
-            format!("the broker refused the connection: {code:?}")
-        }
-        ConnectionError::NetworkTimeout => "connection timed out".into(),
-        other => other.to_string(),
     }
 }

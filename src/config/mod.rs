@@ -14,6 +14,7 @@ mod channels;
 mod duration;
 mod explain;
 mod settings;
+mod tls;
 mod values;
 
 #[cfg(test)]
@@ -30,6 +31,7 @@ pub use explain::{Explanation, MatchedRule};
 pub use settings::{
     EmbeddedBrokerConfig, Limits, MetricsConfig, MqttConfig, PolicySandbox, StateConfig,
 };
+pub use tls::{ClientAuth, TlsConfig};
 pub use values::ChannelPattern;
 
 use crate::engine::ChannelOptions;
@@ -137,8 +139,12 @@ impl Config {
             .map(|c| c.resolve(text, base))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
+        let mut mqtt = raw.mqtt;
+        if let Some(tls) = &mut mqtt.tls {
+            tls.resolve_paths(base);
+        }
         Ok(Config {
-            mqtt: raw.mqtt,
+            mqtt,
             embedded_broker: raw.embedded_broker,
             limits: raw.limits,
             policy_sandbox: raw.policy_sandbox,
@@ -240,6 +246,13 @@ impl Config {
             } else {
                 "persistent (the broker queues requests while the daemon is away)"
             }
+        );
+        let _ = writeln!(
+            out,
+            "tls: {}",
+            mqtt.tls
+                .as_ref()
+                .map_or_else(|| "off (plain TCP)".to_owned(), TlsConfig::summary)
         );
         let _ = writeln!(out, "topic prefix: {}", mqtt.topic_prefix);
         let _ = match self.state.dir() {

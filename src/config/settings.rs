@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{duration, values};
+use super::{duration, values, TlsConfig};
 use crate::engine::{EngineLimits, Millis};
 use crate::protocol::{DecodeLimits, DEFAULT_MAX_UID_LEN};
 use crate::state::Durability;
@@ -38,6 +38,8 @@ pub struct MqttConfig {
     /// session (false), the broker keeps the daemon's subscriptions under its `client_id` and
     /// queues the QoS 1 requests clients publish while the daemon is down or reconnecting.
     pub clean_session: bool,
+    /// `[mqtt.tls]`: connect over TLS (`None`: plain TCP).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for MqttConfig {
@@ -51,6 +53,7 @@ impl Default for MqttConfig {
             topic_prefix: "coordinosaur".to_owned(),
             keep_alive: Duration::from_secs(30),
             clean_session: false,
+            tls: None,
         }
     }
 }

@@ -248,6 +248,42 @@ const BAD: &[(&str, &str, usize, &[&str])] = &[
         &["listen"],
     ),
     (
+        "tls client_cert without client_key",
+        "[mqtt]\nhost = \"h\"\n\n[mqtt.tls]\nca_file = \"ca.pem\"\nclient_cert = \"c.pem\"\n",
+        4,
+        &["client_cert is set but client_key is not"],
+    ),
+    (
+        "tls client_key without client_cert",
+        "[mqtt.tls]\nca_file = \"ca.pem\"\nclient_key = \"c.key\"\n",
+        1,
+        &["client_key is set but client_cert is not"],
+    ),
+    (
+        "tls without ca_file",
+        "[mqtt]\nport = 8883\n[mqtt.tls]\nserver_name = \"mqtt.example\"\n",
+        3,
+        &["ca_file"],
+    ),
+    (
+        "unknown key in [mqtt.tls]",
+        "[mqtt.tls]\nca_file = \"ca.pem\"\ncafile = \"x\"\n",
+        3,
+        &["cafile"],
+    ),
+    (
+        "empty tls path",
+        "[mqtt.tls]\nca_file = \"\"\n",
+        1,
+        &["ca_file must not be empty"],
+    ),
+    (
+        "empty tls server_name",
+        "[mqtt.tls]\nca_file = \"ca.pem\"\nserver_name = \"\"\n",
+        1,
+        &["server_name must not be empty"],
+    ),
+    (
         "missing pattern",
         "[[channels]]\nmax_concurrent_jobs = 3\n",
         1,
@@ -683,4 +719,32 @@ fn state_dir_defaults_beside_the_config_and_empty_turns_it_off() {
     assert_eq!(c.state.durability, crate::state::Durability::Os);
     let c = Config::parse("[state]\ndir = \"\"\n", Path::new("/etc/c.toml")).unwrap();
     assert_eq!(c.state.dir(), None);
+}
+
+#[test]
+fn tls_is_off_unless_its_table_is_there() {
+    assert_eq!(ok("").mqtt.tls, None);
+    assert!(ok("").summary().contains("tls: off"));
+}
+
+#[test]
+fn tls_paths_resolve_beside_the_config_file() {
+    let text = "[mqtt.tls]\nca_file = \"certs/ca.pem\"\nclient_cert = \"/etc/c.pem\"\n\
+                client_key = \"c.key\"\nserver_name = \"mqtt.example\"\n";
+    let cfg = Config::parse(text, Path::new("/etc/coordinosaur/coordinosaur.toml")).unwrap();
+    let tls = cfg.mqtt.tls.as_ref().expect("tls set");
+    assert_eq!(tls.ca_file, Path::new("/etc/coordinosaur/certs/ca.pem"));
+    let auth = tls.client_auth.as_ref().expect("client auth set");
+    assert_eq!(auth.cert, Path::new("/etc/c.pem"));
+    assert_eq!(auth.key, Path::new("/etc/coordinosaur/c.key"));
+    assert_eq!(tls.server_name.as_deref(), Some("mqtt.example"));
+    let summary = cfg.summary();
+    assert!(
+        summary.contains("tls: CA /etc/coordinosaur/certs/ca.pem, client certificate /etc/c.pem"),
+        "{summary}"
+    );
+    // Without client_cert/client_key: server authentication only.
+    let cfg = ok("[mqtt.tls]\nca_file = \"/ca.pem\"\n");
+    let tls = cfg.mqtt.tls.expect("tls set");
+    assert_eq!((tls.client_auth, tls.server_name), (None, None));
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnAck, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
-    SubAck, SubscribeFilter, SubscribeReasonCode,
+    SubAck, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -106,6 +106,18 @@ impl Client {
 
     /// [`Client::connect`], logging in with `login` (user, password) when given.
     pub async fn connect_with(port: u16, id: &str, login: Option<(&str, &str)>) -> Client {
+        Client::connect_secure(port, id, login, None).await
+    }
+
+    /// [`Client::connect_with`], over TLS with `tls` when given (e.g. built by
+    /// `coordinosaur::mqtt::tls::client_config`, as the daemon builds its own). The broker's
+    /// certificate must be valid for 127.0.0.1, or for the config's `server_name`.
+    pub async fn connect_secure(
+        port: u16,
+        id: &str,
+        login: Option<(&str, &str)>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Client {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options
             .set_keep_alive(Duration::from_secs(5))
@@ -113,6 +125,9 @@ impl Client {
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
         if let Some((user, password)) = login {
             options.set_credentials(user, password);
+        }
+        if let Some(config) = tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
         }
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let mut network = eventloop.network_options();

@@ -4,6 +4,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -29,6 +30,11 @@ pub struct DaemonOptions {
     /// User name and password the readiness probe logs in with, for brokers that refuse
     /// anonymous clients. The probe needs the rights of a worker: publish `infos`, read `state`.
     pub probe_login: Option<(String, String)>,
+    /// TLS settings of the readiness probe, for a broker with a TLS listener.
+    pub probe_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Return as soon as the process is started instead of waiting until it answers: for a
+    /// daemon that is expected not to reach the broker (check it with [`Daemon::wait_log`]).
+    pub skip_ready: bool,
 }
 
 /// A running daemon: `coordinosaur --config FILE`, with `RUST_LOG=coordinosaur=debug` and its
@@ -57,8 +63,8 @@ impl Daemon {
     /// daemon exits first.
     ///
     /// `extra_toml` may hold any tables except `[mqtt]` (`[defaults]`, `[[channels]]`,
-    /// `[limits]`, ...). It is written before the `[mqtt]` table, so top-level keys in it stay
-    /// top-level.
+    /// `[limits]`, `[mqtt.tls]`, ...). It is written before the `[mqtt]` table, so top-level
+    /// keys in it stay top-level (TOML allows a sub-table before its parent's header).
     pub async fn start(broker_port: u16, extra_toml: &str) -> Daemon {
         Daemon::start_with_options(broker_port, extra_toml, DaemonOptions::default()).await
     }
@@ -108,7 +114,8 @@ impl Daemon {
     }
 
     /// Starts the daemon again with the same config, client id and directory (after
-    /// [`Daemon::kill`], or to simulate a restart), and waits until it is ready as in `start`.
+    /// [`Daemon::kill`], or to simulate a restart), and waits until it is ready as in `start`
+    /// (unless [`DaemonOptions::skip_ready`]).
     /// Kills the current process first if it is still running.
     pub async fn spawn_again(&mut self) {
         self.kill();
@@ -129,7 +136,9 @@ impl Daemon {
             .spawn()
             .expect("spawn the coordinosaur binary");
         self.child = Some(child);
-        self.wait_ready().await;
+        if !self.options.skip_ready {
+            self.wait_ready().await;
+        }
     }
 
     /// Kills the daemon (SIGKILL, no clean shutdown) and waits for it to exit.
@@ -154,11 +163,17 @@ impl Daemon {
     /// Waits (up to 10 s) until the log contains `needle`, since a log line may be written just
     /// after the MQTT message that caused it. Panics with the log tail otherwise.
     pub async fn wait_log(&self, needle: &str) {
+        self.wait_log_count(needle, 1).await;
+    }
+
+    /// Waits (up to 10 s) until the log contains `needle` at least `n` times, e.g. to see a
+    /// failing connection retried. Panics with the log tail otherwise.
+    pub async fn wait_log_count(&self, needle: &str, n: usize) {
         let deadline = Instant::now() + DEFAULT_TIMEOUT;
-        while !self.log().contains(needle) {
+        while self.log().matches(needle).count() < n {
             assert!(
                 Instant::now() < deadline,
-                "daemon log has no {needle:?} after {DEFAULT_TIMEOUT:?}\n--- log tail ---\n{}",
+                "daemon log has {needle:?} fewer than {n} times after {DEFAULT_TIMEOUT:?}\n--- log tail ---\n{}",
                 tail(&self.log(), LOG_TAIL)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -211,8 +226,9 @@ impl Daemon {
     async fn wait_ready(&mut self) {
         let login = self.options.probe_login.as_ref();
         let login = login.map(|(user, password)| (user.as_str(), password.as_str()));
+        let tls = self.options.probe_tls.clone();
         let mut probe =
-            Client::connect_with(self.broker_port, &unique_id("ready-probe"), login).await;
+            Client::connect_secure(self.broker_port, &unique_id("ready-probe"), login, tls).await;
         let state_topic = format!("{}/{READY_CHANNEL}/state", self.prefix);
         let infos_topic = format!("{}/{READY_CHANNEL}/infos", self.prefix);
         probe.subscribe(&state_topic).await;

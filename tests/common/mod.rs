@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod policies;
 
 use std::net::TcpListener;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -52,6 +53,29 @@ pub fn unique_id(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Runs the `coordinosaur` binary with `args` to completion, in the temp dir (so no
+/// `./coordinosaur.toml` is picked up by accident) and bounded by [`DEFAULT_TIMEOUT`]. Returns
+/// the exit code, stdout and stderr.
+pub async fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::time::timeout(
+        DEFAULT_TIMEOUT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_coordinosaur"))
+            .args(args)
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("coordinosaur {args:?} did not exit within {DEFAULT_TIMEOUT:?}"))
+    .expect("run the coordinosaur binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The last `lines` lines of `text`, for failure messages.
