@@ -8,6 +8,7 @@
 //! - [`daemon`]: [`Daemon`] runs the `coordinosaur` binary against a broker and waits until it answers.
 //! - [`client`]: [`Client`], an async rumqttc client with bounded waits and protocol helpers.
 //! - [`policies`]: the policy components of `policies/`, built once per test process.
+//! - [`checker`]: replays a monitor's log of a fault run against the channels' limits.
 //!
 //! Every wait is bounded (by default [`DEFAULT_TIMEOUT`]); nothing uses fixed ports or paused time.
 #![allow(
@@ -17,6 +18,7 @@
 )]
 
 pub mod broker;
+pub mod checker;
 pub mod client;
 pub mod daemon;
 pub mod policies;
