@@ -21,6 +21,9 @@ const RESTART_RETRY: Duration = Duration::from_secs(5);
 /// How many fresh ports `start` tries when another process takes the one it picked.
 const START_ATTEMPTS: usize = 3;
 
+/// How long `terminate` waits for Mosquitto to save its database and exit after SIGTERM.
+const TERMINATE_WAIT: Duration = Duration::from_secs(10);
+
 /// The broker a test talks to. Today only Mosquitto; a fallback (e.g. the daemon's embedded broker
 /// when Mosquitto is missing) becomes another variant, and tests written against this type keep working.
 pub enum TestBroker {
@@ -78,6 +81,9 @@ pub struct Mosquitto {
     child: Option<Child>,
     /// Config lines appended after the harness's own (see [`Mosquitto::start_with`]).
     extra: String,
+    /// Whether Mosquitto keeps its sessions in `mosquitto.db` in `dir` (see
+    /// [`Mosquitto::start_persistent`]).
+    persistent: bool,
 }
 
 impl Mosquitto {
@@ -113,6 +119,19 @@ impl Mosquitto {
     /// `allow_anonymous false`, `password_file PATH`, `acl_file PATH`. Paths must be absolute;
     /// the broker runs as root (`user root`), so it can read files in any temp dir.
     pub fn start_with(extra: &str) -> Mosquitto {
+        Mosquitto::start_inner(extra, false)
+    }
+
+    /// Like [`Mosquitto::start`], with `persistence true` and the database in the broker's temp
+    /// dir: persistent sessions (their subscriptions and queued QoS 1 messages) survive
+    /// [`Mosquitto::terminate`] + [`Mosquitto::restart`]. Mosquitto 2.0.11 writes the database
+    /// when it exits on SIGTERM (its log says "Saving in-memory database"), not on SIGKILL, so
+    /// [`Mosquitto::stop`] loses what changed since start-up.
+    pub fn start_persistent() -> Mosquitto {
+        Mosquitto::start_inner("", true)
+    }
+
+    fn start_inner(extra: &str, persistent: bool) -> Mosquitto {
         let exe = Self::executable()
             .unwrap_or_else(|| panic!("mosquitto not installed: apt-get install -y mosquitto"));
         let dir = tempfile::Builder::new()
@@ -125,6 +144,7 @@ impl Mosquitto {
             dir,
             child: None,
             extra: extra.to_owned(),
+            persistent,
         };
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -159,6 +179,33 @@ impl Mosquitto {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops Mosquitto the way a service manager does (SIGTERM), so that it saves its database
+    /// when persistent, and waits up to 10 s for it to exit (then kills it). Does nothing if it
+    /// is not running.
+    pub fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+        // Fails only if the child already exited; `wait` below reaps it either way.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + TERMINATE_WAIT;
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() >= deadline {
+                self.note_in_log("--- harness: mosquitto ignored SIGTERM, killing it ---");
+                let _ = child.kill();
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.wait();
+    }
+
+    /// Whether Mosquitto saved its database since start-up (its log says so).
+    pub fn saved_database(&self) -> bool {
+        self.log().contains("Saving in-memory database")
     }
 
     /// Stops Mosquitto if needed and starts it again on the same port, retrying the bind for up to
@@ -210,7 +257,16 @@ impl Mosquitto {
              connection_messages true\n",
             port = self.port
         );
-        let config = format!("{config}{}\n", self.extra);
+        let persistence = if self.persistent {
+            // Mosquitto wants the trailing slash on a directory.
+            format!(
+                "persistence true\npersistence_location {}/\n",
+                self.dir.path().display()
+            )
+        } else {
+            String::new()
+        };
+        let config = format!("{config}{persistence}{}\n", self.extra);
         fs::write(self.config_path(), config).expect("write mosquitto.conf");
     }
 

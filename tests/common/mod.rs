@@ -8,6 +8,8 @@
 //! - [`daemon`]: [`Daemon`] runs the `coordinosaur` binary against a broker and waits until it answers.
 //! - [`client`]: [`Client`], an async rumqttc client with bounded waits and protocol helpers.
 //! - [`policies`]: the policy components of `policies/`, built once per test process.
+//! - [`fleet`]: load for fault tests (hundreds of workers over several channels) and a monitor
+//!   that records every message; [`checker`] replays the monitor's log against the limits.
 //!
 //! Every wait is bounded (by default [`DEFAULT_TIMEOUT`]); nothing uses fixed ports or paused time.
 #![allow(
@@ -17,8 +19,10 @@
 )]
 
 pub mod broker;
+pub mod checker;
 pub mod client;
 pub mod daemon;
+pub mod fleet;
 pub mod policies;
 
 use std::net::TcpListener;
