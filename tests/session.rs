@@ -1,9 +1,9 @@
 //! The daemon's MQTT session: with `[mqtt] clean_session = false` (the default) the broker
 //! queues what clients publish while the daemon is down and delivers it when it comes back.
 //!
-//! The daemon itself still forgets its in-memory state on restart (running leases, queues):
-//! durable state (a journal) is separate, later work. These tests only show that requests
-//! published during the outage are not lost on the way.
+//! What the daemon decided before the outage comes back from its journal (tests/durable.rs,
+//! tests/faults.rs); these tests show that requests published during the outage are not lost on
+//! the way.
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{topic, unique_id, Client, Daemon, TestBroker, PREFIX};
 
 #[tokio::test]
-async fn register_published_while_daemon_is_down_gets_go_after_restart_state_not_yet_durable() {
+async fn register_published_while_daemon_is_down_gets_go_after_restart() {
     let broker = TestBroker::start();
     let mut daemon = Daemon::start(broker.port(), "").await;
     let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
