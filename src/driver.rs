@@ -306,6 +306,7 @@ pub async fn run(
         let (engine, hooks) = d.split();
         engine.restore(now, snapshot, hooks);
         d.flush().await;
+        d.release().await;
     }
     // One sleep, re-armed only when the engine's next deadline changes.
     let far = Duration::from_secs(86_400 * 365);

@@ -233,6 +233,29 @@ fn grants_held_back_by_a_broker_outage_count_from_its_start() {
 }
 
 #[test]
+fn a_go_said_again_after_a_restart_counts_from_the_kill_not_its_arrival() {
+    let rules = [rule("q", 10, &[(2, Duration::from_secs(1))])];
+    // j0 and j1 were granted at 0.29 s and journaled just before a kill at 0.3 s; j1's go was
+    // never published, so the restarted daemon says it again at 1.2 s. j2 and j3 follow as the
+    // windows of j0 and j1 reopen. By arrival, j1, j2 and j3 look like 3 grants in 0.1 s.
+    let mut log = Log::default();
+    log.register(0, "q", "j0").go(290, "q", "j0");
+    log.register(0, "q", "j1").go(1_200, "q", "j1");
+    log.register(0, "q", "j2").go(1_291, "q", "j2");
+    log.register(0, "q", "j3").go(1_296, "q", "j3");
+    let naive = check(&rules, &log.0, &[], &CheckOptions::default());
+    assert_eq!(naive.count("quota window exceeded"), 1, "{naive}");
+    let mut options = CheckOptions::default();
+    options.redelivered.insert("j1".into(), ms(300));
+    let dated = check(&rules, &log.0, &[], &options);
+    assert_eq!(dated.count("quota window exceeded"), 0, "{dated}");
+    // A real third grant in the same window is still caught.
+    log.register(0, "q", "j4").go(1_330, "q", "j4");
+    let burst = check(&rules, &log.0, &[], &options);
+    assert_eq!(burst.count("quota window exceeded"), 1, "{burst}");
+}
+
+#[test]
 fn jobs_without_an_outcome_and_registers_that_never_arrived_are_unaccounted() {
     let mut log = Log::default();
     log.register(0, "ch", "waits")

@@ -99,6 +99,33 @@ fn kill(run: &mut Run, daemon: &mut Daemon) -> Duration {
     run.monitor.now()
 }
 
+/// The run checked again with each restart's "go again" grants dated at the kill before it
+/// (see `CheckOptions::redelivered`): those grants were journaled before the kill, so they count
+/// in the quota window from then, not from their late arrival. `kills` are the kill times in
+/// order; the daemon's log has one "state restored" line per start.
+fn recheck_with_redeliveries(run: &mut Run, daemon: &Daemon, kills: &[Duration]) -> Report {
+    let mut starts = 0usize;
+    for line in daemon.log().lines() {
+        if line.contains("state restored") {
+            starts += 1;
+        } else if line.contains("go again") {
+            let uid = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("uid="))
+                .unwrap_or_default();
+            // Start 1 is the first; start k + 2 follows kill k.
+            if let Some(&killed_at) = starts.checked_sub(2).and_then(|k| kills.get(k)) {
+                run.options.redelivered.insert(uid.to_owned(), killed_at);
+            }
+        }
+    }
+    run.note(&format!(
+        "{} go(s) said again after a restart, dated at their kill",
+        run.options.redelivered.len()
+    ));
+    run.check()
+}
+
 /// The same binary, config and state dir again; returns once it answers.
 async fn restart(run: &mut Run, daemon: &mut Daemon) {
     daemon.spawn_again().await;
@@ -157,7 +184,8 @@ async fn daemon_kill_9_during_grant_burst_then_restart_keeps_limits_quotas_and_o
     let killed_at = kill(&mut run, &mut daemon);
     stay_down_for_backlog(&mut run, killed_at, BACKLOG).await;
     restart(&mut run, &mut daemon).await;
-    let report = run.settle(RUN_DEADLINE, STALL).await;
+    run.settle(RUN_DEADLINE, STALL).await;
+    let report = recheck_with_redeliveries(&mut run, &daemon, &[killed_at]);
     assert_clean(&report, "kill -9 during a grant burst");
 }
 
@@ -166,10 +194,11 @@ async fn daemon_kill_9_during_quota_wait_then_restart_keeps_limits_quotas_and_on
     let (broker, mut daemon, mut run) = start_with_state().await;
     let mut probe = Client::connect(broker.port(), &unique_id("probe")).await;
     let opens_in = wait_for_quota_wait(&mut run, &mut probe).await;
-    kill(&mut run, &mut daemon);
+    let killed_at = kill(&mut run, &mut daemon);
     stay_down_past_window(&mut run, opens_in).await;
     restart(&mut run, &mut daemon).await;
-    let report = run.settle(RUN_DEADLINE, STALL).await;
+    run.settle(RUN_DEADLINE, STALL).await;
+    let report = recheck_with_redeliveries(&mut run, &daemon, &[killed_at]);
     assert_clean(&report, "kill -9 during a quota wait");
 }
 
@@ -185,9 +214,10 @@ async fn daemon_kill_9_twice_in_burst_and_in_quota_wait_keeps_limits_quotas_and_
     // The second kill comes back at once: the restored state itself is under test here, with
     // the backlog of the first restart possibly still being worked through.
     wait_for_quota_wait(&mut run, &mut probe).await;
-    kill(&mut run, &mut daemon);
+    let killed_again_at = kill(&mut run, &mut daemon);
     restart(&mut run, &mut daemon).await;
-    let report = run.settle(RUN_DEADLINE, STALL).await;
+    run.settle(RUN_DEADLINE, STALL).await;
+    let report = recheck_with_redeliveries(&mut run, &daemon, &[killed_at, killed_again_at]);
     assert_clean(&report, "kill -9 twice");
 }
 

@@ -31,9 +31,12 @@ enum Cmd {
     Rotate { generation: u64, snapshot: Vec<u8> },
 }
 
-/// The driver's handle on the journal.
-#[derive(Debug)]
+/// The driver's handle on the journal. With `durability = "os"` it writes inline (a write to
+/// the page cache costs less than waking a thread) until a write fails; then, and always with
+/// `fsync`, a writer thread does the writing, retrying, and group commit.
 pub struct Journal {
+    /// The writer, while writes happen inline on the caller's thread.
+    inline: Option<Writer>,
     tx: Option<mpsc::Sender<Cmd>>,
     committed: watch::Receiver<u64>,
     /// Id of the last batch submitted (ids start at 1; 0 means none).
@@ -45,6 +48,18 @@ pub struct Journal {
     thread: Option<JoinHandle<()>>,
     durability: Durability,
     dir: PathBuf,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.dir)
+            .field("durability", &self.durability)
+            .field("generation", &self.generation)
+            .field("inline", &self.inline.is_some())
+            .field("last_id", &self.last_id)
+            .finish()
+    }
 }
 
 type StartError = (&'static str, PathBuf, io::Error);
@@ -63,7 +78,6 @@ impl Journal {
         let file = new_generation(&store.dir, generation, &bytes)?;
         prune(&store.dir, keep_from);
         let (committed_tx, committed) = watch::channel(0);
-        let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let dir = store.dir.clone();
         let writer = Writer {
@@ -75,22 +89,37 @@ impl Journal {
             committed: committed_tx,
             stop: stop.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("journal".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| ("start the journal thread for", dir.clone(), e))?;
-        Ok(Journal {
-            tx: Some(tx),
+        let mut journal = Journal {
+            inline: None,
+            tx: None,
             committed,
             last_id: 0,
             generation,
             bytes_since_snapshot: 0,
             compact_at: COMPACT_MIN.max(2 * bytes.len() as u64),
             stop,
-            thread: Some(thread),
+            thread: None,
             durability,
-            dir,
-        })
+            dir: dir.clone(),
+        };
+        match durability {
+            Durability::Os => journal.inline = Some(writer),
+            Durability::Fsync => journal
+                .spawn_writer(writer)
+                .map_err(|e| ("start the journal thread for", dir, e))?,
+        }
+        Ok(journal)
+    }
+
+    /// Moves the writer to its own thread.
+    fn spawn_writer(&mut self, writer: Writer) -> io::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || writer.run(rx))?;
+        self.tx = Some(tx);
+        self.thread = Some(thread);
+        Ok(())
     }
 
     /// Hands a batch of changes to the writer; returns its id.
@@ -99,11 +128,25 @@ impl Journal {
         format::encode_batch(changes, &mut bytes);
         self.bytes_since_snapshot += bytes.len() as u64;
         self.last_id += 1;
-        self.send(Cmd::Batch {
-            id: self.last_id,
-            bytes,
-        });
-        self.last_id
+        let id = self.last_id;
+        if let Some(writer) = self.inline.as_mut() {
+            match writer.write(&bytes) {
+                Ok(()) => return id,
+                Err(e) => {
+                    // Hand over to a thread that retries, so the caller never blocks on a
+                    // failing disk; this batch is its first job.
+                    tracing::warn!(cause = %e, "journal write failed; moving the journal to a writer thread that retries");
+                    if let Some(writer) = self.inline.take() {
+                        writer.committed.send_replace(id - 1);
+                        if let Err(e) = self.spawn_writer(writer) {
+                            tracing::error!(cause = %e, "cannot start the journal thread; nothing more will be committed");
+                        }
+                    }
+                }
+            }
+        }
+        self.send(Cmd::Batch { id, bytes });
+        id
     }
 
     /// Id of the last batch submitted (0 if none).
@@ -113,12 +156,16 @@ impl Journal {
 
     /// Id of the last batch known durable.
     pub fn committed(&self) -> u64 {
+        if self.inline.is_some() {
+            return self.last_id;
+        }
         *self.committed.borrow()
     }
 
-    /// Completes when more batches are committed. Never completes once the writer has stopped.
+    /// Completes when more batches are committed by the writer thread. Never completes while
+    /// writes are inline (each is committed when `submit` returns) or once the thread stopped.
     pub async fn advanced(&mut self) {
-        if self.committed.changed().await.is_err() {
+        if self.inline.is_some() || self.committed.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
     }
@@ -140,6 +187,10 @@ impl Journal {
             snapshot_bytes = bytes.len(),
             "compacting the journal"
         );
+        if let Some(writer) = self.inline.as_mut() {
+            writer.rotate(self.generation, &bytes);
+            return;
+        }
         self.send(Cmd::Rotate {
             generation: self.generation,
             snapshot: bytes,
@@ -154,6 +205,9 @@ impl Journal {
     /// Lets the writer finish what was submitted (giving up on a write that keeps failing after
     /// `patience`), then returns the last committed id.
     pub fn close(mut self, patience: Duration) -> u64 {
+        if self.inline.is_some() {
+            return self.last_id;
+        }
         self.tx = None;
         if let Some(thread) = self.thread.take() {
             let deadline = Instant::now() + patience;
@@ -189,7 +243,7 @@ impl Drop for Journal {
     }
 }
 
-/// The writer thread's state.
+/// The writer's state: on its own thread, or inline in the [`Journal`].
 struct Writer {
     store: Store,
     file: File,
@@ -233,6 +287,17 @@ impl Writer {
         }
     }
 
+    /// One attempt to write (and sync) `bytes` at the end of the journal.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        // Positioned writes: a retry overwrites whatever a failed attempt left behind.
+        self.file.write_all_at(bytes, self.len)?;
+        if self.durability == Durability::Fsync {
+            self.file.sync_data()?;
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
     /// Writes (and syncs) `group`, retrying until it works or the daemon stops; then reports
     /// `id` committed. Returns false if it gave up.
     fn commit(&mut self, group: &mut Vec<u8>, id: u64) -> bool {
@@ -243,15 +308,7 @@ impl Writer {
         let mut delay = Duration::from_millis(10);
         let mut last_report: Option<Instant> = None;
         loop {
-            // Positioned writes: a retry overwrites whatever a failed attempt left behind.
-            let result =
-                self.file
-                    .write_all_at(group, self.len)
-                    .and_then(|()| match self.durability {
-                        Durability::Fsync => self.file.sync_data(),
-                        Durability::Os => Ok(()),
-                    });
-            match result {
+            match self.write(group) {
                 Ok(()) => break,
                 Err(e) => {
                     metrics::counter!("coordinosaur_journal_write_errors_total").increment(1);
@@ -278,7 +335,6 @@ impl Writer {
                 "journal writes work again"
             );
         }
-        self.len += group.len() as u64;
         metrics::histogram!("coordinosaur_journal_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::gauge!("coordinosaur_journal_bytes").set(self.len as f64);

@@ -66,6 +66,10 @@ pub struct CheckOptions {
     /// restart): a grant that arrived in one may have been decided as early as `from`, so for the
     /// quota check its time is taken as `from`. Order checks are unaffected.
     pub outages: Vec<(Duration, Duration)>,
+    /// `go`s a restarted daemon said again for grants it had journaled before it was killed
+    /// (its log's "go again" lines), by uid, with the kill time: such a grant was decided before
+    /// the kill, so for the quota check its time is the kill's, not its late arrival.
+    pub redelivered: std::collections::HashMap<String, Duration>,
 }
 
 impl Default for CheckOptions {
@@ -73,6 +77,7 @@ impl Default for CheckOptions {
         CheckOptions {
             slack: Duration::from_millis(100),
             outages: Vec::new(),
+            redelivered: std::collections::HashMap::new(),
         }
     }
 }
@@ -668,12 +673,14 @@ fn check_quota(
     // of the `limit + 1` grants bounds the whole run.
     let mut earliest = Vec::with_capacity(grants.len());
     let mut floor = Duration::ZERO;
-    for (at, _) in grants {
-        let held = options
-            .outages
-            .iter()
-            .find(|(from, until)| at >= from && at <= until)
-            .map(|(from, _)| *from);
+    for (at, uid) in grants {
+        let held = options.redelivered.get(uid).copied().or_else(|| {
+            options
+                .outages
+                .iter()
+                .find(|(from, until)| at >= from && at <= until)
+                .map(|(from, _)| *from)
+        });
         floor = floor.max(held.unwrap_or(*at));
         earliest.push(floor);
     }
