@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -92,6 +93,8 @@ pub struct Recovery {
     pub changes: usize,
     /// Bytes dropped from the end of the last journal (a torn write).
     pub torn_bytes: u64,
+    /// The last journal and the length of its intact part, if a torn write follows it.
+    torn_journal: Option<(PathBuf, u64)>,
     /// Problems worked around (a damaged snapshot skipped, a damaged record): each is logged.
     pub warnings: Vec<String>,
 }
@@ -124,6 +127,9 @@ pub fn open(
     let lock = lock(dir)?;
     let files = Files::scan(dir).map_err(io_err("list", dir))?;
     let (snapshot, recovery) = recover(dir, &files)?;
+    if let Some((path, intact)) = &recovery.torn_journal {
+        cut_torn_write(path, *intact).map_err(io_err("cut the torn write off", path))?;
+    }
     let generation = files.newest().map_or(0, |g| g + 1);
     let store = Store {
         dir: dir.to_owned(),
@@ -298,6 +304,7 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
                 {
                     // Created but its header never fully written: an empty journal.
                     recovery.torn_bytes += bytes.len() as u64;
+                    recovery.torn_journal = Some((path, 0));
                     continue;
                 }
                 return Err(StateError::Unrecoverable {
@@ -335,6 +342,7 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
                         "{}: dropped a torn last write of {dropped} bytes at offset {at} ({damage})",
                         path.display()
                     ));
+                    recovery.torn_journal = Some((path, at as u64));
                 } else {
                     // Damage before the newest journal: later journals build on what is lost.
                     warnings.push(format!(
@@ -354,6 +362,21 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
     })
 }
 
+/// Cuts a torn write off the end of the journal at `path`, keeping its first `intact` bytes (a
+/// journal whose magic is incomplete becomes an empty journal). Once a newer generation starts,
+/// this journal is no longer the last one, and a torn tail there would read as damage that
+/// loses every later journal if an older generation ever has to be restored through it.
+fn cut_torn_write(path: &Path, intact: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    if intact < format::JOURNAL_MAGIC.len() as u64 {
+        file.set_len(0)?;
+        file.write_all_at(format::JOURNAL_MAGIC, 0)?;
+    } else {
+        file.set_len(intact)?;
+    }
+    file.sync_all()
+}
+
 /// Changes as one journal record (for tools and tests that write journals by hand).
 pub fn encode_record(changes: &[Change]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -363,3 +386,80 @@ pub fn encode_record(changes: &[Change]) -> Vec<u8> {
 
 /// Magic bytes a journal file starts with.
 pub const JOURNAL_MAGIC: &[u8; 8] = format::JOURNAL_MAGIC;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::{Millis, Time};
+
+    fn queued(uid: &str, seq: u64) -> Change {
+        Change::Queued {
+            channel: "c".into(),
+            uid: uid.into(),
+            seq,
+            priority: 0,
+            timeout: Millis(1000),
+            registered_at: Time(seq),
+            meta: None,
+        }
+    }
+
+    /// Opens `dir`, journals `changes`, and closes it again (as a clean stop would).
+    fn run(dir: &Path, changes: &[Change]) -> (Snapshot, Recovery) {
+        let (snapshot, recovery, mut journal) = open(dir, Durability::Os).unwrap();
+        let id = if changes.is_empty() {
+            0
+        } else {
+            journal.submit(changes)
+        };
+        assert_eq!(journal.close(Duration::from_secs(5)), id);
+        (snapshot, recovery)
+    }
+
+    fn uids(snapshot: &Snapshot) -> Vec<&str> {
+        let ch = &snapshot.channels["c"];
+        ch.jobs.values().map(|j| &*j.uid).collect()
+    }
+
+    #[test]
+    fn a_cut_off_torn_write_does_not_end_a_later_fallback_through_its_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path(), &[queued("a", 0)]);
+        let mut journal = OpenOptions::new()
+            .append(true)
+            .open(journal_path(dir.path(), 0))
+            .unwrap();
+        journal.write_all(&[0x40, 0, 0, 0, 1, 2, 3]).unwrap();
+        drop(journal);
+        let (snapshot, recovery) = run(dir.path(), &[queued("b", 1)]);
+        assert_eq!(recovery.torn_bytes, 7);
+        assert_eq!(uids(&snapshot), ["a"]);
+
+        // Generation 1's snapshot is damaged: generation 0 and both journals rebuild it all.
+        let snap1 = snapshot_path(dir.path(), 1);
+        let mut bytes = fs::read(&snap1).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&snap1, bytes).unwrap();
+        let (snapshot, recovery) = run(dir.path(), &[]);
+        assert_eq!(recovery.base, 0, "{:?}", recovery.warnings);
+        assert_eq!(uids(&snapshot), ["a", "b"], "{:?}", recovery.warnings);
+    }
+
+    #[test]
+    fn a_journal_with_half_its_magic_becomes_an_empty_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path(), &[queued("a", 0)]);
+        // A crash while generation 1 was being created: its journal holds half a magic.
+        fs::write(journal_path(dir.path(), 1), &JOURNAL_MAGIC[..3]).unwrap();
+        let (snapshot, recovery) = run(dir.path(), &[]);
+        assert_eq!(recovery.torn_bytes, 3);
+        assert_eq!(uids(&snapshot), ["a"]);
+        assert_eq!(
+            fs::read(journal_path(dir.path(), 1)).unwrap(),
+            JOURNAL_MAGIC
+        );
+    }
+}
