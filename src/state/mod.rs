@@ -61,7 +61,7 @@ pub enum StateError {
         holder: Option<String>,
     },
     /// A file operation failed.
-    #[error("state dir {}: cannot {what} {}: {source}", dir.display(), path.display())]
+    #[error("state dir {}: cannot {what} {}: {cause}", dir.display(), path.display())]
     Io {
         /// The state dir.
         dir: PathBuf,
@@ -69,8 +69,9 @@ pub enum StateError {
         what: &'static str,
         /// The file or folder.
         path: PathBuf,
-        /// What the OS said.
-        source: io::Error,
+        /// What the OS said: part of the message, not the error's `source()`, so that a
+        /// report of the whole chain (`{:#}`) does not say it twice.
+        cause: io::Error,
     },
     /// No generation could be restored.
     #[error("state dir {}: cannot restore: {reason}. Nothing was changed; to start empty, move the dir aside (the old files stay there for inspection)", dir.display())]
@@ -116,11 +117,11 @@ pub fn open(
     let io_err = |what, path: &Path| {
         let dir = dir.to_owned();
         let path = path.to_owned();
-        move |source| StateError::Io {
+        move |cause| StateError::Io {
             dir,
             what,
             path,
-            source,
+            cause,
         }
     };
     fs::create_dir_all(dir).map_err(io_err("create the folder", dir))?;
@@ -136,11 +137,11 @@ pub fn open(
         _lock: lock,
     };
     let journal = Journal::start(store, generation, recovery.base, &snapshot, durability).map_err(
-        |(what, path, source)| StateError::Io {
+        |(what, path, cause)| StateError::Io {
             dir: dir.to_owned(),
             what,
             path,
-            source,
+            cause,
         },
     )?;
     Ok((snapshot, recovery, journal))
@@ -155,11 +156,11 @@ fn lock(dir: &Path) -> Result<File, StateError> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|source| StateError::Io {
+        .map_err(|cause| StateError::Io {
             dir: dir.to_owned(),
             what: "open the lock file",
             path: path.clone(),
-            source,
+            cause,
         })?;
     match file.try_lock() {
         Ok(()) => {}
@@ -173,12 +174,12 @@ fn lock(dir: &Path) -> Result<File, StateError> {
                 holder,
             });
         }
-        Err(fs::TryLockError::Error(source)) => {
+        Err(fs::TryLockError::Error(cause)) => {
             return Err(StateError::Io {
                 dir: dir.to_owned(),
                 what: "lock",
                 path,
-                source,
+                cause,
             })
         }
     }
@@ -289,11 +290,11 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
         };
         for g in base..=newest_journal {
             let path = journal_path(dir, g);
-            let bytes = fs::read(&path).map_err(|source| StateError::Io {
+            let bytes = fs::read(&path).map_err(|cause| StateError::Io {
                 dir: dir.to_owned(),
                 what: "read",
                 path: path.clone(),
-                source,
+                cause,
             })?;
             recovery.journals += 1;
             let last = g == newest_journal;
