@@ -110,9 +110,14 @@ pub struct Store {
 
 /// Opens `dir` (creating it), takes its lock, restores the newest usable generation and starts
 /// a new one. Returns the restored state, what was done, and the journal to append to.
+///
+/// `keep_grants(channel)` is how many of a channel's most recent grant times its quota windows
+/// can count (its largest quota limit); older ones are left out of the new generation, which
+/// otherwise would carry every grant journalled since the last compaction into the next.
 pub fn open(
     dir: &Path,
     durability: Durability,
+    keep_grants: impl Fn(&str) -> usize,
 ) -> Result<(Snapshot, Recovery, Journal), StateError> {
     let io_err = |what, path: &Path| {
         let dir = dir.to_owned();
@@ -127,7 +132,8 @@ pub fn open(
     fs::create_dir_all(dir).map_err(io_err("create the folder", dir))?;
     let lock = lock(dir)?;
     let files = Files::scan(dir).map_err(io_err("list", dir))?;
-    let (snapshot, recovery) = recover(dir, &files)?;
+    let (mut snapshot, recovery) = recover(dir, &files)?;
+    snapshot.trim(keep_grants);
     if let Some((path, intact)) = &recovery.torn_journal {
         cut_torn_write(path, *intact).map_err(io_err("cut the torn write off", path))?;
     }
@@ -409,7 +415,7 @@ mod tests {
 
     /// Opens `dir`, journals `changes`, and closes it again (as a clean stop would).
     fn run(dir: &Path, changes: &[Change]) -> (Snapshot, Recovery) {
-        let (snapshot, recovery, mut journal) = open(dir, Durability::Os).unwrap();
+        let (snapshot, recovery, mut journal) = open(dir, Durability::Os, |_| 0).unwrap();
         let id = if changes.is_empty() {
             0
         } else {
