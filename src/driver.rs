@@ -236,13 +236,18 @@ impl<S: Sink> Driver<S> {
     }
 
     /// Hands the engine's new changes to the journal. Returns the batch id that this event's
-    /// outputs must wait for: the new batch, or the last one if earlier outputs are still held
-    /// (so that nothing overtakes them); `None` if they can go out at once.
+    /// outputs must wait for: the new batch, or else the last one while it is not committed
+    /// or earlier outputs are still held; `None` if they can go out at once.
+    ///
+    /// An event without changes still waits: its outputs can reveal earlier changes (a `state`
+    /// reply counts jobs whose `register` had no output of its own), and nothing published may
+    /// show what a crash could still undo, nor overtake what is held.
     fn submit_changes(&mut self) -> Option<u64> {
         let journal = self.journal.as_mut()?;
         self.engine.take_changes(&mut self.changes);
         if self.changes.is_empty() {
-            return (!self.held.is_empty()).then(|| journal.last_id());
+            let pending = journal.committed() < journal.last_id();
+            return (pending || !self.held.is_empty()).then(|| journal.last_id());
         }
         let id = journal.submit(&self.changes);
         self.changes.clear();

@@ -115,9 +115,19 @@ async fn open_state(config: &Config) -> anyhow::Result<Option<(state::Journal, e
         return Ok(None);
     };
     let durability = config.state.durability;
+    let quotas = config.clone();
+    let keep_grants = move |channel: &str| {
+        let options = quotas.channel_options(channel);
+        options
+            .quotas
+            .iter()
+            .map(|q| q.limit as usize)
+            .max()
+            .unwrap_or(0)
+    };
     let started = std::time::Instant::now();
     let (snapshot, recovery, journal) =
-        tokio::task::spawn_blocking(move || state::open(&dir, durability))
+        tokio::task::spawn_blocking(move || state::open(&dir, durability, keep_grants))
             .await
             .context("state start-up")??;
     for warning in &recovery.warnings {

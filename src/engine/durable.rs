@@ -231,11 +231,11 @@ impl Snapshot {
         }
     }
 
-    /// Keeps only the grants that any window of limit at most `keep` could still count, and drops
-    /// channels left with nothing.
-    pub fn trim(&mut self, keep: usize) {
-        for ch in self.channels.values_mut() {
-            let excess = ch.grants.len().saturating_sub(keep);
+    /// Keeps, per channel, only the most recent `keep(channel)` grants (the largest quota limit
+    /// the channel has: no window counts more), and drops channels left with nothing.
+    pub fn trim(&mut self, keep: impl Fn(&str) -> usize) {
+        for (name, ch) in &mut self.channels {
+            let excess = ch.grants.len().saturating_sub(keep(name));
             ch.grants.drain(..excess);
         }
         self.channels.retain(|_, ch| {

@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -60,7 +61,7 @@ pub enum StateError {
         holder: Option<String>,
     },
     /// A file operation failed.
-    #[error("state dir {}: cannot {what} {}: {source}", dir.display(), path.display())]
+    #[error("state dir {}: cannot {what} {}: {cause}", dir.display(), path.display())]
     Io {
         /// The state dir.
         dir: PathBuf,
@@ -68,8 +69,9 @@ pub enum StateError {
         what: &'static str,
         /// The file or folder.
         path: PathBuf,
-        /// What the OS said.
-        source: io::Error,
+        /// What the OS said: part of the message, not the error's `source()`, so that a
+        /// report of the whole chain (`{:#}`) does not say it twice.
+        cause: io::Error,
     },
     /// No generation could be restored.
     #[error("state dir {}: cannot restore: {reason}. Nothing was changed; to start empty, move the dir aside (the old files stay there for inspection)", dir.display())]
@@ -92,6 +94,8 @@ pub struct Recovery {
     pub changes: usize,
     /// Bytes dropped from the end of the last journal (a torn write).
     pub torn_bytes: u64,
+    /// The last journal and the length of its intact part, if a torn write follows it.
+    torn_journal: Option<(PathBuf, u64)>,
     /// Problems worked around (a damaged snapshot skipped, a damaged record): each is logged.
     pub warnings: Vec<String>,
 }
@@ -106,35 +110,44 @@ pub struct Store {
 
 /// Opens `dir` (creating it), takes its lock, restores the newest usable generation and starts
 /// a new one. Returns the restored state, what was done, and the journal to append to.
+///
+/// `keep_grants(channel)` is how many of a channel's most recent grant times its quota windows
+/// can count (its largest quota limit); older ones are left out of the new generation, which
+/// otherwise would carry every grant journalled since the last compaction into the next.
 pub fn open(
     dir: &Path,
     durability: Durability,
+    keep_grants: impl Fn(&str) -> usize,
 ) -> Result<(Snapshot, Recovery, Journal), StateError> {
     let io_err = |what, path: &Path| {
         let dir = dir.to_owned();
         let path = path.to_owned();
-        move |source| StateError::Io {
+        move |cause| StateError::Io {
             dir,
             what,
             path,
-            source,
+            cause,
         }
     };
     fs::create_dir_all(dir).map_err(io_err("create the folder", dir))?;
     let lock = lock(dir)?;
     let files = Files::scan(dir).map_err(io_err("list", dir))?;
-    let (snapshot, recovery) = recover(dir, &files)?;
+    let (mut snapshot, recovery) = recover(dir, &files)?;
+    snapshot.trim(keep_grants);
+    if let Some((path, intact)) = &recovery.torn_journal {
+        cut_torn_write(path, *intact).map_err(io_err("cut the torn write off", path))?;
+    }
     let generation = files.newest().map_or(0, |g| g + 1);
     let store = Store {
         dir: dir.to_owned(),
         _lock: lock,
     };
     let journal = Journal::start(store, generation, recovery.base, &snapshot, durability).map_err(
-        |(what, path, source)| StateError::Io {
+        |(what, path, cause)| StateError::Io {
             dir: dir.to_owned(),
             what,
             path,
-            source,
+            cause,
         },
     )?;
     Ok((snapshot, recovery, journal))
@@ -149,11 +162,11 @@ fn lock(dir: &Path) -> Result<File, StateError> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|source| StateError::Io {
+        .map_err(|cause| StateError::Io {
             dir: dir.to_owned(),
             what: "open the lock file",
             path: path.clone(),
-            source,
+            cause,
         })?;
     match file.try_lock() {
         Ok(()) => {}
@@ -167,12 +180,12 @@ fn lock(dir: &Path) -> Result<File, StateError> {
                 holder,
             });
         }
-        Err(fs::TryLockError::Error(source)) => {
+        Err(fs::TryLockError::Error(cause)) => {
             return Err(StateError::Io {
                 dir: dir.to_owned(),
                 what: "lock",
                 path,
-                source,
+                cause,
             })
         }
     }
@@ -283,11 +296,11 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
         };
         for g in base..=newest_journal {
             let path = journal_path(dir, g);
-            let bytes = fs::read(&path).map_err(|source| StateError::Io {
+            let bytes = fs::read(&path).map_err(|cause| StateError::Io {
                 dir: dir.to_owned(),
                 what: "read",
                 path: path.clone(),
-                source,
+                cause,
             })?;
             recovery.journals += 1;
             let last = g == newest_journal;
@@ -298,6 +311,7 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
                 {
                     // Created but its header never fully written: an empty journal.
                     recovery.torn_bytes += bytes.len() as u64;
+                    recovery.torn_journal = Some((path, 0));
                     continue;
                 }
                 return Err(StateError::Unrecoverable {
@@ -335,6 +349,7 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
                         "{}: dropped a torn last write of {dropped} bytes at offset {at} ({damage})",
                         path.display()
                     ));
+                    recovery.torn_journal = Some((path, at as u64));
                 } else {
                     // Damage before the newest journal: later journals build on what is lost.
                     warnings.push(format!(
@@ -352,6 +367,21 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
         dir: dir.to_owned(),
         reason: warnings.join("; "),
     })
+}
+
+/// Cuts a torn write off the end of the journal at `path`, keeping its first `intact` bytes (a
+/// journal whose magic is incomplete becomes an empty journal). Once a newer generation starts,
+/// this journal is no longer the last one, and a torn tail there would read as damage that
+/// loses every later journal if an older generation ever has to be restored through it.
+fn cut_torn_write(path: &Path, intact: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    if intact < format::JOURNAL_MAGIC.len() as u64 {
+        file.set_len(0)?;
+        file.write_all_at(format::JOURNAL_MAGIC, 0)?;
+    } else {
+        file.set_len(intact)?;
+    }
+    file.sync_all()
 }
 
 /// Changes as one journal record (for tools and tests that write journals by hand).

@@ -31,7 +31,7 @@ fn granted(uid: &str, at: u64) -> Change {
 
 /// Opens `dir`, commits `batches`, and closes it again (as a clean stop would).
 fn run(dir: &Path, batches: &[Vec<Change>]) -> Snapshot {
-    let (mut snap, _, mut journal) = open(dir, Durability::Fsync).unwrap();
+    let (mut snap, _, mut journal) = open(dir, Durability::Fsync, |_| 0).unwrap();
     for b in batches {
         let id = journal.submit(b);
         for c in b.iter().cloned() {
@@ -67,7 +67,7 @@ fn what_was_committed_comes_back_and_each_start_begins_a_generation() {
         &dir,
         &[vec![queued("a", 0), queued("b", 1)], vec![granted("a", 10)]],
     );
-    let (snap, recovery, journal) = open(&dir, Durability::Os).unwrap();
+    let (snap, recovery, journal) = open(&dir, Durability::Os, |_| 0).unwrap();
     assert_eq!(snap, expected);
     assert_eq!(recovery.changes, 3);
     assert_eq!(recovery.torn_bytes, 0);
@@ -75,7 +75,7 @@ fn what_was_committed_comes_back_and_each_start_begins_a_generation() {
     assert_eq!(journal.describe().2, 1, "second start is generation 1");
     drop(journal);
     // The third start folds generation 1 (a snapshot, an empty journal) and drops generation 0.
-    let (snap, recovery, _journal) = open(&dir, Durability::Os).unwrap();
+    let (snap, recovery, _journal) = open(&dir, Durability::Os, |_| 0).unwrap();
     assert_eq!(snap, expected);
     assert_eq!(recovery.base, 1);
     assert!(!journal_path(&dir, 0).exists());
@@ -85,8 +85,8 @@ fn what_was_committed_comes_back_and_each_start_begins_a_generation() {
 #[test]
 fn a_second_open_of_a_locked_dir_is_refused_with_the_holders_pid() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_snap, _rec, _journal) = open(tmp.path(), Durability::Os).unwrap();
-    let err = open(tmp.path(), Durability::Os).unwrap_err();
+    let (_snap, _rec, _journal) = open(tmp.path(), Durability::Os, |_| 0).unwrap();
+    let err = open(tmp.path(), Durability::Os, |_| 0).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("in use by another coordinosaur"), "{msg}");
     assert!(
@@ -106,7 +106,7 @@ fn a_torn_last_write_is_dropped_and_reported() {
         .unwrap();
     f.write_all(&record[..record.len() - 3]).unwrap();
     drop(f);
-    let (snap, recovery, _j) = open(tmp.path(), Durability::Os).unwrap();
+    let (snap, recovery, _j) = open(tmp.path(), Durability::Os, |_| 0).unwrap();
     assert_eq!(snap, expected, "the torn record is not applied");
     assert_eq!(recovery.torn_bytes, record.len() as u64 - 3);
     assert!(
@@ -132,7 +132,7 @@ fn a_damaged_newest_snapshot_falls_back_to_the_generation_before_it() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     fs::write(&snap1, bytes).unwrap();
-    let (snap, recovery, _j) = open(tmp.path(), Durability::Os).unwrap();
+    let (snap, recovery, _j) = open(tmp.path(), Durability::Os, |_| 0).unwrap();
     assert_eq!(
         snap, expected,
         "journals 0 and 1 replayed over the empty start"
@@ -154,7 +154,9 @@ fn nothing_usable_refuses_and_leaves_the_files() {
         b"garbage that is not a journal",
     )
     .unwrap();
-    let err = open(tmp.path(), Durability::Os).unwrap_err().to_string();
+    let err = open(tmp.path(), Durability::Os, |_| 0)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot restore"), "{err}");
     assert!(err.contains("journal.0"), "{err}");
     assert!(journal_path(tmp.path(), 0).exists());
@@ -165,7 +167,7 @@ fn a_state_dir_that_is_a_file_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("not-a-dir");
     fs::write(&file, b"x").unwrap();
-    let err = open(&file, Durability::Os).unwrap_err().to_string();
+    let err = open(&file, Durability::Os, |_| 0).unwrap_err().to_string();
     assert!(err.contains("not-a-dir"), "{err}");
     assert!(err.contains("cannot create the folder"), "{err}");
 }
@@ -173,7 +175,7 @@ fn a_state_dir_that_is_a_file_is_a_clear_error() {
 #[test]
 fn compaction_starts_a_generation_and_keeps_the_one_before() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut snap, _, mut journal) = open(tmp.path(), Durability::Os).unwrap();
+    let (mut snap, _, mut journal) = open(tmp.path(), Durability::Os, |_| 0).unwrap();
     for (seq, uid) in ["a", "b", "c"].into_iter().enumerate() {
         let batch = vec![queued(uid, seq as u64)];
         journal.submit(&batch);
@@ -190,7 +192,76 @@ fn compaction_starts_a_generation_and_keeps_the_one_before() {
         journal_path(tmp.path(), 0).exists(),
         "previous generation kept"
     );
-    let (back, recovery, _j) = open(tmp.path(), Durability::Os).unwrap();
+    let (back, recovery, _j) = open(tmp.path(), Durability::Os, |_| 0).unwrap();
     assert_eq!(recovery.base, 1);
     assert_eq!(back, snap);
+}
+
+fn queued_c(uid: &str, seq: u64) -> Change {
+    Change::Queued {
+        channel: "c".into(),
+        uid: uid.into(),
+        seq,
+        priority: 0,
+        timeout: Millis(1000),
+        registered_at: Time(seq),
+        meta: None,
+    }
+}
+
+/// Opens `dir`, journals `changes`, and closes it again (as a clean stop would).
+fn run_once(dir: &Path, changes: &[Change]) -> (Snapshot, Recovery) {
+    let (snapshot, recovery, mut journal) = open(dir, Durability::Os, |_| 0).unwrap();
+    let id = if changes.is_empty() {
+        0
+    } else {
+        journal.submit(changes)
+    };
+    assert_eq!(journal.close(Duration::from_secs(5)), id);
+    (snapshot, recovery)
+}
+
+fn uids(snapshot: &Snapshot) -> Vec<&str> {
+    let ch = &snapshot.channels["c"];
+    ch.jobs.values().map(|j| &*j.uid).collect()
+}
+
+#[test]
+fn a_cut_off_torn_write_does_not_end_a_later_fallback_through_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    run_once(dir.path(), &[queued_c("a", 0)]);
+    let mut journal = OpenOptions::new()
+        .append(true)
+        .open(journal_path(dir.path(), 0))
+        .unwrap();
+    journal.write_all(&[0x40, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(journal);
+    let (snapshot, recovery) = run_once(dir.path(), &[queued_c("b", 1)]);
+    assert_eq!(recovery.torn_bytes, 7);
+    assert_eq!(uids(&snapshot), ["a"]);
+
+    // Generation 1's snapshot is damaged: generation 0 and both journals rebuild it all.
+    let snap1 = snapshot_path(dir.path(), 1);
+    let mut bytes = fs::read(&snap1).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&snap1, bytes).unwrap();
+    let (snapshot, recovery) = run_once(dir.path(), &[]);
+    assert_eq!(recovery.base, 0, "{:?}", recovery.warnings);
+    assert_eq!(uids(&snapshot), ["a", "b"], "{:?}", recovery.warnings);
+}
+
+#[test]
+fn a_journal_with_half_its_magic_becomes_an_empty_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    run_once(dir.path(), &[queued_c("a", 0)]);
+    // A crash while generation 1 was being created: its journal holds half a magic.
+    fs::write(journal_path(dir.path(), 1), &JOURNAL_MAGIC[..3]).unwrap();
+    let (snapshot, recovery) = run_once(dir.path(), &[]);
+    assert_eq!(recovery.torn_bytes, 3);
+    assert_eq!(uids(&snapshot), ["a"]);
+    assert_eq!(
+        fs::read(journal_path(dir.path(), 1)).unwrap(),
+        JOURNAL_MAGIC
+    );
 }

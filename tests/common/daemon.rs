@@ -1,9 +1,9 @@
 //! The real `coordinosaur` binary as a child process, pointed at a test broker.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -21,6 +21,58 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// Lines of the log printed when a test fails.
 const LOG_TAIL: usize = 80;
+
+/// How a daemon run that should refuse to start ended: see [`run_to_exit`].
+#[derive(Debug)]
+pub struct Exited {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout and stderr.
+    pub output: String,
+}
+
+/// Runs `coordinosaur --config CONFIG` in `cwd` until it exits by itself, as a start-up that is
+/// expected to fail does (a second daemon on a locked state dir, a state dir it cannot restore).
+/// Returns its exit status and output. Panics, killing it, if it is still running after 20 s:
+/// then it started although it should not have.
+pub fn run_to_exit(config: &Path, cwd: &Path) -> Exited {
+    // A file rather than a pipe: a daemon that does start would fill a pipe nobody reads.
+    let mut out = tempfile::tempfile().expect("a temp file for the daemon's output");
+    let child = Command::new(env!("CARGO_BIN_EXE_coordinosaur"))
+        .arg("--config")
+        .arg(config)
+        .current_dir(cwd)
+        .env("RUST_LOG", "coordinosaur=debug")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone the output file handle"))
+        .stderr(out.try_clone().expect("clone the output file handle"))
+        .spawn();
+    let mut child = child.expect("spawn the coordinosaur binary");
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for coordinosaur") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut output = String::new();
+            let _ = out.rewind().and_then(|()| out.read_to_string(&mut output));
+            panic!(
+                "coordinosaur still runs after {READY_TIMEOUT:?} although it should have refused \
+                 to start; its output:\n{}",
+                tail(&output, LOG_TAIL)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut output = String::new();
+    out.rewind()
+        .and_then(|()| out.read_to_string(&mut output))
+        .expect("read the daemon's output");
+    Exited { status, output }
+}
 
 /// How to run the daemon beyond its config file.
 #[derive(Debug, Clone, Default)]
@@ -139,6 +191,13 @@ impl Daemon {
         if !self.options.skip_ready {
             self.wait_ready().await;
         }
+    }
+
+    /// Runs another `coordinosaur` with this daemon's config and working directory until it exits
+    /// by itself (see [`run_to_exit`]): for start-ups that must fail, e.g. while this one holds
+    /// the state dir, or after its state files were damaged.
+    pub fn run_to_exit(&self) -> Exited {
+        run_to_exit(&self.config_path(), self.dir.path())
     }
 
     /// Kills the daemon (SIGKILL, no clean shutdown) and waits for it to exit.

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use broker::{Mosquitto, TestBroker};
 pub use client::{topic, topic_matches, Client, Message};
-pub use daemon::{Daemon, DaemonOptions};
+pub use daemon::{run_to_exit, Daemon, DaemonOptions, Exited};
 
 /// Upper bound for a single wait in the harness: generous, so that tests stay reliable on a loaded
 /// 2-core machine, yet a hang still fails the test instead of stalling the run.
