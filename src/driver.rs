@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::engine::Input;
 use crate::engine::{Change, Engine, NoPolicies, Output, Policies, Snapshot, Time};
 use crate::metrics::Recorder;
-use crate::mqtt::Inbound;
+use crate::mqtt::{Ack, Inbound};
 use crate::policy::reload::Update;
 use crate::policy::PolicyHost;
 use crate::protocol::{self, Rejection};
@@ -72,6 +72,9 @@ impl Default for Clock {
 pub trait Sink {
     /// Delivers one output.
     fn send(&mut self, output: Output) -> impl Future<Output = ()> + Send;
+
+    /// Acknowledges a received message (its effects are journaled).
+    fn ack(&mut self, ack: Ack) -> impl Future<Output = ()> + Send;
 }
 
 /// Publishes outputs to the broker at QoS 1.
@@ -96,6 +99,21 @@ impl Sink for MqttSink {
             warn!(topic, cause = %e, "publish failed");
         }
     }
+
+    async fn ack(&mut self, ack: Ack) {
+        if let Err(e) = self.client.ack(ack.packet()).await {
+            warn!(cause = %e, "acknowledgement not sent");
+        }
+    }
+}
+
+/// What waits for a journal batch to be committed.
+#[derive(Debug)]
+enum Held {
+    /// A decision to publish.
+    Out(Output),
+    /// A received message to acknowledge.
+    Ack(Ack),
 }
 
 /// What the driver listens to besides MQTT.
@@ -123,8 +141,10 @@ struct Driver<S> {
     touched: Vec<String>,
     /// Where changes are recorded before their effects are published.
     journal: Option<Journal>,
-    /// Outputs waiting for the journal batch (by id) that they depend on to be committed.
-    held: VecDeque<(u64, Output)>,
+    /// Outputs and acknowledgements waiting for the journal batch (by id) they depend on.
+    held: VecDeque<(u64, Held)>,
+    /// Acknowledgements of the messages handled in the current event.
+    acks: Vec<Ack>,
     /// Reused buffer for the engine's changes.
     changes: Vec<Change>,
 }
@@ -224,8 +244,14 @@ impl<S: Sink> Driver<S> {
                 }
             }
             match hold {
-                Some(id) => self.held.push_back((id, out)),
+                Some(id) => self.held.push_back((id, Held::Out(out))),
                 None => self.publish(out).await,
+            }
+        }
+        for ack in std::mem::take(&mut self.acks) {
+            match hold {
+                Some(id) => self.held.push_back((id, Held::Ack(ack))),
+                None => self.sink.ack(ack).await,
             }
         }
         self.touched.sort_unstable();
@@ -263,9 +289,16 @@ impl<S: Sink> Driver<S> {
             return;
         };
         while self.held.front().is_some_and(|(id, _)| *id <= committed) {
-            if let Some((_, out)) = self.held.pop_front() {
-                self.publish(out).await;
+            if let Some((_, held)) = self.held.pop_front() {
+                self.let_go(held).await;
             }
+        }
+    }
+
+    async fn let_go(&mut self, held: Held) {
+        match held {
+            Held::Out(out) => self.publish(out).await,
+            Held::Ack(ack) => self.sink.ack(ack).await,
         }
     }
 
@@ -302,6 +335,7 @@ pub async fn run(
         touched: Vec::new(),
         journal: None,
         held: VecDeque::new(),
+        acks: Vec::new(),
         changes: Vec::new(),
     };
     if let Some((journal, snapshot)) = state {
@@ -331,14 +365,22 @@ pub async fn run(
             biased;
             _ = &mut shutdown => break,
             msg = inbound.recv() => match msg {
-                Some(Inbound::Input(input)) => d.input(input),
-                Some(Inbound::Rejected { topic, rejection }) => d.refused(topic, rejection).await,
+                Some(Inbound::Input(input, ack)) => {
+                    d.acks.extend(ack);
+                    d.input(input);
+                }
+                Some(Inbound::Rejected { topic, rejection, ack }) => {
+                    d.acks.extend(ack);
+                    d.refused(topic, rejection).await;
+                }
+                Some(Inbound::Ignored(ack)) => d.acks.push(ack),
                 Some(Inbound::Connected) => {
                     if d.engine.awaits_redelivery() && sync_by.is_none() {
                         sync_by = Some(Instant::now() + SYNC_PATIENCE);
                     }
                 }
-                Some(Inbound::Synced) => {
+                Some(Inbound::Synced(ack)) => {
+                    d.acks.extend(ack);
                     sync_by = None;
                     d.engine.redeliver();
                 }
@@ -369,8 +411,8 @@ pub async fn run(
         let held = d.held.len();
         let committed = journal.close(Duration::from_secs(5));
         while d.held.front().is_some_and(|(id, _)| *id <= committed) {
-            if let Some((_, out)) = d.held.pop_front() {
-                d.publish(out).await;
+            if let Some((_, held)) = d.held.pop_front() {
+                d.let_go(held).await;
             }
         }
         if !d.held.is_empty() {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,
-    Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -102,22 +102,48 @@ pub struct Settings {
     pub limits: DecodeLimits,
 }
 
+/// A received QoS 1 message to acknowledge. The daemon acknowledges a request only once what
+/// it changed is journaled: a request the broker saw acknowledged is never lost to a crash, and
+/// one that was not is delivered again when the daemon reconnects (persistent session).
+#[derive(Debug, Clone)]
+pub struct Ack(Publish);
+
+impl Ack {
+    /// The acknowledgement `p` needs, if any (QoS 0 needs none). Keeps only its packet id.
+    fn of(p: &Publish) -> Option<Ack> {
+        (p.qos != QoS::AtMostOnce).then(|| {
+            let mut ack = Publish::new("", p.qos, Vec::<u8>::new());
+            ack.pkid = p.pkid;
+            Ack(ack)
+        })
+    }
+
+    /// The packet rumqttc acknowledges.
+    pub fn packet(&self) -> &Publish {
+        &self.0
+    }
+}
+
 /// What the MQTT task hands to the driver.
 #[derive(Debug)]
 pub enum Inbound {
     /// A decoded request.
-    Input(Input),
+    Input(Input, Option<Ack>),
     /// Connected (or reconnected) to the broker.
     Connected,
     /// The marker published after connecting came back: everything the broker had queued for
     /// the daemon before it has been forwarded.
-    Synced,
+    Synced(Option<Ack>),
+    /// A message with nothing to do (our own answers, another daemon's marker): only acknowledged.
+    Ignored(Ack),
     /// A refused message and its topic.
     Rejected {
         /// The topic it arrived on.
         topic: String,
         /// Why it was refused and what is known of it.
         rejection: Rejection,
+        /// Its acknowledgement.
+        ack: Option<Ack>,
     },
 }
 
@@ -126,7 +152,9 @@ pub fn connect(settings: &Settings) -> (AsyncClient, EventLoop) {
     let mut opts = settings.broker.options(&settings.client_id);
     opts.set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_inflight(500)
-        .set_clean_session(settings.clean_session);
+        .set_clean_session(settings.clean_session)
+        // Requests are acknowledged by the driver once journaled (see [`Ack`]).
+        .set_manual_acks(true);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     // Nagle's algorithm holds small QoS 1 packets back ~40 ms behind a delayed ACK.
     eventloop.network_options.set_tcp_nodelay(true);
@@ -181,24 +209,30 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => debug!(?ack.return_codes, "subscribed"),
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == sync_topic => {
-                if p.payload == nonce.as_bytes() && to_driver.send(Inbound::Synced).is_err() {
-                    return;
-                }
-            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let msg = match protocol::decode(
-                    &settings.prefix,
-                    &p.topic,
-                    &p.payload,
-                    &settings.limits,
-                ) {
-                    Ok(Some(input)) => Inbound::Input(input),
-                    Ok(None) => continue,
-                    Err(rejection) => Inbound::Rejected {
-                        topic: p.topic.clone(),
-                        rejection,
-                    },
+                let ack = Ack::of(&p);
+                let msg = if p.topic == sync_topic {
+                    if p.payload == nonce.as_bytes() {
+                        Inbound::Synced(ack)
+                    } else if let Some(ack) = ack {
+                        Inbound::Ignored(ack)
+                    } else {
+                        continue;
+                    }
+                } else {
+                    match protocol::decode(&settings.prefix, &p.topic, &p.payload, &settings.limits)
+                    {
+                        Ok(Some(input)) => Inbound::Input(input, ack),
+                        Ok(None) => match ack {
+                            Some(ack) => Inbound::Ignored(ack),
+                            None => continue,
+                        },
+                        Err(rejection) => Inbound::Rejected {
+                            topic: p.topic.clone(),
+                            rejection,
+                            ack,
+                        },
+                    }
                 };
                 if to_driver.send(msg).is_err() {
                     return;

@@ -246,13 +246,34 @@ fn a_go_said_again_after_a_restart_counts_from_the_kill_not_its_arrival() {
     let naive = check(&rules, &log.0, &[], &CheckOptions::default());
     assert_eq!(naive.count("quota window exceeded"), 1, "{naive}");
     let mut options = CheckOptions::default();
-    options.redelivered.insert("j1".into(), ms(300));
+    options.redelivered.insert("j1".into(), (ms(300), ms(300)));
     let dated = check(&rules, &log.0, &[], &options);
     assert_eq!(dated.count("quota window exceeded"), 0, "{dated}");
     // A real third grant in the same window is still caught.
     log.register(0, "q", "j4").go(1_330, "q", "j4");
     let burst = check(&rules, &log.0, &[], &options);
     assert_eq!(burst.count("quota window exceeded"), 1, "{burst}");
+}
+
+#[test]
+fn a_go_said_again_crossing_a_finished_from_after_the_kill_is_a_repeat_but_not_one_from_before() {
+    let rules = [rule("ch", 2, &[])];
+    let mut log = Log::default();
+    log.register(0, "ch", "a")
+        .go(10, "ch", "a")
+        .finished(100, "ch", "a");
+    log.register(0, "ch", "b")
+        .go(10, "ch", "b")
+        .finished(300, "ch", "b");
+    // The daemon was killed at 200 ms and, restarted, said go again to both at 320 ms.
+    log.go(320, "ch", "a").go(320, "ch", "b");
+    let mut options = CheckOptions::default();
+    options.redelivered.insert("a".into(), (ms(200), ms(200)));
+    options.redelivered.insert("b".into(), (ms(200), ms(200)));
+    let report = check(&rules, &log.0, &[], &options);
+    // b's finished crossed the second go; a's finished came before the kill and was lost.
+    assert_eq!(report.count("go after the job ended"), 1, "{report}");
+    assert!(report.to_string().contains("go/a"), "{report}");
 }
 
 #[test]

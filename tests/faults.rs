@@ -113,9 +113,17 @@ fn recheck_with_redeliveries(run: &mut Run, daemon: &Daemon, kills: &[Duration])
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("uid="))
                 .unwrap_or_default();
-            // Start 1 is the first; start k + 2 follows kill k.
-            if let Some(&killed_at) = starts.checked_sub(2).and_then(|k| kills.get(k)) {
-                run.options.redelivered.insert(uid.to_owned(), killed_at);
+            // Start 1 is the first; start k + 2 follows kill k. The grant may be older than
+            // that kill: a daemon killed again before it could say go again leaves it to the
+            // next start. So it is dated at the first kill: at the latest then, if it came from
+            // the first daemon, and only more lenient for a later one.
+            if let (Some(&first_kill), Some(&killed_at)) = (
+                kills.first(),
+                starts.checked_sub(2).and_then(|k| kills.get(k)),
+            ) {
+                run.options
+                    .redelivered
+                    .insert(uid.to_owned(), (first_kill, killed_at));
             }
         }
     }

@@ -31,7 +31,7 @@ fn granted(uid: &str, at: u64) -> Change {
 
 /// Opens `dir`, commits `batches`, and closes it again (as a clean stop would).
 fn run(dir: &Path, batches: &[Vec<Change>]) -> Snapshot {
-    let (mut snap, _, mut journal) = open(dir, Durability::Fsync, |_| 0).unwrap();
+    let (mut snap, _, mut journal) = open(dir, Durability::Fsync, |_| usize::MAX).unwrap();
     for b in batches {
         let id = journal.submit(b);
         for c in b.iter().cloned() {
@@ -67,7 +67,7 @@ fn what_was_committed_comes_back_and_each_start_begins_a_generation() {
         &dir,
         &[vec![queued("a", 0), queued("b", 1)], vec![granted("a", 10)]],
     );
-    let (snap, recovery, journal) = open(&dir, Durability::Os, |_| 0).unwrap();
+    let (snap, recovery, journal) = open(&dir, Durability::Os, |_| usize::MAX).unwrap();
     assert_eq!(snap, expected);
     assert_eq!(recovery.changes, 3);
     assert_eq!(recovery.torn_bytes, 0);
@@ -75,7 +75,7 @@ fn what_was_committed_comes_back_and_each_start_begins_a_generation() {
     assert_eq!(journal.describe().2, 1, "second start is generation 1");
     drop(journal);
     // The third start folds generation 1 (a snapshot, an empty journal) and drops generation 0.
-    let (snap, recovery, _journal) = open(&dir, Durability::Os, |_| 0).unwrap();
+    let (snap, recovery, _journal) = open(&dir, Durability::Os, |_| usize::MAX).unwrap();
     assert_eq!(snap, expected);
     assert_eq!(recovery.base, 1);
     assert!(!journal_path(&dir, 0).exists());
@@ -85,8 +85,8 @@ fn what_was_committed_comes_back_and_each_start_begins_a_generation() {
 #[test]
 fn a_second_open_of_a_locked_dir_is_refused_with_the_holders_pid() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_snap, _rec, _journal) = open(tmp.path(), Durability::Os, |_| 0).unwrap();
-    let err = open(tmp.path(), Durability::Os, |_| 0).unwrap_err();
+    let (_snap, _rec, _journal) = open(tmp.path(), Durability::Os, |_| usize::MAX).unwrap();
+    let err = open(tmp.path(), Durability::Os, |_| usize::MAX).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("in use by another coordinosaur"), "{msg}");
     assert!(
@@ -106,7 +106,7 @@ fn a_torn_last_write_is_dropped_and_reported() {
         .unwrap();
     f.write_all(&record[..record.len() - 3]).unwrap();
     drop(f);
-    let (snap, recovery, _j) = open(tmp.path(), Durability::Os, |_| 0).unwrap();
+    let (snap, recovery, _j) = open(tmp.path(), Durability::Os, |_| usize::MAX).unwrap();
     assert_eq!(snap, expected, "the torn record is not applied");
     assert_eq!(recovery.torn_bytes, record.len() as u64 - 3);
     assert!(
@@ -132,7 +132,7 @@ fn a_damaged_newest_snapshot_falls_back_to_the_generation_before_it() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     fs::write(&snap1, bytes).unwrap();
-    let (snap, recovery, _j) = open(tmp.path(), Durability::Os, |_| 0).unwrap();
+    let (snap, recovery, _j) = open(tmp.path(), Durability::Os, |_| usize::MAX).unwrap();
     assert_eq!(
         snap, expected,
         "journals 0 and 1 replayed over the empty start"
@@ -154,7 +154,7 @@ fn nothing_usable_refuses_and_leaves_the_files() {
         b"garbage that is not a journal",
     )
     .unwrap();
-    let err = open(tmp.path(), Durability::Os, |_| 0)
+    let err = open(tmp.path(), Durability::Os, |_| usize::MAX)
         .unwrap_err()
         .to_string();
     assert!(err.contains("cannot restore"), "{err}");
@@ -175,7 +175,7 @@ fn a_state_dir_that_is_a_file_is_a_clear_error() {
 #[test]
 fn compaction_starts_a_generation_and_keeps_the_one_before() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut snap, _, mut journal) = open(tmp.path(), Durability::Os, |_| 0).unwrap();
+    let (mut snap, _, mut journal) = open(tmp.path(), Durability::Os, |_| usize::MAX).unwrap();
     for (seq, uid) in ["a", "b", "c"].into_iter().enumerate() {
         let batch = vec![queued(uid, seq as u64)];
         journal.submit(&batch);
@@ -192,7 +192,7 @@ fn compaction_starts_a_generation_and_keeps_the_one_before() {
         journal_path(tmp.path(), 0).exists(),
         "previous generation kept"
     );
-    let (back, recovery, _j) = open(tmp.path(), Durability::Os, |_| 0).unwrap();
+    let (back, recovery, _j) = open(tmp.path(), Durability::Os, |_| usize::MAX).unwrap();
     assert_eq!(recovery.base, 1);
     assert_eq!(back, snap);
 }

@@ -67,9 +67,11 @@ pub struct CheckOptions {
     /// quota check its time is taken as `from`. Order checks are unaffected.
     pub outages: Vec<(Duration, Duration)>,
     /// `go`s a restarted daemon said again for grants it had journaled before it was killed
-    /// (its log's "go again" lines), by uid, with the kill time: such a grant was decided before
-    /// the kill, so for the quota check its time is the kill's, not its late arrival.
-    pub redelivered: std::collections::HashMap<String, Duration>,
+    /// (its log's "go again" lines), by uid: `(decided by, killed at)`. Such a grant was decided
+    /// by the first time (the quota check dates it there, not at its late arrival); `killed at`
+    /// is the kill before the restart that said it again (a `finished` published after it may
+    /// cross the repeated `go`).
+    pub redelivered: std::collections::HashMap<String, (Duration, Duration)>,
 }
 
 impl Default for CheckOptions {
@@ -520,6 +522,21 @@ pub fn check(
                     }
                 }
                 Some(JobState::Running(_)) => s.repeated_go += 1,
+                // A restart says `go` again to the jobs it restored running once it has read what
+                // was queued for it while down; a `finished` published after that (after the
+                // kill) crosses it in flight: the same grant, delivered twice (at least once).
+                // A `finished` from before the kill must have been read: that stays a violation.
+                Some(JobState::Ended {
+                    how: End::Finished,
+                    at: ended_at,
+                    granted: true,
+                }) if options
+                    .redelivered
+                    .get(uid)
+                    .is_some_and(|(_, killed_at)| *ended_at > *killed_at) =>
+                {
+                    s.repeated_go += 1;
+                }
                 Some(JobState::Ended {
                     how,
                     at: ended_at,
@@ -674,7 +691,7 @@ fn check_quota(
     let mut earliest = Vec::with_capacity(grants.len());
     let mut floor = Duration::ZERO;
     for (at, uid) in grants {
-        let held = options.redelivered.get(uid).copied().or_else(|| {
+        let held = options.redelivered.get(uid).map(|r| r.0).or_else(|| {
             options
                 .outages
                 .iter()
