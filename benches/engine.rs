@@ -3,7 +3,9 @@
 //! Run with `cargo bench --bench engine`. Prints three tables:
 //! 1. grant cycles per second (register -> go -> finished) with 1 and 64 slots;
 //! 2. cost of one grant cycle against queue depth (target: flat);
-//! 3. live heap bytes per queued job, counted by a global allocator wrapper (target < 300 B).
+//! 3. live heap bytes per queued job, counted by a global allocator wrapper (target < 300 B);
+//! 4. durable state: journal size, and start-up (fold the journal, write the new generation,
+//!    restore the engine) for 10k / 100k queued jobs, in a temp dir on the machine's disk.
 //!
 //! Engine time is a counter advanced by hand; uids look like real ones (`job-0001234`) and are
 //! formatted per message, as the daemon decodes a fresh `String` from every payload.
@@ -29,6 +31,65 @@ fn main() {
     grant_cycles();
     depth_scaling();
     bytes_per_job();
+    restore_time();
+}
+
+/// Section 4: a daemon's start-up with `n` waiting jobs (and 1 running) in its journal: how long
+/// `state::open` takes (read and fold the journal, write the new snapshot and journal) and how
+/// long `Engine::restore` takes, median of 3.
+fn restore_time() {
+    use coordinosaur::engine::{Change, NoPolicies};
+    use coordinosaur::state::{self, Durability};
+    println!("## 4. Durable state: start-up with N queued jobs (durability = os, median of 3)");
+    println!("| queued jobs | journal bytes | bytes/job | state::open (fold + new generation) | Engine::restore | total |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for n in [10_000u64, 100_000] {
+        let mut opens = Vec::new();
+        let mut restores = Vec::new();
+        let mut journal_bytes = 0;
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            {
+                let mut e = engine(1);
+                e.record_changes(true);
+                let (_, _, mut journal) =
+                    state::open(dir.path(), Durability::Os, |_| 0).expect("open state");
+                let mut changes: Vec<Change> = Vec::new();
+                for i in 0..n {
+                    e.handle(now(i), register(uid(i)));
+                    drain_gos(&mut e);
+                    e.take_changes(&mut changes);
+                    // One batch per event, as the driver submits them.
+                    journal.submit(&changes);
+                    changes.clear();
+                }
+                journal.close(Duration::from_secs(30));
+                journal_bytes = std::fs::metadata(dir.path().join("journal.0"))
+                    .map_or(0, |m| m.len());
+            }
+            let started = Instant::now();
+            let (snapshot, _, journal) =
+                state::open(dir.path(), Durability::Os, |_| 0).expect("reopen state");
+            opens.push(started.elapsed());
+            let started = Instant::now();
+            let mut e = engine(1);
+            e.restore(now(n), snapshot, &mut NoPolicies);
+            restores.push(started.elapsed());
+            assert_eq!(e.waiting(CHANNEL).len() as u64, n - 1, "restored queue");
+            drop(journal);
+        }
+        opens.sort();
+        restores.sort();
+        let (open, restore) = (opens[1], restores[1]);
+        println!(
+            "| {n} | {journal_bytes} | {:.1} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            journal_bytes as f64 / n as f64,
+            open.as_secs_f64() * 1e3,
+            restore.as_secs_f64() * 1e3,
+            (open + restore).as_secs_f64() * 1e3
+        );
+    }
+    println!();
 }
 
 /// An engine whose every channel allows `max` running jobs and has no quota, and whose waiting
