@@ -64,8 +64,8 @@ fn restore_time() {
                     changes.clear();
                 }
                 journal.close(Duration::from_secs(30));
-                journal_bytes = std::fs::metadata(dir.path().join("journal.0"))
-                    .map_or(0, |m| m.len());
+                journal_bytes =
+                    std::fs::metadata(dir.path().join("journal.0")).map_or(0, |m| m.len());
             }
             let started = Instant::now();
             let (snapshot, _, journal) =
