@@ -352,8 +352,8 @@ pub async fn run(
     let sleep = tokio::time::sleep(far);
     tokio::pin!(sleep);
     let mut armed: Option<Time> = None;
-    // When to stop waiting for the sync marker and re-send restored jobs' `go` regardless.
-    let mut sync_by: Option<Instant> = None;
+    let mut resend = Resend::default();
+    let mut was_connected = false;
     loop {
         let next = d.engine.next_deadline();
         if next != armed {
@@ -361,6 +361,7 @@ pub async fn run(
             sleep.as_mut().reset(wake);
             armed = next;
         }
+        let resend_at = resend.due(d.engine.awaits_redelivery());
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -374,15 +375,23 @@ pub async fn run(
                     d.refused(topic, rejection).await;
                 }
                 Some(Inbound::Ignored(ack)) => d.acks.push(ack),
-                Some(Inbound::Connected) => {
-                    if d.engine.awaits_redelivery() && sync_by.is_none() {
-                        sync_by = Some(Instant::now() + SYNC_PATIENCE);
+                Some(Inbound::Connected { session_present }) => {
+                    resend.synced = false;
+                    if !session_present && was_connected {
+                        let running = d.engine.redeliver_running();
+                        if running > 0 {
+                            warn!(running, "the broker lost our session (restarted without persistence?): go will be said again to every running job once the backlog is read and workers had {RESUBSCRIBE_GRACE:?} to subscribe again");
+                            resend.not_before = Some(Instant::now() + RESUBSCRIBE_GRACE);
+                        }
+                    }
+                    was_connected = true;
+                    if d.engine.awaits_redelivery() && resend.give_up_at.is_none() {
+                        resend.give_up_at = Some(Instant::now() + SYNC_PATIENCE);
                     }
                 }
                 Some(Inbound::Synced(ack)) => {
                     d.acks.extend(ack);
-                    sync_by = None;
-                    d.engine.redeliver();
+                    resend.synced = true;
                 }
                 None => break,
             },
@@ -393,13 +402,18 @@ pub async fn run(
             Some(config) = configs.recv() => d.config(config),
             Some(update) = next_update(&mut d.policies) => d.policy_update(update),
             () = committed(&mut d.journal) => {}
-            () = until(sync_by) => {
-                sync_by = None;
-                warn!(
-                    "the sync marker did not come back within {SYNC_PATIENCE:?}; sending go again \
-                     to restored jobs without knowing whether their finished is still queued \
-                     (may the daemon's broker user publish to PREFIX/_coordinosaur/sync?)"
-                );
+            () = until(resend_at) => {
+                if !resend.synced {
+                    warn!(
+                        "the sync marker did not come back within {SYNC_PATIENCE:?}; sending go \
+                         again without knowing whether a finished is still queued (may the \
+                         daemon's broker user publish to PREFIX/_coordinosaur/sync?)"
+                    );
+                }
+                resend = Resend {
+                    synced: resend.synced,
+                    ..Resend::default()
+                };
                 d.engine.redeliver();
             }
         }
@@ -429,6 +443,40 @@ pub async fn run(
 /// How long after connecting the driver waits for its sync marker before re-sending restored
 /// jobs' `go` anyway.
 const SYNC_PATIENCE: Duration = Duration::from_secs(10);
+
+/// After a broker lost every session, how long workers get to reconnect and subscribe again
+/// before running jobs are told `go` once more.
+const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(1);
+
+/// When to say `go` again to jobs whose `go` may be lost (restored after a restart, or running
+/// when the broker lost the daemon's session): once the sync marker shows that the requests
+/// queued for the daemon have been read, not before `not_before`, and at `give_up_at` at the
+/// latest.
+#[derive(Debug, Default)]
+struct Resend {
+    /// The marker of the current connection came back.
+    synced: bool,
+    /// Workers' grace to subscribe again after a lost broker session.
+    not_before: Option<Instant>,
+    /// Re-send even without the marker.
+    give_up_at: Option<Instant>,
+}
+
+impl Resend {
+    /// When the driver should re-send, if jobs wait for it.
+    fn due(&self, waiting: bool) -> Option<Instant> {
+        if !waiting {
+            return None;
+        }
+        let ready = self
+            .synced
+            .then(|| self.not_before.unwrap_or_else(Instant::now));
+        match (ready, self.give_up_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
 
 /// Completes at `deadline`; never without one.
 async fn until(deadline: Option<Instant>) {

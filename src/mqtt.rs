@@ -130,7 +130,11 @@ pub enum Inbound {
     /// A decoded request.
     Input(Input, Option<Ack>),
     /// Connected (or reconnected) to the broker.
-    Connected,
+    Connected {
+        /// Whether the broker still had our session. If not (a broker restarted without
+        /// persistence), rumqttc drops the publishes it had not got acknowledged.
+        session_present: bool,
+    },
     /// The marker published after connecting came back: everything the broker had queued for
     /// the daemon before it has been forwarded.
     Synced(Option<Ack>),
@@ -204,7 +208,10 @@ pub async fn run(
                 {
                     warn!(topic = sync_topic, cause = %e, "sync marker not queued");
                 }
-                if to_driver.send(Inbound::Connected).is_err() {
+                let connected = Inbound::Connected {
+                    session_present: ack.session_present,
+                };
+                if to_driver.send(connected).is_err() {
                     return;
                 }
             }

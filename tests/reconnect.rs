@@ -65,3 +65,29 @@ async fn daemon_survives_two_outages_and_leases_still_expire() {
     c.expect(&topic("ch", "expired/a"), DEFAULT_TIMEOUT).await;
     assert_eq!(c.next_go("ch").await, "b");
 }
+
+/// A broker restarted without persistence forgets the daemon's session, and rumqttc then drops
+/// the publishes it had in flight: a `go` sent just before the broker died would be lost, leaving
+/// its worker waiting until the lease ran out. The daemon notices the lost session and, once it
+/// is subscribed again and workers had a moment to resubscribe, says `go` again to every running
+/// job. (Without that, this test fails: the worker never hears `go/next`.)
+#[tokio::test]
+async fn a_go_in_flight_when_a_broker_without_persistence_died_is_said_again_after_it_returns() {
+    let mut broker = Mosquitto::start();
+    let daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 1\n").await;
+    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
+    c.subscribe(&topic("ch", "go/+")).await;
+    c.register("ch", "short", 1.0).await;
+    c.register("ch", "next", 60.0).await;
+    assert_eq!(c.next_go("ch").await, "short");
+
+    // Frozen, the broker takes the go of `next` (granted when the lease of `short` ends) into
+    // its socket but never acknowledges it; then it dies and comes back without any session.
+    broker.freeze();
+    daemon.wait_log("uid=next waited_ms").await;
+    broker.restart();
+    c.wait_connections(2).await;
+    assert_eq!(c.next_go("ch").await, "next");
+    daemon.wait_log("the broker lost our session").await;
+    daemon.wait_log("go again").await;
+}

@@ -573,6 +573,13 @@ impl Channel {
         self.leases.iter().map(|((t, _), u)| (u, *t))
     }
 
+    /// Running uids with their sequence numbers.
+    pub(crate) fn running_jobs(&self) -> impl Iterator<Item = (Arc<str>, u64)> + '_ {
+        self.leases
+            .iter()
+            .map(|((_, seq), uid)| (uid.clone(), *seq))
+    }
+
     /// The sequence number of `uid` if it is running.
     pub(crate) fn running_seq(&self, uid: &str) -> Option<u64> {
         self.jobs

@@ -360,6 +360,18 @@ impl Engine {
         }
     }
 
+    /// Marks every running job for [`Engine::redeliver`] (after the broker lost the daemon's
+    /// session, and with it the `go`s not yet acknowledged). Returns how many.
+    pub fn redeliver_running(&mut self) -> usize {
+        self.redeliveries.clear();
+        for (index, ch) in self.channels.iter().enumerate() {
+            let id = ChannelId::try_from(index).unwrap_or(ChannelId::MAX);
+            self.redeliveries
+                .extend(ch.running_jobs().map(|(uid, seq)| (id, uid, seq)));
+        }
+        self.redeliveries.len()
+    }
+
     /// Whether restored jobs still wait for [`Engine::redeliver`].
     pub fn awaits_redelivery(&self) -> bool {
         !self.redeliveries.is_empty()

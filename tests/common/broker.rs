@@ -203,6 +203,14 @@ impl Mosquitto {
         let _ = child.wait();
     }
 
+    /// Freezes Mosquitto (SIGSTOP): connections stay open but nothing is read or answered, so a
+    /// client's QoS 1 publish stays unacknowledged. `stop` or `restart` (SIGKILL) ends it.
+    pub fn freeze(&self) {
+        let child = self.child.as_ref().expect("mosquitto is running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP mosquitto");
+    }
+
     /// Whether Mosquitto saved its database since start-up (its log says so).
     pub fn saved_database(&self) -> bool {
         self.log().contains("Saving in-memory database")
