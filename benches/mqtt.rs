@@ -296,31 +296,11 @@ impl Responder {
                     .arg(if *multi_thread { "mt" } else { "ct" });
                 c
             }
+            // State off: these runs measure the engine and MQTT; `--durability` adds the journal.
             Responder::Daemon { log } => {
-                let config = dir.join(format!("coordinosaur-{run}.toml"));
-                // State off: this run measures the engine and MQTT; `--durability` adds the journal.
-                fs::write(
-                    &config,
-                    format!(
-                        "[defaults]\nmax_concurrent_jobs = 1000000\n\n[state]\ndir = \"\"\n\n\
-                         [mqtt]\nhost = \"127.0.0.1\"\n\
-                         port = {broker_port}\nclient_id = \"coordinosaur-bench-{run}\"\n\
-                         topic_prefix = \"{run}\"\n"
-                    ),
-                )
-                .expect("write daemon config");
-                let mut c = Command::new(env!("CARGO_BIN_EXE_coordinosaur"));
-                c.arg("--config").arg(config).env("NO_COLOR", "1");
-                // RUST_LOG unset means the daemon's default, info.
-                if *log == "info" {
-                    c.env_remove("RUST_LOG");
-                } else {
-                    c.env("RUST_LOG", log);
-                }
-                c
+                daemon_command(dir, broker_port, run, "dir = \"\"", "", log)
             }
             Responder::PolicyDaemon { policy } => {
-                let config = dir.join(format!("coordinosaur-{run}.toml"));
                 let policy_lines = if *policy {
                     format!(
                         "policy = \"{}\"\n\n[[channels]]\npattern = \"rl\"\n\
@@ -331,44 +311,14 @@ impl Responder {
                 } else {
                     String::new()
                 };
-                fs::write(
-                    &config,
-                    format!(
-                        "[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\n\
-                         client_id = \"coordinosaur-bench-{run}\"\ntopic_prefix = \"{run}\"\n\n\
-                         [state]\ndir = \"\"\n\n\
-                         [defaults]\nmax_concurrent_jobs = 1000000\n{policy_lines}"
-                    ),
-                )
-                .expect("write daemon config");
-                let mut c = Command::new(env!("CARGO_BIN_EXE_coordinosaur"));
-                c.arg("--config")
-                    .arg(config)
-                    .env("NO_COLOR", "1")
-                    .env("RUST_LOG", "warn");
-                c
+                daemon_command(dir, broker_port, run, "dir = \"\"", &policy_lines, "warn")
             }
             Responder::StateDaemon { durability } => {
-                let config = dir.join(format!("coordinosaur-{run}.toml"));
                 let state = match *durability {
                     "off" => "dir = \"\"".to_owned(),
                     d => format!("dir = \"state-{run}\"\ndurability = \"{d}\""),
                 };
-                fs::write(
-                    &config,
-                    format!(
-                        "[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\n\
-                         client_id = \"coordinosaur-bench-{run}\"\ntopic_prefix = \"{run}\"\n\n\
-                         [state]\n{state}\n\n[defaults]\nmax_concurrent_jobs = 1000000\n"
-                    ),
-                )
-                .expect("write daemon config");
-                let mut c = Command::new(env!("CARGO_BIN_EXE_coordinosaur"));
-                c.arg("--config")
-                    .arg(config)
-                    .env("NO_COLOR", "1")
-                    .env("RUST_LOG", "warn");
-                c
+                daemon_command(dir, broker_port, run, &state, "", "warn")
             }
         };
         let child = cmd
@@ -380,6 +330,37 @@ impl Responder {
             .expect("spawn responder");
         Proc::new(child, 0, log)
     }
+}
+
+/// The release daemon with its own config in `dir`: topic prefix and client id from `run`, the
+/// given `[state]` lines, `[defaults] max_concurrent_jobs = 1000000` followed by `defaults_extra`
+/// (more keys and tables), and `RUST_LOG=log` (`info`: unset, the daemon's default).
+fn daemon_command(
+    dir: &Path,
+    broker_port: u16,
+    run: &str,
+    state: &str,
+    defaults_extra: &str,
+    log: &str,
+) -> Command {
+    let config = dir.join(format!("coordinosaur-{run}.toml"));
+    fs::write(
+        &config,
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\n\
+             client_id = \"coordinosaur-bench-{run}\"\ntopic_prefix = \"{run}\"\n\n\
+             [state]\n{state}\n\n[defaults]\nmax_concurrent_jobs = 1000000\n{defaults_extra}"
+        ),
+    )
+    .expect("write daemon config");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_coordinosaur"));
+    c.arg("--config").arg(config).env("NO_COLOR", "1");
+    if log == "info" {
+        c.env_remove("RUST_LOG");
+    } else {
+        c.env("RUST_LOG", log);
+    }
+    c
 }
 
 /// A child process, killed on drop.
