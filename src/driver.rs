@@ -285,9 +285,13 @@ impl<S: Sink> Driver<S> {
 
     /// Publishes the held outputs whose batches are now committed, in order.
     async fn release(&mut self) {
-        let Some(committed) = self.journal.as_ref().map(Journal::committed) else {
-            return;
-        };
+        if let Some(committed) = self.journal.as_ref().map(Journal::committed) {
+            self.release_upto(committed).await;
+        }
+    }
+
+    /// Publishes the held outputs of batches up to `committed`, in order.
+    async fn release_upto(&mut self, committed: u64) {
         while self.held.front().is_some_and(|(id, _)| *id <= committed) {
             if let Some((_, held)) = self.held.pop_front() {
                 self.let_go(held).await;
@@ -424,11 +428,7 @@ pub async fn run(
         // Let the writer finish what was decided, then publish what it committed.
         let held = d.held.len();
         let committed = journal.close(Duration::from_secs(5));
-        while d.held.front().is_some_and(|(id, _)| *id <= committed) {
-            if let Some((_, held)) = d.held.pop_front() {
-                d.let_go(held).await;
-            }
-        }
+        d.release_upto(committed).await;
         if !d.held.is_empty() {
             warn!(
                 unpublished = d.held.len(),
