@@ -22,13 +22,26 @@ pub(crate) fn frame(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
-/// A batch of changes as one framed record.
-pub(crate) fn encode_batch(changes: &[Change], out: &mut Vec<u8>) {
-    match postcard::to_stdvec(changes) {
-        Ok(payload) => frame(&payload, out),
+/// A batch of changes as one framed record, serialized straight after its header (no
+/// intermediate buffer: this runs for every event that changes state).
+pub(crate) fn encode_batch(changes: &[Change]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + 48 * changes.len());
+    out.extend_from_slice(&[0; HEADER]);
+    match postcard::to_extend(changes, out) {
+        Ok(mut out) => {
+            let payload = &out[HEADER..];
+            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+            let crc = crc32fast::hash(payload);
+            out[..4].copy_from_slice(&len.to_le_bytes());
+            out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+            out
+        }
         // Serializing plain data into a Vec cannot fail; if it ever did, the batch would be
         // missing from the journal, so say so loudly rather than write something unreadable.
-        Err(e) => tracing::error!(cause = %e, "journal batch not encoded"),
+        Err(e) => {
+            tracing::error!(cause = %e, "journal batch not encoded");
+            Vec::new()
+        }
     }
 }
 

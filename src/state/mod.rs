@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::{Change, Snapshot};
+use crate::engine::Snapshot;
 pub use writer::Journal;
 
 /// How hard a commit tries to survive a crash.
@@ -383,16 +383,6 @@ fn cut_torn_write(path: &Path, intact: u64) -> io::Result<()> {
     }
     file.sync_all()
 }
-
-/// Changes as one journal record (for tools and tests that write journals by hand).
-pub fn encode_record(changes: &[Change]) -> Vec<u8> {
-    let mut out = Vec::new();
-    format::encode_batch(changes, &mut out);
-    out
-}
-
-/// Magic bytes a journal file starts with.
-pub const JOURNAL_MAGIC: &[u8; 8] = format::JOURNAL_MAGIC;
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::engine::{Millis, Time};
+use crate::engine::{Change, Millis, Time};
 
 fn queued(uid: &str, seq: u64) -> Change {
     Change::Queued {
@@ -99,7 +99,7 @@ fn a_second_open_of_a_locked_dir_is_refused_with_the_holders_pid() {
 fn a_torn_last_write_is_dropped_and_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let expected = run(tmp.path(), &[vec![queued("a", 0)]]);
-    let record = encode_record(&[queued("b", 1)]);
+    let record = format::encode_batch(&[queued("b", 1)]);
     let mut f = OpenOptions::new()
         .append(true)
         .open(newest_journal(tmp.path()))
@@ -256,12 +256,12 @@ fn a_journal_with_half_its_magic_becomes_an_empty_journal() {
     let dir = tempfile::tempdir().unwrap();
     run_once(dir.path(), &[queued_c("a", 0)]);
     // A crash while generation 1 was being created: its journal holds half a magic.
-    fs::write(journal_path(dir.path(), 1), &JOURNAL_MAGIC[..3]).unwrap();
+    fs::write(journal_path(dir.path(), 1), &format::JOURNAL_MAGIC[..3]).unwrap();
     let (snapshot, recovery) = run_once(dir.path(), &[]);
     assert_eq!(recovery.torn_bytes, 3);
     assert_eq!(uids(&snapshot), ["a"]);
     assert_eq!(
         fs::read(journal_path(dir.path(), 1)).unwrap(),
-        JOURNAL_MAGIC
+        format::JOURNAL_MAGIC
     );
 }

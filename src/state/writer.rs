@@ -124,8 +124,7 @@ impl Journal {
 
     /// Hands a batch of changes to the writer; returns its id.
     pub fn submit(&mut self, changes: &[Change]) -> u64 {
-        let mut bytes = Vec::with_capacity(64 * changes.len());
-        format::encode_batch(changes, &mut bytes);
+        let bytes = format::encode_batch(changes);
         self.bytes_since_snapshot += bytes.len() as u64;
         self.last_id += 1;
         let id = self.last_id;
