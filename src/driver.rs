@@ -6,7 +6,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -18,7 +17,7 @@ use crate::metrics::Recorder;
 use crate::mqtt::{Ack, Inbound};
 use crate::policy::reload::Update;
 use crate::policy::PolicyHost;
-use crate::protocol::{self, Rejection};
+use crate::protocol::Rejection;
 use crate::state::Journal;
 
 /// The policy host and the stream of reloaded policy files, when any channel uses a policy.
@@ -68,43 +67,18 @@ impl Default for Clock {
     }
 }
 
-/// Where outputs go. The daemon publishes over MQTT; tests can collect them.
+/// Where outputs go. The daemon publishes over MQTT ([`crate::mqtt::MqttSink`]); tests can
+/// collect them.
 pub trait Sink {
     /// Delivers one output.
     fn send(&mut self, output: Output) -> impl Future<Output = ()> + Send;
 
     /// Acknowledges a received message (its effects are journaled).
     fn ack(&mut self, ack: Ack) -> impl Future<Output = ()> + Send;
-}
 
-/// Publishes outputs to the broker at QoS 1.
-#[derive(Debug, Clone)]
-pub struct MqttSink {
-    /// The client whose event loop runs in the MQTT task.
-    pub client: AsyncClient,
-    /// First topic level.
-    pub prefix: String,
-}
-
-impl Sink for MqttSink {
-    async fn send(&mut self, output: Output) {
-        let Some((topic, payload)) = protocol::encode(&self.prefix, &output) else {
-            return;
-        };
-        if let Err(e) = self
-            .client
-            .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
-            .await
-        {
-            warn!(topic, cause = %e, "publish failed");
-        }
-    }
-
-    async fn ack(&mut self, ack: Ack) {
-        if let Err(e) = self.client.ack(ack.packet()).await {
-            warn!(cause = %e, "acknowledgement not sent");
-        }
-    }
+    /// Publishes this process's sync marker (after each connect): when it comes back
+    /// ([`Inbound::Synced`]), every request the broker had queued for the daemon has been read.
+    fn mark(&mut self) -> impl Future<Output = ()> + Send;
 }
 
 /// What waits for a journal batch to be committed.
@@ -151,7 +125,9 @@ struct Driver<S> {
 
 impl<S: Sink> Driver<S> {
     fn input(&mut self, input: Input) {
-        if let Some(channel) = input.channel() {
+        // A delivery changes no gauge; it comes once per grant.
+        if let (Some(channel), false) = (input.channel(), matches!(input, Input::Delivered { .. }))
+        {
             self.touched.push(channel.to_owned());
         }
         let now = self.clock.now();
@@ -379,12 +355,18 @@ pub async fn run(
                     d.refused(topic, rejection).await;
                 }
                 Some(Inbound::Ignored(ack)) => d.acks.push(ack),
-                Some(Inbound::Connected { session_present }) => {
+                Some(Inbound::Delivered(grant)) => d.input(Input::Delivered {
+                    channel: grant.channel,
+                    uid: grant.uid,
+                    seq: grant.seq,
+                }),
+                Some(Inbound::Connected { session_present, grants_lost }) => {
                     resend.synced = false;
+                    d.sink.mark().await;
                     if !session_present && was_connected {
-                        let running = d.engine.redeliver_running();
-                        if running > 0 {
-                            warn!(running, "the broker lost our session (restarted without persistence?): go will be said again to every running job once the backlog is read and workers had {RESUBSCRIBE_GRACE:?} to subscribe again");
+                        let unacknowledged = d.engine.redeliver_running();
+                        if unacknowledged > 0 {
+                            warn!(unacknowledged, grants_lost, "the broker lost our session (restarted without persistence?): go will be said again to running jobs whose go it never acknowledged, once the backlog is read and workers had {RESUBSCRIBE_GRACE:?} to subscribe again");
                             resend.not_before = Some(Instant::now() + RESUBSCRIBE_GRACE);
                         }
                     }
@@ -507,10 +489,17 @@ fn log_output(out: &Output) {
         Output::Go {
             channel,
             uid,
+            at,
             waited,
-        } => info!(%channel, %uid, waited_ms = waited.0, "go"),
-        Output::GoAgain { channel, uid } => {
-            info!(%channel, %uid, "go again: lease restored from the journal")
+            ..
+        } => info!(%channel, %uid, waited_ms = waited.0, granted_at = at.0, "go"),
+        Output::GoAgain {
+            channel,
+            uid,
+            granted_at,
+            ..
+        } => {
+            info!(%channel, %uid, granted_at = granted_at.map(|t| t.0), "go again: the broker never acknowledged the first")
         }
         Output::Expired { channel, uid } => info!(%channel, %uid, "lease expired"),
         Output::Rejected {

@@ -45,12 +45,14 @@ pub async fn run(
     config_path: Option<PathBuf>,
     shutdown: impl Future,
 ) -> anyhow::Result<()> {
+    let (decode_limits, limits_rx) = tokio::sync::watch::channel(config.limits.decode());
     let mut settings = mqtt::Settings {
         broker: mqtt::Broker::from_config(&config.mqtt).context("MQTT TLS settings")?,
         client_id: config.mqtt.client_id.clone(),
         clean_session: config.mqtt.clean_session,
         prefix: config.mqtt.topic_prefix.clone(),
-        limits: config.limits.decode(),
+        limits: limits_rx,
+        nonce: mqtt::Settings::new_nonce(),
     };
     // First: a second daemon on the same state dir must stop before it touches the broker.
     let state = open_state(&config).await?;
@@ -63,7 +65,17 @@ pub async fn run(
         tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
     }
     let (runtime, policy_watch) = start_policies(&config).await?;
-    let (config_tx, configs) = mpsc::unbounded_channel();
+    let (config_tx, mut reloaded) = mpsc::unbounded_channel::<Config>();
+    let (to_driver, configs) = mpsc::unbounded_channel();
+    // A reloaded config's message limits apply in the MQTT task at once; the rest in the driver.
+    tokio::spawn(async move {
+        while let Some(config) = reloaded.recv().await {
+            decode_limits.send_replace(config.limits.decode());
+            if to_driver.send(config).is_err() {
+                break;
+            }
+        }
+    });
     if let Some(path) = config_path {
         tokio::spawn(reload::run(path, policy_watch, config_tx));
     } else {
@@ -75,18 +87,20 @@ pub async fn run(
     }
     let (client, eventloop) = mqtt::connect(&settings);
     let (tx, rx) = mpsc::unbounded_channel();
-    let prefix = settings.prefix.clone();
-    let mqtt_task = tokio::spawn(mqtt::run(client.clone(), eventloop, settings, tx));
+    let (sent_tx, sent_rx) = mpsc::unbounded_channel();
+    let sink = mqtt::MqttSink {
+        client: client.clone(),
+        prefix: settings.prefix.clone(),
+        nonce: settings.nonce.clone(),
+        sent: sent_tx,
+    };
+    let mqtt_task = tokio::spawn(mqtt::run(client.clone(), eventloop, settings, sent_rx, tx));
 
     let limits = config.limits.engine();
     let engine = engine::Engine::with_limits(
         Box::new(move |channel| config.channel_options(channel)),
         limits,
     );
-    let sink = driver::MqttSink {
-        client: client.clone(),
-        prefix,
-    };
     let control = driver::Control {
         policies: Some(runtime),
         configs,

@@ -1,25 +1,29 @@
 //! The MQTT edge: one task polls rumqttc's event loop, (re)subscribes on every ConnAck, decodes
-//! what arrives and forwards it to the driver. Publishing happens from the driver through the
-//! cloned [`AsyncClient`], never from this task, so the two never wait on each other.
+//! what arrives and forwards it to the driver, and reports which grants' `go` the broker
+//! acknowledged ([`delivery`]). Publishing happens from the driver through [`MqttSink`] (which
+//! encodes the driver's outputs), never from this task, so the two never wait on each other.
 //!
 //! [`Broker`] turns `[mqtt]` into rumqttc options (plain TCP or TLS, see [`tls`]) for the daemon
 //! and the client commands alike.
 
+pub mod delivery;
 pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
-    TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
+    Request, TlsConfiguration, Transport,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::MqttConfig;
-use crate::engine::Input;
+use crate::driver::Sink;
+use crate::engine::{Input, Output};
 use crate::protocol::{self, DecodeLimits, Rejection};
+use delivery::{Grant, Sent, Tracker};
 
 /// Largest packet the client accepts or sends. Much larger than `max_payload` on purpose: an
 /// oversized payload must reach `protocol::decode` and be refused by name, not make rumqttc drop
@@ -98,8 +102,21 @@ pub struct Settings {
     pub clean_session: bool,
     /// First topic level.
     pub prefix: String,
-    /// Payload and timeout limits for decoding.
-    pub limits: DecodeLimits,
+    /// Payload and timeout limits for decoding; a reloaded config replaces them.
+    pub limits: watch::Receiver<DecodeLimits>,
+    /// The payload of this process's sync marker (tells it from another daemon's).
+    pub nonce: Arc<str>,
+}
+
+impl Settings {
+    /// A sync marker payload unique to this process.
+    pub fn new_nonce() -> Arc<str> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        format!("{}-{nanos}", std::process::id()).into()
+    }
 }
 
 /// A received QoS 1 message to acknowledge. The daemon acknowledges a request only once what
@@ -134,7 +151,11 @@ pub enum Inbound {
         /// Whether the broker still had our session. If not (a broker restarted without
         /// persistence), rumqttc drops the publishes it had not got acknowledged.
         session_present: bool,
+        /// `go`s dropped that way (never acknowledged).
+        grants_lost: usize,
     },
+    /// The broker acknowledged a grant's `go`.
+    Delivered(Grant),
     /// The marker published after connecting came back: everything the broker had queued for
     /// the daemon before it has been forwarded.
     Synced(Option<Ack>),
@@ -171,23 +192,32 @@ pub async fn run(
     client: AsyncClient,
     mut eventloop: EventLoop,
     settings: Settings,
+    mut sent: mpsc::UnboundedReceiver<Sent>,
     to_driver: mpsc::UnboundedSender<Inbound>,
 ) {
     let filters = protocol::subscriptions(&settings.prefix);
     let sync_topic = protocol::sync_topic(&settings.prefix);
-    // Tells our marker from another daemon's on the same prefix.
-    let nonce = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-    );
+    let nonce = settings.nonce.as_bytes();
+    let mut tracker = Tracker::default();
     let mut backoff = Duration::from_millis(50);
     let mut connected = false;
     loop {
-        match eventloop.poll().await {
+        let event = eventloop.poll().await;
+        // Before the tracker looks at any event: every publish request it may see was queued
+        // (the driver queues its `Sent` first).
+        while let Ok(s) = sent.try_recv() {
+            tracker.handle_queued(s);
+        }
+        match event {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => tracker.handle_outgoing_publish(pkid),
+            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => tracker.handle_await_ack(pkid),
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(grant) = tracker.handle_puback(ack.pkid) {
+                    if to_driver.send(Inbound::Delivered(grant)).is_err() {
+                        return;
+                    }
+                }
+            }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 // Subscribe on every ConnAck, even with `session_present`: the broker may have
                 // dropped or expired the session (a restart without persistence, a session
@@ -202,14 +232,11 @@ pub async fn run(
                         warn!(filter, cause = %e, "subscribe request not queued");
                     }
                 }
-                // Behind the subscriptions and behind whatever the broker queued for our session.
-                if let Err(e) =
-                    client.try_publish(sync_topic.as_str(), QoS::AtLeastOnce, false, nonce.clone())
-                {
-                    warn!(topic = sync_topic, cause = %e, "sync marker not queued");
-                }
+                // The driver publishes the sync marker when it reads this: behind the
+                // subscriptions, and behind whatever the broker queued for our session.
                 let connected = Inbound::Connected {
                     session_present: ack.session_present,
+                    grants_lost: tracker.handle_connack(ack.session_present),
                 };
                 if to_driver.send(connected).is_err() {
                     return;
@@ -219,7 +246,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let ack = Ack::of(&p);
                 let msg = if p.topic == sync_topic {
-                    if p.payload == nonce.as_bytes() {
+                    if p.payload == nonce {
                         Inbound::Synced(ack)
                     } else if let Some(ack) = ack {
                         Inbound::Ignored(ack)
@@ -227,8 +254,8 @@ pub async fn run(
                         continue;
                     }
                 } else {
-                    match protocol::decode(&settings.prefix, &p.topic, &p.payload, &settings.limits)
-                    {
+                    let limits = *settings.limits.borrow();
+                    match protocol::decode(&settings.prefix, &p.topic, &p.payload, &limits) {
                         Ok(Some(input)) => Inbound::Input(input, ack),
                         Ok(None) => match ack {
                             Some(ack) => Inbound::Ignored(ack),
@@ -250,6 +277,14 @@ pub async fn run(
                 if to_driver.is_closed() {
                     return;
                 }
+                // rumqttc moved what it had in flight and the requests it had not read yet into
+                // its pending queue; the unsent publishes there have no packet id yet.
+                let unsent = eventloop
+                    .pending
+                    .iter()
+                    .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
+                    .count();
+                tracker.handle_connection_lost(unsent);
                 let cause = describe(&e);
                 let tls_failed =
                     matches!(e, ConnectionError::Tls(_)) || tls::rustls_cause(&e).is_some();
@@ -288,5 +323,64 @@ pub fn describe(error: &ConnectionError) -> String {
         }
         ConnectionError::NetworkTimeout => "connection timed out".into(),
         other => other.to_string(),
+    }
+}
+
+/// Publishes the driver's outputs to the broker at QoS 1, telling the MQTT task what each
+/// publish is before requesting it (see [`delivery`]).
+#[derive(Debug, Clone)]
+pub struct MqttSink {
+    /// The client whose event loop runs in the MQTT task.
+    pub client: AsyncClient,
+    /// First topic level.
+    pub prefix: String,
+    /// This process's sync marker.
+    pub nonce: Arc<str>,
+    /// To the MQTT task's [`Tracker`], one per publish request, in request order.
+    pub sent: mpsc::UnboundedSender<Sent>,
+}
+
+impl MqttSink {
+    async fn publish(&mut self, sent: Sent, topic: &str, payload: Vec<u8>) {
+        // Before the request: the tracker must find it when rumqttc sends the publish. If the
+        // MQTT task is gone, so is the event loop, and the publish below fails too.
+        let _ = self.sent.send(sent);
+        if let Err(e) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            warn!(topic, cause = %e, "publish failed");
+        }
+    }
+}
+
+impl Sink for MqttSink {
+    async fn send(&mut self, output: Output) {
+        let Some((topic, payload)) = protocol::encode(&self.prefix, &output) else {
+            return;
+        };
+        let sent = match output {
+            Output::Go {
+                channel, uid, seq, ..
+            }
+            | Output::GoAgain {
+                channel, uid, seq, ..
+            } => Sent::Grant(Grant { channel, uid, seq }),
+            _ => Sent::Other,
+        };
+        self.publish(sent, &topic, payload).await;
+    }
+
+    async fn ack(&mut self, ack: Ack) {
+        if let Err(e) = self.client.ack(ack.packet()).await {
+            warn!(cause = %e, "acknowledgement not sent");
+        }
+    }
+
+    async fn mark(&mut self) {
+        let topic = protocol::sync_topic(&self.prefix);
+        let nonce = self.nonce.as_bytes().to_vec();
+        self.publish(Sent::Other, &topic, nonce).await;
     }
 }

@@ -333,7 +333,7 @@ fn shorten(s: &str) -> String {
 /// The topic and payload that announce `output`, or `None` for outputs that are not published.
 pub fn encode(prefix: &str, output: &Output) -> Option<(String, Vec<u8>)> {
     match output {
-        Output::Go { channel, uid, .. } | Output::GoAgain { channel, uid } => Some((
+        Output::Go { channel, uid, .. } | Output::GoAgain { channel, uid, .. } => Some((
             format!("{prefix}/{channel}/go/{uid}"),
             uid.as_bytes().to_vec(),
         )),

@@ -34,6 +34,11 @@ struct Job {
     meta: Option<Box<str>>,
     /// When it registered.
     registered_at: Time,
+    /// When it was granted (`Some` iff `deadline` is).
+    granted_at: Option<Time>,
+    /// Whether the broker acknowledged its `go`: a restart or a lost broker session says `go`
+    /// again only to running jobs without it.
+    delivered: bool,
 }
 
 impl Job {
@@ -172,6 +177,8 @@ impl Channel {
             deadline: None,
             meta: reg.meta,
             registered_at: now,
+            granted_at: None,
+            delivered: false,
         };
         self.jobs.insert(uid, job);
         true
@@ -482,7 +489,10 @@ impl Channel {
         };
         let deadline = now + job.timeout + offset;
         job.deadline = Some(deadline);
-        self.leases.insert((deadline, job.seq), uid.clone());
+        job.granted_at = Some(now);
+        job.delivered = false;
+        let seq = job.seq;
+        self.leases.insert((deadline, seq), uid.clone());
         log.push(|| Change::Granted {
             channel: self.name.clone(),
             uid: uid.clone(),
@@ -502,6 +512,8 @@ impl Channel {
         out.extend([Output::Go {
             channel: self.name.clone(),
             uid,
+            seq,
+            at: now,
             waited,
         }]);
     }
@@ -573,19 +585,39 @@ impl Channel {
         self.leases.iter().map(|((t, _), u)| (u, *t))
     }
 
-    /// Running uids with their sequence numbers.
-    pub(crate) fn running_jobs(&self) -> impl Iterator<Item = (Arc<str>, u64)> + '_ {
+    /// Running uids whose `go` the broker has not acknowledged, with their sequence numbers.
+    pub(crate) fn undelivered_jobs(&self) -> impl Iterator<Item = (Arc<str>, u64)> + '_ {
         self.leases
             .iter()
+            .filter(|(_, uid)| self.jobs.get(*uid).is_some_and(|j| !j.delivered))
             .map(|((_, seq), uid)| (uid.clone(), *seq))
     }
 
-    /// The sequence number of `uid` if it is running.
-    pub(crate) fn running_seq(&self, uid: &str) -> Option<u64> {
+    /// `Some(granted_at)` if `uid` runs as job `seq` and the broker has not acknowledged its
+    /// `go` yet (`granted_at` is `None` only for a job restored from a format-1 snapshot).
+    pub(crate) fn undelivered_grant(&self, uid: &str, seq: u64) -> Option<Option<Time>> {
         self.jobs
             .get(uid)
-            .filter(|j| j.deadline.is_some())
-            .map(|j| j.seq)
+            .filter(|j| j.seq == seq && j.deadline.is_some() && !j.delivered)
+            .map(|j| j.granted_at)
+    }
+
+    /// Records that the broker acknowledged the `go` of job `seq` (ignored if `uid` no longer
+    /// runs as that job). Returns whether anything changed.
+    pub(crate) fn mark_delivered(&mut self, uid: &str, seq: u64, log: &mut ChangeLog) -> bool {
+        let Some(job) = self.jobs.get_mut(uid) else {
+            return false;
+        };
+        if job.seq != seq || job.deadline.is_none() || job.delivered {
+            return false;
+        }
+        job.delivered = true;
+        log.push(|| Change::Delivered {
+            channel: self.name.clone(),
+            uid: uid.into(),
+            seq,
+        });
+        true
     }
 
     /// The limit the config last gave, before any runtime `concurrency/set`.
@@ -608,6 +640,8 @@ impl Channel {
                     registered_at: job.registered_at,
                     deadline: job.deadline,
                     meta: job.meta.clone(),
+                    granted_at: job.granted_at,
+                    delivered: job.delivered,
                 };
                 (job.seq, snap)
             })
@@ -630,7 +664,7 @@ impl Channel {
     /// leases their deadlines (overdue ones end at the next `expire`), quota windows count the
     /// grants again, and a runtime concurrency stays if the config still gives the limit it
     /// replaced. Returns the running jobs whose lease has not ended by `now`, with their
-    /// sequence numbers.
+    /// sequence numbers, unless the broker had acknowledged their `go`.
     pub(crate) fn restore(&mut self, snap: ChannelSnapshot, now: Time) -> Vec<(Arc<str>, u64)> {
         if let Some((configured, max)) = snap.concurrency {
             if configured == self.configured_max {
@@ -652,7 +686,7 @@ impl Channel {
                     .queue
                     .insert((Reverse(job.priority), seq), job.uid.clone()),
                 Some(deadline) => {
-                    if deadline > now {
+                    if deadline > now && !job.delivered {
                         live.push((job.uid.clone(), seq));
                     }
                     self.leases.insert((deadline, seq), job.uid.clone())
@@ -666,6 +700,9 @@ impl Channel {
                 deadline: job.deadline,
                 meta: job.meta,
                 registered_at: job.registered_at,
+                // `None` for a running job of a format-1 snapshot, which did not record it.
+                granted_at: job.granted_at,
+                delivered: job.delivered,
             };
             self.jobs.insert(job.uid, restored);
         }

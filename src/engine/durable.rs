@@ -85,6 +85,17 @@ pub enum Change {
         /// The limit in force.
         max: u32,
     },
+    /// The broker acknowledged (PUBACK) the `go` of the grant of job `seq`: a restart must not
+    /// say `go` to it again. Appended last: the variant index is the journal format.
+    Delivered {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// The job's registration sequence number (tells this grant from a later one of a
+        /// re-registered uid).
+        seq: u64,
+    },
 }
 
 /// Everything durable about every channel that has any.
@@ -123,6 +134,10 @@ pub struct JobSnapshot {
     pub deadline: Option<Time>,
     /// Extra registration fields.
     pub meta: Option<Box<str>>,
+    /// Grant time once granted (journal format 2; `None` in a format-1 snapshot).
+    pub granted_at: Option<Time>,
+    /// Whether the broker acknowledged the grant's `go` (journal format 2).
+    pub delivered: bool,
 }
 
 impl ChannelSnapshot {
@@ -167,6 +182,8 @@ impl Snapshot {
                         registered_at,
                         deadline: None,
                         meta,
+                        granted_at: None,
+                        delivered: false,
                     },
                 );
             }
@@ -187,6 +204,8 @@ impl Snapshot {
             } => {
                 if let Some(job) = self.job(&channel, &uid) {
                     job.deadline = Some(deadline);
+                    job.granted_at = Some(at);
+                    job.delivered = false;
                 }
                 if let Some(ch) = self.channels.get_mut(&channel) {
                     ch.grants.push(at);
@@ -216,6 +235,16 @@ impl Snapshot {
                 max,
             } => {
                 self.channels.entry(channel).or_default().concurrency = Some((configured, max));
+            }
+            Change::Delivered { channel, uid, seq } => {
+                let Some(ch) = self.channels.get_mut(&channel) else {
+                    return;
+                };
+                if ch.index.get(&uid) == Some(&seq) {
+                    if let Some(job) = ch.jobs.get_mut(&seq) {
+                        job.delivered = job.deadline.is_some();
+                    }
+                }
             }
         }
     }

@@ -83,6 +83,16 @@ pub enum Input {
     },
     /// `PREFIX/infos`: report the state of every channel.
     InfosAll,
+    /// The broker acknowledged the `go` of job `seq` (from [`Output::Go`] or
+    /// [`Output::GoAgain`]): it is no longer said again after a restart or a lost broker session.
+    Delivered {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// The grant's job sequence number.
+        seq: u64,
+    },
 }
 
 impl Input {
@@ -95,6 +105,7 @@ impl Input {
             | Input::SetConcurrency { channel, .. }
             | Input::Renew { channel, .. }
             | Input::Infos { channel } => Some(channel),
+            Input::Delivered { channel, .. } => Some(channel),
             Input::InfosAll => None,
         }
     }
@@ -133,16 +144,27 @@ pub enum Output {
         channel: Arc<str>,
         /// Job id.
         uid: Arc<str>,
+        /// The job's sequence number: with `channel` and `uid` it names this grant, for
+        /// [`Input::Delivered`].
+        seq: u64,
+        /// Grant time (the instant every quota window counts).
+        at: Time,
         /// How long it waited in the queue.
         waited: Millis,
     },
-    /// A running job's `go` once more, after a restart restored its lease: the crash may have
-    /// come between recording the grant and publishing it (publish `go/{uid}` again).
+    /// A running job's `go` once more, because the broker never acknowledged the first: after
+    /// a restart (the crash may have come between recording the grant and publishing it), or
+    /// after the broker lost the daemon's session with the `go` in flight (publish `go/{uid}`
+    /// again).
     GoAgain {
         /// Channel name.
         channel: Arc<str>,
         /// Job id.
         uid: Arc<str>,
+        /// The job's sequence number, as in [`Output::Go`].
+        seq: u64,
+        /// When it was granted (`None` if restored from a format-1 snapshot).
+        granted_at: Option<Time>,
     },
     /// The job's lease ran out; its slot is free again (publish `expired/{uid}`).
     Expired {
@@ -343,31 +365,34 @@ impl Engine {
         into.append(&mut self.log.changes);
     }
 
-    /// Says `go` again ([`Output::GoAgain`]) for every job that [`Engine::restore`] brought
-    /// back running and that still runs under the same grant: the crash may have come between
-    /// recording the grant and publishing it. The driver calls it once the requests queued for
-    /// it while it was down have been read, so that a job whose `finished` was among them gets
-    /// no second `go`. Later calls do nothing.
+    /// Says `go` again ([`Output::GoAgain`]) for every job marked by [`Engine::restore`] or
+    /// [`Engine::redeliver_running`] that still runs under the same grant and whose `go` the
+    /// broker has still not acknowledged. The driver calls it once the requests queued for it
+    /// while it was away have been read, so that a job whose `finished` was among them gets no
+    /// second `go`. Later calls do nothing until jobs are marked again.
     pub fn redeliver(&mut self) {
         for (id, uid, seq) in std::mem::take(&mut self.redeliveries) {
             let ch = &self.channels[id as usize];
-            if ch.running_seq(&uid) == Some(seq) {
+            if let Some(granted_at) = ch.undelivered_grant(&uid, seq) {
                 self.outputs.push_back(Output::GoAgain {
                     channel: ch.name.clone(),
                     uid,
+                    seq,
+                    granted_at,
                 });
             }
         }
     }
 
-    /// Marks every running job for [`Engine::redeliver`] (after the broker lost the daemon's
-    /// session, and with it the `go`s not yet acknowledged). Returns how many.
+    /// Marks every running job whose `go` the broker has not acknowledged for
+    /// [`Engine::redeliver`] (after the broker lost the daemon's session, and with it the
+    /// publishes in flight). Returns how many.
     pub fn redeliver_running(&mut self) -> usize {
         self.redeliveries.clear();
         for (index, ch) in self.channels.iter().enumerate() {
             let id = ChannelId::try_from(index).unwrap_or(ChannelId::MAX);
             self.redeliveries
-                .extend(ch.running_jobs().map(|(uid, seq)| (id, uid, seq)));
+                .extend(ch.undelivered_jobs().map(|(uid, seq)| (id, uid, seq)));
         }
         self.redeliveries.len()
     }
@@ -467,6 +492,11 @@ impl Engine {
                 timeout,
             } => self.handle_renew(now, &channel, &uid, timeout, hooks),
             Input::Infos { channel } => self.handle_infos(now, &channel),
+            Input::Delivered { channel, uid, seq } => {
+                if let Some(&id) = self.by_name.get(&channel) {
+                    self.channels[id as usize].mark_delivered(&uid, seq, &mut self.log);
+                }
+            }
             Input::InfosAll => {
                 let mut all: Vec<ChannelState> =
                     self.channels.iter().map(|c| c.state(now)).collect();

@@ -686,6 +686,8 @@ fn restore_redelivers_go_only_to_jobs_still_running_under_the_same_grant() {
             Output::Go {
                 channel: "c".into(),
                 uid: "w".into(),
+                seq: 3,
+                at: Time(1_005_000),
                 waited: Millis(5_000)
             },
         ]
@@ -716,10 +718,124 @@ fn restore_redelivers_go_only_to_jobs_still_running_under_the_same_grant() {
         again,
         [Output::GoAgain {
             channel: "c".into(),
-            uid: "c".into()
+            uid: "c".into(),
+            seq: 2,
+            granted_at: Some(Time(1_000_000)),
         }]
     );
     assert!(!r.awaits_redelivery());
     r.redeliver();
     assert_eq!(r.poll_output(), None, "redelivery happens once");
+}
+
+/// Folds the changes recorded so far into `snap`.
+fn fold_into(engine: &mut Engine, snap: &mut Snapshot) {
+    let mut changes = Vec::new();
+    engine.take_changes(&mut changes);
+    for c in changes {
+        snap.apply(c);
+    }
+}
+
+fn delivered(channel: &str, uid: &str, seq: u64) -> Input {
+    Input::Delivered {
+        channel: channel.into(),
+        uid: uid.into(),
+        seq,
+    }
+}
+
+/// The broker acknowledged `a`'s `go` before the crash, not `b`'s: after a restart only `b`
+/// hears `go` again, and `a` keeps its slot without a second `go` (a worker of the original
+/// protocol would run it twice).
+#[test]
+fn restore_says_go_again_only_to_grants_the_broker_never_acknowledged() {
+    let mut h = Harness::new(opts(2, 0, &[]));
+    h.engine.record_changes(true);
+    h.register("a", 60_000);
+    h.register("b", 60_000);
+    h.register("w", 60_000);
+    let mut snap = Snapshot::default();
+    fold_into(&mut h.engine, &mut snap);
+    h.engine.handle(Time(1_000_010), delivered("c", "a", 0));
+    // A stale acknowledgement (wrong sequence number) changes nothing.
+    h.engine.handle(Time(1_000_010), delivered("c", "b", 7));
+    fold_into(&mut h.engine, &mut snap);
+    let job = |s: &Snapshot, uid: &str| {
+        s.channels["c"]
+            .jobs
+            .values()
+            .find(|j| &*j.uid == uid)
+            .cloned()
+            .unwrap()
+    };
+    assert!(job(&snap, "a").delivered);
+    assert!(!job(&snap, "b").delivered);
+    assert_eq!(job(&snap, "a").granted_at, Some(Time(1_000_000)));
+    assert_eq!(
+        h.engine.export().channels["c"].jobs,
+        snap.channels["c"].jobs,
+        "the journal folds to what the engine holds"
+    );
+
+    let o = opts(2, 0, &[]);
+    let mut r = Engine::new(Box::new(move |_| o.clone()));
+    r.restore(Time(1_002_000), snap, &mut NoPolicies);
+    assert_eq!(r.poll_output(), None, "both slots still held: w waits");
+    r.redeliver();
+    let again: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    assert_eq!(
+        again,
+        [Output::GoAgain {
+            channel: "c".into(),
+            uid: "b".into(),
+            seq: 1,
+            granted_at: Some(Time(1_000_000)),
+        }]
+    );
+    assert_eq!(r.waiting("c"), ["w".into()] as [std::sync::Arc<str>; 1]);
+}
+
+/// After the broker lost the daemon's session, only running jobs whose `go` was never
+/// acknowledged are told again; an acknowledgement that arrives before the re-send (the `go`
+/// went out on the new connection) cancels it.
+#[test]
+fn a_lost_broker_session_says_go_again_only_to_unacknowledged_grants() {
+    let mut h = Harness::new(opts(3, 0, &[]));
+    h.register("a", 60_000);
+    h.register("b", 60_000);
+    h.register("c", 60_000);
+    h.engine.handle(Time(1_000_001), delivered("c", "a", 0));
+    assert_eq!(h.engine.redeliver_running(), 2);
+    h.engine.handle(Time(1_000_002), delivered("c", "c", 2));
+    h.engine.redeliver();
+    let again: Vec<String> = std::iter::from_fn(|| h.engine.poll_output())
+        .filter_map(|o| match o {
+            Output::GoAgain { uid, .. } => Some(uid.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, ["b"]);
+}
+
+/// An acknowledgement for a grant that ended, or for a uid registered again since, is ignored:
+/// it must not mark the new grant as delivered.
+#[test]
+fn an_acknowledgement_of_an_earlier_grant_does_not_mark_a_new_one() {
+    let mut h = Harness::new(opts(1, 0, &[]));
+    h.register("a", 60_000);
+    h.engine.handle(
+        Time(1_000_001),
+        Input::Finished {
+            channel: "c".into(),
+            uid: "a".into(),
+        },
+    );
+    h.register("a", 60_000);
+    h.engine.handle(Time(1_000_002), delivered("c", "a", 0));
+    assert_eq!(
+        h.engine.redeliver_running(),
+        1,
+        "the new grant (seq 1) is not delivered"
+    );
 }

@@ -326,6 +326,8 @@ fn multi_level_prefix() {
 #[test]
 fn encode_outputs() {
     let go = Output::Go {
+        seq: 0,
+        at: crate::engine::Time(5),
         waited: Millis(3),
         channel: "ch".into(),
         uid: "a/b".into(),

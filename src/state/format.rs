@@ -2,13 +2,30 @@
 //! records `[len: u32 LE][crc32: u32 LE][payload: len bytes]`. A record whose length runs past
 //! the end of the file or whose checksum does not match ends the readable part: after a crash
 //! that is the torn last write, and it is dropped rather than misread.
+//!
+//! Payloads are postcard encodings of the engine's [`Change`]s and [`Snapshot`]: positional,
+//! so the magic carries a format version and the golden-bytes tests below pin the encoding.
+//! - Format 1: the first release.
+//! - Format 2: `Change::Delivered` (appended, so format-1 journal records decode unchanged) and
+//!   each job's `granted_at` and `delivered` in snapshots (format-1 snapshots are read through
+//!   [`v1`] and converted: their running jobs count as not delivered, as format 1 behaved).
+//!
+//! This build writes format 2 and reads 1 and 2; a file of a newer format is refused with an
+//! error naming both, never read as damage (which would fall back to older state).
 
-use crate::engine::{Change, Snapshot};
+use std::collections::BTreeMap;
 
-/// First bytes of a journal file (format version 1).
-pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"CDJRNL1\n";
-/// First bytes of a snapshot file (format version 1).
-pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP1\n";
+use crate::engine::{Change, ChannelSnapshot, JobSnapshot, Snapshot};
+
+/// The format this build writes.
+pub(crate) const FORMAT: u8 = 2;
+/// First bytes of a journal file (the digit is the format).
+pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"CDJRNL2\n";
+/// First bytes of a snapshot file (the digit is the format).
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP2\n";
+/// Magic prefixes, before the format digit.
+const JOURNAL_KIND: &[u8; 6] = b"CDJRNL";
+const SNAPSHOT_KIND: &[u8; 6] = b"CDSNAP";
 /// Bytes before each payload.
 const HEADER: usize = 8;
 /// No record is this large; a length field above it is damage, not data.
@@ -112,11 +129,53 @@ fn le_u32(b: &[u8]) -> u32 {
     u32::from_le_bytes(a)
 }
 
+/// Why a file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FormatError {
+    /// Not ours, or damaged: an older generation may still serve.
+    Damaged(String),
+    /// Written by a newer coordinosaur: never fall back past it to older state.
+    Newer(String),
+}
+
+/// The format of a file that starts with `kind` + a digit + `\n`: `Ok(None)` if it does not
+/// start like that at all, an error if the format is newer than this build reads.
+fn format_of(bytes: &[u8], kind: &[u8; 6], what: &str) -> Result<Option<u8>, FormatError> {
+    let Some(rest) = bytes.strip_prefix(kind.as_slice()) else {
+        return Ok(None);
+    };
+    match rest {
+        [digit @ b'1'..=b'9', b'\n', ..] => {
+            let format = digit - b'0';
+            if format > FORMAT {
+                return Err(FormatError::Newer(format!(
+                    "{what} format {format} was written by a newer coordinosaur; this build \
+                     reads formats 1 to {FORMAT}: run the newer version, or move the state dir \
+                     away to start empty"
+                )));
+            }
+            Ok(Some(format))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The body of a journal file after its magic, and its format; `Ok(None)` if it is not a
+/// journal (or its magic is torn).
+pub(crate) fn journal_body(bytes: &[u8]) -> Result<Option<&[u8]>, FormatError> {
+    Ok(format_of(bytes, JOURNAL_KIND, "journal")?.map(|_| &bytes[JOURNAL_MAGIC.len()..]))
+}
+
 /// Decodes a snapshot file.
-pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
-    let body = bytes
-        .strip_prefix(SNAPSHOT_MAGIC.as_slice())
-        .ok_or("not a coordinosaur snapshot (wrong magic bytes)")?;
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, FormatError> {
+    let damaged = |e: String| FormatError::Damaged(e);
+    let format = format_of(bytes, SNAPSHOT_KIND, "snapshot")?
+        .ok_or_else(|| damaged("not a coordinosaur snapshot (wrong magic bytes)".into()))?;
+    let body = &bytes[SNAPSHOT_MAGIC.len()..];
+    decode_snapshot_body(body, format).map_err(damaged)
+}
+
+fn decode_snapshot_body(body: &[u8], format: u8) -> Result<Snapshot, String> {
     let recs = records(body);
     if let Some(damage) = recs.damage {
         return Err(damage);
@@ -127,10 +186,78 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
             recs.payloads.len()
         ));
     };
-    let mut snapshot: Snapshot =
-        postcard::from_bytes(payload).map_err(|e| format!("undecodable snapshot: {e}"))?;
+    let undecodable = |e: postcard::Error| format!("undecodable snapshot: {e}");
+    let mut snapshot: Snapshot = if format == 1 {
+        postcard::from_bytes::<v1::Snapshot>(payload)
+            .map_err(undecodable)?
+            .into()
+    } else {
+        postcard::from_bytes(payload).map_err(undecodable)?
+    };
     snapshot.reindex();
     Ok(snapshot)
+}
+
+/// Format 1 snapshots, as they were written, and their conversion.
+mod v1 {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde::Deserialize;
+
+    use crate::engine::{Millis, Time};
+
+    #[derive(Deserialize)]
+    pub(super) struct Snapshot {
+        pub(super) channels: BTreeMap<Arc<str>, ChannelSnapshot>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct ChannelSnapshot {
+        pub(super) concurrency: Option<(u32, u32)>,
+        pub(super) jobs: BTreeMap<u64, JobSnapshot>,
+        pub(super) grants: Vec<Time>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct JobSnapshot {
+        pub(super) uid: Arc<str>,
+        pub(super) priority: i64,
+        pub(super) timeout: Millis,
+        pub(super) registered_at: Time,
+        pub(super) deadline: Option<Time>,
+        pub(super) meta: Option<Box<str>>,
+    }
+}
+
+impl From<v1::Snapshot> for Snapshot {
+    fn from(old: v1::Snapshot) -> Snapshot {
+        let channels = old
+            .channels
+            .into_iter()
+            .map(|(name, ch)| {
+                let jobs: BTreeMap<u64, JobSnapshot> = ch
+                    .jobs
+                    .into_iter()
+                    .map(|(seq, j)| {
+                        let job = JobSnapshot {
+                            uid: j.uid,
+                            priority: j.priority,
+                            timeout: j.timeout,
+                            registered_at: j.registered_at,
+                            deadline: j.deadline,
+                            meta: j.meta,
+                            granted_at: None,
+                            delivered: false,
+                        };
+                        (seq, job)
+                    })
+                    .collect();
+                (name, ChannelSnapshot::new(ch.concurrency, jobs, ch.grants))
+            })
+            .collect();
+        Snapshot { channels }
+    }
 }
 
 /// Decodes one journal record.
@@ -217,10 +344,158 @@ mod tests {
         let mut damaged = bytes.clone();
         let last = damaged.len() - 1;
         damaged[last] ^= 1;
-        assert!(decode_snapshot(&damaged).unwrap_err().contains("checksum"));
-        assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_err());
-        assert!(decode_snapshot(b"CDJRNL1\nxx")
-            .unwrap_err()
-            .contains("magic"));
+        let damage = |bytes: &[u8]| match decode_snapshot(bytes) {
+            Err(FormatError::Damaged(e)) => e,
+            other => panic!("expected damage, got {other:?}"),
+        };
+        assert!(damage(&damaged).contains("checksum"));
+        damage(&bytes[..bytes.len() - 1]);
+        assert!(damage(b"CDJRNL1\nxx").contains("magic"));
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    //! The on-disk encoding, pinned: a change to these bytes is a new format version.
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::{Millis, Time};
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn every_change() -> Vec<Change> {
+        let (channel, uid): (Arc<str>, Arc<str>) = ("ch".into(), "u1".into());
+        vec![
+            Change::Queued {
+                channel: channel.clone(),
+                uid: uid.clone(),
+                seq: 7,
+                priority: -3,
+                timeout: Millis(60_000),
+                registered_at: Time(1_700_000_000_000),
+                meta: Some("{\"t\":1}".into()),
+            },
+            Change::Reprioritized {
+                channel: channel.clone(),
+                uid: uid.clone(),
+                priority: 5,
+            },
+            Change::Granted {
+                channel: channel.clone(),
+                uid: uid.clone(),
+                at: Time(1_700_000_000_100),
+                deadline: Time(1_700_000_060_100),
+            },
+            Change::Renewed {
+                channel: channel.clone(),
+                uid: uid.clone(),
+                timeout: Millis(1_000),
+                deadline: Some(Time(1_700_000_001_200)),
+            },
+            Change::Delivered {
+                channel: channel.clone(),
+                uid: uid.clone(),
+                seq: 7,
+            },
+            Change::Concurrency {
+                channel: channel.clone(),
+                configured: 2,
+                max: 0,
+            },
+            Change::Removed { channel, uid },
+        ]
+    }
+
+    fn a_snapshot() -> Snapshot {
+        let mut snap = Snapshot::default();
+        for c in every_change().into_iter().take(5) {
+            snap.apply(c);
+        }
+        snap
+    }
+
+    /// Every change, encoded as one journal batch by format 2.
+    const BATCH: &str = "5c00000094a3b08407000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc31060263680275310705026368020004026368027531";
+    /// `a_snapshot()` as a format-2 snapshot file.
+    const SNAPSHOT: &str = "4344534e4150320a32000000239096e8010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01e4d095ffbc310101e4d095ffbc31";
+
+    #[test]
+    fn a_journal_batch_is_encoded_as_format_2_says() {
+        let bytes = encode_batch(&every_change());
+        assert_eq!(hex(&bytes), BATCH);
+        let recs = records(&bytes);
+        assert_eq!(decode_batch(recs.payloads[0]).unwrap(), every_change());
+    }
+
+    #[test]
+    fn a_snapshot_is_encoded_as_format_2_says() {
+        let bytes = encode_snapshot(&a_snapshot());
+        assert_eq!(hex(&bytes), SNAPSHOT);
+        assert_eq!(decode_snapshot(&bytes).unwrap(), a_snapshot());
+    }
+
+    /// A format-1 snapshot (jobs without grant time and delivery) reads as format 2 with every
+    /// job undelivered, so a restart says `go` again to its running jobs as format 1 did.
+    #[test]
+    fn a_format_1_snapshot_is_read_and_converted() {
+        #[derive(serde::Serialize)]
+        struct Job<'a> {
+            uid: &'a str,
+            priority: i64,
+            timeout: Millis,
+            registered_at: Time,
+            deadline: Option<Time>,
+            meta: Option<&'a str>,
+        }
+        #[derive(serde::Serialize)]
+        struct Channel<'a> {
+            concurrency: Option<(u32, u32)>,
+            jobs: std::collections::BTreeMap<u64, Job<'a>>,
+            grants: Vec<Time>,
+        }
+        let job = Job {
+            uid: "u1",
+            priority: 5,
+            timeout: Millis(1_000),
+            registered_at: Time(1_700_000_000_000),
+            deadline: Some(Time(1_700_000_001_200)),
+            meta: Some("{\"t\":1}"),
+        };
+        let channel = Channel {
+            concurrency: None,
+            jobs: [(7, job)].into(),
+            grants: vec![Time(1_700_000_000_100)],
+        };
+        let channels: std::collections::BTreeMap<&str, Channel> = [("ch", channel)].into();
+        let mut file = b"CDSNAP1\n".to_vec();
+        frame(&postcard::to_stdvec(&(channels,)).unwrap(), &mut file);
+        let read = decode_snapshot(&file).unwrap();
+        let mut expected = a_snapshot();
+        for job in expected.channels.get_mut("ch").unwrap().jobs.values_mut() {
+            job.granted_at = None;
+            job.delivered = false;
+        }
+        assert_eq!(read, expected);
+    }
+
+    #[test]
+    fn files_of_a_newer_format_are_refused_by_name_not_taken_for_damage() {
+        for bytes in [&b"CDSNAP3\n"[..], b"CDSNAP9\nanything"] {
+            match decode_snapshot(bytes) {
+                Err(FormatError::Newer(e)) => assert!(e.contains("newer coordinosaur"), "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            journal_body(b"CDJRNL3\n"),
+            Err(FormatError::Newer(_))
+        ));
+        assert_eq!(journal_body(b"CDJRNL1\nbody"), Ok(Some(&b"body"[..])));
+        assert_eq!(journal_body(b"CDJRNL2\n"), Ok(Some(&b""[..])));
+        assert_eq!(journal_body(b"CDJR"), Ok(None));
+        assert_eq!(journal_body(b"something else"), Ok(None));
     }
 }

@@ -277,11 +277,17 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
         } else {
             let path = snapshot_path(dir, base);
             let decoded = fs::read(&path)
-                .map_err(|e| e.to_string())
+                .map_err(|e| format::FormatError::Damaged(e.to_string()))
                 .and_then(|bytes| format::decode_snapshot(&bytes));
             match decoded {
                 Ok(s) => s,
-                Err(e) => {
+                Err(format::FormatError::Newer(reason)) => {
+                    return Err(StateError::Unrecoverable {
+                        dir: dir.to_owned(),
+                        reason: format!("{}: {reason}", path.display()),
+                    });
+                }
+                Err(format::FormatError::Damaged(e)) => {
                     warnings.push(format!(
                         "{} is damaged ({e}); trying the generation before it",
                         path.display()
@@ -304,7 +310,14 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
             })?;
             recovery.journals += 1;
             let last = g == newest_journal;
-            let Some(body) = bytes.strip_prefix(format::JOURNAL_MAGIC.as_slice()) else {
+            let body = format::journal_body(&bytes).map_err(|e| {
+                let (format::FormatError::Newer(reason) | format::FormatError::Damaged(reason)) = e;
+                StateError::Unrecoverable {
+                    dir: dir.to_owned(),
+                    reason: format!("{}: {reason}", path.display()),
+                }
+            })?;
+            let Some(body) = body else {
                 if bytes.len() < format::JOURNAL_MAGIC.len()
                     && format::JOURNAL_MAGIC.starts_with(&bytes)
                     && last
