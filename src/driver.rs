@@ -121,7 +121,14 @@ struct Driver<S> {
     acks: Vec<Ack>,
     /// Reused buffer for the engine's changes.
     changes: Vec<Change>,
+    /// Test-only fault point ([`ABORT_BEFORE_GO`]): the uid whose first `go` ends the process.
+    abort_before_go: Option<String>,
 }
+
+/// Environment variable naming a uid: the daemon aborts, as a crash would, right before
+/// publishing that job's first `go` (after its grant is journaled). For the fault tests of the
+/// window between journal and broker; unset in any real deployment.
+pub const ABORT_BEFORE_GO: &str = "COORDINOSAUR_FAULT_ABORT_BEFORE_GO";
 
 impl<S: Sink> Driver<S> {
     fn input(&mut self, input: Input) {
@@ -283,6 +290,12 @@ impl<S: Sink> Driver<S> {
     }
 
     async fn publish(&mut self, out: Output) {
+        if let (Some(uid), Output::Go { uid: going, .. }) = (&self.abort_before_go, &out) {
+            if **going == **uid {
+                tracing::error!(%uid, "{ABORT_BEFORE_GO}: aborting before publishing go");
+                std::process::abort();
+            }
+        }
         log_output(&out);
         self.metrics.output(&out);
         self.sink.send(out).await;
@@ -317,6 +330,7 @@ pub async fn run(
         held: VecDeque::new(),
         acks: Vec::new(),
         changes: Vec::new(),
+        abort_before_go: std::env::var(ABORT_BEFORE_GO).ok(),
     };
     if let Some((journal, snapshot)) = state {
         d.journal = Some(journal);
@@ -378,6 +392,7 @@ pub async fn run(
                 Some(Inbound::Synced(ack)) => {
                     d.acks.extend(ack);
                     resend.synced = true;
+                    debug!("synced: every request the broker queued for us has been read");
                 }
                 None => break,
             },

@@ -3,7 +3,9 @@
 //! Mosquitto per test.
 //!
 //! Before every kill the test asks for the channel's `state`: the daemon holds a reply until the
-//! changes of every earlier event are committed, so the answer means they are on disk.
+//! changes of every earlier event are committed, so the answer means they are on disk. That
+//! includes the broker's acknowledgement of each `go` already seen (the broker acknowledges a
+//! `go` before the test's `infos` reaches the daemon), so a restart says no second `go`.
 
 mod common;
 
@@ -17,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::policies::policy_wasm;
 use common::DEFAULT_TIMEOUT;
 use common::{free_port, run_to_exit, topic, unique_id, Client, Daemon, TestBroker};
+use coordinosaur::driver::ABORT_BEFORE_GO;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::time::Instant;
@@ -137,6 +140,19 @@ async fn kill_and_restart(daemon: &mut Daemon) {
     daemon.spawn_again().await;
 }
 
+/// After a restart: the grants the broker had acknowledged get no second `go` (a worker of the
+/// original protocol would run its job again). Waits past the restart's re-send point (the
+/// sync marker came back) plus [`QUIET`].
+async fn expect_no_second_go(c: &mut Client, daemon: &Daemon) {
+    wait_last_run_log(daemon, "synced").await;
+    c.expect_none(&topic("ch", "go/+"), QUIET).await;
+    assert!(
+        !last_run_log(daemon).contains("go again"),
+        "a second go after the restart:\n{}",
+        last_run_log(daemon)
+    );
+}
+
 /// Finishes `running` and returns the uid that gets `go` next, `n` times in a row.
 async fn drain(c: &mut Client, channel: &str, mut running: String, n: usize) -> Vec<String> {
     let mut order = Vec::new();
@@ -168,10 +184,8 @@ async fn kill_9_then_restart_keeps_waiting_jobs_in_fifo_order_and_running_jobs_i
         log.contains("state restored") && log.contains("waiting=4") && log.contains("running=2"),
         "no 'state restored' line with the counts:\n{log}"
     );
-    // Both running jobs are told again (a crash may have come before their go went out).
-    let mut again = [c.next_go("ch").await, c.next_go("ch").await];
-    again.sort();
-    assert_eq!(again, ["r1", "r2"]);
+    // The broker acknowledged both gos before the kill: neither job hears go again.
+    expect_no_second_go(&mut c, &daemon).await;
     let after = c.state("ch").await;
     assert_eq!(running(&after), ["r1", "r2"], "{after}");
     assert_eq!(after["waiting"], 4, "{after}");
@@ -245,7 +259,7 @@ async fn kill_9_then_restart_keeps_a_runtime_concurrency_set_unless_the_config_c
     assert_eq!(before["max_concurrent_jobs"], 3, "{before}");
 
     kill_and_restart(&mut daemon).await;
-    assert_eq!(c.next_go("ch").await, "a", "go again for the running job");
+    expect_no_second_go(&mut c, &daemon).await;
     let after = c.state("ch").await;
     assert_eq!(after["max_concurrent_jobs"], 3, "{after}");
     for uid in ["b", "c", "d"] {
@@ -297,7 +311,7 @@ async fn kill_9_then_restart_keeps_policy_priorities_of_waiting_jobs() {
     assert_eq!(before["waiting"], 4, "{before}");
 
     kill_and_restart(&mut daemon).await;
-    assert_eq!(c.next_go("ch").await, "run", "go again for the running job");
+    expect_no_second_go(&mut c, &daemon).await;
     // The restarted policy ranks a new job among the restored ones.
     let (t, body) = register("m3", 3);
     c.publish(&t, body).await;
@@ -380,7 +394,7 @@ async fn lease_that_ran_out_while_the_daemon_was_down_expires_at_restart_and_fre
 }
 
 #[tokio::test]
-async fn kill_9_then_restart_publishes_go_again_for_a_running_job_without_a_second_grant() {
+async fn kill_9_after_the_broker_acknowledged_go_says_no_second_go_and_keeps_the_slot() {
     let (_broker, mut daemon, mut c) = setup("").await;
     c.register("ch", "a", 300.0).await;
     c.register("ch", "b", 300.0).await;
@@ -388,8 +402,49 @@ async fn kill_9_then_restart_publishes_go_again_for_a_running_job_without_a_seco
     c.state("ch").await;
 
     kill_and_restart(&mut daemon).await;
+    expect_no_second_go(&mut c, &daemon).await;
+    let state = c.state("ch").await;
+    assert_eq!(running(&state), ["a"], "{state}");
+    assert_eq!(state["waiting"], 1, "{state}");
+    c.finished("ch", "a").await;
+    assert_eq!(c.next_go("ch").await, "b");
+}
+
+/// A crash after the grant is journaled but before its `go` reaches the broker (a fault point
+/// aborts the daemon right there): the restarted daemon says `go` exactly once, and the job
+/// keeps its slot (no second grant).
+#[tokio::test]
+async fn crash_between_journal_and_publish_gives_exactly_one_go_after_restart() {
+    let broker = TestBroker::start();
+    let options = common::DaemonOptions {
+        env: vec![(ABORT_BEFORE_GO.into(), "a".into())],
+        ..Default::default()
+    };
+    let mut daemon = Daemon::start_with_options(broker.port(), "", options).await;
+    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
+    c.subscribe(&topic("ch", "go/+")).await;
+    c.register("ch", "a", 300.0).await;
+    c.register("ch", "b", 300.0).await;
+    wait_last_run_log(&daemon, "aborting before publishing go").await;
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    while daemon.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the fault point did not end the daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.expect_none(&topic("ch", "go/+"), QUIET).await;
+
+    // The same fault point stays armed: it ends only a first grant, not the go said again.
+    daemon.spawn_again().await;
     c.expect(&topic("ch", "go/a"), DEFAULT_TIMEOUT).await;
     wait_last_run_log(&daemon, "go again").await;
+    c.expect_none(&topic("ch", "go/+"), QUIET).await;
+    // Acknowledged now: another crash and restart says nothing more.
+    c.state("ch").await;
+    kill_and_restart(&mut daemon).await;
+    expect_no_second_go(&mut c, &daemon).await;
     let state = c.state("ch").await;
     assert_eq!(running(&state), ["a"], "{state}");
     assert_eq!(state["running_count"], 1, "{state}");
@@ -498,7 +553,7 @@ async fn torn_journal_tail_after_kill_9_is_dropped_with_a_warning_and_state_is_i
         "no torn-write warning:\n{log}"
     );
     assert!(log.contains("WARN"), "the torn write is a warning:\n{log}");
-    c.expect(&topic("ch", "go/a"), DEFAULT_TIMEOUT).await;
+    expect_no_second_go(&mut c, &daemon).await;
     let state = c.state("ch").await;
     assert_eq!(running(&state), ["a"], "{state}");
     assert_eq!(state["waiting"], 2, "{state}");
@@ -512,7 +567,7 @@ async fn two_generations(daemon: &mut Daemon, c: &mut Client) {
     assert_eq!(c.next_go("ch").await, "a");
     c.state("ch").await;
     kill_and_restart(daemon).await;
-    c.expect(&topic("ch", "go/a"), DEFAULT_TIMEOUT).await;
+    expect_no_second_go(c, daemon).await;
     c.register("ch", "c", 300.0).await;
     c.finished("ch", "a").await;
     assert_eq!(c.next_go("ch").await, "b");
@@ -523,9 +578,10 @@ async fn two_generations(daemon: &mut Daemon, c: &mut Client) {
     assert_eq!(generations(&dir, "journal."), [0, 1]);
 }
 
-/// After [`two_generations`]: b runs, c waits, and nothing else.
-async fn expect_b_running_c_waiting(c: &mut Client) {
-    c.expect(&topic("ch", "go/b"), DEFAULT_TIMEOUT).await;
+/// After [`two_generations`]: b runs (its go acknowledged, so not said again), c waits, and
+/// nothing else.
+async fn expect_b_running_c_waiting(c: &mut Client, daemon: &Daemon) {
+    expect_no_second_go(c, daemon).await;
     let state = c.state("ch").await;
     assert_eq!(running(&state), ["b"], "{state}");
     assert_eq!(state["waiting"], 1, "{state}");
@@ -547,7 +603,7 @@ async fn damaged_newest_snapshot_falls_back_to_the_generation_before_with_a_warn
         "no fallback warning:\n{log}"
     );
     assert!(log.contains("base=0"), "restored from generation 0:\n{log}");
-    expect_b_running_c_waiting(&mut c).await;
+    expect_b_running_c_waiting(&mut c, &daemon).await;
     // The damaged generation is kept for inspection; a new one was started.
     assert_eq!(generations(&dir, "snapshot."), [0, 1, 2]);
 }
@@ -570,7 +626,7 @@ async fn torn_tail_then_damaged_newest_snapshot_still_restores_everything() {
 
     // Generation 1 starts from what journal.0 held before its torn tail.
     daemon.spawn_again().await;
-    c.expect(&topic("ch", "go/a"), DEFAULT_TIMEOUT).await;
+    expect_no_second_go(&mut c, &daemon).await;
     c.register("ch", "c", 300.0).await;
     c.finished("ch", "a").await;
     assert_eq!(c.next_go("ch").await, "b");
@@ -582,7 +638,7 @@ async fn torn_tail_then_damaged_newest_snapshot_still_restores_everything() {
     daemon.spawn_again().await;
     let log = last_run_log(&daemon);
     assert!(log.contains("snapshot.1 is damaged"), "{log}");
-    expect_b_running_c_waiting(&mut c).await;
+    expect_b_running_c_waiting(&mut c, &daemon).await;
 }
 
 #[tokio::test]
@@ -731,8 +787,9 @@ async fn full_disk_holds_the_go_until_space_is_freed_and_logs_the_write_failure(
     wait_last_run_log(&daemon, "journal writes work again").await;
 
     // What was finally written is whole: a restart finds held running.
+    c.state("ch").await;
     kill_and_restart(&mut daemon).await;
-    c.expect(&topic("ch", "go/held"), DEFAULT_TIMEOUT).await;
+    expect_no_second_go(&mut c, &daemon).await;
     let state = c.state("ch").await;
     assert_eq!(running(&state), ["held"], "{state}");
     drop(daemon);
@@ -782,7 +839,7 @@ async fn durability_os_restores_after_kill_9() {
     kill_and_restart(&mut daemon).await;
     let log = last_run_log(&daemon);
     assert!(log.contains("durability=os"), "{log}");
-    c.expect(&topic("ch", "go/a"), DEFAULT_TIMEOUT).await;
+    expect_no_second_go(&mut c, &daemon).await;
     let state = c.state("ch").await;
     assert_eq!(running(&state), ["a"], "{state}");
     assert_eq!(state["waiting"], 1, "{state}");

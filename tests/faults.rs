@@ -10,9 +10,13 @@
 //! over-grants and lost jobs. `without_durable_state_*` shows exactly that, so the checker is
 //! known to fail when it should.
 //!
-//! A restarted daemon may publish `go` again for a job it restored as running (the broker may
-//! not have taken the first one before the kill); the checker counts that as the same grant
-//! while the job runs. But the grant-burst kill keeps the daemon down until workers have queued
+//! Quota windows are checked on the grant times the daemon logged (exact, no slack), each
+//! cross-checked against the monitor's arrival of its `go`: judging by arrival alone raised
+//! false alarms whenever a grant's delivery took over 100 ms (it failed 2 runs in 5 that way).
+//!
+//! A restarted daemon may publish `go` again for a job it restored as running if the broker
+//! never acknowledged the first (the kill came between journal and broker); the checker counts
+//! that as the same grant while the job runs. But the grant-burst kill keeps the daemon down until workers have queued
 //! 30 requests for it, among them the `finished` of jobs it still holds as running: a `go`
 //! re-published before the daemon has read that backlog arrives after the `finished` and is
 //! reported as a go after the end, since a worker could take it as leave to run the job again.
@@ -181,7 +185,8 @@ async fn start_with_state() -> (Mosquitto, Daemon, Run) {
         &format!("{STATE_TOML}\n{}", spec.daemon_toml()),
     )
     .await;
-    let run = Run::start(broker.port(), spec).await;
+    let mut run = Run::start(broker.port(), spec).await;
+    run.daemon_log = Some(daemon.log_path());
     (broker, daemon, run)
 }
 
@@ -236,6 +241,7 @@ async fn mosquitto_stop_and_restart_under_load_keeps_limits_quotas_and_one_grant
     // Durable state does not matter here: the daemon keeps running.
     let daemon = Daemon::start(broker.port(), &spec.daemon_toml()).await;
     let mut run = Run::start(broker.port(), spec).await;
+    run.daemon_log = Some(daemon.log_path());
     let mut probe = Client::connect(broker.port(), &unique_id("probe")).await;
     // The burst is still on, and the quota channel waits for a window that opens during the
     // outage.
@@ -313,6 +319,7 @@ async fn without_durable_state_a_kill_9_is_reported_as_over_grants_and_lost_jobs
     let mut daemon =
         Daemon::start(broker.port(), &format!("{state}\n{}", spec.daemon_toml())).await;
     let mut run = Run::start(broker.port(), spec).await;
+    run.daemon_log = Some(daemon.log_path());
     let mut probe = Client::connect(broker.port(), &unique_id("probe")).await;
     // Back at once: the quota window is still full of grants the new process knows nothing
     // of, and the hanging `lease` jobs and the `slow` ones still hold their slots.

@@ -90,4 +90,41 @@ async fn a_go_in_flight_when_a_broker_without_persistence_died_is_said_again_aft
     assert_eq!(c.next_go("ch").await, "next");
     daemon.wait_log("the broker lost our session").await;
     daemon.wait_log("go again").await;
+    // Exactly once: `short` (acknowledged long before) is not told again, nor is `next` twice.
+    c.expect_none(&topic("ch", "go/+"), Duration::from_millis(500))
+        .await;
+    assert_eq!(
+        daemon.log().matches("go again").count(),
+        1,
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A broker restarted without persistence loses every session, but a `go` it had acknowledged
+/// was handed to the worker: the daemon says nothing again (a worker of the original protocol
+/// would run its job twice), and the running job keeps its slot.
+#[tokio::test]
+async fn an_acknowledged_go_is_not_said_again_after_the_broker_lost_every_session() {
+    let mut broker = Mosquitto::start();
+    let daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 1\n").await;
+    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
+    c.subscribe(&topic("ch", "go/+")).await;
+    c.register("ch", "a", 60.0).await;
+    c.register("ch", "b", 60.0).await;
+    assert_eq!(c.next_go("ch").await, "a");
+    // The reply waits for every earlier journal batch: the go's acknowledgement is recorded.
+    c.state("ch").await;
+
+    broker.restart();
+    c.wait_connections(2).await;
+    daemon.wait_log_count("synced", 2).await;
+    // Past the lost-session grace (1 s) in which a re-send would happen.
+    c.expect_none(&topic("ch", "go/+"), Duration::from_millis(1_500))
+        .await;
+    assert!(!daemon.log().contains("go again"), "{}", daemon.log());
+    let state = c.state_when_answered("ch").await;
+    assert_eq!(state["running"], json!(["a"]), "{state}");
+    c.finished("ch", "a").await;
+    assert_eq!(c.next_go("ch").await, "b");
 }

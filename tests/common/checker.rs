@@ -7,8 +7,13 @@
 //!
 //! - **running**: per channel, jobs granted (`go`) and not yet ended (`finished`, `aborted`,
 //!   `expired`) never exceed `max_concurrent_jobs`;
-//! - **quota**: per quota, no `limit + 1` grants fall in one window (see [`CheckOptions::slack`]
-//!   for how arrival times are read);
+//! - **quota**: per quota, no `limit + 1` grants fall in one window. Exactly, on the grant times
+//!   the daemon logged ([`CheckOptions::decided`]), which the engine's rule is about; arrival
+//!   times only bound them from above, and delivery delays under load (a first fsync, a backlog
+//!   at start-up) reach well past 100 ms, so judging by arrivals raises false alarms. Each
+//!   logged time is cross-checked against its arrival: a decision logged later than the monitor
+//!   saw its `go` is a violation (the log would not be trustworthy). Without logged times the
+//!   check falls back to arrivals with a slack (see [`CheckOptions::slack`]);
 //! - **one grant per job**: every job the broker accepted a `register` for ends with exactly one
 //!   grant or with an explicit `rejected`/`expired`. Another `go` for a job that is still running
 //!   is the same grant published again (the daemon re-publishes running grants after a restart):
@@ -72,6 +77,13 @@ pub struct CheckOptions {
     /// is the kill before the restart that said it again (a `finished` published after it may
     /// cross the repeated `go`).
     pub redelivered: std::collections::HashMap<String, (Duration, Duration)>,
+    /// Grant times as the daemon decided them (engine time, ms since the Unix epoch), by
+    /// (channel, uid), from its log ([`grant_times`]). When every grant of a channel has one,
+    /// its quotas are checked on these, exactly and without slack.
+    pub decided: HashMap<(String, String), u64>,
+    /// Wall-clock time of the monitor's time zero (ms since the Unix epoch), to cross-check
+    /// `decided` against arrivals.
+    pub monitor_epoch_ms: Option<u64>,
 }
 
 impl Default for CheckOptions {
@@ -80,8 +92,41 @@ impl Default for CheckOptions {
             slack: Duration::from_millis(100),
             outages: Vec::new(),
             redelivered: std::collections::HashMap::new(),
+            decided: HashMap::new(),
+            monitor_epoch_ms: None,
         }
     }
+}
+
+/// How much later than the monitor's arrival time a logged grant time may be: the two clocks
+/// are one (the machine's wall clock) read at slightly different moments, and the engine
+/// truncates to whole milliseconds.
+const CLOCK_TOLERANCE_MS: u64 = 5;
+
+/// The grant times in a daemon's log: every `go` line (`channel=C uid=U ... granted_at=T`) and
+/// every `go again` line of every process that appended to it, by (channel, uid).
+pub fn grant_times(log: &str) -> HashMap<(String, String), u64> {
+    let mut times = HashMap::new();
+    for line in log.lines() {
+        let is_go = line.contains("coordinosaur::driver: go ");
+        if !is_go {
+            continue;
+        }
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        let (Some(channel), Some(uid), Some(at)) =
+            (field("channel="), field("uid="), field("granted_at="))
+        else {
+            continue;
+        };
+        if let Ok(at) = at.parse::<u64>() {
+            times.insert((channel, uid), at);
+        }
+    }
+    times
 }
 
 /// A broken invariant.
@@ -130,6 +175,18 @@ pub enum Violation {
         /// have been made.
         was_granted: bool,
     },
+    /// The daemon logged a grant time later than the monitor received that grant's `go`: the
+    /// logged times cannot be trusted for the quota check.
+    DecidedAfterArrival {
+        /// Channel.
+        channel: String,
+        /// Job.
+        uid: String,
+        /// Logged grant time, in the monitor's time base.
+        decided: Duration,
+        /// Arrival.
+        at: Duration,
+    },
     /// A `go` for a job the broker never saw a `register` for.
     GoUnregistered {
         /// Channel.
@@ -177,6 +234,7 @@ impl Violation {
             Violation::QuotaExceeded { .. } => "quota window exceeded",
             Violation::GoAfterEnd { .. } => "go after the job ended",
             Violation::GoUnregistered { .. } => "go for a job never registered",
+            Violation::DecidedAfterArrival { .. } => "grant logged after its go arrived",
             Violation::RejectedWhileRunning { .. } => "rejected while running",
             Violation::Unaccounted { .. } => "job not accounted for (no outcome)",
             Violation::RegisterNeverSeen { .. } => "register sent but never reached the broker",
@@ -238,6 +296,17 @@ impl fmt::Display for Violation {
                 } else {
                     "it was never granted before"
                 }
+            ),
+            Violation::DecidedAfterArrival {
+                channel,
+                uid,
+                decided,
+                at,
+            } => write!(
+                f,
+                "{channel}: go/{uid} logged as granted at {} but received at {}",
+                secs(*decided),
+                secs(*at)
             ),
             Violation::GoUnregistered { channel, uid, at } => {
                 write!(f, "{channel}: go/{uid} at {} with no register", secs(*at))
@@ -307,8 +376,11 @@ pub struct ChannelStats {
     pub expired_after_finished: usize,
     /// Highest number of jobs running at once.
     pub max_running_seen: usize,
-    /// Per quota: the most grants seen in any window of `interval - slack` of arrival times.
+    /// Per quota: the most grants in any window (of logged grant times, or of
+    /// `interval - slack` of arrival times without them).
     pub max_in_window: Vec<usize>,
+    /// Longest delay from a logged grant time to the monitor's arrival of its `go`, in ms.
+    pub max_delivery_delay_ms: u64,
 }
 
 /// The result of a check.
@@ -398,8 +470,12 @@ impl fmt::Display for Report {
             }
             let _ = write!(
                 line,
-                "; repeated go {}, repeated register {}, expired after finished {}",
-                s.repeated_go, s.repeated_register, s.expired_after_finished
+                "; repeated go {}, repeated register {}, expired after finished {}, \
+                 longest grant-to-arrival delay {} ms",
+                s.repeated_go,
+                s.repeated_register,
+                s.expired_after_finished,
+                s.max_delivery_delay_ms
             );
             writeln!(f, "{line}")?;
         }
@@ -628,8 +704,12 @@ pub fn check(
     }
 
     for (ch, rule) in rules.iter().enumerate() {
+        let decided = decided_times(rule, &grants[ch], options, &mut report, &mut stats[ch]);
         for &(limit, interval) in &rule.quotas {
-            let (max_seen, violation) = check_quota(rule, &grants[ch], limit, interval, options);
+            let (max_seen, violation) = match &decided {
+                Some(times) => check_quota_exactly(rule, times, limit, interval, options),
+                None => check_quota(rule, &grants[ch], limit, interval, options),
+            };
             stats[ch].max_in_window.push(max_seen);
             report.violations.extend(violation);
         }
@@ -673,6 +753,75 @@ fn since(state: &JobState) -> Duration {
         JobState::Waiting(t) | JobState::Running(t) => t,
         JobState::Ended { at, .. } => at,
     }
+}
+
+/// The logged grant time (engine ms) of each of a channel's grants, if every one has one; each
+/// is cross-checked against its arrival, and the longest delay is recorded.
+fn decided_times(
+    rule: &ChannelRule,
+    grants: &[(Duration, String)],
+    options: &CheckOptions,
+    report: &mut Report,
+    stats: &mut ChannelStats,
+) -> Option<Vec<(u64, String)>> {
+    let mut times = Vec::with_capacity(grants.len());
+    for (at, uid) in grants {
+        let decided = *options.decided.get(&(rule.name.clone(), uid.clone()))?;
+        if let Some(epoch) = options.monitor_epoch_ms {
+            let arrived = epoch + u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
+            if decided > arrived + CLOCK_TOLERANCE_MS {
+                report.violations.push(Violation::DecidedAfterArrival {
+                    channel: rule.name.clone(),
+                    uid: uid.clone(),
+                    decided: Duration::from_millis(decided.saturating_sub(epoch)),
+                    at: *at,
+                });
+            }
+            stats.max_delivery_delay_ms = stats
+                .max_delivery_delay_ms
+                .max(arrived.saturating_sub(decided));
+        }
+        times.push((decided, uid.clone()));
+    }
+    times.sort();
+    Some(times)
+}
+
+/// One quota over a channel's logged grant times, as the engine applies it: a grant counts in
+/// the window while `now <= granted_at + interval`, so `limit + 1` grants within `interval`
+/// milliseconds (inclusive) are one too many. Returns the most grants in any window and the
+/// first violation.
+fn check_quota_exactly(
+    rule: &ChannelRule,
+    times: &[(u64, String)],
+    limit: usize,
+    interval: Duration,
+    options: &CheckOptions,
+) -> (usize, Option<Violation>) {
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    let epoch = options.monitor_epoch_ms.unwrap_or(0);
+    let monitor_time = |t: u64| Duration::from_millis(t.saturating_sub(epoch));
+    let mut max_seen = 0;
+    let mut start = 0;
+    let mut violation = None;
+    for (j, (t, uid)) in times.iter().enumerate() {
+        while times[start].0 + interval_ms < *t {
+            start += 1;
+        }
+        let in_window = j + 1 - start;
+        max_seen = max_seen.max(in_window);
+        if violation.is_none() && limit > 0 && in_window > limit {
+            let first = &times[j - limit];
+            violation = Some(Violation::QuotaExceeded {
+                channel: rule.name.clone(),
+                limit,
+                interval,
+                first: (first.1.clone(), monitor_time(first.0)),
+                last: (uid.clone(), monitor_time(*t)),
+            });
+        }
+    }
+    (max_seen, violation)
 }
 
 /// One quota over a channel's grants: the most grants in any window of `interval - slack`, and

@@ -270,7 +270,8 @@ impl Daemon {
         self.dir.path().join("coordinosaur.toml")
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The daemon's log (stdout and stderr of every process started in this dir).
+    pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("daemon.log")
     }
 

@@ -603,6 +603,8 @@ pub struct Monitor {
     records: Arc<Mutex<Vec<Record>>>,
     /// Time zero of `Record::at`.
     epoch: Instant,
+    /// The wall clock at `epoch`, in ms since the Unix epoch (the daemon's engine time base).
+    epoch_wall_ms: u64,
     /// Reconnects where the broker had lost the monitor's session (its log may have a gap).
     sessions_lost: Arc<AtomicUsize>,
     /// The event-loop task.
@@ -617,6 +619,13 @@ impl Monitor {
         let records: Arc<Mutex<Vec<Record>>> = Arc::default();
         let sessions_lost = Arc::new(AtomicUsize::new(0));
         let epoch = Instant::now();
+        let epoch_wall_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_millis(),
+        )
+        .expect("ms fit in u64");
         let (ready_tx, mut ready) = watch::channel(false);
         let task = {
             let records = Arc::clone(&records);
@@ -661,9 +670,15 @@ impl Monitor {
         Monitor {
             records,
             epoch,
+            epoch_wall_ms,
             sessions_lost,
             task,
         }
+    }
+
+    /// The wall clock at the monitor's time zero, in ms since the Unix epoch.
+    pub fn epoch_wall_ms(&self) -> u64 {
+        self.epoch_wall_ms
     }
 
     /// Time since the monitor started (the time base of `Record::at`).
@@ -712,6 +727,9 @@ pub struct Run {
     pub fleet: Fleet,
     /// How to read the log (outages are added by the test).
     pub options: CheckOptions,
+    /// The daemon's log, whose grant times the quota check uses (see
+    /// [`CheckOptions::decided`]); every check reads it again.
+    pub daemon_log: Option<std::path::PathBuf>,
     /// What the test did and when, printed with the report.
     notes: Vec<String>,
 }
@@ -727,8 +745,10 @@ impl Run {
             monitor,
             fleet,
             options: CheckOptions::default(),
+            daemon_log: None,
             notes: Vec::new(),
         };
+        run.options.monitor_epoch_ms = Some(run.monitor.epoch_wall_ms());
         run.note(&format!(
             "{} workers, {} jobs over {} channels and {} connections, seed {seed}",
             run.spec.workers(),
@@ -767,12 +787,14 @@ impl Run {
 
     /// Checks the log as it is now.
     pub fn check(&self) -> Report {
-        let mut report = checker::check(
-            &self.spec.rules(),
-            &self.monitor.records(),
-            &self.fleet.sent(),
-            &self.options,
-        );
+        // Records first: every go they hold was logged before it was published.
+        let records = self.monitor.records();
+        let mut options = self.options.clone();
+        if let Some(path) = &self.daemon_log {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            options.decided = checker::grant_times(&log);
+        }
+        let mut report = checker::check(&self.spec.rules(), &records, &self.fleet.sent(), &options);
         report.notes = self.notes.clone();
         report.notes.push(self.fleet.summary());
         report.notes.push(format!(
