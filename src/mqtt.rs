@@ -256,6 +256,11 @@ pub async fn run(
                 } else {
                     let limits = *settings.limits.borrow();
                     match protocol::decode(&settings.prefix, &p.topic, &p.payload, &limits) {
+                        Ok(Some(input)) if p.retain => Inbound::Rejected {
+                            topic: p.topic.clone(),
+                            rejection: protocol::retained(&input),
+                            ack,
+                        },
                         Ok(Some(input)) => Inbound::Input(input, ack),
                         Ok(None) => match ack {
                             Some(ack) => Inbound::Ignored(ack),

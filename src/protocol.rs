@@ -81,6 +81,13 @@ pub enum ProtocolError {
     /// `concurrency/set` payload is not a non-negative integer.
     #[error("concurrency must be a non-negative integer, got {0:?}")]
     BadConcurrency(String),
+    /// Delivered with the retain flag: a message the broker stored and replays on every
+    /// subscribe, not a request made now.
+    #[error(
+        "retained message refused: a request is never stored by the broker (publish it without \
+         the retain flag; clear this one with an empty retained message on the same topic)"
+    )]
+    Retained,
 }
 
 /// A refused message, with what is known of it so that the client can be told.
@@ -112,6 +119,25 @@ impl Rejection {
             reason: self.error.to_string(),
         })
     }
+}
+
+/// The refusal of a request the broker delivered with the retain flag set: a stored message it
+/// replays on every (re)subscribe, at times nobody chose. Acting on it would create, end or renew
+/// a job after every reconnect (a phantom job holding a slot), or re-apply an old concurrency.
+/// The first, live delivery of a message published with the retain flag comes without it (MQTT
+/// 3.1.1 section 3.3.1.3), so that one is served as usual.
+pub fn retained(input: &Input) -> Rejection {
+    let (channel, uid) = match input {
+        Input::Register(r) => (Some(r.channel.as_str()), Some(r.uid.as_str())),
+        Input::Finished { channel, uid }
+        | Input::Aborted { channel, uid }
+        | Input::Renew { channel, uid, .. } => (Some(channel.as_str()), Some(uid.as_str())),
+        Input::SetConcurrency { channel, .. } | Input::Infos { channel } => {
+            (Some(channel.as_str()), None)
+        }
+        Input::InfosAll | Input::Delivered { .. } => (None, None),
+    };
+    Rejection::new(channel, uid, ProtocolError::Retained)
 }
 
 /// Subscription filters for everything `decode` handles under `prefix` (`PREFIX/infos` asks for

@@ -372,3 +372,29 @@ fn daemon_wide_infos() {
         Some(("coordinosaur/state".into(), b"[]".to_vec()))
     );
 }
+
+#[test]
+fn a_retained_request_is_refused_naming_the_uid_where_there_is_one() {
+    let limits = DecodeLimits::default();
+    let register = decode(
+        P,
+        "coordinosaur/ch/register",
+        br#"{"uid":"r1","timeout":5}"#,
+        &limits,
+    )
+    .unwrap()
+    .unwrap();
+    let r = retained(&register);
+    assert_eq!(
+        (r.channel.as_deref(), r.uid.as_deref()),
+        (Some("ch"), Some("r1"))
+    );
+    assert_eq!(r.error, ProtocolError::Retained);
+    assert!(r.to_output().is_some(), "rejected/r1 is published");
+    let set = decode(P, "coordinosaur/ch/concurrency/set", b"3", &limits)
+        .unwrap()
+        .unwrap();
+    let r = retained(&set);
+    assert_eq!((r.channel.as_deref(), r.uid.as_deref()), (Some("ch"), None));
+    assert!(r.error.to_string().contains("retain flag"));
+}

@@ -217,6 +217,19 @@ impl Client {
         }
     }
 
+    /// Publishes at QoS 1 with the retain flag: the broker stores the message and hands it to
+    /// every later subscriber (the slip that [`Client::publish`] never makes).
+    pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        let queued = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, true, payload.into());
+        match timeout(DEFAULT_TIMEOUT, queued).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("{}: publish to {topic}: {e}", self.id),
+            Err(_) => panic!("{}: publish to {topic} not queued", self.id),
+        }
+    }
+
     /// Publishes arbitrary bytes (e.g. invalid UTF-8) at QoS 1; see [`Client::publish`].
     pub async fn publish_raw(&self, topic: &str, bytes: &[u8]) {
         self.publish(topic, bytes.to_vec()).await;
