@@ -50,6 +50,11 @@ const BACKLOG: usize = 30;
 /// Upper bound for reaching a fault point.
 const FAULT_POINT_WITHIN: Duration = Duration::from_secs(15);
 
+/// One fault run at a time in this process. nextest runs each test in its own process (and the
+/// ci profile runs this binary alone); plain `cargo test` runs a binary's tests on parallel
+/// threads, and two fleets of hundreds of workers at once would starve each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Panics with the report unless every invariant held.
 fn assert_clean(report: &Report, what: &str) {
     assert!(report.is_clean(), "{what}: invariants broken\n{report}");
@@ -192,6 +197,7 @@ async fn start_with_state() -> (Mosquitto, Daemon, Run) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_kill_9_during_grant_burst_then_restart_keeps_limits_quotas_and_one_grant_per_job() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (_broker, mut daemon, mut run) = start_with_state().await;
     wait_for_grant_burst(&mut run).await;
     let killed_at = kill(&mut run, &mut daemon);
@@ -204,6 +210,7 @@ async fn daemon_kill_9_during_grant_burst_then_restart_keeps_limits_quotas_and_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_kill_9_during_quota_wait_then_restart_keeps_limits_quotas_and_one_grant_per_job() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (broker, mut daemon, mut run) = start_with_state().await;
     let mut probe = Client::connect(broker.port(), &unique_id("probe")).await;
     let opens_in = wait_for_quota_wait(&mut run, &mut probe).await;
@@ -218,6 +225,7 @@ async fn daemon_kill_9_during_quota_wait_then_restart_keeps_limits_quotas_and_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_kill_9_twice_in_burst_and_in_quota_wait_keeps_limits_quotas_and_one_grant_per_job()
 {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (broker, mut daemon, mut run) = start_with_state().await;
     let mut probe = Client::connect(broker.port(), &unique_id("probe")).await;
     wait_for_grant_burst(&mut run).await;
@@ -236,6 +244,7 @@ async fn daemon_kill_9_twice_in_burst_and_in_quota_wait_keeps_limits_quotas_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_stop_and_restart_under_load_keeps_limits_quotas_and_one_grant_per_job() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let mut broker = Mosquitto::start_persistent();
     let spec = FleetSpec::standard();
     // Durable state does not matter here: the daemon keeps running.
@@ -308,6 +317,7 @@ async fn mosquitto_stop_and_restart_under_load_keeps_limits_quotas_and_one_grant
 /// `slow` ones) are joined by new ones beyond the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_durable_state_a_kill_9_is_reported_as_over_grants_and_lost_jobs() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let broker = Mosquitto::start();
     let spec = FleetSpec::standard();
     let state = if daemon_knows_state_table() {

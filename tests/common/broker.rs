@@ -133,7 +133,7 @@ impl Mosquitto {
 
     fn start_inner(extra: &str, persistent: bool) -> Mosquitto {
         let exe = Self::executable()
-            .unwrap_or_else(|| panic!("mosquitto not installed: apt-get install -y mosquitto"));
+            .unwrap_or_else(|| panic!("mosquitto is not installed: run scripts/test.sh (it installs it), or apt-get install -y mosquitto mosquitto-clients"));
         let dir = tempfile::Builder::new()
             .prefix("coordinosaur-mosquitto-")
             .tempdir()

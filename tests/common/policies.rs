@@ -114,8 +114,8 @@ fn build() {
         || stderr.contains("can't find crate for `core`")
         || stderr.contains("can't find crate for `std`");
     let hint = if missing_target {
-        "a wasm target is missing: rustup target add wasm32-unknown-unknown wasm32-wasip2, \
-         or let rust-toolchain.toml install it"
+        "a wasm target is missing: run scripts/test.sh (it sets the machine up), or \
+         `rustup toolchain install` in the project (installs what rust-toolchain.toml names)"
     } else {
         "see cargo's output below"
     };

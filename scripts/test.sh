@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The project's test command (README "Test it", and what .ci/run calls): installs what a fresh
+# machine lacks, builds the guest policies, then runs the whole suite with nextest. On a machine
+# that already has everything it only checks and runs the tests. Extra arguments go to nextest
+# (e.g. `scripts/test.sh --test durable`).
+#
+# What it installs, and from where:
+# - Mosquitto (tests start their own brokers on free loopback ports): Debian's packages.
+# - Rust 1.95.0 with the wasm32-wasip2 and wasm32-unknown-unknown targets (rust-toolchain.toml):
+#   rustup. `rustup toolchain install` must run explicitly: cargo does not add the targets to a
+#   toolchain that is already installed, and the policy build then fails with "can't find crate
+#   for `core`".
+# - cargo-nextest, if missing: crates.io.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v mosquitto >/dev/null 2>&1; then
+  echo "== installing mosquitto (Debian packages)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+
+echo "== rust toolchain and wasm targets (rust-toolchain.toml)"
+rustup toolchain install
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest (crates.io)"
+  cargo install --locked cargo-nextest
+fi
+
+echo "== guest policies (built once here so that no test waits on a cold build)"
+# The same command tests/common/policies.rs runs, so the tests find everything up to date.
+(cd policies && env -u CARGO_TARGET_DIR cargo build --release --locked --workspace \
+  --target wasm32-unknown-unknown --target wasm32-wasip2)
+
+echo "== tests"
+exec cargo nextest run --locked --profile ci "$@"
