@@ -70,7 +70,11 @@ pub async fn run(
     // A reloaded config's message limits apply in the MQTT task at once; the rest in the driver.
     tokio::spawn(async move {
         while let Some(config) = reloaded.recv().await {
-            decode_limits.send_replace(config.limits.decode());
+            let limits = config.limits.decode();
+            if limits != *decode_limits.borrow() {
+                tracing::info!(?limits, "message limits changed");
+                decode_limits.send_replace(limits);
+            }
             if to_driver.send(config).is_err() {
                 break;
             }

@@ -15,7 +15,7 @@ use crate::engine::{Input, Millis, Output, Registration};
 pub const DEFAULT_MAX_UID_LEN: usize = 1024;
 
 /// Limits applied while decoding.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
     /// Largest payload accepted, in bytes.
     pub max_payload: usize,

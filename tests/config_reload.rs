@@ -96,3 +96,35 @@ async fn sighup_rereads_the_file_and_quota_history_is_kept() {
     assert_eq!(state["quotas"][0]["used"], 3);
     assert_eq!(state["waiting"], 1);
 }
+
+/// `[limits]` message limits are read by the MQTT task, not the engine: a reload must reach it
+/// too (they were copied once at start and never updated, although the README said they apply
+/// at once).
+#[tokio::test]
+async fn lowered_message_limits_apply_to_the_next_message() {
+    let broker = TestBroker::start();
+    let daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 5\n").await;
+    let mut client = worker(&broker, "ch").await;
+    client.subscribe(&topic("ch", "rejected/+")).await;
+    let long_uid = "u".repeat(40);
+    client.register("ch", &long_uid, 60.0).await;
+    assert_eq!(client.next_go("ch").await, long_uid);
+
+    rewrite(
+        &daemon,
+        "[defaults]\nmax_concurrent_jobs = 5\n[limits]\nmax_uid_len = 32\nmax_timeout = \"1m\"\n",
+    );
+    daemon.wait_log("message limits changed").await;
+    let other = "v".repeat(40);
+    client.register("ch", &other, 30.0).await;
+    // A uid over the limit is not echoed back in a topic: the refusal is logged.
+    daemon.wait_log("max_uid_len = 32").await;
+    client.register("ch", "short", 120.0).await;
+    let refused = client
+        .expect(&topic("ch", "rejected/short"), Duration::from_secs(10))
+        .await;
+    let reason = String::from_utf8_lossy(&refused);
+    assert!(reason.contains("over the limit"), "{reason}");
+    client.register("ch", "fine", 30.0).await;
+    assert_eq!(client.next_go("ch").await, "fine");
+}
