@@ -344,6 +344,53 @@ async fn usage_errors_exit_125() {
     }
 }
 
+/// `run` reads `[limits] max_uid_len` from its config, as the daemon does: a longer uid than
+/// the default 1024 bytes works when both allow it, and a shorter limit is refused up front.
+#[tokio::test]
+async fn the_uid_limit_comes_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _daemon, mut w) = setup("[limits]\nmax_uid_len = 4096\n").await;
+    let roomy = dir.path().join("roomy.toml");
+    std::fs::write(&roomy, "[limits]\nmax_uid_len = 4096\n").unwrap();
+    let uid = "u".repeat(2000);
+    let roomy = roomy.to_str().unwrap();
+    let args = [
+        "--config",
+        roomy,
+        "--channel",
+        "ch",
+        "--timeout",
+        "60",
+        "--uid",
+        &uid,
+    ];
+    let run = spawn_run(broker.port(), &[&args[..], &["--", "true"]].concat());
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    w.expect(&topic("ch", &format!("go/{uid}")), DEFAULT_TIMEOUT)
+        .await;
+
+    let tight = dir.path().join("tight.toml");
+    std::fs::write(&tight, "[limits]\nmax_uid_len = 8\n").unwrap();
+    let tight = tight.to_str().unwrap();
+    let args = [
+        "--config",
+        tight,
+        "--channel",
+        "ch",
+        "--timeout",
+        "60",
+        "--uid",
+        "123456789",
+    ];
+    let run = spawn_run(broker.port(), &[&args[..], &["--", "true"]].concat());
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(125), "stderr: {stderr}");
+    assert!(stderr.contains("max_uid_len = 8"), "{stderr}");
+    w.expect_none(&topic("ch", "go/123456789"), Duration::ZERO)
+        .await;
+}
+
 #[tokio::test]
 async fn a_missing_command_exits_127_and_aborts() {
     let (broker, _daemon, mut w) = setup("").await;

@@ -20,9 +20,11 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
 
+use super::endpoint::client_config;
 use super::format::{short, StateView};
 use super::session::{Message, Session};
 use super::{exit, parse_duration, random_u32, CliError, Endpoint};
+use crate::protocol;
 
 /// How long the final `finished`/`aborted` may wait for its PUBACK, and DISCONNECT to go out.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,10 +123,11 @@ enum Gate {
 }
 
 async fn run(config: Option<&Path>, args: RunArgs) -> Result<u8, CliError> {
-    let endpoint = Endpoint::resolve(config, args.broker.as_deref())?;
+    let config = client_config(config)?;
+    let endpoint = Endpoint::from_config(&config, args.broker.as_deref())?;
     let uid = args.uid.clone().unwrap_or_else(default_uid);
-    check_name("--channel", &args.channel, false)?;
-    check_name("--uid", &uid, true)?;
+    check_channel(&args.channel)?;
+    check_uid(&uid, config.limits.max_uid_len)?;
     if args.timeout.is_zero() {
         return Err(CliError::Usage("--timeout must be more than 0".into()));
     }
@@ -443,19 +446,21 @@ fn default_uid() -> String {
     format!("{host}-{}-{:08x}", std::process::id(), random_u32())
 }
 
-/// A channel is one topic level; a uid may hold `/` but never a wildcard or NUL.
-fn check_name(flag: &str, name: &str, slash_ok: bool) -> Result<(), CliError> {
-    let bad = name.is_empty()
-        || name.len() > 1024
-        || name.contains(['+', '#', '\0'])
-        || (!slash_ok && name.contains('/'));
+/// A channel is one topic level, never a wildcard or NUL.
+fn check_channel(name: &str) -> Result<(), CliError> {
+    let bad = name.is_empty() || name.len() > 1024 || name.contains(['+', '#', '\0', '/']);
     if bad {
-        let rule = if slash_ok { "" } else { ", `/`" };
         return Err(CliError::Usage(format!(
-            "{flag} {name:?}: must be 1 to 1024 bytes without `+`, `#`{rule} or NUL"
+            "--channel {name:?}: must be 1 to 1024 bytes without `+`, `#`, `/` or NUL"
         )));
     }
     Ok(())
+}
+
+/// The daemon's own rule for a uid (it may hold `/`), with the config's `[limits] max_uid_len`,
+/// so that a uid the daemon would reject is refused before connecting.
+fn check_uid(uid: &str, max_len: usize) -> Result<(), CliError> {
+    protocol::check_uid(uid, max_len).map_err(|e| CliError::Usage(format!("--uid: {e}")))
 }
 
 /// `key=value`: integers and booleans become JSON numbers and booleans, the rest strings.
@@ -506,9 +511,20 @@ mod tests {
     #[test]
     fn default_uids_are_valid_and_differ() {
         let (a, b) = (default_uid(), default_uid());
-        assert!(check_name("--uid", &a, true).is_ok(), "{a}");
+        assert!(check_uid(&a, protocol::DEFAULT_MAX_UID_LEN).is_ok(), "{a}");
         assert_ne!(a, b);
         assert!(a.contains(&format!("-{}-", std::process::id())), "{a}");
+    }
+
+    #[test]
+    fn uids_follow_the_daemons_rule_with_the_configured_length() {
+        let long = "u".repeat(2000);
+        assert!(check_uid(&long, 4096).is_ok());
+        let e = check_uid(&long, 1024).unwrap_err().to_string();
+        assert!(e.contains("max_uid_len = 1024"), "{e}");
+        assert!(check_uid("host/job-1", 16).is_ok());
+        assert!(check_uid("a+b", 16).is_err());
+        assert!(check_uid("", 16).is_err());
     }
 
     #[test]
