@@ -4,7 +4,9 @@
 //! frees its slot at once), subscribe to the uid's `go`, `rejected` and `expired` topics and wait
 //! for the SUBACK, and only then register, so the answer cannot be missed. While the command
 //! runs the lease is renewed every half timeout and SIGINT/SIGTERM are forwarded to it; when it
-//! exits, `finished` or `aborted` is published and acknowledged before a clean DISCONNECT.
+//! exits, `finished` or `aborted` is published and acknowledged before a clean DISCONNECT. If
+//! `run` itself is killed, the will frees the slot and the kernel kills the command
+//! (see [`super::child`]).
 
 use std::ffi::OsString;
 use std::io::{IsTerminal as _, Write as _};
@@ -20,6 +22,7 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
 
+use super::child::{self, RunThread};
 use super::endpoint::client_config;
 use super::format::{short, StateView};
 use super::session::{Message, Session};
@@ -71,9 +74,13 @@ pub struct RunArgs {
 }
 
 /// Runs `coordinosaur run` and returns the process exit code.
+///
+/// The command is spawned from this thread, which blocks in the runtime until `run` ends (see
+/// [`RunThread`]): the kernel's parent-death signal follows the thread that forked the child.
 pub fn main(config: Option<&Path>, args: RunArgs) -> u8 {
+    let here = RunThread::here();
     super::block_on(async move {
-        match run(config, args).await {
+        match run(config, args, &here).await {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("coordinosaur run: {e}");
@@ -122,7 +129,7 @@ enum Gate {
     Signalled(Signal),
 }
 
-async fn run(config: Option<&Path>, args: RunArgs) -> Result<u8, CliError> {
+async fn run(config: Option<&Path>, args: RunArgs, here: &RunThread) -> Result<u8, CliError> {
     let config = client_config(config)?;
     let endpoint = Endpoint::from_config(&config, args.broker.as_deref())?;
     let uid = args.uid.clone().unwrap_or_else(default_uid);
@@ -168,7 +175,7 @@ async fn run(config: Option<&Path>, args: RunArgs) -> Result<u8, CliError> {
     let deadline = args.wait_timeout.map(|d| Instant::now() + d);
     let gate = wait_for_go(&mut session, &job, &mut signals, deadline, tty).await?;
     let code = match gate {
-        Gate::Go => return run_command(session, &job, &mut signals, &args.command).await,
+        Gate::Go => return run_command(session, &job, &mut signals, &args.command, here).await,
         Gate::Rejected(reason) => {
             eprintln!(
                 "coordinosaur run: rejected on channel {}: {reason}",
@@ -265,8 +272,9 @@ async fn run_command(
     job: &Job,
     signals: &mut Signals,
     command: &[OsString],
+    here: &RunThread,
 ) -> Result<u8, CliError> {
-    let mut child = match Command::new(&command[0]).args(&command[1..]).spawn() {
+    let mut child = match child::spawn(Command::new(&command[0]).args(&command[1..]), here) {
         Ok(child) => child,
         Err(e) => {
             let shown = command[0].to_string_lossy();
