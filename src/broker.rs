@@ -11,8 +11,9 @@
 //! rumqttd logs through `tracing` under the target `rumqttd` (e.g. `rumqttd::server::broker`,
 //! `rumqttd::router::routing`). It is chatty: every connect, subscribe and disconnect is logged
 //! at `info`, and some ordinary events at `error`: a client that sends DISCONNECT before closing
-//! ("no-connection id .. is already gone"), a TCP connection closed before CONNECT. Filter it
-//! with e.g. `RUST_LOG=info,rumqttd=warn`.
+//! ("no-connection id .. is already gone" or "router-drop"), a TCP connection closed before
+//! CONNECT. The daemon's default filter is `info,rumqttd=warn`, and [`BenignDisconnects`] drops
+//! the errors of a clean disconnect (see [`log_filter`]).
 //!
 //! Behaviour of rumqttd 0.20 that callers should know:
 //! - It refuses clients whose keep-alive is 0 (`ZeroKeepAlive`), and drops a client that sends
@@ -31,6 +32,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+pub mod log_filter;
+
+pub use log_filter::BenignDisconnects;
 
 /// Largest publish payload the embedded broker accepts, in bytes. The daemon's own payload
 /// limit must not exceed it, so that the daemon (not the broker) rejects an oversized message.

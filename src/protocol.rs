@@ -291,8 +291,9 @@ fn decode_job(
     Ok(JobFields { uid, timeout, meta })
 }
 
-/// A uid must be usable as one topic level of `go/{uid}`.
-fn check_uid(uid: &str, max_len: usize) -> Result<(), ProtocolError> {
+/// A uid must be usable as one topic level of `go/{uid}`, at most `max_len` bytes long
+/// (`[limits] max_uid_len`). `coordinosaur run` checks its `--uid` with the same rule.
+pub fn check_uid(uid: &str, max_len: usize) -> Result<(), ProtocolError> {
     if uid.is_empty() {
         Err(ProtocolError::BadUid("is empty"))
     } else if uid.len() > max_len {

@@ -2,14 +2,18 @@
 
 mod common;
 
+use std::fs::File;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{free_port, topic, unique_id, Client, Daemon, DEFAULT_TIMEOUT};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/coordinosaur.toml");
 
@@ -193,4 +197,93 @@ fn embedded_broker_on_a_taken_port_exits_non_zero_and_says_why() {
     assert!(stderr.contains("[mqtt]"), "{stderr}");
     assert!(stderr.contains(&port.to_string()), "{stderr}");
     drop(held);
+}
+
+/// A daemon process, killed on drop if the test did not stop it.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Connects as `id`, publishes one QoS 1 message, waits for its PUBACK and disconnects with a
+/// DISCONNECT packet before closing the socket, as `mosquitto_pub` does.
+async fn publish_once(port: u16, id: &str) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .try_publish("other/topic", QoS::AtLeastOnce, false, "hi")
+        .expect("queue the publish");
+    let exchange = async {
+        loop {
+            match eventloop.poll().await.expect("talk to the embedded broker") {
+                Event::Incoming(Packet::PubAck(_)) => {
+                    client.try_disconnect().expect("queue DISCONNECT");
+                }
+                Event::Outgoing(Outgoing::Disconnect) => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(DEFAULT_TIMEOUT, exchange)
+        .await
+        .expect("publish and disconnect within 10 s");
+}
+
+/// Normal use with the shipped config (embedded rumqttd, the default log filter): clients that
+/// connect, publish and disconnect cleanly, then a SIGTERM. rumqttd logs each clean disconnect
+/// at `error` ("no-connection id N is already gone" or "router-drop error=Recv(Disconnected)",
+/// whichever side notices first); none of that may reach the daemon's output.
+#[tokio::test]
+async fn clean_disconnects_log_no_error_with_the_shipped_config() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(SHIPPED).unwrap();
+    let listen = "listen = \"127.0.0.1:1883\"";
+    assert!(shipped.contains(listen), "the shipped config changed");
+    let config = dir.path().join("coordinosaur.toml");
+    let ours = format!("listen = \"127.0.0.1:{port}\"");
+    std::fs::write(&config, shipped.replace(listen, &ours)).unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_coordinosaur"))
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir.path())
+        // The default filter, as a user gets it.
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = KillOnDrop(child);
+    let mut worker = Client::connect(port, &unique_id("worker")).await;
+    worker.subscribe(&topic("ch", "go/+")).await;
+    for i in 0..5 {
+        publish_once(port, &unique_id(&format!("pub{i}"))).await;
+    }
+    // A round trip through the daemon after the disconnects; then a moment for rumqttd's link
+    // threads, which log after the router has dropped a connection.
+    worker.register("ch", "after", 30.0).await;
+    assert_eq!(worker.next_go("ch").await, "after");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(worker);
+    kill(Pid::from_raw(daemon.0.id() as i32), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    while daemon.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        output.contains("embedded MQTT broker listening"),
+        "{output}"
+    );
+    let errors: Vec<&str> = output.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "errors logged:\n{}", errors.join("\n"));
 }

@@ -205,9 +205,8 @@ async fn a_killed_run_frees_its_slot_at_once_through_its_will() {
     );
     w.expect(&topic("ch", "go/dead-1"), DEFAULT_TIMEOUT).await;
     w.register("ch", "second", 60.0).await;
-    // The command (sleep) outlives run; remember it to clean up.
-    let pid = run.id().expect("pid of run");
-    let children = wait_for_children(pid).await;
+    // Kill run once its command runs (the command dies with it: see the next test).
+    wait_for_children(run.id().expect("pid of run")).await;
     run.start_kill().expect("SIGKILL run");
     let _ = run.wait().await;
     let killed = Instant::now();
@@ -218,26 +217,157 @@ async fn a_killed_run_frees_its_slot_at_once_through_its_will() {
     w.expect(&topic("ch", "go/second"), Duration::from_secs(2))
         .await;
     assert!(killed.elapsed() < Duration::from_secs(2));
-    for child in children {
-        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+}
+
+/// SIGKILL on `run` must take its command down too: the MQTT will frees the slot at once, so a
+/// command that outlived `run` would run beside the next job of a max-1 channel. Measures, on
+/// the wall clock, when the first command is seen dead and when the second one starts.
+#[tokio::test]
+async fn a_killed_run_takes_its_command_down_before_the_next_job_starts() {
+    let (broker, _daemon, mut w) = setup("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("first.pid");
+    let started = dir.path().join("second.start");
+    let first_cmd = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+    let mut first = spawn_run(
+        broker.port(),
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "60",
+            "--uid",
+            "first",
+            "--",
+            "sh",
+            "-c",
+            &first_cmd,
+        ],
+    );
+    w.expect(&topic("ch", "go/first"), DEFAULT_TIMEOUT).await;
+    let command = Pid::from_raw(read_pid(&pidfile).await);
+    let second_cmd = format!("date +%s.%N > {}", started.display());
+    let second = spawn_run(
+        broker.port(),
+        &[
+            "--channel",
+            "ch",
+            "--timeout",
+            "60",
+            "--uid",
+            "second",
+            "--",
+            "sh",
+            "-c",
+            &second_cmd,
+        ],
+    );
+    // Queued behind `first` before the kill, so it starts as soon as the slot is free.
+    let state = wait_waiting(&mut w, 1).await;
+    assert_eq!(state["running"], json!(["first"]), "{state}");
+
+    first.start_kill().expect("SIGKILL run");
+    let killed = unix_now();
+    let _ = first.wait().await;
+    let dead = wait_dead(command, Duration::from_secs(1)).await;
+    let (code, stderr) = finish(second).await;
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    let second_start: f64 = std::fs::read_to_string(&started)
+        .expect("the second command ran")
+        .trim()
+        .parse()
+        .expect("a date +%s.%N timestamp");
+    let dead = dead.unwrap_or_else(|| {
+        let _ = kill(command, Signal::SIGKILL);
+        panic!(
+            "the command of the killed run still ran 1 s after the kill; the next command \
+             started {:.1} ms after the kill",
+            (second_start - killed) * 1e3
+        )
+    });
+    let overlap = dead - second_start;
+    eprintln!(
+        "command dead {:.1} ms after the kill; next command started {:.1} ms after the kill; \
+         overlap {:.1} ms",
+        (dead - killed) * 1e3,
+        (second_start - killed) * 1e3,
+        overlap * 1e3
+    );
+    assert!(
+        overlap < 1.0,
+        "the two commands overlapped by {overlap:.3} s"
+    );
+}
+
+/// Seconds since the Unix epoch, as `date +%s.%N` prints them.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The pid a command wrote to `path`, once it is there.
+async fn read_pid(path: &std::path::Path) -> i32 {
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Ok(pid) = text.trim().parse() {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no pid in {}", path.display());
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-/// Pids of `pid`'s children, once it has any (the command starts just after `go`).
-async fn wait_for_children(pid: u32) -> Vec<i32> {
+/// The channel's state once `n` jobs wait in it.
+async fn wait_waiting(w: &mut Client, n: u64) -> serde_json::Value {
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    loop {
+        let state = w.state("ch").await;
+        if state["waiting"] == n {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "never {n} waiting: {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// When (seconds since the epoch) `pid` was first seen gone or a zombie, polling every 0.25 ms
+/// on a thread of its own; `None` if it still runs after `within`. An orphan's zombie lasts
+/// until init reaps it, so `kill(pid, 0)` alone would not do.
+async fn wait_dead(pid: Pid, within: Duration) -> Option<f64> {
+    let poll = move || {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if matches!(state, None | Some('Z' | 'X')) {
+                return Some(unix_now());
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(250));
+        }
+    };
+    tokio::task::spawn_blocking(poll).await.unwrap()
+}
+
+/// Returns once `pid` has a child (the command starts just after `go`), or after 10 s.
+async fn wait_for_children(pid: u32) {
     let path = format!("/proc/{pid}/task/{pid}/children");
     let deadline = Instant::now() + DEFAULT_TIMEOUT;
     loop {
         let Ok(text) = std::fs::read_to_string(&path) else {
-            // No /proc children file on this kernel: nothing to clean up by pid.
-            return Vec::new();
+            // No /proc children file on this kernel: the will is what this test checks.
+            return;
         };
-        let pids: Vec<i32> = text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        if !pids.is_empty() || Instant::now() > deadline {
-            return pids;
+        if !text.trim().is_empty() || Instant::now() > deadline {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -342,6 +472,53 @@ async fn usage_errors_exit_125() {
         assert_eq!(code, Some(125), "{args:?}: {stderr}");
         assert!(!stderr.is_empty(), "{args:?}");
     }
+}
+
+/// `run` reads `[limits] max_uid_len` from its config, as the daemon does: a longer uid than
+/// the default 1024 bytes works when both allow it, and a shorter limit is refused up front.
+#[tokio::test]
+async fn the_uid_limit_comes_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _daemon, mut w) = setup("[limits]\nmax_uid_len = 4096\n").await;
+    let roomy = dir.path().join("roomy.toml");
+    std::fs::write(&roomy, "[limits]\nmax_uid_len = 4096\n").unwrap();
+    let uid = "u".repeat(2000);
+    let roomy = roomy.to_str().unwrap();
+    let args = [
+        "--config",
+        roomy,
+        "--channel",
+        "ch",
+        "--timeout",
+        "60",
+        "--uid",
+        &uid,
+    ];
+    let run = spawn_run(broker.port(), &[&args[..], &["--", "true"]].concat());
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    w.expect(&topic("ch", &format!("go/{uid}")), DEFAULT_TIMEOUT)
+        .await;
+
+    let tight = dir.path().join("tight.toml");
+    std::fs::write(&tight, "[limits]\nmax_uid_len = 8\n").unwrap();
+    let tight = tight.to_str().unwrap();
+    let args = [
+        "--config",
+        tight,
+        "--channel",
+        "ch",
+        "--timeout",
+        "60",
+        "--uid",
+        "123456789",
+    ];
+    let run = spawn_run(broker.port(), &[&args[..], &["--", "true"]].concat());
+    let (code, stderr) = finish(run).await;
+    assert_eq!(code, Some(125), "stderr: {stderr}");
+    assert!(stderr.contains("max_uid_len = 8"), "{stderr}");
+    w.expect_none(&topic("ch", "go/123456789"), Duration::ZERO)
+        .await;
 }
 
 #[tokio::test]

@@ -25,21 +25,31 @@ pub struct Endpoint {
     pub prefix: String,
 }
 
+/// The config a client command reads: `--config` (`None`: [`DEFAULT_CONFIG`] if it exists,
+/// else the defaults), with the environment's overrides, as the daemon reads it.
+pub fn client_config(config: Option<&Path>) -> Result<Config, CliError> {
+    let mut config = match config {
+        Some(path) => load(path)?,
+        None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG))?,
+        None => Config::default(),
+    };
+    // The same overrides as the daemon's, so a worker host can keep its password out of files.
+    config.apply_env(|key| std::env::var(key).ok());
+    Ok(config)
+}
+
 impl Endpoint {
-    /// Resolves the endpoint from `--config` (`None`: [`DEFAULT_CONFIG`] if it exists) and
-    /// `--broker`.
+    /// Resolves the endpoint from `--config` (see [`client_config`]) and `--broker`.
     pub fn resolve(config: Option<&Path>, broker: Option<&str>) -> Result<Endpoint, CliError> {
-        let mut config = match config {
-            Some(path) => load(path)?,
-            None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG))?,
-            None => Config::default(),
-        };
-        // The same overrides as the daemon's, so a worker host can keep its password out of files.
-        config.apply_env(|key| std::env::var(key).ok());
+        Endpoint::from_config(&client_config(config)?, broker)
+    }
+
+    /// The endpoint of a loaded config, with `--broker` overriding its address.
+    pub fn from_config(config: &Config, broker: Option<&str>) -> Result<Endpoint, CliError> {
         let mut endpoint = Endpoint {
             broker: Broker::from_config(&config.mqtt)
                 .map_err(|e| CliError::Usage(e.to_string()))?,
-            prefix: config.mqtt.topic_prefix,
+            prefix: config.mqtt.topic_prefix.clone(),
         };
         // The TLS settings stay: the same broker reached at another address (the certificate
         // is then checked against that host, unless `server_name` is set).

@@ -4,10 +4,12 @@
 //! - [`endpoint`]: which broker and topic prefix to use (`[mqtt]` of the config, `--broker`).
 //! - [`session`]: a small rumqttc wrapper with bounded waits for CONNACK, SUBACK and PUBACK.
 //! - [`run`] and [`status`]: the commands themselves; each returns the process exit code.
+//! - [`child`]: starting `run`'s command so that it dies with `run`, even of SIGKILL.
 //!
 //! Every failure to reach the broker or the daemon, and every usage error, exits with
 //! [`exit::UNREACHABLE`] (125), so scripts can tell "the gate is broken" from their own codes.
 
+pub mod child;
 pub mod endpoint;
 pub mod format;
 pub mod run;

@@ -4,7 +4,9 @@
 //! frees its slot at once), subscribe to the uid's `go`, `rejected` and `expired` topics and wait
 //! for the SUBACK, and only then register, so the answer cannot be missed. While the command
 //! runs the lease is renewed every half timeout and SIGINT/SIGTERM are forwarded to it; when it
-//! exits, `finished` or `aborted` is published and acknowledged before a clean DISCONNECT.
+//! exits, `finished` or `aborted` is published and acknowledged before a clean DISCONNECT. If
+//! `run` itself is killed, the will frees the slot and the kernel kills the command
+//! (see [`super::child`]).
 
 use std::ffi::OsString;
 use std::io::{IsTerminal as _, Write as _};
@@ -20,9 +22,12 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
 
+use super::child::{self, RunThread};
+use super::endpoint::client_config;
 use super::format::{short, StateView};
 use super::session::{Message, Session};
 use super::{exit, parse_duration, random_u32, CliError, Endpoint};
+use crate::protocol;
 
 /// How long the final `finished`/`aborted` may wait for its PUBACK, and DISCONNECT to go out.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,9 +74,13 @@ pub struct RunArgs {
 }
 
 /// Runs `coordinosaur run` and returns the process exit code.
+///
+/// The command is spawned from this thread, which blocks in the runtime until `run` ends (see
+/// [`RunThread`]): the kernel's parent-death signal follows the thread that forked the child.
 pub fn main(config: Option<&Path>, args: RunArgs) -> u8 {
+    let here = RunThread::here();
     super::block_on(async move {
-        match run(config, args).await {
+        match run(config, args, &here).await {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("coordinosaur run: {e}");
@@ -120,11 +129,12 @@ enum Gate {
     Signalled(Signal),
 }
 
-async fn run(config: Option<&Path>, args: RunArgs) -> Result<u8, CliError> {
-    let endpoint = Endpoint::resolve(config, args.broker.as_deref())?;
+async fn run(config: Option<&Path>, args: RunArgs, here: &RunThread) -> Result<u8, CliError> {
+    let config = client_config(config)?;
+    let endpoint = Endpoint::from_config(&config, args.broker.as_deref())?;
     let uid = args.uid.clone().unwrap_or_else(default_uid);
-    check_name("--channel", &args.channel, false)?;
-    check_name("--uid", &uid, true)?;
+    check_channel(&args.channel)?;
+    check_uid(&uid, config.limits.max_uid_len)?;
     if args.timeout.is_zero() {
         return Err(CliError::Usage("--timeout must be more than 0".into()));
     }
@@ -165,7 +175,7 @@ async fn run(config: Option<&Path>, args: RunArgs) -> Result<u8, CliError> {
     let deadline = args.wait_timeout.map(|d| Instant::now() + d);
     let gate = wait_for_go(&mut session, &job, &mut signals, deadline, tty).await?;
     let code = match gate {
-        Gate::Go => return run_command(session, &job, &mut signals, &args.command).await,
+        Gate::Go => return run_command(session, &job, &mut signals, &args.command, here).await,
         Gate::Rejected(reason) => {
             eprintln!(
                 "coordinosaur run: rejected on channel {}: {reason}",
@@ -262,8 +272,9 @@ async fn run_command(
     job: &Job,
     signals: &mut Signals,
     command: &[OsString],
+    here: &RunThread,
 ) -> Result<u8, CliError> {
-    let mut child = match Command::new(&command[0]).args(&command[1..]).spawn() {
+    let mut child = match child::spawn(Command::new(&command[0]).args(&command[1..]), here) {
         Ok(child) => child,
         Err(e) => {
             let shown = command[0].to_string_lossy();
@@ -443,19 +454,21 @@ fn default_uid() -> String {
     format!("{host}-{}-{:08x}", std::process::id(), random_u32())
 }
 
-/// A channel is one topic level; a uid may hold `/` but never a wildcard or NUL.
-fn check_name(flag: &str, name: &str, slash_ok: bool) -> Result<(), CliError> {
-    let bad = name.is_empty()
-        || name.len() > 1024
-        || name.contains(['+', '#', '\0'])
-        || (!slash_ok && name.contains('/'));
+/// A channel is one topic level, never a wildcard or NUL.
+fn check_channel(name: &str) -> Result<(), CliError> {
+    let bad = name.is_empty() || name.len() > 1024 || name.contains(['+', '#', '\0', '/']);
     if bad {
-        let rule = if slash_ok { "" } else { ", `/`" };
         return Err(CliError::Usage(format!(
-            "{flag} {name:?}: must be 1 to 1024 bytes without `+`, `#`{rule} or NUL"
+            "--channel {name:?}: must be 1 to 1024 bytes without `+`, `#`, `/` or NUL"
         )));
     }
     Ok(())
+}
+
+/// The daemon's own rule for a uid (it may hold `/`), with the config's `[limits] max_uid_len`,
+/// so that a uid the daemon would reject is refused before connecting.
+fn check_uid(uid: &str, max_len: usize) -> Result<(), CliError> {
+    protocol::check_uid(uid, max_len).map_err(|e| CliError::Usage(format!("--uid: {e}")))
 }
 
 /// `key=value`: integers and booleans become JSON numbers and booleans, the rest strings.
@@ -506,9 +519,20 @@ mod tests {
     #[test]
     fn default_uids_are_valid_and_differ() {
         let (a, b) = (default_uid(), default_uid());
-        assert!(check_name("--uid", &a, true).is_ok(), "{a}");
+        assert!(check_uid(&a, protocol::DEFAULT_MAX_UID_LEN).is_ok(), "{a}");
         assert_ne!(a, b);
         assert!(a.contains(&format!("-{}-", std::process::id())), "{a}");
+    }
+
+    #[test]
+    fn uids_follow_the_daemons_rule_with_the_configured_length() {
+        let long = "u".repeat(2000);
+        assert!(check_uid(&long, 4096).is_ok());
+        let e = check_uid(&long, 1024).unwrap_err().to_string();
+        assert!(e.contains("max_uid_len = 1024"), "{e}");
+        assert!(check_uid("host/job-1", 16).is_ok());
+        assert!(check_uid("a+b", 16).is_err());
+        assert!(check_uid("", 16).is_err());
     }
 
     #[test]
