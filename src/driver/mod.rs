@@ -1,14 +1,23 @@
-//! The one task that owns the [`Engine`]: it feeds inputs and the current time in, sleeps exactly
-//! until the engine's next deadline, and publishes what comes out. It is the only reader of the
-//! clock.
+//! The one task that owns the [`Engine`]: a thin `select!` that feeds inputs and the current
+//! time in, sleeps exactly until the next deadline, and hands what comes out to a [`Sink`]. It
+//! is the only reader of the clock ([`Clock`]). Its decisions live in pure parts beside the
+//! engine, with the engine's shape and injected time: [`CommitGate`] (what waits for the
+//! journal) and [`Resend`] (when to say `go` again).
 
-use std::collections::VecDeque;
+mod clock;
+mod gate;
+mod resend;
+
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+pub use clock::Clock;
+pub use gate::CommitGate;
+pub use resend::{LostSession, Resend, Resent, RESUBSCRIBE_GRACE, SYNC_PATIENCE};
 
 use crate::config::Config;
 use crate::engine::Input;
@@ -27,44 +36,6 @@ pub struct PolicyRuntime {
     pub host: PolicyHost,
     /// Recompiled policy files from the watcher.
     pub updates: mpsc::UnboundedReceiver<Update>,
-}
-
-/// Engine time: the wall clock at start-up plus monotonic time elapsed since, so leases mean
-/// the same after a restart and paused-time tests still drive it.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    wall_at_start: u64,
-    start: Instant,
-}
-
-impl Clock {
-    /// A clock starting now.
-    pub fn new() -> Clock {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Clock {
-            wall_at_start: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
-            start: Instant::now(),
-        }
-    }
-
-    /// The current engine time.
-    pub fn now(&self) -> Time {
-        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Time(self.wall_at_start.saturating_add(elapsed))
-    }
-
-    /// The instant at which engine time reaches `t`.
-    pub fn instant_of(&self, t: Time) -> Instant {
-        self.start + Duration::from_millis(t.0.saturating_sub(self.wall_at_start))
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
-    }
 }
 
 /// Where outputs go. The daemon publishes over MQTT ([`crate::mqtt::MqttSink`]); tests can
@@ -115,8 +86,10 @@ struct Driver<S> {
     touched: Vec<String>,
     /// Where changes are recorded before their effects are published.
     journal: Option<Journal>,
-    /// Outputs and acknowledgements waiting for the journal batch (by id) they depend on.
-    held: VecDeque<(u64, Held)>,
+    /// Outputs and acknowledgements waiting for the journal batch they depend on.
+    gate: CommitGate<Held>,
+    /// When to say `go` again to jobs that may have lost it.
+    resend: Resend,
     /// Acknowledgements of the messages handled in the current event.
     acks: Vec<Ack>,
     /// Reused buffer for the engine's changes.
@@ -146,6 +119,24 @@ impl<S: Sink> Driver<S> {
         let now = self.clock.now();
         let (engine, hooks) = self.split();
         engine.handle_timeout_with(now, hooks);
+        if let Some(Resent { synced: false }) = self.resend.handle_timeout(now, &mut self.engine) {
+            warn!(
+                "the sync marker did not come back within {SYNC_PATIENCE}; sending go again \
+                 without knowing whether a finished is still queued (may the daemon's broker \
+                 user publish to PREFIX/_coordinosaur/sync?)"
+            );
+        }
+    }
+
+    async fn connected(&mut self, session_present: bool, grants_lost: usize) {
+        let now = self.clock.now();
+        let lost = self
+            .resend
+            .handle_connected(now, session_present, &mut self.engine);
+        if let Some(LostSession { unacknowledged }) = lost {
+            warn!(unacknowledged, grants_lost, "the broker lost our session (restarted without persistence?): go will be said again to running jobs whose go it never acknowledged, once the backlog is read and workers had {RESUBSCRIBE_GRACE} to subscribe again");
+        }
+        self.sink.mark().await;
     }
 
     async fn refused(&mut self, topic: String, rejection: Rejection) {
@@ -216,25 +207,24 @@ impl<S: Sink> Driver<S> {
         (&mut self.engine, hooks)
     }
 
-    /// Publishes every pending decision, or with a journal, submits the changes behind them and
-    /// holds them until committed; then refreshes the gauges of the channels involved.
+    /// Hands the changes behind this event's decisions to the journal, then publishes each
+    /// decision and acknowledgement the gate lets through (the rest waits for its batch); then
+    /// refreshes the gauges of the channels involved.
     async fn flush(&mut self) {
-        let hold = self.submit_changes();
+        self.submit_changes();
         while let Some(out) = self.engine.poll_output() {
             if let Some(channel) = out.channel() {
                 if self.touched.last().map(String::as_str) != Some(channel) {
                     self.touched.push(channel.to_owned());
                 }
             }
-            match hold {
-                Some(id) => self.held.push_back((id, Held::Out(out))),
-                None => self.publish(out).await,
+            if let Some(held) = self.gate.handle_item(Held::Out(out)) {
+                self.let_go(held).await;
             }
         }
         for ack in std::mem::take(&mut self.acks) {
-            match hold {
-                Some(id) => self.held.push_back((id, Held::Ack(ack))),
-                None => self.sink.ack(ack).await,
+            if let Some(held) = self.gate.handle_item(Held::Ack(ack)) {
+                self.let_go(held).await;
             }
         }
         self.touched.sort_unstable();
@@ -244,41 +234,32 @@ impl<S: Sink> Driver<S> {
         }
     }
 
-    /// Hands the engine's new changes to the journal. Returns the batch id that this event's
-    /// outputs must wait for: the new batch, or else the last one while it is not committed
-    /// or earlier outputs are still held; `None` if they can go out at once.
-    ///
-    /// An event without changes still waits: its outputs can reveal earlier changes (a `state`
-    /// reply counts jobs whose `register` had no output of its own), and nothing published may
-    /// show what a crash could still undo, nor overtake what is held.
-    fn submit_changes(&mut self) -> Option<u64> {
-        let journal = self.journal.as_mut()?;
+    /// Hands the engine's new changes to the journal as one batch, if there are any.
+    fn submit_changes(&mut self) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
         self.engine.take_changes(&mut self.changes);
         if self.changes.is_empty() {
-            let pending = journal.committed() < journal.last_id();
-            return (pending || !self.held.is_empty()).then(|| journal.last_id());
+            return;
         }
         let id = journal.submit(&self.changes);
         self.changes.clear();
+        self.gate.handle_submitted(id);
         if journal.wants_compaction() {
             journal.compact(&self.engine.export());
         }
-        Some(id)
     }
 
-    /// Publishes the held outputs whose batches are now committed, in order.
-    async fn release(&mut self) {
-        if let Some(committed) = self.journal.as_ref().map(Journal::committed) {
-            self.release_upto(committed).await;
+    /// Publishes, in order, what the gate releases once the journal committed up to
+    /// `committed` (by default, what it has committed now).
+    async fn release(&mut self, committed: Option<u64>) {
+        let committed = committed.or_else(|| self.journal.as_ref().map(Journal::committed));
+        if let Some(id) = committed {
+            self.gate.handle_committed(id);
         }
-    }
-
-    /// Publishes the held outputs of batches up to `committed`, in order.
-    async fn release_upto(&mut self, committed: u64) {
-        while self.held.front().is_some_and(|(id, _)| *id <= committed) {
-            if let Some((_, held)) = self.held.pop_front() {
-                self.let_go(held).await;
-            }
+        while let Some(held) = self.gate.poll_released() {
+            self.let_go(held).await;
         }
     }
 
@@ -327,7 +308,8 @@ pub async fn run(
         metrics,
         touched: Vec::new(),
         journal: None,
-        held: VecDeque::new(),
+        gate: CommitGate::default(),
+        resend: Resend::default(),
         acks: Vec::new(),
         changes: Vec::new(),
         abort_before_go: std::env::var(ABORT_BEFORE_GO).ok(),
@@ -339,23 +321,21 @@ pub async fn run(
         let (engine, hooks) = d.split();
         engine.restore(now, snapshot, hooks);
         d.flush().await;
-        d.release().await;
+        d.release(None).await;
     }
-    // One sleep, re-armed only when the engine's next deadline changes.
+    // One sleep for the engine's and the resend schedule's deadlines, re-armed only when the
+    // earliest of them changes.
     let far = Duration::from_secs(86_400 * 365);
     let sleep = tokio::time::sleep(far);
     tokio::pin!(sleep);
     let mut armed: Option<Time> = None;
-    let mut resend = Resend::default();
-    let mut was_connected = false;
     loop {
-        let next = d.engine.next_deadline();
+        let next = earliest(d.engine.next_deadline(), d.resend.next_deadline(&d.engine));
         if next != armed {
             let wake = next.map_or_else(|| Instant::now() + far, |t| clock.instant_of(t));
             sleep.as_mut().reset(wake);
             armed = next;
         }
-        let resend_at = resend.due(d.engine.awaits_redelivery());
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -375,23 +355,11 @@ pub async fn run(
                     seq: grant.seq,
                 }),
                 Some(Inbound::Connected { session_present, grants_lost }) => {
-                    resend.synced = false;
-                    d.sink.mark().await;
-                    if !session_present && was_connected {
-                        let unacknowledged = d.engine.redeliver_running();
-                        if unacknowledged > 0 {
-                            warn!(unacknowledged, grants_lost, "the broker lost our session (restarted without persistence?): go will be said again to running jobs whose go it never acknowledged, once the backlog is read and workers had {RESUBSCRIBE_GRACE:?} to subscribe again");
-                            resend.not_before = Some(Instant::now() + RESUBSCRIBE_GRACE);
-                        }
-                    }
-                    was_connected = true;
-                    if d.engine.awaits_redelivery() && resend.give_up_at.is_none() {
-                        resend.give_up_at = Some(Instant::now() + SYNC_PATIENCE);
-                    }
+                    d.connected(session_present, grants_lost).await;
                 }
                 Some(Inbound::Synced(ack)) => {
                     d.acks.extend(ack);
-                    resend.synced = true;
+                    d.resend.handle_synced();
                     debug!("synced: every request the broker queued for us has been read");
                 }
                 None => break,
@@ -403,32 +371,18 @@ pub async fn run(
             Some(config) = configs.recv() => d.config(config),
             Some(update) = next_update(&mut d.policies) => d.policy_update(update),
             () = committed(&mut d.journal) => {}
-            () = until(resend_at) => {
-                if !resend.synced {
-                    warn!(
-                        "the sync marker did not come back within {SYNC_PATIENCE:?}; sending go \
-                         again without knowing whether a finished is still queued (may the \
-                         daemon's broker user publish to PREFIX/_coordinosaur/sync?)"
-                    );
-                }
-                resend = Resend {
-                    synced: resend.synced,
-                    ..Resend::default()
-                };
-                d.engine.redeliver();
-            }
         }
         d.flush().await;
-        d.release().await;
+        d.release(None).await;
     }
     if let Some(journal) = d.journal.take() {
         // Let the writer finish what was decided, then publish what it committed.
-        let held = d.held.len();
+        let held = d.gate.held();
         let committed = journal.close(Duration::from_secs(5));
-        d.release_upto(committed).await;
-        if !d.held.is_empty() {
+        d.release(Some(committed)).await;
+        if d.gate.held() > 0 {
             warn!(
-                unpublished = d.held.len(),
+                unpublished = d.gate.held(),
                 "decisions the journal could not commit were not published"
             );
         }
@@ -437,49 +391,11 @@ pub async fn run(
     debug!("driver stopped");
 }
 
-/// How long after connecting the driver waits for its sync marker before re-sending restored
-/// jobs' `go` anyway.
-const SYNC_PATIENCE: Duration = Duration::from_secs(10);
-
-/// After a broker lost every session, how long workers get to reconnect and subscribe again
-/// before running jobs are told `go` once more.
-const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(1);
-
-/// When to say `go` again to jobs whose `go` may be lost (restored after a restart, or running
-/// when the broker lost the daemon's session): once the sync marker shows that the requests
-/// queued for the daemon have been read, not before `not_before`, and at `give_up_at` at the
-/// latest.
-#[derive(Debug, Default)]
-struct Resend {
-    /// The marker of the current connection came back.
-    synced: bool,
-    /// Workers' grace to subscribe again after a lost broker session.
-    not_before: Option<Instant>,
-    /// Re-send even without the marker.
-    give_up_at: Option<Instant>,
-}
-
-impl Resend {
-    /// When the driver should re-send, if jobs wait for it.
-    fn due(&self, waiting: bool) -> Option<Instant> {
-        if !waiting {
-            return None;
-        }
-        let ready = self
-            .synced
-            .then(|| self.not_before.unwrap_or_else(Instant::now));
-        match (ready, self.give_up_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
-
-/// Completes at `deadline`; never without one.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Time>, b: Option<Time>) -> Option<Time> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -538,3 +454,6 @@ fn log_output(out: &Output) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;
