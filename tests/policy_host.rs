@@ -173,6 +173,18 @@ impl Rig {
         })
     }
 
+    /// Applies a reloaded config in which every channel uses `rule`, as the driver does;
+    /// returns the decisions it caused.
+    fn reconfigure(&mut self, rule: Rule) -> Vec<String> {
+        self.now += 1;
+        self.engine.reconfigure(
+            Time(self.now),
+            Box::new(move |_| rule.options()),
+            &mut self.host,
+        );
+        self.drain()
+    }
+
     fn waiting(&self, channel: &str) -> Vec<String> {
         self.engine
             .waiting(channel)
@@ -549,4 +561,51 @@ fn broken_file_fails_to_compile_and_nothing_changes() {
     assert_eq!(rig.waiting("ch"), ["high", "low"]);
     let after = rig.host.stats();
     assert_eq!((after.swaps, after.failures), (before.swaps, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config reloads
+
+#[test]
+fn reconfig_whose_init_fails_keeps_the_previous_instance_and_config() {
+    let wasm = policy_wasm("deny");
+    let evil = r#"tenant "evil" is denied by policy"#;
+    // Closed: were the channel left without a working instance, every job would be rejected.
+    let mut rig = Rig::new(rule(&wasm, deny_evil()).max(10).closed());
+    assert_eq!(
+        rig.register("ch", "e1", json!({"tenant": "evil"})),
+        [format!("rejected e1: {evil}")]
+    );
+    let before = rig.host.stats();
+    // deny's init refuses a list that is not a list.
+    assert!(rig
+        .reconfigure(rule(&wasm, json!({"tenants": 7})).max(10).closed())
+        .is_empty());
+    for i in 0..3 {
+        assert_eq!(
+            rig.register("ch", &format!("e{i}x"), json!({"tenant": "evil"})),
+            [format!("rejected e{i}x: {evil}")],
+            "the previous instance, with its config, still decides"
+        );
+        assert_eq!(
+            rig.register("ch", &format!("g{i}"), json!({"tenant": "good"})),
+            [format!("go g{i}")]
+        );
+    }
+    let after = rig.host.stats();
+    assert_eq!(after.failures, before.failures, "no fallback: {after:?}");
+    // One attempt at the refused config, not one per call.
+    assert_eq!(after.instantiations, before.instantiations + 1, "{after:?}");
+    // A later config that init accepts takes over.
+    assert!(rig
+        .reconfigure(rule(&wasm, json!({"tenants": ["good"]})).max(10).closed())
+        .is_empty());
+    assert_eq!(
+        rig.register("ch", "e9", json!({"tenant": "evil"})),
+        ["go e9"]
+    );
+    assert_eq!(
+        rig.register("ch", "g9", json!({"tenant": "good"})),
+        [r#"rejected g9: tenant "good" is denied by policy"#]
+    );
 }

@@ -39,6 +39,32 @@ struct Slot {
     live: Option<Live>,
     /// Why `init` refused, until a swap brings a new policy.
     broken: Option<String>,
+    /// A file and config (from a config reload) whose `init` refused while this slot worked:
+    /// the slot keeps its own policy and config, and the refused pair is not tried again until
+    /// the channel's options or that file change.
+    refused: Option<(Arc<Path>, Arc<str>)>,
+}
+
+impl Slot {
+    /// A slot holding a working instance.
+    fn live(compiled: Arc<CompiledPolicy>, config: Arc<str>, live: Live) -> Slot {
+        Slot {
+            compiled,
+            config,
+            live: Some(live),
+            broken: None,
+            refused: None,
+        }
+    }
+
+    /// Whether the slot runs `path` with `config`, or already refused to move to them.
+    fn settled(&self, path: &Path, config: &str) -> bool {
+        let runs = *self.compiled.path == *path && *self.config == *config;
+        runs || self
+            .refused
+            .as_ref()
+            .is_some_and(|(p, c)| **p == *path && **c == *config)
+    }
 }
 
 /// A store and the instance living in it.
@@ -155,6 +181,12 @@ impl PolicyHost {
         self.compiled.insert(path.clone(), compiled.clone());
         self.unusable.remove(&path);
         self.stats.swaps += 1;
+        // A config that this file's old version refused gets another try on the next call.
+        for slot in self.slots.values_mut() {
+            if slot.refused.as_ref().is_some_and(|(p, _)| *p == path) {
+                slot.refused = None;
+            }
+        }
         let mut moved = Vec::new();
         let channels: Vec<Arc<str>> = self
             .slots
@@ -169,15 +201,8 @@ impl PolicyHost {
             let config = slot.config.clone();
             match self.instantiate(&compiled, &channel, &config) {
                 Ok(live) => {
-                    self.slots.insert(
-                        channel.clone(),
-                        Slot {
-                            compiled: compiled.clone(),
-                            config,
-                            live: Some(live),
-                            broken: None,
-                        },
-                    );
+                    self.slots
+                        .insert(channel.clone(), Slot::live(compiled.clone(), config, live));
                     moved.push(channel);
                 }
                 Err(cause) => {
@@ -250,50 +275,8 @@ impl PolicyHost {
         self.stats.calls += 1;
         self.clock.store(view.now.0, Ordering::Relaxed);
         let channel: Arc<str> = Arc::from(view.channel);
-        let compiled = match self.compiled_for(&path) {
-            Ok(c) => c,
-            Err(cause) => return self.failed(view, hook, &cause),
-        };
-        // Same file and config: keep the slot even if it holds an older version of the file.
-        // `swap` moves every slot it can to a new version; a slot still on the old one is a
-        // channel whose `init` refused the new version, and it keeps its previous policy.
-        let stale = self
-            .slots
-            .get(&channel)
-            .is_none_or(|s| *s.compiled.path != *path || *s.config != *view.options.policy_config);
-        if stale {
-            let config: Arc<str> = view.options.policy_config.clone();
-            self.slots.insert(
-                channel.clone(),
-                Slot {
-                    compiled: compiled.clone(),
-                    config,
-                    live: None,
-                    broken: None,
-                },
-            );
-        }
-        let slot = self.slots.get(&channel)?;
-        if let Some(reason) = &slot.broken {
-            let reason = reason.clone();
-            return self.failed(view, hook, &reason);
-        }
-        if slot.live.is_none() {
-            // Rebuild from the slot's own version, which may be older than `compiled`.
-            let (compiled, config) = (slot.compiled.clone(), slot.config.clone());
-            match self.instantiate(&compiled, &channel, &config) {
-                Ok(live) => {
-                    if let Some(slot) = self.slots.get_mut(&channel) {
-                        slot.live = Some(live);
-                    }
-                }
-                Err(cause) => {
-                    if let Some(slot) = self.slots.get_mut(&channel) {
-                        slot.broken = Some(cause.clone());
-                    }
-                    return self.failed(view, hook, &cause);
-                }
-            }
+        if let Err(cause) = self.prepare(&channel, &path, &view.options.policy_config) {
+            return self.failed(view, hook, &cause);
         }
         let ticks = self.deadline_ticks;
         let live = self.slots.get_mut(&channel)?.live.as_mut()?;
@@ -313,6 +296,98 @@ impl PolicyHost {
                 self.failed(view, hook, &format!("{e:#}"))
             }
         }
+    }
+
+    /// Makes sure `channel` has a usable instance for `path` and `config`, or keeps its
+    /// previous one when they are refused. `Err` when there is no usable instance.
+    fn prepare(
+        &mut self,
+        channel: &Arc<str>,
+        path: &Arc<Path>,
+        config: &Arc<str>,
+    ) -> Result<(), String> {
+        // Same file and config: keep the slot even if it holds an older version of the file.
+        // `swap` moves every slot it can to a new version; a slot still on the old one is a
+        // channel whose `init` refused the new version, and it keeps its previous policy.
+        if !self
+            .slots
+            .get(channel)
+            .is_some_and(|s| s.settled(path, config))
+        {
+            self.switch(channel, path, config)?;
+        }
+        let slot = self
+            .slots
+            .get(channel)
+            .ok_or_else(|| "no policy instance".to_owned())?;
+        if let Some(reason) = &slot.broken {
+            return Err(reason.clone());
+        }
+        if slot.live.is_none() {
+            // Rebuild from the slot's own version, which may be older than the file's latest.
+            let (compiled, config) = (slot.compiled.clone(), slot.config.clone());
+            let rebuilt = self.instantiate(&compiled, channel, &config);
+            let slot = self
+                .slots
+                .get_mut(channel)
+                .ok_or_else(|| "no policy instance".to_owned())?;
+            match rebuilt {
+                Ok(live) => slot.live = Some(live),
+                Err(cause) => {
+                    slot.broken = Some(cause.clone());
+                    return Err(cause);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves `channel` to `path` with `config` (new options from a config reload, or first
+    /// use): a new instance with `init` run, built before the old one is dropped. If that
+    /// fails while the channel has a working policy, the channel keeps it, with its config.
+    fn switch(
+        &mut self,
+        channel: &Arc<str>,
+        path: &Arc<Path>,
+        config: &Arc<str>,
+    ) -> Result<(), String> {
+        let attempt = self.compiled_for(path).map(|compiled| {
+            let live = self.instantiate(&compiled, channel, config);
+            (compiled, live)
+        });
+        let cause = match attempt {
+            Ok((compiled, Ok(live))) => {
+                let slot = Slot::live(compiled, config.clone(), live);
+                self.slots.insert(channel.clone(), slot);
+                return Ok(());
+            }
+            Ok((_, Err(cause))) | Err(cause) => cause,
+        };
+        if let Some(previous) = self.slots.get_mut(channel) {
+            if previous.broken.is_none() {
+                warn!(
+                    %channel,
+                    policy = %path.display(),
+                    cause,
+                    kept = %previous.compiled.path.display(),
+                    "new policy config refused; the channel keeps its previous policy"
+                );
+                previous.refused = Some((path.clone(), config.clone()));
+                return Ok(());
+            }
+        }
+        if let Ok(compiled) = self.compiled_for(path) {
+            // Nothing to keep: remember the refusal so that `init` is not retried on every call.
+            let slot = Slot {
+                compiled,
+                config: config.clone(),
+                live: None,
+                broken: Some(cause.clone()),
+                refused: None,
+            };
+            self.slots.insert(channel.clone(), slot);
+        }
+        Err(cause)
     }
 
     fn compiled_for(&mut self, path: &Arc<Path>) -> Result<Arc<CompiledPolicy>, String> {
