@@ -37,6 +37,7 @@ const COVERAGE: &[(&str, fn())] = &[
         "wrong-interface",
         wrong_interface_fails_to_compile_naming_the_world,
     ),
+    ("random", random_is_seeded_per_channel_and_replays),
 ];
 
 #[test]
@@ -607,5 +608,71 @@ fn reconfig_whose_init_fails_keeps_the_previous_instance_and_config() {
     assert_eq!(
         rig.register("ch", "g9", json!({"tenant": "good"})),
         [r#"rejected g9: tenant "good" is denied by policy"#]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Determinism
+
+/// What fixture `random` draws on `channel` for `n` registrations, in a new host (as after a
+/// restart): one line per registration, as its rejection reason.
+fn draws(wasm: &Path, channel: &str, n: usize) -> Vec<String> {
+    let mut rig = Rig::new(rule(wasm, json!({})));
+    (0..n)
+        .map(|i| {
+            let out = rig.register(channel, &format!("j{i}"), json!({}));
+            assert_eq!(out.len(), 1, "{out:?}");
+            let prefix = format!("rejected j{i}: ");
+            out[0]
+                .strip_prefix(&prefix)
+                .expect("a rejection")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The value after `name` in a line of fixture `random`.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let mut words = line.split(' ');
+    words.find(|w| *w == name);
+    words.next().unwrap_or_default()
+}
+
+/// Random numbers and clocks a wasip2 guest can reach come from the channel and the engine,
+/// not the OS.
+#[test]
+fn random_is_seeded_per_channel_and_replays() {
+    let wasm = policy_wasm_wasip2("random");
+    let a = draws(&wasm, "a", 3);
+    eprintln!("channel a draws {a:#?}");
+    // Another host, as after a restart: the same sequence, so nothing came from the OS.
+    assert_eq!(draws(&wasm, "a", 3), a);
+    // The generators advance; the seed is one value per instance.
+    assert_ne!(a[0], a[1]);
+    assert_eq!(field(&a[0], "seed"), field(&a[1], "seed"));
+    // Both clocks read the engine time of the call (the first register is at 1_000_001 ms,
+    // the next one 1 ms later).
+    assert_eq!(field(&a[0], "wall"), "1000001");
+    assert_eq!(field(&a[1], "wall"), "1000002");
+    assert_eq!(field(&a[1], "monotonic"), "1000000");
+    // Each source has its own stream, and another channel gets other numbers from each.
+    assert_ne!(field(&a[0], "random"), field(&a[0], "insecure"));
+    let b = draws(&wasm, "b", 1);
+    for source in ["random", "insecure", "seed"] {
+        assert_ne!(field(&a[0], source), field(&b[0], source), "{source}");
+    }
+    // A rebuilt instance (a swap of the same file) starts the channel's sequence again.
+    let mut rig = Rig::new(rule(&wasm, json!({})));
+    let numbers = |line: &str| line.split(" wall").next().unwrap_or_default().to_owned();
+    let first = numbers(&a[0]);
+    assert_eq!(
+        numbers(&rig.register("a", "x", json!({}))[0]),
+        format!("rejected x: {first}")
+    );
+    let compiled = rig.compiler.compile(&wasm).expect("random compiles");
+    assert_eq!(rig.host.swap(compiled), [Arc::<str>::from("a")]);
+    assert_eq!(
+        numbers(&rig.register("a", "y", json!({}))[0]),
+        format!("rejected y: {first}")
     );
 }

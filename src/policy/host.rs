@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 use wasmtime::{Store, StoreLimitsBuilder};
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, ResourceTable, WasiCtxBuilder};
+use wasmtime_wasi::ResourceTable;
 
 use super::compile::{wit, CompiledPolicy, Compiler, Policy, StoreState, EPOCH_TICK};
 use super::PolicyError;
@@ -71,29 +71,6 @@ impl Slot {
 struct Live {
     store: Store<StoreState>,
     bindings: Policy,
-}
-
-/// Engine time for guests: WASI clocks read the time of the current call, so policies stay
-/// deterministic and learn nothing about the host.
-#[derive(Clone)]
-struct EngineClock(Arc<AtomicU64>);
-
-impl HostWallClock for EngineClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_millis(1)
-    }
-    fn now(&self) -> Duration {
-        Duration::from_millis(self.0.load(Ordering::Relaxed))
-    }
-}
-
-impl HostMonotonicClock for EngineClock {
-    fn resolution(&self) -> u64 {
-        1_000_000
-    }
-    fn now(&self) -> u64 {
-        self.0.load(Ordering::Relaxed).saturating_mul(1_000_000)
-    }
 }
 
 /// Runs each channel's policy; implements the engine's hooks.
@@ -226,12 +203,7 @@ impl PolicyHost {
         config: &str,
     ) -> Result<Live, String> {
         self.stats.instantiations += 1;
-        let clock = EngineClock(self.clock.clone());
-        let wasi = WasiCtxBuilder::new()
-            .wall_clock(clock.clone())
-            .monotonic_clock(clock)
-            .insecure_random_seed(0)
-            .build();
+        let wasi = super::wasi::context(channel, &self.clock);
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.max_memory)
             .trap_on_grow_failure(true)

@@ -9,12 +9,15 @@
 //!   cause, and the instance is rebuilt from the pre-instantiated component. A new file or
 //!   `policy_config` whose `init` fails leaves a working channel on its previous instance;
 //!   only a channel with nothing to keep falls back.
+//! - `wasi`: what WASI gives a guest: engine-time clocks and `wasi:random` seeded per channel,
+//!   nothing of the host.
 //! - [`reload`]: a notify watcher on the policy folders that recompiles a changed file off the
 //!   async runtime and hands it to the driver, which swaps it in between two events.
 
 mod compile;
 mod host;
 pub mod reload;
+mod wasi;
 
 pub use compile::{CompiledPolicy, Compiler};
 pub use host::{PolicyHost, PolicyStats};
