@@ -593,3 +593,64 @@ async fn a_config_reload_refused_by_init_keeps_the_previous_policy_and_config() 
         "a warning with init's reason: {line:?}"
     );
 }
+
+#[tokio::test]
+async fn a_config_reload_naming_a_new_policy_file_uses_it() {
+    let prio = channel_rule("prio", "priority.wasm", 1, "");
+    let mut s = Setup::start(
+        &[("priority.wasm", "priority"), ("deny.wasm", "deny")],
+        &prio,
+        &["prio", "deny"],
+    )
+    .await;
+    let deny = channel_rule(
+        "deny",
+        "deny.wasm",
+        10,
+        "policy_config = { tenants = [\"evil\"] }",
+    );
+    s.reconfigure(&format!("{prio}\n{deny}"));
+    s.daemon.wait_log("config applied").await;
+    let line = s
+        .daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("policy loaded") && l.contains("deny.wasm"))
+        .map(str::to_owned);
+    assert!(line.is_some(), "deny.wasm compiled with the config");
+    s.register("deny", "e1", json!({"tenant": "evil"})).await;
+    assert_eq!(
+        s.rejected("deny", "e1").await,
+        r#"tenant "evil" is denied by policy"#
+    );
+    s.register("deny", "g1", json!({"tenant": "good"})).await;
+    assert_eq!(s.next_go("deny").await, "g1");
+}
+
+#[tokio::test]
+async fn a_config_reload_naming_a_broken_policy_keeps_the_old_config() {
+    let prio = |max: u32| channel_rule("prio", "policy.wasm", max, "");
+    let mut s = Setup::start(&[("policy.wasm", "priority")], &prio(1), &["prio"]).await;
+    s.register("prio", "hold", json!({})).await;
+    assert_eq!(s.next_go("prio").await, "hold");
+    std::fs::write(s.path("broken.wasm"), b"not a component").expect("write a broken policy");
+    // Raises prio's limit and names the broken file for another channel: none of it applies.
+    let other = channel_rule("other", "broken.wasm", 1, "");
+    s.reconfigure(&format!("{}\n{other}", prio(3)));
+    s.daemon.wait_log("config reload failed").await;
+    let line = s
+        .daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("config reload failed"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        line.contains("WARN") && line.contains("broken.wasm") && line.contains("compile"),
+        "a warning naming the file and the cause: {line}"
+    );
+    s.register("prio", "q1", json!({})).await;
+    s.client.expect_none(&topic("prio", "go/+"), QUIET).await;
+    assert_eq!(s.client.state("prio").await["max_concurrent_jobs"], 1);
+    assert_eq!(s.log_count("channel reconfigured"), 0);
+}

@@ -611,6 +611,39 @@ fn reconfig_whose_init_fails_keeps_the_previous_instance_and_config() {
     );
 }
 
+#[test]
+fn the_host_never_compiles_a_file_it_was_not_handed() {
+    let deny = policy_wasm("deny");
+    let mut rig = Rig::new(rule(&policy_wasm("priority"), json!({})).max(10).closed());
+    assert_eq!(rig.register("ch", "p1", json!({})), ["go p1"]);
+    // A reload names deny, whose compiled version the config task did not hand over. The host
+    // runs on the driver's thread: it must not compile it there.
+    rig.reconfigure(rule(&deny, deny_evil()).max(10).closed());
+    let evil = json!({"tenant": "evil"});
+    assert_eq!(
+        rig.register("ch", "e1", evil.clone()),
+        ["go e1"],
+        "ch keeps priority"
+    );
+    assert_eq!(
+        rig.register("new", "e2", evil.clone()),
+        [format!("rejected e2: {CLOSED_REASON}")],
+        "a channel with no previous policy falls back"
+    );
+    // Handed over (as the driver does with a reloaded config), it is used at once.
+    let compiled = rig.compiler.compile(&deny).expect("deny compiles");
+    rig.host.install(vec![compiled]);
+    let reason = r#"tenant "evil" is denied by policy"#;
+    assert_eq!(
+        rig.register("ch", "e3", evil.clone()),
+        [format!("rejected e3: {reason}")]
+    );
+    assert_eq!(
+        rig.register("new", "e4", evil),
+        [format!("rejected e4: {reason}")]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Determinism
 

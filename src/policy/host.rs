@@ -76,10 +76,10 @@ struct Live {
 /// Runs each channel's policy; implements the engine's hooks.
 pub struct PolicyHost {
     compiler: Compiler,
-    /// One compiled component per file, shared by every channel using it.
+    /// One compiled component per file, shared by every channel using it. Filled only by
+    /// `preload`, `install` and `swap` with policies compiled elsewhere: the host runs on the
+    /// driver's thread and never compiles.
     compiled: HashMap<Arc<Path>, Arc<CompiledPolicy>>,
-    /// Files that failed to compile, with the reason (until a reload succeeds).
-    unusable: HashMap<Arc<Path>, String>,
     /// Instances by channel name.
     slots: HashMap<Arc<str>, Slot>,
     /// Epoch ticks one call may take.
@@ -128,7 +128,6 @@ impl PolicyHost {
         PolicyHost {
             compiler,
             compiled: HashMap::new(),
-            unusable: HashMap::new(),
             slots: HashMap::new(),
             // +1: the current tick may be nearly over when the call starts.
             deadline_ticks: sandbox.call_timeout.0.div_ceil(tick) + 1,
@@ -149,6 +148,26 @@ impl PolicyHost {
         Ok(())
     }
 
+    /// Takes the policy files a reloaded config names for the first time, compiled off the
+    /// driver's thread by the config task, so that channels can move to them.
+    pub fn install(&mut self, policies: Vec<CompiledPolicy>) {
+        for compiled in policies {
+            let path: Arc<Path> = Arc::from(compiled.path.as_path());
+            info!(policy = %path.display(), compile_ms = compiled.compile_time.as_millis(), "policy loaded");
+            self.forget_refusals(&path);
+            self.compiled.insert(path, Arc::new(compiled));
+        }
+    }
+
+    /// Lets channels that refused (a version of) `path` try it again on their next call.
+    fn forget_refusals(&mut self, path: &Path) {
+        for slot in self.slots.values_mut() {
+            if slot.refused.as_ref().is_some_and(|(p, _)| **p == *path) {
+                slot.refused = None;
+            }
+        }
+    }
+
     /// Swaps in a newly compiled version of a file. Channels using it get a new instance
     /// (with `init` run) right away; a channel whose `init` fails keeps its old instance.
     /// Returns the channels now running the new version.
@@ -156,14 +175,9 @@ impl PolicyHost {
         let path: Arc<Path> = Arc::from(compiled.path.as_path());
         let compiled = Arc::new(compiled);
         self.compiled.insert(path.clone(), compiled.clone());
-        self.unusable.remove(&path);
         self.stats.swaps += 1;
         // A config that this file's old version refused gets another try on the next call.
-        for slot in self.slots.values_mut() {
-            if slot.refused.as_ref().is_some_and(|(p, _)| *p == path) {
-                slot.refused = None;
-            }
-        }
+        self.forget_refusals(&path);
         let mut moved = Vec::new();
         let channels: Vec<Arc<str>> = self
             .slots
@@ -362,25 +376,15 @@ impl PolicyHost {
         Err(cause)
     }
 
-    fn compiled_for(&mut self, path: &Arc<Path>) -> Result<Arc<CompiledPolicy>, String> {
-        if let Some(c) = self.compiled.get(path) {
-            return Ok(c.clone());
-        }
-        if let Some(reason) = self.unusable.get(path) {
-            return Err(reason.clone());
-        }
-        // Not preloaded (a config reload named a new file): compile now, once.
-        match self.compiler.compile(path) {
-            Ok(c) => {
-                let c = Arc::new(c);
-                self.compiled.insert(path.clone(), c.clone());
-                Ok(c)
-            }
-            Err(e) => {
-                self.unusable.insert(path.clone(), e.to_string());
-                Err(e.to_string())
-            }
-        }
+    /// The compiled policy of `path`. Never compiles: every file a config names is compiled
+    /// before the config reaches the driver (at start-up, or by the config reload task).
+    fn compiled_for(&self, path: &Arc<Path>) -> Result<Arc<CompiledPolicy>, String> {
+        self.compiled.get(path).cloned().ok_or_else(|| {
+            format!(
+                "policy {} was not compiled before use (a bug: it is compiled with the config)",
+                path.display()
+            )
+        })
     }
 
     fn failed<R>(&mut self, view: &ChannelView<'_>, hook: Hook, cause: &str) -> Option<R> {
