@@ -435,6 +435,23 @@ fn trap_falls_back_and_the_instance_is_rebuilt() {
     );
 }
 
+/// On the daemon's driver thread, inside the tokio runtime: a wasip2 panic writes its message to
+/// stderr first, and wasmtime-wasi's blocking WASI functions panic the host there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn trap_built_for_wasip2_is_contained_inside_the_runtime() {
+    let wasm = policy_wasm_wasip2("trap");
+    let mut rig = Rig::new(rule(&wasm, json!({})).max(10));
+    for i in 0..3u64 {
+        let uid = format!("t{i}");
+        assert_eq!(rig.register("ch", &uid, json!({})), [format!("go {uid}")]);
+    }
+    let stats = rig.host.stats();
+    assert_eq!(
+        stats.failures, 6,
+        "admit and before_grant fail each time: {stats:?}"
+    );
+}
+
 #[test]
 fn wrong_interface_fails_to_compile_naming_the_world() {
     let wasm = policy_wasm("wrong-interface");
