@@ -15,6 +15,7 @@
 //!   async runtime and hands it to the driver, which swaps it in between two events.
 
 mod compile;
+mod hooks;
 mod host;
 pub mod reload;
 mod wasi;
