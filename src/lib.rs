@@ -65,17 +65,17 @@ pub async fn run(
         tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
     }
     let (runtime, policy_watch) = start_policies(&config).await?;
-    let (config_tx, mut reloaded) = mpsc::unbounded_channel::<Config>();
+    let (config_tx, mut reloaded) = mpsc::unbounded_channel::<reload::NewConfig>();
     let (to_driver, configs) = mpsc::unbounded_channel();
     // A reloaded config's message limits apply in the MQTT task at once; the rest in the driver.
     tokio::spawn(async move {
-        while let Some(config) = reloaded.recv().await {
-            let limits = config.limits.decode();
+        while let Some(new) = reloaded.recv().await {
+            let limits = new.config.limits.decode();
             if limits != *decode_limits.borrow() {
                 tracing::info!(?limits, "message limits changed");
                 decode_limits.send_replace(limits);
             }
-            if to_driver.send(config).is_err() {
+            if to_driver.send(new).is_err() {
                 break;
             }
         }

@@ -37,12 +37,7 @@ impl Setup {
         for (file, krate) in files {
             std::fs::copy(policy_wasm(krate), policies.path().join(file)).expect("copy a policy");
         }
-        let mut toml = toml.replace("{dir}", &policies.path().display().to_string());
-        if !toml.contains("[policy_sandbox]") {
-            // Tests of behaviour, not of the budget: a debug build on a loaded 2-core machine can
-            // take longer than the 10 ms default per call, and a fallback would change the result.
-            toml = format!("[policy_sandbox]\ncall_timeout = \"5s\"\n\n{toml}");
-        }
+        let toml = expand(toml, policies.path());
         let broker = TestBroker::start();
         let daemon = Daemon::start(broker.port(), &toml).await;
         let client = Client::connect(broker.port(), &unique_id("worker")).await;
@@ -57,6 +52,18 @@ impl Setup {
             client,
             policies,
         }
+    }
+
+    /// Replaces the daemon's config with `toml` (expanded as in `start`, keeping its `[mqtt]`
+    /// table), atomically, as an operator editing it would.
+    fn reconfigure(&self, toml: &str) {
+        let path = self.daemon.config_path();
+        let current = std::fs::read_to_string(&path).expect("read the config");
+        let mqtt = &current[current.find("[mqtt]").expect("the config has [mqtt]")..];
+        let toml = expand(toml, self.policies.path());
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{toml}\n\n{mqtt}")).expect("write the config");
+        std::fs::rename(&tmp, &path).expect("rename the config into place");
     }
 
     fn path(&self, file: &str) -> PathBuf {
@@ -145,6 +152,17 @@ impl Setup {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// `toml` with `{dir}` standing for `dir`, and a generous call budget unless it sets one.
+fn expand(toml: &str, dir: &Path) -> String {
+    let toml = toml.replace("{dir}", &dir.display().to_string());
+    if toml.contains("[policy_sandbox]") {
+        return toml;
+    }
+    // Tests of behaviour, not of the budget: a debug build on a loaded 2-core machine can take
+    // longer than the 10 ms default per call, and a fallback would change the result.
+    format!("[policy_sandbox]\ncall_timeout = \"5s\"\n\n{toml}")
 }
 
 /// Replaces `path` atomically with the component of `krate`: copy to a temp name in the same
@@ -530,4 +548,109 @@ async fn a_swap_refused_by_init_keeps_the_old_policy() {
     let reason = s.rejected("prio", "bad").await;
     assert!(reason.contains("\"priority\""), "{reason}");
     s.client.finished("prio", &running).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config reload
+
+#[tokio::test]
+async fn a_config_reload_refused_by_init_keeps_the_previous_policy_and_config() {
+    let deny_reason = r#"tenant "evil" is denied by policy"#;
+    // Closed: a channel left without a working instance would reject every job.
+    let deny = |config: &str| {
+        channel_rule(
+            "deny",
+            "deny.wasm",
+            10,
+            &format!("policy_config = {config}\non_policy_error = \"closed\""),
+        )
+    };
+    let mut s = Setup::start(
+        &[("deny.wasm", "deny")],
+        &deny(r#"{ tenants = ["evil"] }"#),
+        &["deny"],
+    )
+    .await;
+    s.register("deny", "e1", json!({"tenant": "evil"})).await;
+    assert_eq!(s.rejected("deny", "e1").await, deny_reason);
+
+    // deny's init refuses a `tenants` that is not a list.
+    s.reconfigure(&deny("{ tenants = 7 }"));
+    s.daemon.wait_log("channel reconfigured").await;
+    s.register("deny", "e2", json!({"tenant": "evil"})).await;
+    assert_eq!(s.rejected("deny", "e2").await, deny_reason);
+    s.register("deny", "g1", json!({"tenant": "good"})).await;
+    assert_eq!(s.next_go("deny").await, "g1");
+    let line = s
+        .daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("keeps its previous policy"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        line.contains("WARN") && line.contains("tenants"),
+        "a warning with init's reason: {line:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_config_reload_naming_a_new_policy_file_uses_it() {
+    let prio = channel_rule("prio", "priority.wasm", 1, "");
+    let mut s = Setup::start(
+        &[("priority.wasm", "priority"), ("deny.wasm", "deny")],
+        &prio,
+        &["prio", "deny"],
+    )
+    .await;
+    let deny = channel_rule(
+        "deny",
+        "deny.wasm",
+        10,
+        "policy_config = { tenants = [\"evil\"] }",
+    );
+    s.reconfigure(&format!("{prio}\n{deny}"));
+    s.daemon.wait_log("config applied").await;
+    let line = s
+        .daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("policy loaded") && l.contains("deny.wasm"))
+        .map(str::to_owned);
+    assert!(line.is_some(), "deny.wasm compiled with the config");
+    s.register("deny", "e1", json!({"tenant": "evil"})).await;
+    assert_eq!(
+        s.rejected("deny", "e1").await,
+        r#"tenant "evil" is denied by policy"#
+    );
+    s.register("deny", "g1", json!({"tenant": "good"})).await;
+    assert_eq!(s.next_go("deny").await, "g1");
+}
+
+#[tokio::test]
+async fn a_config_reload_naming_a_broken_policy_keeps_the_old_config() {
+    let prio = |max: u32| channel_rule("prio", "policy.wasm", max, "");
+    let mut s = Setup::start(&[("policy.wasm", "priority")], &prio(1), &["prio"]).await;
+    s.register("prio", "hold", json!({})).await;
+    assert_eq!(s.next_go("prio").await, "hold");
+    std::fs::write(s.path("broken.wasm"), b"not a component").expect("write a broken policy");
+    // Raises prio's limit and names the broken file for another channel: none of it applies.
+    let other = channel_rule("other", "broken.wasm", 1, "");
+    s.reconfigure(&format!("{}\n{other}", prio(3)));
+    s.daemon.wait_log("config reload failed").await;
+    let line = s
+        .daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("config reload failed"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        line.contains("WARN") && line.contains("broken.wasm") && line.contains("compile"),
+        "a warning naming the file and the cause: {line}"
+    );
+    s.register("prio", "q1", json!({})).await;
+    s.client.expect_none(&topic("prio", "go/+"), QUIET).await;
+    assert_eq!(s.client.state("prio").await["max_concurrent_jobs"], 1);
+    assert_eq!(s.log_count("channel reconfigured"), 0);
 }

@@ -37,6 +37,7 @@ const COVERAGE: &[(&str, fn())] = &[
         "wrong-interface",
         wrong_interface_fails_to_compile_naming_the_world,
     ),
+    ("random", random_is_seeded_per_channel_and_replays),
 ];
 
 #[test]
@@ -171,6 +172,18 @@ impl Rig {
             channel: channel.into(),
             max,
         })
+    }
+
+    /// Applies a reloaded config in which every channel uses `rule`, as the driver does;
+    /// returns the decisions it caused.
+    fn reconfigure(&mut self, rule: Rule) -> Vec<String> {
+        self.now += 1;
+        self.engine.reconfigure(
+            Time(self.now),
+            Box::new(move |_| rule.options()),
+            &mut self.host,
+        );
+        self.drain()
     }
 
     fn waiting(&self, channel: &str) -> Vec<String> {
@@ -422,6 +435,23 @@ fn trap_falls_back_and_the_instance_is_rebuilt() {
     );
 }
 
+/// On the daemon's driver thread, inside the tokio runtime: a wasip2 panic writes its message to
+/// stderr first, and wasmtime-wasi's blocking WASI functions panic the host there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn trap_built_for_wasip2_is_contained_inside_the_runtime() {
+    let wasm = policy_wasm_wasip2("trap");
+    let mut rig = Rig::new(rule(&wasm, json!({})).max(10));
+    for i in 0..3u64 {
+        let uid = format!("t{i}");
+        assert_eq!(rig.register("ch", &uid, json!({})), [format!("go {uid}")]);
+    }
+    let stats = rig.host.stats();
+    assert_eq!(
+        stats.failures, 6,
+        "admit and before_grant fail each time: {stats:?}"
+    );
+}
+
 #[test]
 fn wrong_interface_fails_to_compile_naming_the_world() {
     let wasm = policy_wasm("wrong-interface");
@@ -549,4 +579,150 @@ fn broken_file_fails_to_compile_and_nothing_changes() {
     assert_eq!(rig.waiting("ch"), ["high", "low"]);
     let after = rig.host.stats();
     assert_eq!((after.swaps, after.failures), (before.swaps, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config reloads
+
+#[test]
+fn reconfig_whose_init_fails_keeps_the_previous_instance_and_config() {
+    let wasm = policy_wasm("deny");
+    let evil = r#"tenant "evil" is denied by policy"#;
+    // Closed: were the channel left without a working instance, every job would be rejected.
+    let mut rig = Rig::new(rule(&wasm, deny_evil()).max(10).closed());
+    assert_eq!(
+        rig.register("ch", "e1", json!({"tenant": "evil"})),
+        [format!("rejected e1: {evil}")]
+    );
+    let before = rig.host.stats();
+    // deny's init refuses a list that is not a list.
+    assert!(rig
+        .reconfigure(rule(&wasm, json!({"tenants": 7})).max(10).closed())
+        .is_empty());
+    for i in 0..3 {
+        assert_eq!(
+            rig.register("ch", &format!("e{i}x"), json!({"tenant": "evil"})),
+            [format!("rejected e{i}x: {evil}")],
+            "the previous instance, with its config, still decides"
+        );
+        assert_eq!(
+            rig.register("ch", &format!("g{i}"), json!({"tenant": "good"})),
+            [format!("go g{i}")]
+        );
+    }
+    let after = rig.host.stats();
+    assert_eq!(after.failures, before.failures, "no fallback: {after:?}");
+    // One attempt at the refused config, not one per call.
+    assert_eq!(after.instantiations, before.instantiations + 1, "{after:?}");
+    // A later config that init accepts takes over.
+    assert!(rig
+        .reconfigure(rule(&wasm, json!({"tenants": ["good"]})).max(10).closed())
+        .is_empty());
+    assert_eq!(
+        rig.register("ch", "e9", json!({"tenant": "evil"})),
+        ["go e9"]
+    );
+    assert_eq!(
+        rig.register("ch", "g9", json!({"tenant": "good"})),
+        [r#"rejected g9: tenant "good" is denied by policy"#]
+    );
+}
+
+#[test]
+fn the_host_never_compiles_a_file_it_was_not_handed() {
+    let deny = policy_wasm("deny");
+    let mut rig = Rig::new(rule(&policy_wasm("priority"), json!({})).max(10).closed());
+    assert_eq!(rig.register("ch", "p1", json!({})), ["go p1"]);
+    // A reload names deny, whose compiled version the config task did not hand over. The host
+    // runs on the driver's thread: it must not compile it there.
+    rig.reconfigure(rule(&deny, deny_evil()).max(10).closed());
+    let evil = json!({"tenant": "evil"});
+    assert_eq!(
+        rig.register("ch", "e1", evil.clone()),
+        ["go e1"],
+        "ch keeps priority"
+    );
+    assert_eq!(
+        rig.register("new", "e2", evil.clone()),
+        [format!("rejected e2: {CLOSED_REASON}")],
+        "a channel with no previous policy falls back"
+    );
+    // Handed over (as the driver does with a reloaded config), it is used at once.
+    let compiled = rig.compiler.compile(&deny).expect("deny compiles");
+    rig.host.install(vec![compiled]);
+    let reason = r#"tenant "evil" is denied by policy"#;
+    assert_eq!(
+        rig.register("ch", "e3", evil.clone()),
+        [format!("rejected e3: {reason}")]
+    );
+    assert_eq!(
+        rig.register("new", "e4", evil),
+        [format!("rejected e4: {reason}")]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Determinism
+
+/// What fixture `random` draws on `channel` for `n` registrations, in a new host (as after a
+/// restart): one line per registration, as its rejection reason.
+fn draws(wasm: &Path, channel: &str, n: usize) -> Vec<String> {
+    let mut rig = Rig::new(rule(wasm, json!({})));
+    (0..n)
+        .map(|i| {
+            let out = rig.register(channel, &format!("j{i}"), json!({}));
+            assert_eq!(out.len(), 1, "{out:?}");
+            let prefix = format!("rejected j{i}: ");
+            out[0]
+                .strip_prefix(&prefix)
+                .expect("a rejection")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The value after `name` in a line of fixture `random`.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let mut words = line.split(' ');
+    words.find(|w| *w == name);
+    words.next().unwrap_or_default()
+}
+
+/// Random numbers and clocks a wasip2 guest can reach come from the channel and the engine,
+/// not the OS.
+#[test]
+fn random_is_seeded_per_channel_and_replays() {
+    let wasm = policy_wasm_wasip2("random");
+    let a = draws(&wasm, "a", 3);
+    eprintln!("channel a draws {a:#?}");
+    // Another host, as after a restart: the same sequence, so nothing came from the OS.
+    assert_eq!(draws(&wasm, "a", 3), a);
+    // The generators advance; the seed is one value per instance.
+    assert_ne!(a[0], a[1]);
+    assert_eq!(field(&a[0], "seed"), field(&a[1], "seed"));
+    // Both clocks read the engine time of the call (the first register is at 1_000_001 ms,
+    // the next one 1 ms later).
+    assert_eq!(field(&a[0], "wall"), "1000001");
+    assert_eq!(field(&a[1], "wall"), "1000002");
+    assert_eq!(field(&a[1], "monotonic"), "1000000");
+    // Each source has its own stream, and another channel gets other numbers from each.
+    assert_ne!(field(&a[0], "random"), field(&a[0], "insecure"));
+    let b = draws(&wasm, "b", 1);
+    for source in ["random", "insecure", "seed"] {
+        assert_ne!(field(&a[0], source), field(&b[0], source), "{source}");
+    }
+    // A rebuilt instance (a swap of the same file) starts the channel's sequence again.
+    let mut rig = Rig::new(rule(&wasm, json!({})));
+    let numbers = |line: &str| line.split(" wall").next().unwrap_or_default().to_owned();
+    let first = numbers(&a[0]);
+    assert_eq!(
+        numbers(&rig.register("a", "x", json!({}))[0]),
+        format!("rejected x: {first}")
+    );
+    let compiled = rig.compiler.compile(&wasm).expect("random compiles");
+    assert_eq!(rig.host.swap(compiled), [Arc::<str>::from("a")]);
+    assert_eq!(
+        numbers(&rig.register("a", "y", json!({}))[0]),
+        format!("rejected y: {first}")
+    );
 }

@@ -19,7 +19,6 @@ pub use clock::Clock;
 pub use gate::CommitGate;
 pub use resend::{LostSession, Resend, Resent, RESUBSCRIBE_GRACE, SYNC_PATIENCE};
 
-use crate::config::Config;
 use crate::engine::Input;
 use crate::engine::{Change, Engine, NoPolicies, Output, Policies, Snapshot, Time};
 use crate::metrics::Recorder;
@@ -27,6 +26,7 @@ use crate::mqtt::{Ack, Inbound};
 use crate::policy::reload::Update;
 use crate::policy::PolicyHost;
 use crate::protocol::Rejection;
+use crate::reload::NewConfig;
 use crate::state::Journal;
 
 /// The policy host and the stream of reloaded policy files, when any channel uses a policy.
@@ -66,8 +66,8 @@ enum Held {
 pub struct Control {
     /// The policy host and reloaded policy files, if policies are enabled.
     pub policies: Option<PolicyRuntime>,
-    /// Reloaded configs.
-    pub configs: mpsc::UnboundedReceiver<Config>,
+    /// Reloaded configs, with the new policy files they name already compiled.
+    pub configs: mpsc::UnboundedReceiver<NewConfig>,
     /// Channel labels for metrics.
     pub metrics: Recorder,
     /// The journal and the state restored from it, if persistence is on.
@@ -148,7 +148,12 @@ impl<S: Sink> Driver<S> {
         }
     }
 
-    fn config(&mut self, config: Config) {
+    fn config(&mut self, new: NewConfig) {
+        let NewConfig { config, policies } = new;
+        if let Some(rt) = self.policies.as_mut() {
+            // Compiled by the config task: nothing is compiled on this thread.
+            rt.host.install(policies);
+        }
         let now = self.clock.now();
         let limits = config.limits.engine();
         if limits != self.engine.limits() {

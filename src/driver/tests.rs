@@ -52,7 +52,7 @@ struct Running {
     sink: Collect,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
-    _configs: mpsc::UnboundedSender<Config>,
+    _configs: mpsc::UnboundedSender<crate::reload::NewConfig>,
 }
 
 impl Running {

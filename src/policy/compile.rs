@@ -98,6 +98,38 @@ impl coordinosaur::policy::log::Host for StoreState {
     }
 }
 
+/// WASI functions a policy gets as traps instead of wasmtime-wasi's versions. Those run through
+/// `Handle::block_on`, which panics on the driver's thread (a tokio worker), so a wasip2 guest
+/// that printed, panicked (the message goes to stderr), slept or polled would take the daemon
+/// down; and stdio or waiting has no place in a decision anyway. Every other way to a blocking
+/// function needs a stream or socket that the empty context never hands out.
+const REFUSED: &[(&str, &str)] = &[
+    ("wasi:cli/stdin@0.2.12", "get-stdin"),
+    ("wasi:cli/stdout@0.2.12", "get-stdout"),
+    ("wasi:cli/stderr@0.2.12", "get-stderr"),
+    ("wasi:io/poll@0.2.12", "poll"),
+    ("wasi:io/poll@0.2.12", "[method]pollable.ready"),
+    ("wasi:io/poll@0.2.12", "[method]pollable.block"),
+    ("wasi:sockets/udp-create-socket@0.2.12", "create-udp-socket"),
+];
+
+/// Replaces the [`REFUSED`] functions in `linker` with traps naming them.
+fn refuse_blocking(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    for (instance, func) in REFUSED {
+        let what = format!("{instance} {func}");
+        linker
+            .instance(instance)?
+            .func_new(func, move |_, _, _, _| {
+                Err(wasmtime::Error::msg(format!(
+                "policies cannot use {what} (no stdio, no waiting; log through the `log` import)"
+            )))
+            })?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 /// One policy file, compiled, linked and type-checked against the world.
 pub struct CompiledPolicy {
     /// The file it came from.
@@ -152,6 +184,7 @@ impl Compiler {
         let engine = Engine::new(&config).map_err(PolicyError::Runtime)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(PolicyError::Runtime)?;
+        refuse_blocking(&mut linker).map_err(PolicyError::Runtime)?;
         Policy::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(PolicyError::Runtime)?;
         let stop = Arc::new(AtomicBool::new(false));

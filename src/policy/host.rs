@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 use wasmtime::{Store, StoreLimitsBuilder};
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, ResourceTable, WasiCtxBuilder};
+use wasmtime_wasi::ResourceTable;
 
-use super::compile::{wit, CompiledPolicy, Compiler, Policy, StoreState, EPOCH_TICK};
+use super::compile::{CompiledPolicy, Compiler, Policy, StoreState, EPOCH_TICK};
+use super::hooks::Hook;
 use super::PolicyError;
 use crate::config::PolicySandbox;
-use crate::engine::{Admission, ChannelView, Decision, JobEvent, JobInfo, OnPolicyError, Policies};
+use crate::engine::ChannelView;
 
 /// Counters of what the policies did, for logs and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,6 +40,32 @@ struct Slot {
     live: Option<Live>,
     /// Why `init` refused, until a swap brings a new policy.
     broken: Option<String>,
+    /// A file and config (from a config reload) whose `init` refused while this slot worked:
+    /// the slot keeps its own policy and config, and the refused pair is not tried again until
+    /// the channel's options or that file change.
+    refused: Option<(Arc<Path>, Arc<str>)>,
+}
+
+impl Slot {
+    /// A slot holding a working instance.
+    fn live(compiled: Arc<CompiledPolicy>, config: Arc<str>, live: Live) -> Slot {
+        Slot {
+            compiled,
+            config,
+            live: Some(live),
+            broken: None,
+            refused: None,
+        }
+    }
+
+    /// Whether the slot runs `path` with `config`, or already refused to move to them.
+    fn settled(&self, path: &Path, config: &str) -> bool {
+        let runs = *self.compiled.path == *path && *self.config == *config;
+        runs || self
+            .refused
+            .as_ref()
+            .is_some_and(|(p, c)| **p == *path && **c == *config)
+    }
 }
 
 /// A store and the instance living in it.
@@ -47,36 +74,13 @@ struct Live {
     bindings: Policy,
 }
 
-/// Engine time for guests: WASI clocks read the time of the current call, so policies stay
-/// deterministic and learn nothing about the host.
-#[derive(Clone)]
-struct EngineClock(Arc<AtomicU64>);
-
-impl HostWallClock for EngineClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_millis(1)
-    }
-    fn now(&self) -> Duration {
-        Duration::from_millis(self.0.load(Ordering::Relaxed))
-    }
-}
-
-impl HostMonotonicClock for EngineClock {
-    fn resolution(&self) -> u64 {
-        1_000_000
-    }
-    fn now(&self) -> u64 {
-        self.0.load(Ordering::Relaxed).saturating_mul(1_000_000)
-    }
-}
-
 /// Runs each channel's policy; implements the engine's hooks.
 pub struct PolicyHost {
     compiler: Compiler,
-    /// One compiled component per file, shared by every channel using it.
+    /// One compiled component per file, shared by every channel using it. Filled only by
+    /// `preload`, `install` and `swap` with policies compiled elsewhere: the host runs on the
+    /// driver's thread and never compiles.
     compiled: HashMap<Arc<Path>, Arc<CompiledPolicy>>,
-    /// Files that failed to compile, with the reason (until a reload succeeds).
-    unusable: HashMap<Arc<Path>, String>,
     /// Instances by channel name.
     slots: HashMap<Arc<str>, Slot>,
     /// Epoch ticks one call may take.
@@ -100,24 +104,6 @@ impl std::fmt::Debug for PolicyHost {
     }
 }
 
-/// Which hook is calling, for logs.
-#[derive(Debug, Clone, Copy)]
-enum Hook {
-    Admit,
-    BeforeGrant,
-    OnEvent,
-}
-
-impl Hook {
-    fn as_str(self) -> &'static str {
-        match self {
-            Hook::Admit => "admit",
-            Hook::BeforeGrant => "before-grant",
-            Hook::OnEvent => "on-event",
-        }
-    }
-}
-
 impl PolicyHost {
     /// A host with the given sandbox, sharing `compiler`'s engine.
     pub fn new(compiler: Compiler, sandbox: &PolicySandbox) -> PolicyHost {
@@ -125,7 +111,6 @@ impl PolicyHost {
         PolicyHost {
             compiler,
             compiled: HashMap::new(),
-            unusable: HashMap::new(),
             slots: HashMap::new(),
             // +1: the current tick may be nearly over when the call starts.
             deadline_ticks: sandbox.call_timeout.0.div_ceil(tick) + 1,
@@ -146,6 +131,26 @@ impl PolicyHost {
         Ok(())
     }
 
+    /// Takes the policy files a reloaded config names for the first time, compiled off the
+    /// driver's thread by the config task, so that channels can move to them.
+    pub fn install(&mut self, policies: Vec<CompiledPolicy>) {
+        for compiled in policies {
+            let path: Arc<Path> = Arc::from(compiled.path.as_path());
+            info!(policy = %path.display(), compile_ms = compiled.compile_time.as_millis(), "policy loaded");
+            self.forget_refusals(&path);
+            self.compiled.insert(path, Arc::new(compiled));
+        }
+    }
+
+    /// Lets channels that refused (a version of) `path` try it again on their next call.
+    fn forget_refusals(&mut self, path: &Path) {
+        for slot in self.slots.values_mut() {
+            if slot.refused.as_ref().is_some_and(|(p, _)| **p == *path) {
+                slot.refused = None;
+            }
+        }
+    }
+
     /// Swaps in a newly compiled version of a file. Channels using it get a new instance
     /// (with `init` run) right away; a channel whose `init` fails keeps its old instance.
     /// Returns the channels now running the new version.
@@ -153,8 +158,9 @@ impl PolicyHost {
         let path: Arc<Path> = Arc::from(compiled.path.as_path());
         let compiled = Arc::new(compiled);
         self.compiled.insert(path.clone(), compiled.clone());
-        self.unusable.remove(&path);
         self.stats.swaps += 1;
+        // A config that this file's old version refused gets another try on the next call.
+        self.forget_refusals(&path);
         let mut moved = Vec::new();
         let channels: Vec<Arc<str>> = self
             .slots
@@ -169,15 +175,8 @@ impl PolicyHost {
             let config = slot.config.clone();
             match self.instantiate(&compiled, &channel, &config) {
                 Ok(live) => {
-                    self.slots.insert(
-                        channel.clone(),
-                        Slot {
-                            compiled: compiled.clone(),
-                            config,
-                            live: Some(live),
-                            broken: None,
-                        },
-                    );
+                    self.slots
+                        .insert(channel.clone(), Slot::live(compiled.clone(), config, live));
                     moved.push(channel);
                 }
                 Err(cause) => {
@@ -201,12 +200,7 @@ impl PolicyHost {
         config: &str,
     ) -> Result<Live, String> {
         self.stats.instantiations += 1;
-        let clock = EngineClock(self.clock.clone());
-        let wasi = WasiCtxBuilder::new()
-            .wall_clock(clock.clone())
-            .monotonic_clock(clock)
-            .insecure_random_seed(0)
-            .build();
+        let wasi = super::wasi::context(channel, &self.clock);
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.max_memory)
             .trap_on_grow_failure(true)
@@ -240,7 +234,7 @@ impl PolicyHost {
 
     /// Runs `f` on the channel's instance, creating it if needed. `None` when there is no usable
     /// instance or the call failed (already logged and counted; the instance is dropped).
-    fn call<R>(
+    pub(super) fn call<R>(
         &mut self,
         view: &ChannelView<'_>,
         hook: Hook,
@@ -250,50 +244,8 @@ impl PolicyHost {
         self.stats.calls += 1;
         self.clock.store(view.now.0, Ordering::Relaxed);
         let channel: Arc<str> = Arc::from(view.channel);
-        let compiled = match self.compiled_for(&path) {
-            Ok(c) => c,
-            Err(cause) => return self.failed(view, hook, &cause),
-        };
-        // Same file and config: keep the slot even if it holds an older version of the file.
-        // `swap` moves every slot it can to a new version; a slot still on the old one is a
-        // channel whose `init` refused the new version, and it keeps its previous policy.
-        let stale = self
-            .slots
-            .get(&channel)
-            .is_none_or(|s| *s.compiled.path != *path || *s.config != *view.options.policy_config);
-        if stale {
-            let config: Arc<str> = view.options.policy_config.clone();
-            self.slots.insert(
-                channel.clone(),
-                Slot {
-                    compiled: compiled.clone(),
-                    config,
-                    live: None,
-                    broken: None,
-                },
-            );
-        }
-        let slot = self.slots.get(&channel)?;
-        if let Some(reason) = &slot.broken {
-            let reason = reason.clone();
-            return self.failed(view, hook, &reason);
-        }
-        if slot.live.is_none() {
-            // Rebuild from the slot's own version, which may be older than `compiled`.
-            let (compiled, config) = (slot.compiled.clone(), slot.config.clone());
-            match self.instantiate(&compiled, &channel, &config) {
-                Ok(live) => {
-                    if let Some(slot) = self.slots.get_mut(&channel) {
-                        slot.live = Some(live);
-                    }
-                }
-                Err(cause) => {
-                    if let Some(slot) = self.slots.get_mut(&channel) {
-                        slot.broken = Some(cause.clone());
-                    }
-                    return self.failed(view, hook, &cause);
-                }
-            }
+        if let Err(cause) = self.prepare(&channel, &path, &view.options.policy_config) {
+            return self.failed(view, hook, &cause);
         }
         let ticks = self.deadline_ticks;
         let live = self.slots.get_mut(&channel)?.live.as_mut()?;
@@ -315,25 +267,107 @@ impl PolicyHost {
         }
     }
 
-    fn compiled_for(&mut self, path: &Arc<Path>) -> Result<Arc<CompiledPolicy>, String> {
-        if let Some(c) = self.compiled.get(path) {
-            return Ok(c.clone());
+    /// Makes sure `channel` has a usable instance for `path` and `config`, or keeps its
+    /// previous one when they are refused. `Err` when there is no usable instance.
+    fn prepare(
+        &mut self,
+        channel: &Arc<str>,
+        path: &Arc<Path>,
+        config: &Arc<str>,
+    ) -> Result<(), String> {
+        // Same file and config: keep the slot even if it holds an older version of the file.
+        // `swap` moves every slot it can to a new version; a slot still on the old one is a
+        // channel whose `init` refused the new version, and it keeps its previous policy.
+        if !self
+            .slots
+            .get(channel)
+            .is_some_and(|s| s.settled(path, config))
+        {
+            self.switch(channel, path, config)?;
         }
-        if let Some(reason) = self.unusable.get(path) {
+        let slot = self
+            .slots
+            .get(channel)
+            .ok_or_else(|| "no policy instance".to_owned())?;
+        if let Some(reason) = &slot.broken {
             return Err(reason.clone());
         }
-        // Not preloaded (a config reload named a new file): compile now, once.
-        match self.compiler.compile(path) {
-            Ok(c) => {
-                let c = Arc::new(c);
-                self.compiled.insert(path.clone(), c.clone());
-                Ok(c)
-            }
-            Err(e) => {
-                self.unusable.insert(path.clone(), e.to_string());
-                Err(e.to_string())
+        if slot.live.is_none() {
+            // Rebuild from the slot's own version, which may be older than the file's latest.
+            let (compiled, config) = (slot.compiled.clone(), slot.config.clone());
+            let rebuilt = self.instantiate(&compiled, channel, &config);
+            let slot = self
+                .slots
+                .get_mut(channel)
+                .ok_or_else(|| "no policy instance".to_owned())?;
+            match rebuilt {
+                Ok(live) => slot.live = Some(live),
+                Err(cause) => {
+                    slot.broken = Some(cause.clone());
+                    return Err(cause);
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Moves `channel` to `path` with `config` (new options from a config reload, or first
+    /// use): a new instance with `init` run, built before the old one is dropped. If that
+    /// fails while the channel has a working policy, the channel keeps it, with its config.
+    fn switch(
+        &mut self,
+        channel: &Arc<str>,
+        path: &Arc<Path>,
+        config: &Arc<str>,
+    ) -> Result<(), String> {
+        let attempt = self.compiled_for(path).map(|compiled| {
+            let live = self.instantiate(&compiled, channel, config);
+            (compiled, live)
+        });
+        let cause = match attempt {
+            Ok((compiled, Ok(live))) => {
+                let slot = Slot::live(compiled, config.clone(), live);
+                self.slots.insert(channel.clone(), slot);
+                return Ok(());
+            }
+            Ok((_, Err(cause))) | Err(cause) => cause,
+        };
+        if let Some(previous) = self.slots.get_mut(channel) {
+            if previous.broken.is_none() {
+                warn!(
+                    %channel,
+                    policy = %path.display(),
+                    cause,
+                    kept = %previous.compiled.path.display(),
+                    "new policy config refused; the channel keeps its previous policy"
+                );
+                previous.refused = Some((path.clone(), config.clone()));
+                return Ok(());
+            }
+        }
+        if let Ok(compiled) = self.compiled_for(path) {
+            // Nothing to keep: remember the refusal so that `init` is not retried on every call.
+            let slot = Slot {
+                compiled,
+                config: config.clone(),
+                live: None,
+                broken: Some(cause.clone()),
+                refused: None,
+            };
+            self.slots.insert(channel.clone(), slot);
+        }
+        Err(cause)
+    }
+
+    /// The compiled policy of `path`. Never compiles: every file a config names is compiled
+    /// before the config reaches the driver (at start-up, or by the config reload task).
+    fn compiled_for(&self, path: &Arc<Path>) -> Result<Arc<CompiledPolicy>, String> {
+        self.compiled.get(path).cloned().ok_or_else(|| {
+            format!(
+                "policy {} was not compiled before use (a bug: it is compiled with the config)",
+                path.display()
+            )
+        })
     }
 
     fn failed<R>(&mut self, view: &ChannelView<'_>, hook: Hook, cause: &str) -> Option<R> {
@@ -342,76 +376,5 @@ impl PolicyHost {
             .increment(1);
         warn!(channel = view.channel, ?hook, cause, fallback = ?view.options.on_policy_error, "policy call failed");
         None
-    }
-}
-
-fn job(view: &ChannelView<'_>, job: &JobInfo<'_>) -> wit::Job {
-    wit::Job {
-        uid: job.uid.to_owned(),
-        channel: view.channel.to_owned(),
-        timeout_ms: job.timeout.0,
-        registered_at_ms: job.registered_at.0,
-        meta: job.meta.unwrap_or("{}").to_owned(),
-    }
-}
-
-fn state(view: &ChannelView<'_>) -> wit::ChannelState {
-    wit::ChannelState {
-        channel: view.channel.to_owned(),
-        max_concurrent_jobs: view.options.max_concurrent_jobs,
-        running: view.running,
-        waiting: view.waiting,
-        now_ms: view.now.0,
-    }
-}
-
-impl Policies for PolicyHost {
-    fn admit(&mut self, view: &ChannelView<'_>, info: &JobInfo<'_>) -> Admission {
-        let (j, s) = (job(view, info), state(view));
-        match self.call(view, Hook::Admit, |p, store| p.call_admit(store, &j, &s)) {
-            Some(wit::Admission::Accept(priority)) => Admission::Accept(priority),
-            Some(wit::Admission::Reject(reason)) => Admission::Reject(reason),
-            None => match view.options.on_policy_error {
-                OnPolicyError::Open => Admission::Accept(0),
-                OnPolicyError::Closed => {
-                    Admission::Reject("policy error (on_policy_error = closed)".into())
-                }
-            },
-        }
-    }
-
-    fn before_grant(&mut self, view: &ChannelView<'_>, info: &JobInfo<'_>) -> Decision {
-        let (j, s) = (job(view, info), state(view));
-        match self.call(view, Hook::BeforeGrant, |p, store| {
-            p.call_before_grant(store, &j, &s)
-        }) {
-            Some(wit::Decision::Grant) => Decision::Grant,
-            Some(wit::Decision::Defer) => Decision::Defer,
-            Some(wit::Decision::Veto(reason)) => Decision::Veto(reason),
-            None => match view.options.on_policy_error {
-                OnPolicyError::Open => Decision::Grant,
-                OnPolicyError::Closed => {
-                    Decision::Veto("policy error (on_policy_error = closed)".into())
-                }
-            },
-        }
-    }
-
-    fn on_event(&mut self, view: &ChannelView<'_>, event: JobEvent, info: &JobInfo<'_>) {
-        let kind = match event {
-            JobEvent::Granted => wit::EventKind::Granted,
-            JobEvent::Finished => wit::EventKind::Finished,
-            JobEvent::Aborted => wit::EventKind::Aborted,
-            JobEvent::Expired => wit::EventKind::Expired,
-            JobEvent::Cancelled => wit::EventKind::Cancelled,
-        };
-        let ev = wit::Event {
-            kind,
-            job: job(view, info),
-        };
-        let s = state(view);
-        self.call(view, Hook::OnEvent, |p, store| {
-            p.call_on_event(store, &ev, &s)
-        });
     }
 }

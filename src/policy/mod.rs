@@ -4,15 +4,21 @@
 //! - [`compile`]: one compiled, type-checked, pre-instantiated component per policy file,
 //!   shared by every channel that uses it.
 //! - [`PolicyHost`]: one instance per channel, created on first use; every call runs under an
-//!   epoch deadline and a memory cap. A trap, a timeout or an `init` error falls back to the
-//!   built-in decision (`on_policy_error = "open"`) or rejects (`"closed"`), is logged with the
-//!   channel, hook and cause, and the instance is rebuilt from the pre-instantiated component.
+//!   epoch deadline and a memory cap. A trap or a timeout falls back to the built-in decision
+//!   (`on_policy_error = "open"`) or rejects (`"closed"`), is logged with the channel, hook and
+//!   cause, and the instance is rebuilt from the pre-instantiated component. A new file or
+//!   `policy_config` whose `init` fails leaves a working channel on its previous instance;
+//!   only a channel with nothing to keep falls back.
+//! - `wasi`: what WASI gives a guest: engine-time clocks and `wasi:random` seeded per channel,
+//!   nothing of the host.
 //! - [`reload`]: a notify watcher on the policy folders that recompiles a changed file off the
 //!   async runtime and hands it to the driver, which swaps it in between two events.
 
 mod compile;
+mod hooks;
 mod host;
 pub mod reload;
+mod wasi;
 
 pub use compile::{CompiledPolicy, Compiler};
 pub use host::{PolicyHost, PolicyStats};

@@ -1,5 +1,6 @@
 //! Hot reload: recompile a changed policy file off the async runtime and hand it to the driver,
-//! which swaps it in between two events.
+//! which swaps it in between two events. [`compile_off_thread`] also compiles the files a
+//! reloaded config names, before that config reaches the driver.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,4 +49,18 @@ pub fn watch(
         }
     });
     Ok(watcher)
+}
+
+/// Compiles `paths` on a blocking thread, off the async runtime (and so off the driver's
+/// thread). The first file that fails stops it, with its reason.
+pub async fn compile_off_thread(
+    compiler: Compiler,
+    paths: Vec<Arc<Path>>,
+) -> Result<Vec<CompiledPolicy>, PolicyError> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    tokio::task::spawn_blocking(move || paths.iter().map(|p| compiler.compile(p)).collect())
+        .await
+        .unwrap_or_else(|e| Err(PolicyError::Runtime(wasmtime::Error::msg(e.to_string()))))
 }

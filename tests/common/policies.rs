@@ -22,6 +22,7 @@ pub const POLICY_CRATES: &[&str] = &[
     "grow",
     "trap",
     "wrong-interface",
+    "random",
 ];
 
 /// Targets every policy is built for.
