@@ -35,7 +35,7 @@ pub enum Change {
         /// When it registered.
         registered_at: Time,
         /// Extra registration fields, for policies.
-        meta: Option<Box<str>>,
+        meta: Option<Arc<str>>,
     },
     /// A waiting job's priority changed (a policy swap re-ranked the queue).
     Reprioritized {
@@ -122,7 +122,7 @@ pub struct JobSnapshot {
     /// Lease end once granted; `None` while waiting.
     pub deadline: Option<Time>,
     /// Extra registration fields.
-    pub meta: Option<Box<str>>,
+    pub meta: Option<Arc<str>>,
 }
 
 impl ChannelSnapshot {

@@ -19,7 +19,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
-use channel::Channel;
+use channel::{Channel, Room};
+pub use channel::{job_bytes, JOB_OVERHEAD_BYTES};
 use durable::ChangeLog;
 pub use durable::{Change, ChannelSnapshot, JobSnapshot, Snapshot};
 pub use options::{ChannelOptions, OnPolicyError, QuotaLog, QuotaSpec};
@@ -189,7 +190,7 @@ pub enum RejectKind {
     /// The channel's policy rejected or vetoed it (or failed, with `on_policy_error = closed`).
     Policy,
     /// Accepting it would have grown state past a configured limit (`max_channels`,
-    /// `max_waiting_per_channel`).
+    /// `max_waiting_per_channel`, `max_waiting_bytes`).
     Limit,
 }
 
@@ -259,6 +260,10 @@ pub struct EngineLimits {
     pub max_channels: usize,
     /// Jobs one channel may hold waiting (running jobs are bounded by `max_concurrent_jobs`).
     pub max_waiting_per_channel: usize,
+    /// Bytes all waiting jobs together may hold, each counted as [`job_bytes`] (its uid, its
+    /// extra fields and [`JOB_OVERHEAD_BYTES`]). A job that is granted at once never waits and
+    /// is not refused by it.
+    pub max_waiting_bytes: usize,
 }
 
 impl Default for EngineLimits {
@@ -266,6 +271,7 @@ impl Default for EngineLimits {
         EngineLimits {
             max_channels: 10_000,
             max_waiting_per_channel: 100_000,
+            max_waiting_bytes: 256 << 20,
         }
     }
 }
@@ -291,6 +297,10 @@ pub struct Engine {
     /// How many channels and waiting jobs clients may create; `channels.len()` never exceeds
     /// `max_channels`, but a lowered limit (reload) never drops what already exists.
     limits: EngineLimits,
+    /// Sum of every channel's `counted_bytes`: the bytes of all waiting jobs as of each
+    /// channel's last `settle`, which follows every change to a queue. A register is refused if
+    /// it would take this past `limits.max_waiting_bytes` (restored jobs are never refused).
+    waiting_bytes: usize,
     /// Changes to durable state since they were last taken (when recording).
     log: ChangeLog,
     /// Jobs restored running, `(channel, uid, seq)`, whose `go` is to be said again.
@@ -325,6 +335,7 @@ impl Engine {
             outputs: VecDeque::new(),
             now: Time(0),
             limits,
+            waiting_bytes: 0,
             log: ChangeLog::default(),
             redeliveries: Vec::new(),
         }
@@ -620,6 +631,11 @@ impl Engine {
         self.channels.len()
     }
 
+    /// Bytes held by waiting jobs over all channels, as `max_waiting_bytes` counts them.
+    pub fn waiting_bytes(&self) -> usize {
+        self.waiting_bytes
+    }
+
     fn channel(&self, name: &str) -> Option<&Channel> {
         self.by_name
             .get(name)
@@ -640,12 +656,16 @@ impl Engine {
             });
             return;
         };
-        let max_waiting = self.limits.max_waiting_per_channel;
+        let room = Room {
+            max_waiting: self.limits.max_waiting_per_channel,
+            max_bytes: self.limits.max_waiting_bytes,
+            used_bytes: self.waiting_bytes,
+        };
         let channel = &mut self.channels[id as usize];
         if channel.register(
             reg,
             now,
-            max_waiting,
+            room,
             hooks,
             &mut self.outputs,
             &mut self.log,
@@ -738,10 +758,15 @@ impl Engine {
         id
     }
 
-    /// Grants what the channel now allows and re-arms its timer.
+    /// Grants what the channel now allows, re-arms its timer and brings the daemon-wide count
+    /// of waiting bytes up to date. Every path that changes a queue ends here.
     fn settle(&mut self, id: ChannelId, now: Time, hooks: &mut dyn Policies) {
         let ch = &mut self.channels[id as usize];
         let quota_open = ch.grant(now, hooks, &mut self.outputs, &mut self.log);
+        let bytes = ch.queued_bytes();
+        // Invariant: `waiting_bytes` is the sum of every `counted_bytes`, so this cannot wrap.
+        self.waiting_bytes = self.waiting_bytes.saturating_sub(ch.counted_bytes) + bytes;
+        ch.counted_bytes = bytes;
         let next = ch.next_deadline(quota_open);
         if next != ch.timer {
             if let Some(old) = ch.timer {
@@ -760,3 +785,6 @@ mod tests;
 
 #[cfg(test)]
 mod policy_tests;
+
+#[cfg(test)]
+mod bounds_tests;
