@@ -6,7 +6,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -15,6 +14,7 @@ use crate::config::Config;
 use crate::engine::Input;
 use crate::engine::{Change, Engine, NoPolicies, Output, Policies, Snapshot, Time};
 use crate::metrics::Recorder;
+use crate::mqtt::outbox::Outbox;
 use crate::mqtt::{Ack, Inbound};
 use crate::policy::reload::Update;
 use crate::policy::PolicyHost;
@@ -77,33 +77,24 @@ pub trait Sink {
     fn ack(&mut self, ack: Ack) -> impl Future<Output = ()> + Send;
 }
 
-/// Publishes outputs to the broker at QoS 1.
+/// Publishes outputs to the broker at QoS 1, through the outbox: never waits on the MQTT task.
 #[derive(Debug, Clone)]
 pub struct MqttSink {
-    /// The client whose event loop runs in the MQTT task.
-    pub client: AsyncClient,
+    /// Queue to the task that hands requests to rumqttc.
+    pub outbox: Outbox,
     /// First topic level.
     pub prefix: String,
 }
 
 impl Sink for MqttSink {
     async fn send(&mut self, output: Output) {
-        let Some((topic, payload)) = protocol::encode(&self.prefix, &output) else {
-            return;
-        };
-        if let Err(e) = self
-            .client
-            .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
-            .await
-        {
-            warn!(topic, cause = %e, "publish failed");
+        if let Some((topic, payload)) = protocol::encode(&self.prefix, &output) {
+            self.outbox.publish(topic, payload);
         }
     }
 
     async fn ack(&mut self, ack: Ack) {
-        if let Err(e) = self.client.ack(ack.packet()).await {
-            warn!(cause = %e, "acknowledgement not sent");
-        }
+        self.outbox.ack(ack);
     }
 }
 
@@ -317,7 +308,7 @@ impl<S: Sink> Driver<S> {
 pub async fn run(
     engine: Engine,
     clock: Clock,
-    mut inbound: mpsc::UnboundedReceiver<Inbound>,
+    mut inbound: mpsc::Receiver<Inbound>,
     sink: impl Sink,
     control: Control,
     shutdown: impl Future,

@@ -74,7 +74,7 @@ pub async fn run(
         });
     }
     let (client, eventloop) = mqtt::connect(&settings);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(mqtt::INBOUND_CAPACITY);
     let prefix = settings.prefix.clone();
     let mqtt_task = tokio::spawn(mqtt::run(client.clone(), eventloop, settings, tx));
 
@@ -83,10 +83,8 @@ pub async fn run(
         Box::new(move |channel| config.channel_options(channel)),
         limits,
     );
-    let sink = driver::MqttSink {
-        client: client.clone(),
-        prefix,
-    };
+    let (outbox, outbox_task) = mqtt::outbox::Outbox::start(client.clone());
+    let sink = driver::MqttSink { outbox, prefix };
     let control = driver::Control {
         policies: Some(runtime),
         configs,
@@ -96,7 +94,14 @@ pub async fn run(
     driver::run(engine, driver::Clock::new(), rx, sink, control, shutdown).await;
 
     tracing::info!("shutting down");
-    // Queued publishes go out before the DISCONNECT, which is queued behind them.
+    // The driver dropped its outbox: once the task has handed everything to rumqttc, queued
+    // publishes go out before the DISCONNECT, which is queued behind them.
+    if tokio::time::timeout(Duration::from_secs(3), outbox_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("publishes still queued 3 s after shutdown; disconnecting anyway");
+    }
     let _ = client.try_disconnect();
     if tokio::time::timeout(Duration::from_secs(3), mqtt_task)
         .await

@@ -101,6 +101,10 @@ fn describe() {
         Unit::Bytes,
         "Bytes held by waiting jobs in all channels, as [limits] max_waiting_bytes counts them."
     );
+    describe_gauge!(
+        "coordinosaur_publish_backlog",
+        "Publishes and acknowledgements decided but not yet handed to the MQTT client."
+    );
     describe_counter!(
         "coordinosaur_broker_connects_total",
         "Connections to the broker (the first one included)."

@@ -1,10 +1,13 @@
 //! The MQTT edge: one task polls rumqttc's event loop, (re)subscribes on every ConnAck, decodes
-//! what arrives and forwards it to the driver. Publishing happens from the driver through the
-//! cloned [`AsyncClient`], never from this task, so the two never wait on each other.
+//! what arrives and forwards it to the driver through a bounded channel, so a flood is held back
+//! in the socket and the broker rather than in the daemon. The driver's publishes go through the
+//! [`outbox`] task, never from this task and never awaited by the driver, so no two tasks can
+//! wait on each other (the outbox's module doc has the argument).
 //!
 //! [`Broker`] turns `[mqtt]` into rumqttc options (plain TCP or TLS, see [`tls`]) for the daemon
 //! and the client commands alike.
 
+pub mod outbox;
 pub mod tls;
 
 use std::sync::Arc;
@@ -25,6 +28,14 @@ use crate::protocol::{self, DecodeLimits, Rejection};
 /// oversized payload must reach `protocol::decode` and be refused by name, not make rumqttc drop
 /// the connection (and every message in flight with it).
 const MAX_PACKET: usize = 16 << 20;
+
+/// Capacity of the channel from the MQTT task to the driver, in messages. When it is full the
+/// MQTT task stops polling, so rumqttc stops reading the socket and a flood (QoS 0 has no flow
+/// control of its own) waits in the kernel and the broker, which applies its own limits. At most
+/// this many decoded requests, each under `[limits] max_payload`, wait here: 16 MiB at the
+/// default 64 KiB. Enough to keep the driver busy while the MQTT task decodes (rumqttc reads at
+/// most 10 packets per poll).
+pub const INBOUND_CAPACITY: usize = 256;
 
 /// How to reach the broker, from `[mqtt]`: shared by the daemon and the client commands, so
 /// both connect the same way (address, TLS, login, keep-alive).
@@ -171,7 +182,7 @@ pub async fn run(
     client: AsyncClient,
     mut eventloop: EventLoop,
     settings: Settings,
-    to_driver: mpsc::UnboundedSender<Inbound>,
+    to_driver: mpsc::Sender<Inbound>,
 ) {
     let filters = protocol::subscriptions(&settings.prefix);
     let sync_topic = protocol::sync_topic(&settings.prefix);
@@ -211,7 +222,7 @@ pub async fn run(
                 let connected = Inbound::Connected {
                     session_present: ack.session_present,
                 };
-                if to_driver.send(connected).is_err() {
+                if to_driver.send(connected).await.is_err() {
                     return;
                 }
             }
@@ -241,7 +252,8 @@ pub async fn run(
                         },
                     }
                 };
-                if to_driver.send(msg).is_err() {
+                // The only await besides `poll`: the driver never waits on this task.
+                if to_driver.send(msg).await.is_err() {
                     return;
                 }
             }
