@@ -7,7 +7,8 @@
 //! - [`protocol`]: topic grammar and payload codec, pure functions between MQTT messages and
 //!   engine inputs and outputs.
 //! - [`config`]: `coordinosaur.toml`, validated at load, resolving each channel's options.
-//! - [`mqtt`]: the rumqttc event loop: connect, resubscribe, decode, forward.
+//! - [`mqtt`]: the rumqttc event loop: connect, resubscribe, decode, forward through a bounded
+//!   channel; and the outbox task through which the driver publishes without waiting.
 //! - [`driver`]: the task owning the engine; sleeps exactly until the next deadline and
 //!   publishes decisions.
 //! - [`cli`]: the client commands `run` (gate a command behind a channel) and `status`, which

@@ -45,11 +45,26 @@ enum Op {
         timeout: u64,
         meta: u8,
     },
-    Finished { ch: usize, uid: u8 },
-    Aborted { ch: usize, uid: u8 },
-    SetConcurrency { ch: usize, max: u32 },
-    Renew { ch: usize, uid: u8, timeout: u64 },
-    Infos { ch: usize },
+    Finished {
+        ch: usize,
+        uid: u8,
+    },
+    Aborted {
+        ch: usize,
+        uid: u8,
+    },
+    SetConcurrency {
+        ch: usize,
+        max: u32,
+    },
+    Renew {
+        ch: usize,
+        uid: u8,
+        timeout: u64,
+    },
+    Infos {
+        ch: usize,
+    },
 }
 
 /// One step of a run.

@@ -93,11 +93,7 @@ async fn flood_qos0(port: u16, channel: &str, count: usize, pad: usize) {
 
 /// Publishes `messages` at QoS 0 as fast as the broker takes them, then `last` at QoS 1, and
 /// returns once the broker acknowledged `last`.
-async fn publish_qos0(
-    port: u16,
-    messages: impl Iterator<Item = (String, String)>,
-    last: String,
-) {
+async fn publish_qos0(port: u16, messages: impl Iterator<Item = (String, String)>, last: String) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let mut options = MqttOptions::new(unique_id("flooder"), "127.0.0.1", port);
     options.set_max_packet_size(1 << 20, 1 << 20);
@@ -220,7 +216,10 @@ async fn a_qos0_flood_of_fat_registrations_stays_within_max_waiting_bytes() {
     // published (and counted) before the `state` reply, which waited behind them.
     let (rejected, bytes) = tokio::task::spawn_blocking(move || {
         (
-            scrape_sample(metrics, "coordinosaur_rejections_total{channel=\"flood\",reason=\"limit\"}"),
+            scrape_sample(
+                metrics,
+                "coordinosaur_rejections_total{channel=\"flood\",reason=\"limit\"}",
+            ),
             scrape_sample(metrics, "coordinosaur_waiting_bytes"),
         )
     })
@@ -256,7 +255,10 @@ async fn a_burst_of_grants_during_a_flood_does_not_stall_the_daemon() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while c.state("burst").await["waiting"] != JOBS {
-        assert!(tokio::time::Instant::now() < deadline, "registers not all read");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "registers not all read"
+        );
     }
     // Every flood message is answered with a `state` publish, on top of the burst.
     let flood = (0..20_000).map(|_| (topic("other", "infos"), String::new()));

@@ -660,8 +660,10 @@ fn count_and_uid_limits_parse_and_reach_engine_and_decoder() {
         ),
         (1024, 10_000, 100_000, 256 << 20)
     );
-    let cfg = ok("[limits]\nmax_uid_len = 64\nmax_channels = 2\nmax_waiting_per_channel = 3\n\
-         max_waiting_bytes = 4096\n");
+    let cfg = ok(
+        "[limits]\nmax_uid_len = 64\nmax_channels = 2\nmax_waiting_per_channel = 3\n\
+         max_waiting_bytes = 4096\n",
+    );
     assert_eq!(cfg.limits.max_uid_len, 64);
     assert_eq!(
         cfg.limits.engine(),

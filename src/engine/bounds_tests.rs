@@ -197,7 +197,10 @@ fn register_past_max_waiting_bytes_is_rejected_by_name_and_nothing_queued_is_dro
     let mut e = engine(1, 3 * one + one - 8);
     e.handle(T0, reg("c", "run", None));
     for i in 0..4 {
-        e.handle(T0, reg("c", &format!("w{i}"), Some("{\"pad\":\"xxxxxxxxxx\"}")));
+        e.handle(
+            T0,
+            reg("c", &format!("w{i}"), Some("{\"pad\":\"xxxxxxxxxx\"}")),
+        );
     }
     let rejected = limit_rejections(&mut e);
     assert_eq!(rejected.len(), 1, "{rejected:?}");

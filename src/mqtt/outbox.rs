@@ -72,7 +72,11 @@ impl Outbox {
     }
 }
 
-async fn run(client: AsyncClient, mut rx: mpsc::UnboundedReceiver<Request>, depth: Arc<AtomicUsize>) {
+async fn run(
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    depth: Arc<AtomicUsize>,
+) {
     while let Some(request) = rx.recv().await {
         let left = depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         metrics::gauge!("coordinosaur_publish_backlog").set(left as f64);

@@ -14,7 +14,8 @@ const HEADER: usize = 8;
 /// No record is this large; a length field above it is damage, not data.
 const MAX_RECORD: usize = 1 << 30;
 
-/// Appends one framed record holding `payload` to `out`.
+/// Appends one framed record holding `payload` to `out` (tests build damaged files with it).
+#[cfg(test)]
 pub(crate) fn frame(payload: &[u8], out: &mut Vec<u8>) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_le_bytes());
