@@ -7,6 +7,11 @@
 //!
 //! Cost per operation is O(log n) in the channel's queue depth; the engine keeps one timer entry
 //! per channel that has something to wake for, so idle channels cost nothing.
+//!
+//! The daemon-wide `infos` reply ([`Output::AllStates`]) is as large as every channel's state
+//! together, so it is rate-limited: at most one per [`ALL_STATES_INTERVAL`]. The first request
+//! is answered at once; requests during the following interval are answered together, once, at
+//! its end (a deadline like any other).
 
 mod channel;
 mod durable;
@@ -19,8 +24,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
-use channel::{Channel, Room};
 pub use channel::{job_bytes, JOB_OVERHEAD_BYTES};
+use channel::{Channel, Room};
 use durable::ChangeLog;
 pub use durable::{Change, ChannelSnapshot, JobSnapshot, Snapshot};
 pub use options::{ChannelOptions, OnPolicyError, QuotaLog, QuotaSpec};
@@ -82,7 +87,8 @@ pub enum Input {
         /// Channel name.
         channel: String,
     },
-    /// `PREFIX/infos`: report the state of every channel.
+    /// `PREFIX/infos`: report the state of every channel (at most once per
+    /// [`ALL_STATES_INTERVAL`]; requests in between share the next report).
     InfosAll,
 }
 
@@ -251,6 +257,27 @@ pub struct ChannelState {
 /// Index of a channel in the engine's slab.
 type ChannelId = u32;
 
+/// Shortest time between two daemon-wide state reports ([`Output::AllStates`]).
+pub const ALL_STATES_INTERVAL: Millis = Millis(1_000);
+
+/// The rate limit of the daemon-wide state report.
+#[derive(Debug, Default)]
+struct AllStatesLimit {
+    /// When the last report went out.
+    last: Option<Time>,
+    /// A request came after `last` and waits for the report at `last + ALL_STATES_INTERVAL`.
+    pending: bool,
+}
+
+impl AllStatesLimit {
+    /// When a waiting request is due, if one waits.
+    fn due(&self) -> Option<Time> {
+        self.last
+            .filter(|_| self.pending)
+            .map(|t| t + ALL_STATES_INTERVAL)
+    }
+}
+
 /// Bounds on how much state clients can make the engine hold. A request that would go past one
 /// is answered with `rejected/{uid}` ([`RejectKind::Limit`]) instead of growing state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +332,8 @@ pub struct Engine {
     log: ChangeLog,
     /// Jobs restored running, `(channel, uid, seq)`, whose `go` is to be said again.
     redeliveries: Vec<(ChannelId, Arc<str>, u64)>,
+    /// When the daemon-wide state was last reported and whether a request waits for the next.
+    all_states: AllStatesLimit,
 }
 
 impl fmt::Debug for Engine {
@@ -338,6 +367,7 @@ impl Engine {
             waiting_bytes: 0,
             log: ChangeLog::default(),
             redeliveries: Vec::new(),
+            all_states: AllStatesLimit::default(),
         }
     }
 
@@ -478,12 +508,7 @@ impl Engine {
                 timeout,
             } => self.handle_renew(now, &channel, &uid, timeout, hooks),
             Input::Infos { channel } => self.handle_infos(now, &channel),
-            Input::InfosAll => {
-                let mut all: Vec<ChannelState> =
-                    self.channels.iter().map(|c| c.state(now)).collect();
-                all.sort_by(|a, b| a.channel.cmp(&b.channel));
-                self.outputs.push_back(Output::AllStates(all));
-            }
+            Input::InfosAll => self.handle_infos_all(now),
         }
     }
 
@@ -493,7 +518,8 @@ impl Engine {
     }
 
     /// Ends due leases and grants into freed slots and opened quota windows, for every channel
-    /// whose deadline is at or before `now`.
+    /// whose deadline is at or before `now`; then sends a daemon-wide state report that waited
+    /// for the end of its interval.
     pub fn handle_timeout_with(&mut self, now: Time, hooks: &mut dyn Policies) {
         self.now = self.now.max(now);
         let now = self.now;
@@ -505,6 +531,9 @@ impl Engine {
             self.channels[id as usize].timer = None;
             self.channels[id as usize].expire(now, hooks, &mut self.outputs, &mut self.log);
             self.settle(id, now, hooks);
+        }
+        if self.all_states.due().is_some_and(|t| t <= now) {
+            self.report_all_states(now);
         }
     }
 
@@ -583,7 +612,11 @@ impl Engine {
 
     /// The earliest time at which `handle_timeout` has work to do.
     pub fn next_deadline(&self) -> Option<Time> {
-        self.timers.first().map(|(t, _)| *t)
+        let channels = self.timers.first().map(|(t, _)| *t);
+        match (channels, self.all_states.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next decision to act on, oldest first.
@@ -662,14 +695,7 @@ impl Engine {
             used_bytes: self.waiting_bytes,
         };
         let channel = &mut self.channels[id as usize];
-        if channel.register(
-            reg,
-            now,
-            room,
-            hooks,
-            &mut self.outputs,
-            &mut self.log,
-        ) {
+        if channel.register(reg, now, room, hooks, &mut self.outputs, &mut self.log) {
             self.settle(id, now, hooks);
         }
     }
@@ -724,6 +750,31 @@ impl Engine {
             kind: RejectKind::Renew,
             reason: "renew: no such job (never registered, or its lease already ended)".into(),
         });
+    }
+
+    /// `PREFIX/infos`: a report now if none went out in the last interval; otherwise the
+    /// request waits for the report at the interval's end (one report for all of them). A
+    /// report sent at this very time already answers it.
+    fn handle_infos_all(&mut self, now: Time) {
+        match self.all_states.last {
+            Some(last) if now < last + ALL_STATES_INTERVAL => {
+                if last < now {
+                    self.all_states.pending = true;
+                }
+            }
+            _ => self.report_all_states(now),
+        }
+    }
+
+    /// Every channel's state, by name.
+    fn report_all_states(&mut self, now: Time) {
+        let mut all: Vec<ChannelState> = self.channels.iter().map(|c| c.state(now)).collect();
+        all.sort_by(|a, b| a.channel.cmp(&b.channel));
+        self.outputs.push_back(Output::AllStates(all));
+        self.all_states = AllStatesLimit {
+            last: Some(now),
+            pending: false,
+        };
     }
 
     fn handle_infos(&mut self, now: Time, channel: &str) {
@@ -788,3 +839,6 @@ mod policy_tests;
 
 #[cfg(test)]
 mod bounds_tests;
+
+#[cfg(test)]
+mod infos_tests;
