@@ -88,7 +88,7 @@ pub struct MqttSink {
 
 impl Sink for MqttSink {
     async fn send(&mut self, output: Output) {
-        if let Some((topic, payload)) = protocol::encode(&self.prefix, &output) {
+        for (topic, payload) in protocol::encode(&self.prefix, &output) {
             self.outbox.publish(topic, payload);
         }
     }
