@@ -93,10 +93,12 @@ fn restore_time() {
 }
 
 /// An engine whose every channel allows `max` running jobs and has no quota, and whose waiting
-/// limit is above the deepest queue measured (the default, 100,000, would refuse the rest).
+/// limits are above the deepest queue measured (the defaults, 100,000 jobs and 256 MiB, would
+/// refuse the rest).
 fn engine(max: u32) -> Engine {
     let limits = EngineLimits {
         max_waiting_per_channel: 2_000_000,
+        max_waiting_bytes: usize::MAX,
         ..EngineLimits::default()
     };
     Engine::with_limits(

@@ -7,7 +7,8 @@
 //! - [`protocol`]: topic grammar and payload codec, pure functions between MQTT messages and
 //!   engine inputs and outputs.
 //! - [`config`]: `coordinosaur.toml`, validated at load, resolving each channel's options.
-//! - [`mqtt`]: the rumqttc event loop: connect, resubscribe, decode, forward.
+//! - [`mqtt`]: the rumqttc event loop: connect, resubscribe, decode, forward through a bounded
+//!   channel; and the outbox task through which the driver publishes without waiting.
 //! - [`driver`]: the task owning the engine; sleeps exactly until the next deadline and
 //!   publishes decisions.
 //! - [`cli`]: the client commands `run` (gate a command behind a channel) and `status`, which
@@ -90,14 +91,9 @@ pub async fn run(
         });
     }
     let (client, eventloop) = mqtt::connect(&settings);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(mqtt::INBOUND_CAPACITY);
     let (sent_tx, sent_rx) = mpsc::unbounded_channel();
-    let sink = mqtt::MqttSink {
-        client: client.clone(),
-        prefix: settings.prefix.clone(),
-        nonce: settings.nonce.clone(),
-        sent: sent_tx,
-    };
+    let (prefix, nonce) = (settings.prefix.clone(), settings.nonce.clone());
     let mqtt_task = tokio::spawn(mqtt::run(client.clone(), eventloop, settings, sent_rx, tx));
 
     let limits = config.limits.engine();
@@ -105,6 +101,12 @@ pub async fn run(
         Box::new(move |channel| config.channel_options(channel)),
         limits,
     );
+    let (outbox, outbox_task) = mqtt::outbox::Outbox::start(client.clone(), sent_tx);
+    let sink = mqtt::MqttSink {
+        outbox,
+        prefix,
+        nonce,
+    };
     let control = driver::Control {
         policies: Some(runtime),
         configs,
@@ -114,7 +116,14 @@ pub async fn run(
     driver::run(engine, driver::Clock::new(), rx, sink, control, shutdown).await;
 
     tracing::info!("shutting down");
-    // Queued publishes go out before the DISCONNECT, which is queued behind them.
+    // The driver dropped its outbox: once the task has handed everything to rumqttc, queued
+    // publishes go out before the DISCONNECT, which is queued behind them.
+    if tokio::time::timeout(Duration::from_secs(3), outbox_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("publishes still queued 3 s after shutdown; disconnecting anyway");
+    }
     let _ = client.try_disconnect();
     if tokio::time::timeout(Duration::from_secs(3), mqtt_task)
         .await

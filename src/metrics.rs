@@ -96,6 +96,15 @@ fn describe() {
         "coordinosaur_policy_reloads_total",
         "Policy files swapped in (result=ok) or refused (result=error)."
     );
+    describe_gauge!(
+        "coordinosaur_waiting_bytes",
+        Unit::Bytes,
+        "Bytes held by waiting jobs in all channels, as [limits] max_waiting_bytes counts them."
+    );
+    describe_gauge!(
+        "coordinosaur_publish_backlog",
+        "Publishes and acknowledgements decided but not yet handed to the MQTT client."
+    );
     describe_counter!(
         "coordinosaur_broker_connects_total",
         "Connections to the broker (the first one included)."
@@ -179,8 +188,10 @@ impl Recorder {
         counter!("coordinosaur_rejections_total", "channel" => self.label_text(channel), "reason" => reason).increment(1);
     }
 
-    /// Sets the gauges of `channel` from the engine (labelled channels only).
+    /// Sets the gauges of `channel` from the engine (labelled channels only), and the
+    /// daemon-wide waiting bytes.
     pub fn channel_gauges(&mut self, engine: &Engine, channel: &str) {
+        gauge!("coordinosaur_waiting_bytes").set(engine.waiting_bytes() as f64);
         // Only channels that exist: `infos` on invented names must not use up labels.
         let Some((running, waiting)) = engine.counts(channel) else {
             return;

@@ -1,12 +1,15 @@
 //! The MQTT edge: one task polls rumqttc's event loop, (re)subscribes on every ConnAck, decodes
-//! what arrives and forwards it to the driver, and reports which grants' `go` the broker
-//! acknowledged ([`delivery`]). Publishing happens from the driver through [`MqttSink`] (which
-//! encodes the driver's outputs), never from this task, so the two never wait on each other.
+//! what arrives and forwards it to the driver through a bounded channel, so a flood is held back
+//! in the socket and the broker rather than in the daemon, and reports which grants' `go` the
+//! broker acknowledged ([`delivery`]). The driver's outputs are encoded by [`MqttSink`] and
+//! published by the [`outbox`] task, never from this task and never awaited by the driver, so no
+//! two tasks can wait on each other (the outbox's module doc has the argument).
 //!
 //! [`Broker`] turns `[mqtt]` into rumqttc options (plain TCP or TLS, see [`tls`]) for the daemon
 //! and the client commands alike.
 
 pub mod delivery;
+pub mod outbox;
 pub mod tls;
 
 use std::sync::Arc;
@@ -29,6 +32,14 @@ use delivery::{Grant, Sent, Tracker};
 /// oversized payload must reach `protocol::decode` and be refused by name, not make rumqttc drop
 /// the connection (and every message in flight with it).
 const MAX_PACKET: usize = 16 << 20;
+
+/// Capacity of the channel from the MQTT task to the driver, in messages. When it is full the
+/// MQTT task stops polling, so rumqttc stops reading the socket and a flood (QoS 0 has no flow
+/// control of its own) waits in the kernel and the broker, which applies its own limits. At most
+/// this many decoded requests, each under `[limits] max_payload`, wait here: 16 MiB at the
+/// default 64 KiB. Enough to keep the driver busy while the MQTT task decodes (rumqttc reads at
+/// most 10 packets per poll).
+pub const INBOUND_CAPACITY: usize = 256;
 
 /// How to reach the broker, from `[mqtt]`: shared by the daemon and the client commands, so
 /// both connect the same way (address, TLS, login, keep-alive).
@@ -193,7 +204,7 @@ pub async fn run(
     mut eventloop: EventLoop,
     settings: Settings,
     mut sent: mpsc::UnboundedReceiver<Sent>,
-    to_driver: mpsc::UnboundedSender<Inbound>,
+    to_driver: mpsc::Sender<Inbound>,
 ) {
     let filters = protocol::subscriptions(&settings.prefix);
     let sync_topic = protocol::sync_topic(&settings.prefix);
@@ -213,7 +224,7 @@ pub async fn run(
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => tracker.handle_await_ack(pkid),
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 if let Some(grant) = tracker.handle_puback(ack.pkid) {
-                    if to_driver.send(Inbound::Delivered(grant)).is_err() {
+                    if to_driver.send(Inbound::Delivered(grant)).await.is_err() {
                         return;
                     }
                 }
@@ -238,7 +249,7 @@ pub async fn run(
                     session_present: ack.session_present,
                     grants_lost: tracker.handle_connack(ack.session_present),
                 };
-                if to_driver.send(connected).is_err() {
+                if to_driver.send(connected).await.is_err() {
                     return;
                 }
             }
@@ -273,7 +284,8 @@ pub async fn run(
                         },
                     }
                 };
-                if to_driver.send(msg).is_err() {
+                // The only await besides `poll`: the driver never waits on this task.
+                if to_driver.send(msg).await.is_err() {
                     return;
                 }
             }
@@ -331,61 +343,46 @@ pub fn describe(error: &ConnectionError) -> String {
     }
 }
 
-/// Publishes the driver's outputs to the broker at QoS 1, telling the MQTT task what each
-/// publish is before requesting it (see [`delivery`]).
+/// Encodes the driver's outputs and queues them, with what each publish is (see [`delivery`]),
+/// on the [`outbox`]: the driver never waits on rumqttc.
 #[derive(Debug, Clone)]
 pub struct MqttSink {
-    /// The client whose event loop runs in the MQTT task.
-    pub client: AsyncClient,
+    /// Queue to the task that hands requests to rumqttc.
+    pub outbox: outbox::Outbox,
     /// First topic level.
     pub prefix: String,
     /// This process's sync marker.
     pub nonce: Arc<str>,
-    /// To the MQTT task's [`Tracker`], one per publish request, in request order.
-    pub sent: mpsc::UnboundedSender<Sent>,
-}
-
-impl MqttSink {
-    async fn publish(&mut self, sent: Sent, topic: &str, payload: Vec<u8>) {
-        // Before the request: the tracker must find it when rumqttc sends the publish. If the
-        // MQTT task is gone, so is the event loop, and the publish below fails too.
-        let _ = self.sent.send(sent);
-        if let Err(e) = self
-            .client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-        {
-            warn!(topic, cause = %e, "publish failed");
-        }
-    }
 }
 
 impl Sink for MqttSink {
     async fn send(&mut self, output: Output) {
-        let Some((topic, payload)) = protocol::encode(&self.prefix, &output) else {
-            return;
-        };
-        let sent = match output {
+        let grant = match &output {
             Output::Go {
                 channel, uid, seq, ..
             }
             | Output::GoAgain {
                 channel, uid, seq, ..
-            } => Sent::Grant(Grant { channel, uid, seq }),
-            _ => Sent::Other,
+            } => Some(Grant {
+                channel: channel.clone(),
+                uid: uid.clone(),
+                seq: *seq,
+            }),
+            _ => None,
         };
-        self.publish(sent, &topic, payload).await;
+        for (topic, payload) in protocol::encode(&self.prefix, &output) {
+            let sent = grant.clone().map_or(Sent::Other, Sent::Grant);
+            self.outbox.publish(sent, topic, payload);
+        }
     }
 
     async fn ack(&mut self, ack: Ack) {
-        if let Err(e) = self.client.ack(ack.packet()).await {
-            warn!(cause = %e, "acknowledgement not sent");
-        }
+        self.outbox.ack(ack);
     }
 
     async fn mark(&mut self) {
         let topic = protocol::sync_topic(&self.prefix);
         let nonce = self.nonce.as_bytes().to_vec();
-        self.publish(Sent::Other, &topic, nonce).await;
+        self.outbox.publish(Sent::Other, topic, nonce);
     }
 }

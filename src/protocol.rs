@@ -4,11 +4,12 @@
 //! Inbound actions: `register` (JSON `{"uid", "timeout", ...}`), `finished` and `aborted` (the
 //! uid as plain text), `concurrency/set` (an integer), `renew` (JSON `{"uid", "timeout"}`) and
 //! `infos`. Outbound: `go/{uid}` and `expired/{uid}` (payload: the uid), `rejected/{uid}`
-//! (JSON `{"uid", "reason"}`) and `state` (JSON).
+//! (JSON `{"uid", "reason"}`) and `state` (JSON, at most [`MAX_STATE_MESSAGE`] bytes a
+//! message: the daemon-wide one in pages when it is larger).
 
 use serde_json::{Map, Value};
 
-use crate::engine::{Input, Millis, Output, Registration};
+use crate::engine::{ChannelState, Input, Millis, Output, Registration};
 
 /// Default longest uid, in bytes (`[limits] max_uid_len`). A uid becomes a topic level, and
 /// topics are capped at 64 KiB.
@@ -357,17 +358,27 @@ fn shorten(s: &str) -> String {
     }
 }
 
-/// The topic and payload that announce `output`, or `None` for outputs that are not published.
-pub fn encode(prefix: &str, output: &Output) -> Option<(String, Vec<u8>)> {
+/// Largest `state` message the daemon publishes, in bytes: brokers cap packet sizes (AWS IoT at
+/// 128 KiB, others at 256 KiB), and one request must not make the daemon publish megabytes.
+pub const MAX_STATE_MESSAGE: usize = 256 * 1024;
+
+/// Room a page's wrapper (`{"page":..,"pages":..,"now":..,"channels":[..]}`) needs around its
+/// channels: three 20-digit numbers and the keys.
+const PAGE_WRAPPER: usize = 128;
+
+/// The messages that announce `output`, in order: none for outputs that are not published, one
+/// for most, and for the daemon-wide state as many pages as it needs (see
+/// [`encode_all_states`]).
+pub fn encode(prefix: &str, output: &Output) -> Vec<(String, Vec<u8>)> {
     match output {
-        Output::Go { channel, uid, .. } | Output::GoAgain { channel, uid, .. } => Some((
+        Output::Go { channel, uid, .. } | Output::GoAgain { channel, uid, .. } => vec![(
             format!("{prefix}/{channel}/go/{uid}"),
             uid.as_bytes().to_vec(),
-        )),
-        Output::Expired { channel, uid } => Some((
+        )],
+        Output::Expired { channel, uid } => vec![(
             format!("{prefix}/{channel}/expired/{uid}"),
             uid.as_bytes().to_vec(),
-        )),
+        )],
         Output::Rejected {
             channel,
             uid,
@@ -375,21 +386,112 @@ pub fn encode(prefix: &str, output: &Output) -> Option<(String, Vec<u8>)> {
             ..
         } => {
             let body = serde_json::json!({ "uid": &**uid, "reason": reason });
-            Some((
+            vec![(
                 format!("{prefix}/{channel}/rejected/{uid}"),
                 body.to_string().into_bytes(),
-            ))
+            )]
         }
-        Output::State(state) => {
-            let body = serde_json::to_vec(state).ok()?;
-            Some((format!("{prefix}/{}/state", state.channel), body))
-        }
-        Output::AllStates(states) => {
-            let body = serde_json::to_vec(states).ok()?;
-            Some((format!("{prefix}/state"), body))
-        }
-        Output::Ended { .. } => None,
+        Output::State(state) => vec![(
+            format!("{prefix}/{}/state", state.channel),
+            state_json(state, MAX_STATE_MESSAGE),
+        )],
+        Output::AllStates(states) => encode_all_states(prefix, states, MAX_STATE_MESSAGE),
+        Output::Ended { .. } => Vec::new(),
     }
+}
+
+/// The daemon-wide state on `PREFIX/state`. If the JSON array of every channel's state fits in
+/// `max` bytes, it is that array, as it always was. Otherwise it is split into pages, published
+/// one after the other, each an object
+/// `{"page": 1, "pages": 3, "now": T, "channels": [...]}` of at most `max` bytes: channels in
+/// name order, never split, `now` the same in every page of one report.
+pub fn encode_all_states(
+    prefix: &str,
+    states: &[ChannelState],
+    max: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let topic = format!("{prefix}/state");
+    let entries: Vec<Vec<u8>> = states
+        .iter()
+        .map(|s| state_json(s, max.saturating_sub(PAGE_WRAPPER)))
+        .collect();
+    let commas = entries.len().saturating_sub(1);
+    let whole = 2 + commas + entries.iter().map(Vec::len).sum::<usize>();
+    if whole <= max {
+        return vec![(topic, json_array(&entries))];
+    }
+    let budget = max.saturating_sub(PAGE_WRAPPER);
+    let mut pages: Vec<&[Vec<u8>]> = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, entry) in entries.iter().enumerate() {
+        if i > start && size + entry.len() + 1 > budget {
+            pages.push(&entries[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += entry.len() + 1;
+    }
+    pages.push(&entries[start..]);
+    let now = states.first().map_or(0, |s| s.now.0);
+    let count = pages.len();
+    pages
+        .iter()
+        .enumerate()
+        .map(|(i, page)| {
+            let mut body = format!(
+                "{{\"page\":{},\"pages\":{count},\"now\":{now},\"channels\":",
+                i + 1
+            )
+            .into_bytes();
+            body.extend(json_array(page));
+            body.push(b'}');
+            (topic.clone(), body)
+        })
+        .collect()
+}
+
+/// `[a,b,...]` from already encoded elements.
+fn json_array(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + entries.iter().map(|e| e.len() + 1).sum::<usize>());
+    out.push(b'[');
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(entry);
+    }
+    out.push(b']');
+    out
+}
+
+/// One channel's state as JSON of at most `max` bytes where possible: if its `running` list
+/// (up to `max_concurrent_jobs` uids) makes it larger, the list keeps only its first uids and
+/// `"running_truncated": true` is added (`running_count` stays exact).
+fn state_json(state: &ChannelState, max: usize) -> Vec<u8> {
+    let full = serde_json::to_vec(state).unwrap_or_default();
+    if full.len() <= max || state.running.is_empty() {
+        return full;
+    }
+    let Ok(Value::Object(mut object)) = serde_json::to_value(state) else {
+        return full;
+    };
+    object.insert("running_truncated".into(), Value::Bool(true));
+    let with = |object: &Map<String, Value>, keep: usize| {
+        let mut object = object.clone();
+        let running = state.running[..keep].iter().cloned().map(Value::String);
+        object.insert("running".into(), Value::Array(running.collect()));
+        serde_json::to_vec(&object).unwrap_or_default()
+    };
+    // The longest prefix of the list that fits: binary search, a few encodings of a rare case.
+    let (mut fits, mut over) = (0, state.running.len());
+    while over - fits > 1 {
+        let mid = fits + (over - fits) / 2;
+        if with(&object, mid).len() <= max {
+            fits = mid;
+        } else {
+            over = mid;
+        }
+    }
+    with(&object, fits)
 }
 
 #[cfg(test)]

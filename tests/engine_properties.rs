@@ -1,7 +1,7 @@
 //! Property tests for the rules engine, through the public API of the library only.
 //!
 //! Random step sequences (register, finished, aborted, concurrency/set, renew, infos, and moving
-//! the clock) are fed to an [`Engine`]. A checker follows the engine's outputs and asserts its
+//! the clock) are fed to an [`Engine`], sometimes with a small `max_waiting_bytes`. A checker follows the engine's outputs and asserts its
 //! rules after every step. The checker is not a second engine: it only records what the engine
 //! said (who waits in which order, who runs until when, every grant time) and holds each new
 //! decision and each query answer against the rules.
@@ -16,8 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use coordinosaur::engine::{
-    ChannelOptions, ChannelState, EndReason, Engine, Input, JobSnapshot, Millis, NoPolicies,
-    Output, QuotaLog, QuotaSpec, Registration, Resolver, Snapshot, Time,
+    job_bytes, ChannelOptions, ChannelState, EndReason, Engine, EngineLimits, Input, JobSnapshot,
+    Millis, NoPolicies, Output, QuotaLog, QuotaSpec, Registration, RejectKind, Resolver, Snapshot,
+    Time,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -37,12 +38,33 @@ type Check = Result<(), TestCaseError>;
 /// One engine input, by channel index and uid number.
 #[derive(Debug, Clone)]
 enum Op {
-    Register { ch: usize, uid: u8, timeout: u64 },
-    Finished { ch: usize, uid: u8 },
-    Aborted { ch: usize, uid: u8 },
-    SetConcurrency { ch: usize, max: u32 },
-    Renew { ch: usize, uid: u8, timeout: u64 },
-    Infos { ch: usize },
+    /// `meta`: 0 for no extra fields, else [`meta_text`] of it.
+    Register {
+        ch: usize,
+        uid: u8,
+        timeout: u64,
+        meta: u8,
+    },
+    Finished {
+        ch: usize,
+        uid: u8,
+    },
+    Aborted {
+        ch: usize,
+        uid: u8,
+    },
+    SetConcurrency {
+        ch: usize,
+        max: u32,
+    },
+    Renew {
+        ch: usize,
+        uid: u8,
+        timeout: u64,
+    },
+    Infos {
+        ch: usize,
+    },
 }
 
 /// One step of a run.
@@ -62,6 +84,20 @@ fn channel_name(ch: usize) -> String {
 
 fn uid_name(uid: u8) -> String {
     format!("u{uid}")
+}
+
+/// Extra registration fields of `16 * n` bytes of padding, or none for 0.
+fn meta_text(n: u8) -> Option<String> {
+    (n > 0).then(|| format!("{{\"m\":\"{}\"}}", "x".repeat(16 * n as usize)))
+}
+
+/// An engine for a run: channel options from `table`, waiting bytes up to `max_bytes`.
+fn new_engine(table: &[ChannelOptions], max_bytes: usize) -> Engine {
+    let limits = EngineLimits {
+        max_waiting_bytes: max_bytes,
+        ..EngineLimits::default()
+    };
+    Engine::with_limits(resolver(table.to_vec()), limits)
 }
 
 fn options(max: u32, offset_ms: u64, quotas: &[(u64, u32)]) -> ChannelOptions {
@@ -95,12 +131,17 @@ fn resolver(table: Vec<ChannelOptions>) -> Resolver {
 /// The engine input for `op`, with the channel index reduced to the `n` channels of the run.
 fn to_input(op: &Op, n: usize) -> Input {
     match *op {
-        Op::Register { ch, uid, timeout } => Input::Register(Registration {
+        Op::Register {
+            ch,
+            uid,
+            timeout,
+            meta,
+        } => Input::Register(Registration {
             channel: channel_name(ch % n),
             uid: uid_name(uid),
             timeout: Millis(timeout),
             priority: 0,
-            meta: None,
+            meta: meta_text(meta).map(Into::into),
         }),
         Op::Finished { ch, uid } => Input::Finished {
             channel: channel_name(ch % n),
@@ -173,6 +214,8 @@ struct Waiting {
     uid: String,
     /// The job's own timeout (renew of a waiting job replaces it).
     timeout: u64,
+    /// What it counts against `max_waiting_bytes`.
+    bytes: usize,
 }
 
 /// What the outputs say about one channel.
@@ -221,6 +264,13 @@ impl Chan {
     fn offset(&self) -> Millis {
         self.opts.timeout_offset
     }
+
+    /// Whether a job registered at `at` is granted at once, never waiting.
+    fn starts_at_once(&self, at: Time) -> bool {
+        self.waiting.is_empty()
+            && self.running.len() < self.max as usize
+            && self.quota_opening(at).is_none()
+    }
 }
 
 /// One call made into the engine, for replaying.
@@ -242,10 +292,12 @@ struct Checker {
     grants: usize,
     /// Number of `Expired` and `Ended { was_running: true }` outputs so far.
     lease_ends: usize,
+    /// `max_waiting_bytes` of the run.
+    max_bytes: usize,
 }
 
 impl Checker {
-    fn new(table: &[ChannelOptions]) -> Checker {
+    fn new(table: &[ChannelOptions], max_bytes: usize) -> Checker {
         let chans = table
             .iter()
             .enumerate()
@@ -260,13 +312,14 @@ impl Checker {
             })
             .collect();
         Checker {
-            engine: Engine::new(resolver(table.to_vec())),
-            twin: Engine::new(resolver(table.to_vec())),
+            engine: new_engine(table, max_bytes),
+            twin: new_engine(table, max_bytes),
             now: T0,
             chans,
             calls: Vec::new(),
             grants: 0,
             lease_ends: 0,
+            max_bytes,
         }
     }
 
@@ -355,10 +408,17 @@ impl Checker {
     fn apply_effect(&mut self, op: &Op, effect: &[Output]) -> Check {
         let n = self.chans.len();
         let now = self.now;
+        let held = self.waiting_bytes();
         match *op {
-            Op::Register { ch, uid, timeout } => {
+            Op::Register {
+                ch,
+                uid,
+                timeout,
+                meta,
+            } => {
                 let c = &mut self.chans[ch % n];
                 let uid = uid_name(uid);
+                let bytes = job_bytes(&uid, meta_text(meta).as_deref());
                 if c.status(&uid).is_some() {
                     prop_assert!(
                         effect.is_empty(),
@@ -366,8 +426,24 @@ impl Checker {
                         uid,
                         effect
                     );
+                } else if held + bytes > self.max_bytes && !c.starts_at_once(now) {
+                    prop_assert!(
+                        matches!(effect, [Output::Rejected { channel, uid: u, kind: RejectKind::Limit, reason }]
+                            if **channel == *c.name && **u == *uid && reason.contains("max_waiting_bytes")),
+                        "register of {} ({} bytes, {} held, limit {}) should be refused, got {:?}",
+                        uid,
+                        bytes,
+                        held,
+                        self.max_bytes,
+                        effect
+                    );
+                    return Ok(());
                 } else {
-                    c.waiting.push(Waiting { uid, timeout });
+                    c.waiting.push(Waiting {
+                        uid,
+                        timeout,
+                        bytes,
+                    });
                 }
                 self.observe_all(effect)
             }
@@ -417,6 +493,15 @@ impl Checker {
                 self.check_state(ch % n, s)
             }
         }
+    }
+
+    /// Bytes of every waiting job, as the outputs so far say.
+    fn waiting_bytes(&self) -> usize {
+        self.chans
+            .iter()
+            .flat_map(|c| &c.waiting)
+            .map(|w| w.bytes)
+            .sum()
     }
 
     /// Checks `finished`/`aborted` of `uid`: one `Ended` first if the uid is known, else nothing.
@@ -623,6 +708,11 @@ impl Checker {
             expected_next,
             "next_deadline should be the earliest lease end or quota opening"
         );
+        prop_assert_eq!(
+            self.engine.waiting_bytes(),
+            self.waiting_bytes(),
+            "waiting bytes"
+        );
         Ok(())
     }
 
@@ -669,8 +759,8 @@ fn op() -> impl Strategy<Value = Op> {
     let ch = 0..3usize;
     let uid = 0..UIDS;
     prop_oneof![
-        5 => (ch.clone(), uid.clone(), timeout())
-            .prop_map(|(ch, uid, timeout)| Op::Register { ch, uid, timeout }),
+        5 => (ch.clone(), uid.clone(), timeout(), prop_oneof![Just(0u8), 0..5u8])
+            .prop_map(|(ch, uid, timeout, meta)| Op::Register { ch, uid, timeout, meta }),
         3 => (ch.clone(), uid.clone()).prop_map(|(ch, uid)| Op::Finished { ch, uid }),
         1 => (ch.clone(), uid.clone()).prop_map(|(ch, uid)| Op::Aborted { ch, uid }),
         1 => (ch.clone(), 0..4u32).prop_map(|(ch, max)| Op::SetConcurrency { ch, max }),
@@ -698,10 +788,13 @@ fn channel_options() -> impl Strategy<Value = ChannelOptions> {
         .prop_map(|(max, offset, quotas)| options(max, offset, &quotas))
 }
 
-fn scenario() -> impl Strategy<Value = (Vec<ChannelOptions>, Vec<Step>)> {
+/// Channel options, steps, and `max_waiting_bytes`: mostly unlimited, sometimes room for a
+/// handful of jobs (each takes 258 to 330 bytes).
+fn scenario() -> impl Strategy<Value = (Vec<ChannelOptions>, Vec<Step>, usize)> {
     (
         prop::collection::vec(channel_options(), 2..=3),
         prop::collection::vec(step(), 1..=200),
+        prop_oneof![2 => Just(usize::MAX), 1 => 300..2_000usize],
     )
 }
 
@@ -713,16 +806,16 @@ proptest! {
 
     /// Every rule holds after every step, and every grant ends exactly once.
     #[test]
-    fn engine_keeps_its_rules((table, steps) in scenario()) {
-        Checker::new(&table).run(&steps)?;
+    fn engine_keeps_its_rules((table, steps, max_bytes) in scenario()) {
+        Checker::new(&table, max_bytes).run(&steps)?;
     }
 
     /// Replaying the same calls into a fresh engine gives the same outputs and the same state.
     #[test]
-    fn replay_is_deterministic((table, steps) in scenario()) {
-        let mut first = Checker::new(&table);
+    fn replay_is_deterministic((table, steps, max_bytes) in scenario()) {
+        let mut first = Checker::new(&table, max_bytes);
         first.run(&steps)?;
-        let mut replay = Engine::new(resolver(table.clone()));
+        let mut replay = new_engine(&table, max_bytes);
         for (call, outputs) in &first.calls {
             match call {
                 Call::Handle(now, input) => replay.handle(*now, input.clone()),
@@ -732,6 +825,7 @@ proptest! {
         }
         prop_assert_eq!(replay.next_deadline(), first.engine.next_deadline());
         prop_assert_eq!(replay.channel_count(), first.engine.channel_count());
+        prop_assert_eq!(replay.waiting_bytes(), first.engine.waiting_bytes());
         for c in &first.chans {
             prop_assert_eq!(replay.channel_state(&c.name), first.engine.channel_state(&c.name));
             prop_assert_eq!(replay.waiting(&c.name), first.engine.waiting(&c.name));
@@ -999,11 +1093,11 @@ proptest! {
     /// later call exactly as the original does, and holds the same state.
     #[test]
     fn journal_folds_to_export_and_restore_behaves_like_the_original(
-        (table, steps) in scenario(),
+        (table, steps, max_bytes) in scenario(),
         crash in any::<prop::sample::Index>(),
     ) {
         let n = table.len();
-        let mut engine = Engine::new(resolver(table.clone()));
+        let mut engine = new_engine(&table, max_bytes);
         engine.record_changes(true);
         let mut folded = Snapshot::default();
         let mut changes = Vec::new();
@@ -1070,11 +1164,12 @@ proptest! {
                 replica_out.extend(drain(r));
                 prop_assert_eq!(by_channel(replica_out), by_channel(original_out), "after step {}", i);
                 prop_assert_eq!(r.next_deadline(), engine.next_deadline());
+                prop_assert_eq!(r.waiting_bytes(), engine.waiting_bytes());
                 let mine = r.export();
                 prop_assert_eq!(comparable(&mine, &mine), comparable(&exported, &exported));
             }
             if i == crash_at {
-                let mut r = Engine::new(resolver(table.clone()));
+                let mut r = new_engine(&table, max_bytes);
                 r.record_changes(true);
                 r.restore(now, folded.clone(), &mut NoPolicies);
                 r.redeliver();
@@ -1113,6 +1208,7 @@ proptest! {
                 expected.sort_by_key(key);
                 prop_assert_eq!(again, expected, "restore at step {}", i);
                 prop_assert_eq!(r.next_deadline(), engine.next_deadline());
+                prop_assert_eq!(r.waiting_bytes(), engine.waiting_bytes());
                 for c in 0..n {
                     let name = channel_name(c);
                     prop_assert_eq!(r.waiting(&name), engine.waiting(&name));

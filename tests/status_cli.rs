@@ -170,3 +170,84 @@ async fn no_daemon_exits_125_and_says_so() {
     assert_eq!(code, Some(125));
     assert!(stderr.contains("on coordinosaur/ch/infos"), "{stderr}");
 }
+
+/// Channels of the large deployment: enough that one report is megabytes.
+const MANY: usize = 3_000;
+
+/// A daemon with [`MANY`] channels, each running one job with a 300-byte uid: every channel's
+/// state together is ~2 MB of JSON, past what one MQTT message should carry.
+async fn many_channels() -> (TestBroker, Daemon, Client) {
+    let broker = TestBroker::start();
+    let daemon = Daemon::start(broker.port(), "").await;
+    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
+    for i in 0..MANY {
+        c.register(&format!("ch{i:04}"), &format!("{i:0>300}"), 3600.0)
+            .await;
+    }
+    // Registers are read in order: once the last channel runs its job, every one does.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.state(&format!("ch{:04}", MANY - 1)).await["running_count"] != 1 {
+        assert!(Instant::now() < deadline, "registers not all read");
+    }
+    (broker, daemon, c)
+}
+
+/// Every `PREFIX/state` message that arrives within `within`: `(bytes, complete reports)`,
+/// where a report is an array or the last page of a paged one.
+async fn state_traffic(c: &mut Client, within: Duration) -> (usize, usize) {
+    let end = Instant::now() + within;
+    let (mut bytes, mut reports) = (0, 0);
+    while let Some((topic, payload)) = c.recv(end.saturating_duration_since(Instant::now())).await {
+        if topic != "coordinosaur/state" {
+            continue;
+        }
+        bytes += payload.len();
+        let value: Value = serde_json::from_slice(&payload).expect("state is JSON");
+        if value.is_array() || value["page"] == value["pages"] {
+            reports += 1;
+        }
+    }
+    (bytes, reports)
+}
+
+#[tokio::test]
+async fn a_burst_of_daemon_wide_infos_gets_one_answer_per_second_in_bounded_pages() {
+    let (broker, _daemon, mut c) = many_channels().await;
+    c.subscribe("coordinosaur/state").await;
+    c.clear();
+    // One report alone: its size, and each message within the limit.
+    c.publish("coordinosaur/infos", Vec::new()).await;
+    let (one, reports) = state_traffic(&mut c, Duration::from_secs(3)).await;
+    assert_eq!(reports, 1);
+    assert!(one > 1_000_000, "{MANY} channels make {one} bytes");
+
+    // A burst of 50 within a fraction of a second: one answer at once, one a second later.
+    for _ in 0..50 {
+        c.publish("coordinosaur/infos", Vec::new()).await;
+    }
+    let (bytes, reports) = state_traffic(&mut c, Duration::from_secs(3)).await;
+    eprintln!("one report: {one} bytes; 50 requests: {reports} reports, {bytes} bytes");
+    assert!(reports <= 2, "{reports} reports for a burst of 50");
+    assert!(
+        bytes <= 2 * one + one / 10,
+        "{bytes} bytes for a burst of 50"
+    );
+
+    // Pages stay under the limit; the status command puts them back together.
+    c.publish("coordinosaur/infos", Vec::new()).await;
+    let (topic, first) = c.expect_match("coordinosaur/state", DEFAULT_TIMEOUT).await;
+    assert_eq!(topic, "coordinosaur/state");
+    assert!(first.len() <= 256 * 1024, "{} bytes", first.len());
+    let (code, table, stderr) = status(broker.port(), &[]).await;
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert_eq!(table.lines().count(), MANY + 1, "header and every channel");
+    assert!(
+        row(&table, "ch2999").contains("1/1"),
+        "{}",
+        row(&table, "ch2999")
+    );
+    let (code, out, stderr) = status(broker.port(), &["--json"]).await;
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    let all: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(all.as_array().map(Vec::len), Some(MANY));
+}

@@ -1,9 +1,11 @@
 //! `coordinosaur status`: ask the daemon for its channels' state and print it.
 //!
-//! Without a channel it publishes `PREFIX/infos` and reads the array on `PREFIX/state`; with one,
-//! `PREFIX/CHANNEL/infos` and `PREFIX/CHANNEL/state`. The subscription is acknowledged before the
-//! request goes out, so a fast answer cannot be missed.
+//! Without a channel it publishes `PREFIX/infos` and reads the array on `PREFIX/state` (or, from
+//! a daemon with more state than fits in one message, every page of one report, put back
+//! together); with one, `PREFIX/CHANNEL/infos` and `PREFIX/CHANNEL/state`. The subscription is
+//! acknowledged before the request goes out, so a fast answer cannot be missed.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::Duration;
@@ -115,7 +117,8 @@ async fn status(config: Option<&Path>, args: &StatusArgs) -> Result<u8, CliError
     Ok(code)
 }
 
-/// Publishes `infos` and returns the first answer on `state`.
+/// Publishes `infos` and returns the first complete answer on `state`: a channel's state, the
+/// array of every channel's, or the channels of every page of one paged report, as one array.
 async fn ask(
     session: &mut Session,
     infos: &str,
@@ -128,6 +131,7 @@ async fn ask(
     );
     session.publish_qos0(infos, Vec::new())?;
     let deadline = Instant::now() + within;
+    let mut pages = Pages::default();
     loop {
         let message = match timeout_at(deadline, session.next_message()).await {
             Ok(m) => m?,
@@ -135,9 +139,45 @@ async fn ask(
         };
         if message.topic == state {
             if let Ok(value) = serde_json::from_slice(&message.payload) {
-                return Ok(value);
+                if let Some(answer) = pages.add(value) {
+                    return Ok(answer);
+                }
             }
         }
+    }
+}
+
+/// Pages of daemon-wide reports (`{"page", "pages", "now", "channels"}`), by report.
+#[derive(Debug, Default)]
+pub struct Pages {
+    /// `now` of a report -> (its page count, the channels of each page received).
+    reports: HashMap<u64, (u64, BTreeMap<u64, Vec<Value>>)>,
+}
+
+impl Pages {
+    /// Takes one `state` message; returns the answer once it is complete: at once for anything
+    /// but a page, else when every page of its report is in (a report whose first pages went
+    /// out before we subscribed never completes; the next one does).
+    pub fn add(&mut self, value: Value) -> Option<Value> {
+        let (Some(page), Some(count), Some(now)) = (
+            value.get("page").and_then(Value::as_u64),
+            value.get("pages").and_then(Value::as_u64),
+            value.get("now").and_then(Value::as_u64),
+        ) else {
+            return Some(value);
+        };
+        let channels = match value.get("channels") {
+            Some(Value::Array(channels)) => channels.clone(),
+            _ => Vec::new(),
+        };
+        let (expected, got) = self.reports.entry(now).or_default();
+        *expected = count;
+        got.insert(page, channels);
+        if got.len() as u64 == count && (1..=count).all(|p| got.contains_key(&p)) {
+            let (_, got) = self.reports.remove(&now)?;
+            return Some(Value::Array(got.into_values().flatten().collect()));
+        }
+        None
     }
 }
 
@@ -228,6 +268,28 @@ mod tests {
             "{text}"
         );
         assert!(lines[2].ends_with("built-in"), "{text}");
+    }
+
+    #[test]
+    fn pages_of_one_report_make_one_array_and_a_partial_report_is_ignored() {
+        let page = |now: u64, page: u64, names: &[&str]| {
+            let channels: Vec<Value> = names.iter().map(|n| json!({"channel": n})).collect();
+            json!({"page": page, "pages": 2, "now": now, "channels": channels})
+        };
+        let mut pages = Pages::default();
+        // The end of a report that began before we listened, then a whole one.
+        assert_eq!(pages.add(page(1, 2, &["y", "z"])), None);
+        assert_eq!(pages.add(page(2, 1, &["a", "b"])), None);
+        let all = pages.add(page(2, 2, &["c"])).expect("complete");
+        let names: Vec<&str> = all
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["channel"].as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        // An array (a small daemon, or an older one) is an answer as it is.
+        assert_eq!(pages.add(json!([])), Some(json!([])));
     }
 
     #[test]

@@ -267,12 +267,13 @@ impl Config {
         let _ = writeln!(
             out,
             "limits: payload up to {} bytes, job timeout up to {}, uid up to {} bytes, \
-             {} channels, {} waiting jobs per channel",
+             {} channels, {} waiting jobs per channel, {} bytes of waiting jobs in all",
             self.limits.max_payload,
             self.limits.max_timeout,
             self.limits.max_uid_len,
             self.limits.max_channels,
-            self.limits.max_waiting_per_channel
+            self.limits.max_waiting_per_channel,
+            self.limits.max_waiting_bytes
         );
         let defaults = &self.defaults;
         let _ = writeln!(

@@ -107,6 +107,10 @@ pub struct Limits {
     /// Jobs one channel may hold waiting (100,000); a register past it is rejected.
     #[serde(deserialize_with = "values::at_least_one")]
     pub max_waiting_per_channel: usize,
+    /// Bytes all waiting jobs together may hold (256 MiB), each counted as its uid, its extra
+    /// fields and a fixed overhead; a register past it is rejected unless it is granted at once.
+    #[serde(deserialize_with = "values::max_waiting_bytes")]
+    pub max_waiting_bytes: usize,
 }
 
 impl Default for Limits {
@@ -118,6 +122,7 @@ impl Default for Limits {
             max_uid_len: DEFAULT_MAX_UID_LEN,
             max_channels: engine.max_channels,
             max_waiting_per_channel: engine.max_waiting_per_channel,
+            max_waiting_bytes: engine.max_waiting_bytes,
         }
     }
 }
@@ -128,6 +133,7 @@ impl Limits {
         EngineLimits {
             max_channels: self.max_channels,
             max_waiting_per_channel: self.max_waiting_per_channel,
+            max_waiting_bytes: self.max_waiting_bytes,
         }
     }
 

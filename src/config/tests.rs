@@ -242,6 +242,18 @@ const BAD: &[(&str, &str, usize, &[&str])] = &[
         &["max_waiting_per_channel = 0", "at least 1"],
     ),
     (
+        "max_waiting_bytes below one small job",
+        "[limits]\nmax_waiting_bytes = 100\n",
+        2,
+        &["max_waiting_bytes = 100", "at least 4096 bytes", "got 100"],
+    ),
+    (
+        "negative max_waiting_bytes",
+        "[limits]\nmax_waiting_bytes = -1\n",
+        2,
+        &["max_waiting_bytes = -1"],
+    ),
+    (
         "bad listen address",
         "[embedded_broker]\nenabled = true\nlisten = \"localhost\"\n",
         3,
@@ -643,17 +655,22 @@ fn count_and_uid_limits_parse_and_reach_engine_and_decoder() {
         (
             def.max_uid_len,
             def.max_channels,
-            def.max_waiting_per_channel
+            def.max_waiting_per_channel,
+            def.max_waiting_bytes
         ),
-        (1024, 10_000, 100_000)
+        (1024, 10_000, 100_000, 256 << 20)
     );
-    let cfg = ok("[limits]\nmax_uid_len = 64\nmax_channels = 2\nmax_waiting_per_channel = 3\n");
+    let cfg = ok(
+        "[limits]\nmax_uid_len = 64\nmax_channels = 2\nmax_waiting_per_channel = 3\n\
+         max_waiting_bytes = 4096\n",
+    );
     assert_eq!(cfg.limits.max_uid_len, 64);
     assert_eq!(
         cfg.limits.engine(),
         crate::engine::EngineLimits {
             max_channels: 2,
-            max_waiting_per_channel: 3
+            max_waiting_per_channel: 3,
+            max_waiting_bytes: 4096,
         }
     );
     let decode = cfg.limits.decode();

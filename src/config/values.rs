@@ -93,6 +93,24 @@ pub(super) fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::
     }
 }
 
+/// Smallest accepted `limits.max_waiting_bytes`: room for a few small jobs. Below it the
+/// limit would refuse nearly every job that has to wait.
+pub(super) const MIN_WAITING_BYTES: usize = 4096;
+
+/// `limits.max_waiting_bytes`: at least 4096.
+pub(super) fn max_waiting_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let bytes = usize::deserialize(d)?;
+    if bytes >= MIN_WAITING_BYTES {
+        Ok(bytes)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "max_waiting_bytes must be at least {MIN_WAITING_BYTES} bytes (each waiting job \
+             counts {} bytes plus its uid and extra fields), got {bytes}",
+            crate::engine::JOB_OVERHEAD_BYTES
+        )))
+    }
+}
+
 /// `mqtt.username` / `mqtt.password`: an empty string means "not set", as in the original.
 pub(super) fn optional_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let text = String::deserialize(d)?;

@@ -292,7 +292,7 @@ impl<S: Sink> Driver<S> {
 pub async fn run(
     engine: Engine,
     clock: Clock,
-    mut inbound: mpsc::UnboundedReceiver<Inbound>,
+    mut inbound: mpsc::Receiver<Inbound>,
     sink: impl Sink,
     control: Control,
     shutdown: impl Future,

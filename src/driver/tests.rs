@@ -48,7 +48,7 @@ impl Sink for Collect {
 }
 
 struct Running {
-    inbound: mpsc::UnboundedSender<Inbound>,
+    inbound: mpsc::Sender<Inbound>,
     sink: Collect,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -57,7 +57,9 @@ struct Running {
 
 impl Running {
     fn send(&self, msg: Inbound) {
-        self.inbound.send(msg).expect("driver alive");
+        self.inbound
+            .try_send(msg)
+            .expect("driver alive, room in the channel");
     }
 
     async fn stop(mut self) {
@@ -71,7 +73,7 @@ impl Running {
 fn start(engine: Engine) -> Running {
     let sink = Collect::default();
     *sink.start.lock().unwrap() = Some(Instant::now());
-    let (inbound, rx) = mpsc::unbounded_channel();
+    let (inbound, rx) = mpsc::channel(64);
     let (configs_tx, configs) = mpsc::unbounded_channel();
     let (stop, stopped) = oneshot::channel::<()>();
     let control = Control {

@@ -19,6 +19,18 @@ pub(crate) const MAX_DEFERRALS: usize = 64;
 /// Queue order: highest priority first, then registration order (FIFO among equals).
 type QueueKey = (Reverse<i64>, u64);
 
+/// Bytes a waiting job costs beyond its uid and extra fields, for `[limits] max_waiting_bytes`.
+/// Measured (BENCHMARKS.md section 3, counting allocator): 249 B requested per queued job at the
+/// worst point (just after the job map doubled) with an 11-byte uid, so ~238 B of structure (the
+/// map entry and its empty half, the queue B-tree entry, the uid's `Arc` header), plus glibc's
+/// 8-16 B per allocation for the uid and the extra fields. Rounded up to 256.
+pub const JOB_OVERHEAD_BYTES: usize = 256;
+
+/// What a waiting job counts against `[limits] max_waiting_bytes`.
+pub fn job_bytes(uid: &str, meta: Option<&str>) -> usize {
+    JOB_OVERHEAD_BYTES + uid.len() + meta.map_or(0, str::len)
+}
+
 /// A job known to a channel, waiting or running.
 #[derive(Debug)]
 struct Job {
@@ -30,8 +42,9 @@ struct Job {
     timeout: Millis,
     /// `Some(deadline)` once granted; `None` while waiting.
     deadline: Option<Time>,
-    /// Extra registration fields (JSON object text), for policies.
-    meta: Option<Box<str>>,
+    /// Extra registration fields (JSON object text), for policies. Shared with the journal's
+    /// changes and snapshots, so exporting the state does not copy them.
+    meta: Option<Arc<str>>,
     /// When it registered.
     registered_at: Time,
     /// When it was granted (`Some` iff `deadline` is).
@@ -50,6 +63,22 @@ impl Job {
             meta: self.meta.as_deref(),
         }
     }
+
+    /// What the job counts against `max_waiting_bytes` while it waits.
+    fn bytes(&self, uid: &str) -> usize {
+        job_bytes(uid, self.meta.as_deref())
+    }
+}
+
+/// Bounds a registration must fit within to be queued.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Room {
+    /// `max_waiting_per_channel`.
+    pub(crate) max_waiting: usize,
+    /// `max_waiting_bytes`.
+    pub(crate) max_bytes: usize,
+    /// Bytes of waiting jobs over all channels now.
+    pub(crate) used_bytes: usize,
 }
 
 /// Everything the engine knows about one channel.
@@ -67,6 +96,11 @@ pub(crate) struct Channel {
     jobs: HashMap<Arc<str>, Job>,
     /// Waiting jobs in grant order.
     queue: BTreeMap<QueueKey, Arc<str>>,
+    /// Sum of [`job_bytes`] over `queue`: changed wherever `queue` is.
+    queued_bytes: usize,
+    /// `queued_bytes` as the engine last added it to its daemon-wide total (see
+    /// `Engine::settle`).
+    pub(crate) counted_bytes: usize,
     /// Running jobs by lease deadline; `running()` is its length.
     leases: BTreeMap<(Time, u64), Arc<str>>,
     /// The channel's quota windows, all checked on every grant.
@@ -90,6 +124,8 @@ impl Channel {
             opts,
             jobs: HashMap::new(),
             queue: BTreeMap::new(),
+            queued_bytes: 0,
+            counted_bytes: 0,
             leases: BTreeMap::new(),
             windows,
             next_seq: 0,
@@ -107,18 +143,46 @@ impl Channel {
         self.queue.len()
     }
 
+    /// Bytes of the waiting jobs, as `max_waiting_bytes` counts them.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Puts a known job in the queue.
+    fn enqueue(&mut self, key: QueueKey, uid: Arc<str>, bytes: usize) {
+        self.queued_bytes += bytes;
+        self.queue.insert(key, uid);
+    }
+
+    /// Takes a job out of the queue (it stays in `jobs` unless the caller removes it).
+    fn dequeue(&mut self, key: &QueueKey) -> Option<Arc<str>> {
+        let uid = self.queue.remove(key)?;
+        let bytes = self.jobs.get(&uid).map_or(0, |j| j.bytes(&uid));
+        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
+        Some(uid)
+    }
+
+    /// Whether a job registered now would be granted at once, never waiting: nothing waits
+    /// before it, a slot is free, every quota window has room, and no policy could defer it.
+    fn starts_at_once(&self, now: Time) -> bool {
+        self.queue.is_empty()
+            && self.running() < self.opts.max_concurrent_jobs as usize
+            && self.opts.policy.is_none()
+            && self.windows.iter().all(|w| w.blocked_until(now).is_none())
+    }
+
     pub(crate) fn options(&self) -> &ChannelOptions {
         &self.opts
     }
 
     /// Queues a new job, asking the channel's policy for its priority.
-    /// Returns false (and changes nothing) if the uid is already known, `max_waiting` jobs are
-    /// already waiting, or the policy refused it; the last two are reported as `Rejected`.
+    /// Returns false (and changes nothing) if the uid is already known, the job does not fit in
+    /// `room`, or the policy refused it; the last two are reported as `Rejected`.
     pub(crate) fn register(
         &mut self,
         reg: Registration,
         now: Time,
-        max_waiting: usize,
+        room: Room,
         hooks: &mut dyn Policies,
         out: &mut impl Extend<Output>,
         log: &mut ChangeLog,
@@ -128,15 +192,12 @@ impl Channel {
             return false;
         }
         // Before the policy: a job that cannot be queued must not reach `admit`.
-        if self.queue.len() >= max_waiting {
+        if let Some(reason) = self.no_room(&reg, now, room) {
             out.extend([Output::Rejected {
                 kind: RejectKind::Limit,
                 channel: self.name.clone(),
                 uid: reg.uid.into(),
-                reason: format!(
-                    "max_waiting_per_channel: {max_waiting} jobs already wait in this channel, \
-                     the limit ([limits] max_waiting_per_channel = {max_waiting}); retry later"
-                ),
+                reason,
             }]);
             return false;
         }
@@ -157,9 +218,11 @@ impl Channel {
             }
         }
         let uid: Arc<str> = reg.uid.into();
+        let meta: Option<Arc<str>> = reg.meta.map(Arc::from);
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.queue.insert((Reverse(priority), seq), uid.clone());
+        let bytes = job_bytes(&uid, meta.as_deref());
+        self.enqueue((Reverse(priority), seq), uid.clone(), bytes);
         tracing::debug!(channel = %self.name, %uid, "queued");
         log.push(|| Change::Queued {
             channel: self.name.clone(),
@@ -168,20 +231,43 @@ impl Channel {
             priority,
             timeout: reg.timeout,
             registered_at: now,
-            meta: reg.meta.clone(),
+            meta: meta.clone(),
         });
         let job = Job {
             seq,
             priority,
             timeout: reg.timeout,
             deadline: None,
-            meta: reg.meta,
+            meta,
             registered_at: now,
             granted_at: None,
             delivered: false,
         };
         self.jobs.insert(uid, job);
         true
+    }
+
+    /// Why `reg` cannot be queued, naming the `[limits]` key, or `None` if it fits. A job that
+    /// starts at once never waits, so `max_waiting_bytes` does not stop it: a flood of waiting
+    /// jobs on one channel then leaves channels with free slots serving.
+    fn no_room(&self, reg: &Registration, now: Time, room: Room) -> Option<String> {
+        let max = room.max_waiting;
+        if self.queue.len() >= max {
+            return Some(format!(
+                "max_waiting_per_channel: {max} jobs already wait in this channel, the limit \
+                 ([limits] max_waiting_per_channel = {max}); retry later"
+            ));
+        }
+        let bytes = job_bytes(&reg.uid, reg.meta.as_deref());
+        let (used, max) = (room.used_bytes, room.max_bytes);
+        if used.saturating_add(bytes) > max && !self.starts_at_once(now) {
+            return Some(format!(
+                "max_waiting_bytes: waiting jobs already hold {used} bytes and this one needs \
+                 {bytes} (uid, extra fields and {JOB_OVERHEAD_BYTES} bytes of bookkeeping), over \
+                 the limit ([limits] max_waiting_bytes = {max}); retry later"
+            ));
+        }
+        None
     }
 
     /// Asks the policy again for the priority of every waiting job (after a policy swap).
@@ -197,6 +283,7 @@ impl Channel {
             return;
         }
         let waiting: Vec<_> = std::mem::take(&mut self.queue).into_iter().collect();
+        self.queued_bytes = 0;
         for ((_, seq), uid) in waiting {
             let view = self.view(now);
             let Some(job) = self.jobs.get(&uid) else {
@@ -204,7 +291,9 @@ impl Channel {
             };
             match hooks.admit(&view, &job.info(&uid)) {
                 Admission::Accept(p) => {
+                    let mut bytes = 0;
                     if let Some(job) = self.jobs.get_mut(&uid) {
+                        bytes = job.bytes(&uid);
                         if job.priority != p {
                             job.priority = p;
                             log.push(|| Change::Reprioritized {
@@ -214,7 +303,7 @@ impl Channel {
                             });
                         }
                     }
-                    self.queue.insert((Reverse(p), seq), uid);
+                    self.enqueue((Reverse(p), seq), uid, bytes);
                 }
                 Admission::Reject(reason) => {
                     self.jobs.remove(&uid);
@@ -275,7 +364,10 @@ impl Channel {
         let was_running = job.deadline.is_some();
         match job.deadline {
             Some(deadline) => self.leases.remove(&(deadline, job.seq)),
-            None => self.queue.remove(&(Reverse(job.priority), job.seq)),
+            None => {
+                self.queued_bytes = self.queued_bytes.saturating_sub(job.bytes(&uid));
+                self.queue.remove(&(Reverse(job.priority), job.seq))
+            }
         };
         let event = match (was_running, aborted) {
             (false, _) => JobEvent::Cancelled,
@@ -451,14 +543,14 @@ impl Channel {
                     continue;
                 }
                 Decision::Veto(reason) => {
-                    self.queue.remove(&key);
+                    self.dequeue(&key);
                     self.jobs.remove(&uid);
                     log.push(|| self.removed(&uid));
                     out.extend([self.policy_rejection(uid, reason)]);
                     continue;
                 }
             }
-            self.queue.remove(&key);
+            self.dequeue(&key);
             self.start(uid, now, hooks, out, log);
         }
         None
@@ -682,16 +774,17 @@ impl Channel {
                 continue;
             }
             match job.deadline {
-                None => self
-                    .queue
-                    .insert((Reverse(job.priority), seq), job.uid.clone()),
+                None => {
+                    let bytes = job_bytes(&job.uid, job.meta.as_deref());
+                    self.enqueue((Reverse(job.priority), seq), job.uid.clone(), bytes);
+                }
                 Some(deadline) => {
                     if deadline > now && !job.delivered {
                         live.push((job.uid.clone(), seq));
                     }
-                    self.leases.insert((deadline, seq), job.uid.clone())
+                    self.leases.insert((deadline, seq), job.uid.clone());
                 }
-            };
+            }
             self.next_seq = self.next_seq.max(seq.saturating_add(1));
             let restored = Job {
                 seq,

@@ -35,7 +35,7 @@ pub enum Change {
         /// When it registered.
         registered_at: Time,
         /// Extra registration fields, for policies.
-        meta: Option<Box<str>>,
+        meta: Option<Arc<str>>,
     },
     /// A waiting job's priority changed (a policy swap re-ranked the queue).
     Reprioritized {
@@ -133,7 +133,7 @@ pub struct JobSnapshot {
     /// Lease end once granted; `None` while waiting.
     pub deadline: Option<Time>,
     /// Extra registration fields.
-    pub meta: Option<Box<str>>,
+    pub meta: Option<Arc<str>>,
     /// Grant time once granted (journal format 2; `None` in a format-1 snapshot).
     pub granted_at: Option<Time>,
     /// Whether the broker acknowledged the grant's `go` (journal format 2).

@@ -7,6 +7,11 @@
 //!
 //! Cost per operation is O(log n) in the channel's queue depth; the engine keeps one timer entry
 //! per channel that has something to wake for, so idle channels cost nothing.
+//!
+//! The daemon-wide `infos` reply ([`Output::AllStates`]) is as large as every channel's state
+//! together, so it is rate-limited: at most one per [`ALL_STATES_INTERVAL`]. The first request
+//! is answered at once; requests during the following interval are answered together, once, at
+//! its end (a deadline like any other).
 
 mod channel;
 mod durable;
@@ -19,7 +24,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
-use channel::Channel;
+pub use channel::{job_bytes, JOB_OVERHEAD_BYTES};
+use channel::{Channel, Room};
 use durable::ChangeLog;
 pub use durable::{Change, ChannelSnapshot, JobSnapshot, Snapshot};
 pub use options::{ChannelOptions, OnPolicyError, QuotaLog, QuotaSpec};
@@ -81,7 +87,8 @@ pub enum Input {
         /// Channel name.
         channel: String,
     },
-    /// `PREFIX/infos`: report the state of every channel.
+    /// `PREFIX/infos`: report the state of every channel (at most once per
+    /// [`ALL_STATES_INTERVAL`]; requests in between share the next report).
     InfosAll,
     /// The broker acknowledged the `go` of job `seq` (from [`Output::Go`] or
     /// [`Output::GoAgain`]): it is no longer said again after a restart or a lost broker session.
@@ -211,7 +218,7 @@ pub enum RejectKind {
     /// The channel's policy rejected or vetoed it (or failed, with `on_policy_error = closed`).
     Policy,
     /// Accepting it would have grown state past a configured limit (`max_channels`,
-    /// `max_waiting_per_channel`).
+    /// `max_waiting_per_channel`, `max_waiting_bytes`).
     Limit,
 }
 
@@ -272,6 +279,27 @@ pub struct ChannelState {
 /// Index of a channel in the engine's slab.
 type ChannelId = u32;
 
+/// Shortest time between two daemon-wide state reports ([`Output::AllStates`]).
+pub const ALL_STATES_INTERVAL: Millis = Millis(1_000);
+
+/// The rate limit of the daemon-wide state report.
+#[derive(Debug, Default)]
+struct AllStatesLimit {
+    /// When the last report went out.
+    last: Option<Time>,
+    /// A request came after `last` and waits for the report at `last + ALL_STATES_INTERVAL`.
+    pending: bool,
+}
+
+impl AllStatesLimit {
+    /// When a waiting request is due, if one waits.
+    fn due(&self) -> Option<Time> {
+        self.last
+            .filter(|_| self.pending)
+            .map(|t| t + ALL_STATES_INTERVAL)
+    }
+}
+
 /// Bounds on how much state clients can make the engine hold. A request that would go past one
 /// is answered with `rejected/{uid}` ([`RejectKind::Limit`]) instead of growing state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +309,10 @@ pub struct EngineLimits {
     pub max_channels: usize,
     /// Jobs one channel may hold waiting (running jobs are bounded by `max_concurrent_jobs`).
     pub max_waiting_per_channel: usize,
+    /// Bytes all waiting jobs together may hold, each counted as [`job_bytes`] (its uid, its
+    /// extra fields and [`JOB_OVERHEAD_BYTES`]). A job that is granted at once never waits and
+    /// is not refused by it.
+    pub max_waiting_bytes: usize,
 }
 
 impl Default for EngineLimits {
@@ -288,6 +320,7 @@ impl Default for EngineLimits {
         EngineLimits {
             max_channels: 10_000,
             max_waiting_per_channel: 100_000,
+            max_waiting_bytes: 256 << 20,
         }
     }
 }
@@ -313,10 +346,16 @@ pub struct Engine {
     /// How many channels and waiting jobs clients may create; `channels.len()` never exceeds
     /// `max_channels`, but a lowered limit (reload) never drops what already exists.
     limits: EngineLimits,
+    /// Sum of every channel's `counted_bytes`: the bytes of all waiting jobs as of each
+    /// channel's last `settle`, which follows every change to a queue. A register is refused if
+    /// it would take this past `limits.max_waiting_bytes` (restored jobs are never refused).
+    waiting_bytes: usize,
     /// Changes to durable state since they were last taken (when recording).
     log: ChangeLog,
     /// Jobs restored running, `(channel, uid, seq)`, whose `go` is to be said again.
     redeliveries: Vec<(ChannelId, Arc<str>, u64)>,
+    /// When the daemon-wide state was last reported and whether a request waits for the next.
+    all_states: AllStatesLimit,
 }
 
 impl fmt::Debug for Engine {
@@ -347,8 +386,10 @@ impl Engine {
             outputs: VecDeque::new(),
             now: Time(0),
             limits,
+            waiting_bytes: 0,
             log: ChangeLog::default(),
             redeliveries: Vec::new(),
+            all_states: AllStatesLimit::default(),
         }
     }
 
@@ -497,12 +538,7 @@ impl Engine {
                     self.channels[id as usize].mark_delivered(&uid, seq, &mut self.log);
                 }
             }
-            Input::InfosAll => {
-                let mut all: Vec<ChannelState> =
-                    self.channels.iter().map(|c| c.state(now)).collect();
-                all.sort_by(|a, b| a.channel.cmp(&b.channel));
-                self.outputs.push_back(Output::AllStates(all));
-            }
+            Input::InfosAll => self.handle_infos_all(now),
         }
     }
 
@@ -512,7 +548,8 @@ impl Engine {
     }
 
     /// Ends due leases and grants into freed slots and opened quota windows, for every channel
-    /// whose deadline is at or before `now`.
+    /// whose deadline is at or before `now`; then sends a daemon-wide state report that waited
+    /// for the end of its interval.
     pub fn handle_timeout_with(&mut self, now: Time, hooks: &mut dyn Policies) {
         self.now = self.now.max(now);
         let now = self.now;
@@ -524,6 +561,9 @@ impl Engine {
             self.channels[id as usize].timer = None;
             self.channels[id as usize].expire(now, hooks, &mut self.outputs, &mut self.log);
             self.settle(id, now, hooks);
+        }
+        if self.all_states.due().is_some_and(|t| t <= now) {
+            self.report_all_states(now);
         }
     }
 
@@ -602,7 +642,11 @@ impl Engine {
 
     /// The earliest time at which `handle_timeout` has work to do.
     pub fn next_deadline(&self) -> Option<Time> {
-        self.timers.first().map(|(t, _)| *t)
+        let channels = self.timers.first().map(|(t, _)| *t);
+        match (channels, self.all_states.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next decision to act on, oldest first.
@@ -650,6 +694,11 @@ impl Engine {
         self.channels.len()
     }
 
+    /// Bytes held by waiting jobs over all channels, as `max_waiting_bytes` counts them.
+    pub fn waiting_bytes(&self) -> usize {
+        self.waiting_bytes
+    }
+
     fn channel(&self, name: &str) -> Option<&Channel> {
         self.by_name
             .get(name)
@@ -670,16 +719,13 @@ impl Engine {
             });
             return;
         };
-        let max_waiting = self.limits.max_waiting_per_channel;
+        let room = Room {
+            max_waiting: self.limits.max_waiting_per_channel,
+            max_bytes: self.limits.max_waiting_bytes,
+            used_bytes: self.waiting_bytes,
+        };
         let channel = &mut self.channels[id as usize];
-        if channel.register(
-            reg,
-            now,
-            max_waiting,
-            hooks,
-            &mut self.outputs,
-            &mut self.log,
-        ) {
+        if channel.register(reg, now, room, hooks, &mut self.outputs, &mut self.log) {
             self.settle(id, now, hooks);
         }
     }
@@ -736,6 +782,31 @@ impl Engine {
         });
     }
 
+    /// `PREFIX/infos`: a report now if none went out in the last interval; otherwise the
+    /// request waits for the report at the interval's end (one report for all of them). A
+    /// report sent at this very time already answers it.
+    fn handle_infos_all(&mut self, now: Time) {
+        match self.all_states.last {
+            Some(last) if now < last + ALL_STATES_INTERVAL => {
+                if last < now {
+                    self.all_states.pending = true;
+                }
+            }
+            _ => self.report_all_states(now),
+        }
+    }
+
+    /// Every channel's state, by name.
+    fn report_all_states(&mut self, now: Time) {
+        let mut all: Vec<ChannelState> = self.channels.iter().map(|c| c.state(now)).collect();
+        all.sort_by(|a, b| a.channel.cmp(&b.channel));
+        self.outputs.push_back(Output::AllStates(all));
+        self.all_states = AllStatesLimit {
+            last: Some(now),
+            pending: false,
+        };
+    }
+
     fn handle_infos(&mut self, now: Time, channel: &str) {
         let state = match self.by_name.get(channel) {
             Some(id) => self.channels[*id as usize].state(now),
@@ -768,10 +839,15 @@ impl Engine {
         id
     }
 
-    /// Grants what the channel now allows and re-arms its timer.
+    /// Grants what the channel now allows, re-arms its timer and brings the daemon-wide count
+    /// of waiting bytes up to date. Every path that changes a queue ends here.
     fn settle(&mut self, id: ChannelId, now: Time, hooks: &mut dyn Policies) {
         let ch = &mut self.channels[id as usize];
         let quota_open = ch.grant(now, hooks, &mut self.outputs, &mut self.log);
+        let bytes = ch.queued_bytes();
+        // Invariant: `waiting_bytes` is the sum of every `counted_bytes`, so this cannot wrap.
+        self.waiting_bytes = self.waiting_bytes.saturating_sub(ch.counted_bytes) + bytes;
+        ch.counted_bytes = bytes;
         let next = ch.next_deadline(quota_open);
         if next != ch.timer {
             if let Some(old) = ch.timer {
@@ -790,3 +866,9 @@ mod tests;
 
 #[cfg(test)]
 mod policy_tests;
+
+#[cfg(test)]
+mod bounds_tests;
+
+#[cfg(test)]
+mod infos_tests;

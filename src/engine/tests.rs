@@ -528,6 +528,7 @@ fn limited(o: ChannelOptions, max_channels: usize, max_waiting: usize) -> Harnes
     let limits = EngineLimits {
         max_channels,
         max_waiting_per_channel: max_waiting,
+        ..EngineLimits::default()
     };
     Harness {
         engine: Engine::with_limits(Box::new(move |_| o.clone()), limits),
@@ -643,6 +644,7 @@ fn lowering_limits_keeps_what_exists_and_refuses_growth() {
     h.engine.set_limits(EngineLimits {
         max_channels: 1,
         max_waiting_per_channel: 2,
+        ..EngineLimits::default()
     });
     h.register_in("x", "e", 1000);
     h.register_in("y", "f", 1000);

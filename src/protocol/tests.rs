@@ -334,7 +334,7 @@ fn encode_outputs() {
     };
     assert_eq!(
         encode(P, &go),
-        Some(("coordinosaur/ch/go/a/b".into(), b"a/b".to_vec()))
+        [("coordinosaur/ch/go/a/b".into(), b"a/b".to_vec())]
     );
     let ex = Output::Expired {
         channel: "ch".into(),
@@ -342,7 +342,7 @@ fn encode_outputs() {
     };
     assert_eq!(
         encode(P, &ex),
-        Some(("coordinosaur/ch/expired/a".into(), b"a".to_vec()))
+        [("coordinosaur/ch/expired/a".into(), b"a".to_vec())]
     );
     let rej = Output::Rejected {
         kind: crate::engine::RejectKind::Policy,
@@ -350,7 +350,7 @@ fn encode_outputs() {
         uid: "a".into(),
         reason: "no \"way\"".into(),
     };
-    let (topic, body) = encode(P, &rej).unwrap_or_default();
+    let (topic, body) = encode(P, &rej).pop().unwrap_or_default();
     assert_eq!(topic, "coordinosaur/ch/rejected/a");
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
     assert_eq!(v, serde_json::json!({"uid": "a", "reason": "no \"way\""}));
@@ -360,7 +360,7 @@ fn encode_outputs() {
         reason: crate::engine::EndReason::Finished,
         was_running: true,
     };
-    assert_eq!(encode(P, &ended), None);
+    assert_eq!(encode(P, &ended), []);
 }
 
 #[test]
@@ -369,7 +369,7 @@ fn daemon_wide_infos() {
     let out = Output::AllStates(Vec::new());
     assert_eq!(
         encode(P, &out),
-        Some(("coordinosaur/state".into(), b"[]".to_vec()))
+        [("coordinosaur/state".into(), b"[]".to_vec())]
     );
 }
 
@@ -397,4 +397,84 @@ fn a_retained_request_is_refused_naming_the_uid_where_there_is_one() {
     let r = retained(&set);
     assert_eq!((r.channel.as_deref(), r.uid.as_deref()), (Some("ch"), None));
     assert!(r.error.to_string().contains("retain flag"));
+}
+
+/// A channel's state as the engine reports it, with `running` uids.
+fn channel_state(name: &str, running: &[String]) -> crate::engine::ChannelState {
+    crate::engine::ChannelState {
+        channel: name.into(),
+        max_concurrent_jobs: 1,
+        timeout_offset_ms: 0,
+        running: running.to_vec(),
+        running_count: running.len(),
+        waiting: 0,
+        quotas: Vec::new(),
+        next_window_opening: None,
+        policy: None,
+        quota_held_ms: 0,
+        now: crate::engine::Time(1_795_000_000_000),
+    }
+}
+
+#[test]
+fn a_daemon_wide_state_that_fits_is_the_plain_array() {
+    let states: Vec<_> = ["a", "b"].iter().map(|c| channel_state(c, &[])).collect();
+    let out = encode_all_states(P, &states, 4096);
+    assert_eq!(out.len(), 1);
+    let (topic, body) = &out[0];
+    assert_eq!(topic, "coordinosaur/state");
+    assert_eq!(body, &serde_json::to_vec(&states).unwrap_or_default());
+}
+
+#[test]
+fn a_large_daemon_wide_state_is_split_into_pages_of_at_most_max_bytes() {
+    let states: Vec<_> = (0..200)
+        .map(|i| channel_state(&format!("channel-{i:04}"), &[format!("job-{i}")]))
+        .collect();
+    let max = 4096;
+    let out = encode_all_states(P, &states, max);
+    assert!(out.len() > 5, "{} pages", out.len());
+    let mut names = Vec::new();
+    for (i, (topic, body)) in out.iter().enumerate() {
+        assert_eq!(topic, "coordinosaur/state");
+        assert!(body.len() <= max, "page {i}: {} bytes", body.len());
+        let page: Value = serde_json::from_slice(body).unwrap_or_default();
+        assert_eq!(page["page"], i + 1);
+        assert_eq!(page["pages"], out.len());
+        assert_eq!(page["now"], 1_795_000_000_000u64);
+        for c in page["channels"].as_array().into_iter().flatten() {
+            names.push(c["channel"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    let expected: Vec<String> = states.iter().map(|s| s.channel.clone()).collect();
+    assert_eq!(names, expected, "every channel once, in order");
+}
+
+#[test]
+fn a_state_too_large_for_one_message_keeps_the_first_running_uids() {
+    // 3,000 uids of 100 bytes: ~309 KB of JSON.
+    let running: Vec<String> = (0..3_000).map(|i| format!("{i:0>100}")).collect();
+    let state = channel_state("big", &running);
+    let out = encode(P, &Output::State(state.clone()));
+    let (_, body) = &out[0];
+    assert!(body.len() <= MAX_STATE_MESSAGE, "{}", body.len());
+    let v: Value = serde_json::from_slice(body).unwrap_or_default();
+    assert_eq!(v["running_truncated"], true);
+    assert_eq!(v["running_count"], 3_000);
+    let kept = v["running"].as_array().map_or(0, Vec::len);
+    assert!(kept > 2_500 && kept < 2_560, "{kept} kept");
+    assert_eq!(v["running"][0], running[0]);
+    // Within a page too, and a small one is left whole.
+    let small = channel_state("small", &running[..3]);
+    let pages = encode_all_states(P, &[state, small], 64 * 1024);
+    assert_eq!(pages.len(), 2);
+    assert!(pages.iter().all(|(_, b)| b.len() <= 64 * 1024));
+    let last: Value = serde_json::from_slice(&pages[1].1).unwrap_or_default();
+    assert_eq!(
+        last["channels"][0]["running"]
+            .as_array()
+            .map_or(0, Vec::len),
+        3
+    );
+    assert!(last["channels"][0].get("running_truncated").is_none());
 }

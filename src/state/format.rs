@@ -31,7 +31,8 @@ const HEADER: usize = 8;
 /// No record is this large; a length field above it is damage, not data.
 const MAX_RECORD: usize = 1 << 30;
 
-/// Appends one framed record holding `payload` to `out`.
+/// Appends one framed record holding `payload` to `out` (tests build damaged files with it).
+#[cfg(test)]
 pub(crate) fn frame(payload: &[u8], out: &mut Vec<u8>) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_le_bytes());
@@ -42,34 +43,39 @@ pub(crate) fn frame(payload: &[u8], out: &mut Vec<u8>) {
 /// A batch of changes as one framed record, serialized straight after its header (no
 /// intermediate buffer: this runs for every event that changes state).
 pub(crate) fn encode_batch(changes: &[Change]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + 48 * changes.len());
-    out.extend_from_slice(&[0; HEADER]);
-    match postcard::to_extend(changes, out) {
-        Ok(mut out) => {
-            let payload = &out[HEADER..];
-            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-            let crc = crc32fast::hash(payload);
-            out[..4].copy_from_slice(&len.to_le_bytes());
-            out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
-            out
-        }
+    let out = Vec::with_capacity(HEADER + 48 * changes.len());
+    framed_after(out, &changes).unwrap_or_else(|e| {
         // Serializing plain data into a Vec cannot fail; if it ever did, the batch would be
         // missing from the journal, so say so loudly rather than write something unreadable.
-        Err(e) => {
-            tracing::error!(cause = %e, "journal batch not encoded");
-            Vec::new()
-        }
-    }
+        tracing::error!(cause = %e, "journal batch not encoded");
+        Vec::new()
+    })
 }
 
-/// A whole snapshot file.
+/// A whole snapshot file, serialized straight after its magic and record header: a snapshot is
+/// as large as the state (up to `[limits] max_waiting_bytes` of waiting jobs and more), so a
+/// second copy during a compaction would double the daemon's peak memory.
 pub(crate) fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
-    let mut out = SNAPSHOT_MAGIC.to_vec();
-    match postcard::to_stdvec(snapshot) {
-        Ok(payload) => frame(&payload, &mut out),
-        Err(e) => tracing::error!(cause = %e, "snapshot not encoded"),
-    }
-    out
+    framed_after(SNAPSHOT_MAGIC.to_vec(), snapshot).unwrap_or_else(|e| {
+        tracing::error!(cause = %e, "snapshot not encoded");
+        SNAPSHOT_MAGIC.to_vec()
+    })
+}
+
+/// Appends one framed record holding `value` to `out`, serializing in place.
+fn framed_after(
+    mut out: Vec<u8>,
+    value: &impl serde::Serialize,
+) -> Result<Vec<u8>, postcard::Error> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    let mut out = postcard::to_extend(value, out)?;
+    let payload = &out[start + HEADER..];
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let crc = crc32fast::hash(payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(out)
 }
 
 /// The records of a file body (after its magic), and where the readable part ends.
@@ -246,7 +252,7 @@ impl From<v1::Snapshot> for Snapshot {
                             timeout: j.timeout,
                             registered_at: j.registered_at,
                             deadline: j.deadline,
-                            meta: j.meta,
+                            meta: j.meta.map(std::sync::Arc::from),
                             granted_at: None,
                             delivered: false,
                         };
