@@ -252,7 +252,7 @@ impl<S: Sink> Driver<S> {
         self.changes.clear();
         self.gate.handle_submitted(id);
         if journal.wants_compaction() {
-            journal.compact(&self.engine.export());
+            journal.compact(self.engine.export());
         }
     }
 
@@ -383,7 +383,9 @@ pub async fn run(
     if let Some(journal) = d.journal.take() {
         // Let the writer finish what was decided, then publish what it committed.
         let held = d.gate.held();
-        let committed = journal.close(Duration::from_secs(5));
+        // Closing waits for the writer thread: not on the runtime's thread.
+        let closing = tokio::task::spawn_blocking(move || journal.close(Duration::from_secs(5)));
+        let committed = closing.await.unwrap_or(0);
         d.release(Some(committed)).await;
         if d.gate.held() > 0 {
             warn!(

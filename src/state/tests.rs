@@ -52,6 +52,14 @@ impl Journal {
         }
         self.committed()
     }
+
+    /// Waits until no compaction is being written (tests only).
+    fn rotation_wait(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.is_rotating() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 fn newest_journal(dir: &Path) -> PathBuf {
@@ -181,7 +189,7 @@ fn compaction_starts_a_generation_and_keeps_the_one_before() {
         journal.submit(&batch);
         snap.apply(batch[0].clone());
         if seq == 1 {
-            journal.compact(&snap);
+            journal.compact(snap.clone());
         }
     }
     let last = journal.last_id();
@@ -309,4 +317,61 @@ fn a_format_1_journal_is_restored_and_the_next_generation_is_current() {
     assert_eq!(uids(&snapshot), ["a"], "{:?}", recovery.warnings);
     let newest = newest_journal(tmp.path());
     assert_eq!(&fs::read(newest).unwrap()[..8], format::JOURNAL_MAGIC);
+}
+
+/// With `durability = "os"` writes are inline, but a compaction's snapshot encode, writes and
+/// syncs happen on a thread; once they and every batch before are written, the writer comes
+/// back inline, and what was written on either side restores.
+#[test]
+fn an_os_compaction_is_written_off_the_caller_and_writes_come_back_inline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut snap, _, mut journal) = open(tmp.path(), Durability::Os, |_| usize::MAX).unwrap();
+    assert!(journal.writes_inline());
+    let batch = vec![queued("a", 0)];
+    journal.submit(&batch);
+    snap.apply(batch[0].clone());
+    journal.compact(snap.clone());
+    assert!(
+        !journal.writes_inline(),
+        "the rotation runs on the writer thread"
+    );
+    assert!(
+        !journal.wants_compaction(),
+        "no second compaction while one is written"
+    );
+    let batch = vec![queued("b", 1)];
+    let id = journal.submit(&batch);
+    snap.apply(batch[0].clone());
+    assert_eq!(journal.close_wait(id), id);
+    journal.rotation_wait();
+    let batch = vec![queued("c", 2)];
+    let id = journal.submit(&batch);
+    snap.apply(batch[0].clone());
+    assert!(journal.writes_inline(), "writes are inline again");
+    assert_eq!(journal.committed(), id);
+    journal.close(Duration::from_secs(5));
+    let (back, recovery, _j) = open(tmp.path(), Durability::Os, |_| usize::MAX).unwrap();
+    assert_eq!(recovery.base, 1, "{:?}", recovery.warnings);
+    assert_eq!(back, snap);
+}
+
+/// With `fsync` the snapshot is encoded and written by the writer thread between batches.
+#[test]
+fn an_fsync_compaction_keeps_every_batch_around_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut snap, _, mut journal) = open(tmp.path(), Durability::Fsync, |_| usize::MAX).unwrap();
+    let mut last = 0;
+    for (seq, uid) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        let batch = vec![queued(uid, seq as u64)];
+        last = journal.submit(&batch);
+        snap.apply(batch[0].clone());
+        if seq == 1 {
+            journal.compact(snap.clone());
+        }
+    }
+    assert_eq!(journal.close_wait(last), last);
+    journal.close(Duration::from_secs(5));
+    let (back, recovery, _j) = open(tmp.path(), Durability::Fsync, |_| usize::MAX).unwrap();
+    assert_eq!(recovery.base, 1, "{:?}", recovery.warnings);
+    assert_eq!(back, snap);
 }

@@ -1,11 +1,16 @@
 //! The journal writer: a thread that appends batches with group commit, and the handle the
 //! driver uses to submit batches, learn which are committed, and compact.
+//!
+//! Nothing slow happens on the driver's thread: compaction encodes and writes the snapshot on
+//! the writer thread (with `durability = "os"`, whose writes are otherwise inline, the writer
+//! moves to a thread for the rotation and comes back once everything before it is written), and
+//! the driver closes the journal from a blocking task.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,8 +32,14 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 enum Cmd {
     /// Append one framed batch; `id` is reported committed once it is durable.
     Batch { id: u64, bytes: Vec<u8> },
-    /// Start generation `generation` from `snapshot` (the state after every earlier batch).
-    Rotate { generation: u64, snapshot: Vec<u8> },
+    /// Start generation `generation` from `snapshot` (the state after every earlier batch),
+    /// encoded on the writer thread.
+    Rotate {
+        generation: u64,
+        snapshot: Box<Snapshot>,
+    },
+    /// Return the writer for inline writes: everything before this is written.
+    HandBack(mpsc::Sender<Writer>),
 }
 
 /// The driver's handle on the journal. With `durability = "os"` it writes inline (a write to
@@ -38,12 +49,20 @@ pub struct Journal {
     /// The writer, while writes happen inline on the caller's thread.
     inline: Option<Writer>,
     tx: Option<mpsc::Sender<Cmd>>,
+    /// Disconnected once the writer thread has ended.
+    done: Option<mpsc::Receiver<()>>,
+    /// Inline writes moved to the thread for a compaction only: take the writer back once the
+    /// rotation and every batch are written.
+    reclaim: bool,
+    /// A compaction is being written (no second one until it is done).
+    rotating: Arc<AtomicBool>,
+    /// Size of the newest snapshot, as the writer wrote it (sets the next compaction point).
+    snapshot_bytes: Arc<AtomicU64>,
     committed: watch::Receiver<u64>,
     /// Id of the last batch submitted (ids start at 1; 0 means none).
     last_id: u64,
     generation: u64,
     bytes_since_snapshot: u64,
-    compact_at: u64,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     durability: Durability,
@@ -79,6 +98,8 @@ impl Journal {
         prune(&store.dir, keep_from);
         let (committed_tx, committed) = watch::channel(0);
         let stop = Arc::new(AtomicBool::new(false));
+        let rotating = Arc::new(AtomicBool::new(false));
+        let snapshot_bytes = Arc::new(AtomicU64::new(bytes.len() as u64));
         let dir = store.dir.clone();
         let writer = Writer {
             store,
@@ -88,15 +109,20 @@ impl Journal {
             durability,
             committed: committed_tx,
             stop: stop.clone(),
+            rotating: rotating.clone(),
+            snapshot_bytes: snapshot_bytes.clone(),
         };
         let mut journal = Journal {
             inline: None,
             tx: None,
+            done: None,
+            reclaim: false,
+            rotating,
+            snapshot_bytes,
             committed,
             last_id: 0,
             generation,
             bytes_since_snapshot: 0,
-            compact_at: COMPACT_MIN.max(2 * bytes.len() as u64),
             stop,
             thread: None,
             durability,
@@ -114,16 +140,43 @@ impl Journal {
     /// Moves the writer to its own thread.
     fn spawn_writer(&mut self, writer: Writer) -> io::Result<()> {
         let (tx, rx) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                let _done = done_tx;
+                writer.run(rx);
+            })?;
         self.tx = Some(tx);
+        self.done = Some(done);
         self.thread = Some(thread);
         Ok(())
     }
 
+    /// After a compaction with inline writes: once the thread has written the rotation and
+    /// every batch, takes the writer back (the thread has nothing left, so this does not wait
+    /// on the disk).
+    fn reclaim_writer(&mut self) {
+        if !self.reclaim || self.rotating.load(Ordering::SeqCst) || self.committed() < self.last_id
+        {
+            return;
+        }
+        let (back_tx, back) = mpsc::channel();
+        self.send(Cmd::HandBack(back_tx));
+        if let Ok(writer) = back.recv() {
+            self.inline = Some(writer);
+            self.tx = None;
+            self.done = None;
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+        self.reclaim = false;
+    }
+
     /// Hands a batch of changes to the writer; returns its id.
     pub fn submit(&mut self, changes: &[Change]) -> u64 {
+        self.reclaim_writer();
         let bytes = format::encode_batch(changes);
         self.bytes_since_snapshot += bytes.len() as u64;
         self.last_id += 1;
@@ -137,6 +190,8 @@ impl Journal {
                     tracing::warn!(cause = %e, "journal write failed; moving the journal to a writer thread that retries");
                     if let Some(writer) = self.inline.take() {
                         writer.committed.send_replace(id - 1);
+                        // For good: the thread retries, and stays.
+                        self.reclaim = false;
                         if let Err(e) = self.spawn_writer(writer) {
                             tracing::error!(cause = %e, "cannot start the journal thread; nothing more will be committed");
                         }
@@ -169,31 +224,46 @@ impl Journal {
         }
     }
 
-    /// Whether the journal has outgrown its snapshot enough to be compacted.
+    /// Whether the journal has outgrown its snapshot enough to be compacted (twice the newest
+    /// snapshot, at least 16 MiB), and no compaction is being written.
     pub fn wants_compaction(&self) -> bool {
-        self.bytes_since_snapshot >= self.compact_at
+        let at = COMPACT_MIN.max(2 * self.snapshot_bytes.load(Ordering::SeqCst));
+        self.bytes_since_snapshot >= at && !self.rotating.load(Ordering::SeqCst)
     }
 
     /// Starts a new generation from `snapshot`, which must be the state after every batch
-    /// submitted so far. The old generation is dropped once the next one begins.
-    pub fn compact(&mut self, snapshot: &Snapshot) {
-        let bytes = format::encode_snapshot(snapshot);
+    /// submitted so far; the writer thread encodes and writes it. The old generation is dropped
+    /// once the next one begins.
+    pub fn compact(&mut self, snapshot: Snapshot) {
         self.generation += 1;
         self.bytes_since_snapshot = 0;
-        self.compact_at = COMPACT_MIN.max(2 * bytes.len() as u64);
-        tracing::info!(
-            generation = self.generation,
-            snapshot_bytes = bytes.len(),
-            "compacting the journal"
-        );
-        if let Some(writer) = self.inline.as_mut() {
-            writer.rotate(self.generation, &bytes);
-            return;
+        tracing::info!(generation = self.generation, "compacting the journal");
+        if let Some(writer) = self.inline.take() {
+            // Inline writes: the rotation's writes and syncs go to a thread, and the writer
+            // comes back once they are done (see `reclaim_writer`).
+            if let Err(e) = self.spawn_writer(writer) {
+                tracing::error!(cause = %e, "cannot start the journal thread; nothing more will be committed");
+                return;
+            }
+            self.reclaim = true;
         }
+        self.rotating.store(true, Ordering::SeqCst);
         self.send(Cmd::Rotate {
             generation: self.generation,
-            snapshot: bytes,
+            snapshot: Box::new(snapshot),
         });
+    }
+
+    /// Whether writes happen on the caller's thread now (tests).
+    #[cfg(test)]
+    pub(super) fn writes_inline(&self) -> bool {
+        self.inline.is_some()
+    }
+
+    /// Whether a compaction is being written (tests).
+    #[cfg(test)]
+    pub(super) fn is_rotating(&self) -> bool {
+        self.rotating.load(Ordering::SeqCst)
     }
 
     /// Where the journal lives and how it syncs, for the log.
@@ -203,15 +273,16 @@ impl Journal {
 
     /// Lets the writer finish what was submitted (giving up on a write that keeps failing after
     /// `patience`), then returns the last committed id.
+    /// Blocks: call it off the async runtime's threads.
     pub fn close(mut self, patience: Duration) -> u64 {
         if self.inline.is_some() {
             return self.last_id;
         }
         self.tx = None;
         if let Some(thread) = self.thread.take() {
-            let deadline = Instant::now() + patience;
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
+            if let Some(done) = self.done.take() {
+                // Disconnected when the thread ends; a timeout leaves it retrying a write.
+                let _ = done.recv_timeout(patience);
             }
             self.stop.store(true, Ordering::SeqCst);
             let _ = thread.join();
@@ -252,6 +323,10 @@ struct Writer {
     durability: Durability,
     committed: watch::Sender<u64>,
     stop: Arc<AtomicBool>,
+    /// Cleared once a rotation is written (or failed).
+    rotating: Arc<AtomicBool>,
+    /// Size of the newest snapshot written.
+    snapshot_bytes: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -274,6 +349,13 @@ impl Writer {
                             return;
                         }
                         self.rotate(generation, &snapshot);
+                    }
+                    Cmd::HandBack(back) => {
+                        if !self.commit(&mut group, last_id) {
+                            return;
+                        }
+                        let _ = back.send(self);
+                        return;
                     }
                 }
                 if group.len() < GROUP_MAX {
@@ -342,9 +424,14 @@ impl Writer {
         true
     }
 
-    fn rotate(&mut self, generation: u64, snapshot: &[u8]) {
+    fn rotate(&mut self, generation: u64, snapshot: &Snapshot) {
+        let snapshot = format::encode_snapshot(snapshot);
+        self.snapshot_bytes
+            .store(snapshot.len() as u64, Ordering::SeqCst);
         let dir = &self.store.dir;
-        match new_generation(dir, generation, snapshot) {
+        let result = new_generation(dir, generation, &snapshot);
+        self.rotating.store(false, Ordering::SeqCst);
+        match result {
             Ok(file) => {
                 prune(dir, self.generation);
                 self.file = file;
