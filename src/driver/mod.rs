@@ -7,6 +7,7 @@
 mod clock;
 mod gate;
 mod resend;
+mod summary;
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 pub use clock::Clock;
 pub use gate::CommitGate;
 pub use resend::{LostSession, Resend, Resent, RESUBSCRIBE_GRACE, SYNC_PATIENCE};
+pub use summary::{Report, Summary, SUMMARY_EVERY};
 
 use crate::engine::Input;
 use crate::engine::{Change, Engine, NoPolicies, Output, Policies, Snapshot, Time};
@@ -90,6 +92,8 @@ struct Driver<S> {
     gate: CommitGate<Held>,
     /// When to say `go` again to jobs that may have lost it.
     resend: Resend,
+    /// The periodic activity line.
+    summary: Summary,
     /// Acknowledgements of the messages handled in the current event.
     acks: Vec<Ack>,
     /// Reused buffer for the engine's changes.
@@ -119,6 +123,9 @@ impl<S: Sink> Driver<S> {
         let now = self.clock.now();
         let (engine, hooks) = self.split();
         engine.handle_timeout_with(now, hooks);
+        if let Some(r) = self.summary.poll_report(now) {
+            log_report(&r);
+        }
         if let Some(Resent { synced: false }) = self.resend.handle_timeout(now, &mut self.engine) {
             warn!(
                 "the sync marker did not come back within {SYNC_PATIENCE}; sending go again \
@@ -283,6 +290,7 @@ impl<S: Sink> Driver<S> {
             }
         }
         log_output(&out);
+        self.summary.handle_output(self.clock.now(), &out);
         self.metrics.output(&out);
         self.sink.send(out).await;
     }
@@ -315,6 +323,7 @@ pub async fn run(
         journal: None,
         gate: CommitGate::default(),
         resend: Resend::default(),
+        summary: Summary::default(),
         acks: Vec::new(),
         changes: Vec::new(),
         abort_before_go: std::env::var(ABORT_BEFORE_GO).ok(),
@@ -328,14 +337,17 @@ pub async fn run(
         d.flush().await;
         d.release(None).await;
     }
-    // One sleep for the engine's and the resend schedule's deadlines, re-armed only when the
-    // earliest of them changes.
+    // One sleep for the engine's, the resend schedule's and the summary's deadlines, re-armed
+    // only when the earliest of them changes.
     let far = Duration::from_secs(86_400 * 365);
     let sleep = tokio::time::sleep(far);
     tokio::pin!(sleep);
     let mut armed: Option<Time> = None;
     loop {
-        let next = earliest(d.engine.next_deadline(), d.resend.next_deadline(&d.engine));
+        let next = earliest(
+            earliest(d.engine.next_deadline(), d.resend.next_deadline(&d.engine)),
+            d.summary.next_deadline(),
+        );
         if next != armed {
             let wake = next.map_or_else(|| Instant::now() + far, |t| clock.instant_of(t));
             sleep.as_mut().reset(wake);
@@ -422,6 +434,9 @@ async fn next_update(policies: &mut Option<PolicyRuntime>) -> Option<Update> {
     }
 }
 
+/// One line per output. Per-job routine (grants, ends, state replies) at `debug`; what an
+/// operator should see one by one (a repeated `go`, an expiry, a refusal) at `info`; the
+/// [`Summary`] gives the rest at `info` once per period.
 fn log_output(out: &Output) {
     match out {
         Output::Go {
@@ -430,7 +445,7 @@ fn log_output(out: &Output) {
             at,
             waited,
             ..
-        } => info!(%channel, %uid, waited_ms = waited.0, granted_at = at.0, "go"),
+        } => debug!(%channel, %uid, waited_ms = waited.0, granted_at = at.0, "go"),
         Output::GoAgain {
             channel,
             uid,
@@ -452,14 +467,34 @@ fn log_output(out: &Output) {
             reason,
             was_running,
         } => debug!(%channel, %uid, ?reason, was_running, "ended"),
-        Output::AllStates(all) => info!(channels = all.len(), "state of all channels"),
-        Output::State(s) => info!(
+        Output::AllStates(all) => debug!(channels = all.len(), "state of all channels"),
+        Output::State(s) => debug!(
             channel = s.channel,
             running = s.running_count,
             waiting = s.waiting,
             "state"
         ),
     }
+}
+
+/// The summary line of one period.
+fn log_report(r: &Report) {
+    let busiest = r
+        .busiest
+        .iter()
+        .map(|(c, n)| format!("{c}:{n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    info!(
+        period_s = r.period.0 / 1000,
+        grants = r.grants,
+        busiest,
+        ended = r.ended,
+        expired = r.expired,
+        rejected = r.rejected,
+        go_again = r.again,
+        "activity"
+    );
 }
 
 #[cfg(test)]
