@@ -8,9 +8,18 @@
 //!   engine inputs and outputs.
 //! - [`config`]: `coordinosaur.toml`, validated at load, resolving each channel's options.
 //! - [`mqtt`]: the rumqttc event loop: connect, resubscribe, decode, forward through a bounded
-//!   channel; and the outbox task through which the driver publishes without waiting.
-//! - [`driver`]: the task owning the engine; sleeps exactly until the next deadline and
-//!   publishes decisions.
+//!   channel; the outbox task through which the driver publishes without waiting; and the pure
+//!   tracker of which grants' `go` the broker acknowledged.
+//! - [`driver`]: the task owning the engine: a thin `select!` that sleeps exactly until the next
+//!   deadline, with its decisions in pure parts (the commit gate, the `go`-again schedule, the
+//!   activity summary).
+//! - [`state`]: the journal and snapshots (group commit, recovery, format versions, the lock).
+//! - [`policy`]: the wasmtime host behind the engine's `Policies` trait, and policy hot reload.
+//!   The engine calls policies synchronously through a trait it defines, as quinn-proto calls
+//!   its crypto session: a hook costs microseconds, and the engine stays free of wasmtime.
+//! - [`reload`], [`watch`]: live config reload (SIGHUP, file changes) and the settled file
+//!   watching it shares with policy hot reload.
+//! - [`metrics`]: Prometheus metric names and the bounded channel label.
 //! - [`cli`]: the client commands `run` (gate a command behind a channel) and `status`, which
 //!   talk to a running daemon over MQTT like any worker.
 //! - `broker` (feature `embedded-broker`): an in-process rumqttd for machines without a broker.
