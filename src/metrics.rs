@@ -109,6 +109,24 @@ fn describe() {
         "coordinosaur_broker_connects_total",
         "Connections to the broker (the first one included)."
     );
+    describe_counter!(
+        "coordinosaur_go_republished_total",
+        "go said again to running jobs whose first go the broker never acknowledged."
+    );
+    describe_histogram!(
+        "coordinosaur_journal_commit_seconds",
+        Unit::Seconds,
+        "Write (and sync) of one group of journal batches."
+    );
+    describe_gauge!(
+        "coordinosaur_journal_bytes",
+        Unit::Bytes,
+        "Size of the current journal."
+    );
+    describe_counter!(
+        "coordinosaur_journal_write_errors_total",
+        "Failed journal writes (decisions are held until a retry works)."
+    );
 }
 
 /// Maps channels to bounded label values and records engine outputs.

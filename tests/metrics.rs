@@ -106,6 +106,30 @@ async fn metrics_match_what_happened() {
         Some(3.0)
     );
     assert!(sample(&text, "coordinosaur_broker_connects_total").is_some_and(|v| v >= 1.0));
+    // Every metric family exported is described (metrics::describe) and in the README's table.
+    let readme = include_str!("../README.md");
+    let families: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("coordinosaur_"))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|name| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name)
+        })
+        .collect();
+    assert!(families.len() >= 8, "{families:?}");
+    for family in families {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family} has no description (metrics::describe)\n{text}"
+        );
+        assert!(
+            readme.contains(&format!("`{family}`")),
+            "{family} is not in the README's metrics table"
+        );
+    }
 
     // Label cardinality is bounded: the second channel is counted as _other.
     client.subscribe(&topic("zzz", "go/+")).await;
