@@ -6,7 +6,12 @@
 //! length, so packets are the same size); they are measured one after the other, never at the
 //! same time, interleaved in rounds so that drifting load from other processes on the machine
 //! hits them alike. An idle responder only holds its connection.
-//! - `daemon (log=info)`: the release binary with `RUST_LOG` unset (info: one log line per grant),
+//! - `daemon, shipped defaults`: the release binary as `coordinosaur.toml` ships it (less the
+//!   embedded broker): durable state with `durability = "fsync"`, `RUST_LOG` unset (`info`),
+//!   stderr to a file; only the channels' limits are opened for the load. Its latency is judged
+//!   against the null responder's plus one `fdatasync`, measured on the same disk in the same run
+//!   (the `fdatasync` line of the report);
+//! - `daemon (log=info)`: the release binary with `RUST_LOG` unset and durable state off,
 //!   stderr to a file;
 //! - `daemon (log=warn)`: the same with `RUST_LOG=warn`;
 //! - `null responder`: this bench binary re-executed with `--null-responder PORT PREFIX ct`:
@@ -133,10 +138,12 @@ fn main() {
         print_report(&results);
         return;
     }
+    let fsync = fdatasync_latency(dir.path());
     let responders = [
         Responder::Null {
             multi_thread: false,
         },
+        Responder::Shipped,
         Responder::Daemon { log: "info" },
         Responder::Daemon { log: "warn" },
         Responder::Null { multi_thread: true },
@@ -145,6 +152,30 @@ fn main() {
     drop(procs);
     drop(broker);
     print_report(&results);
+    println!(
+        "\nfdatasync of 64 bytes on the bench's disk ({} samples): p50 {:.0} us, p99 {:.0} us",
+        fsync.len(),
+        percentile(&fsync, 0.5),
+        percentile(&fsync, 0.99)
+    );
+}
+
+/// Latency of appending 64 bytes and `fdatasync`ing them (what one journal
+/// commit with `durability = "fsync"` costs at least), in `dir`.
+fn fdatasync_latency(dir: &Path) -> Vec<Duration> {
+    use std::os::unix::fs::FileExt as _;
+    let path = dir.join("fdatasync-probe");
+    let file = fs::File::create(&path).expect("create the fdatasync probe");
+    let mut samples = Vec::with_capacity(1_000);
+    for i in 0..1_000u64 {
+        let started = Instant::now();
+        file.write_all_at(&[0x5a; 64], i * 64)
+            .expect("write the probe");
+        file.sync_data().expect("fdatasync the probe");
+        samples.push(started.elapsed());
+    }
+    let _ = fs::remove_file(&path);
+    samples
 }
 
 /// Spawns `responders`, waits until each is ready, and measures them in interleaved rounds
@@ -225,22 +256,17 @@ fn compare(
 enum Responder {
     /// The null responder, on a current-thread (`false`) or multi-thread (`true`, like the
     /// daemon's) tokio runtime.
-    Null {
-        multi_thread: bool,
-    },
-    Daemon {
-        log: &'static str,
-    },
+    Null { multi_thread: bool },
+    /// The daemon as shipped: fsync journal, default log level.
+    Shipped,
+    /// The daemon with durable state off, at log level `log`.
+    Daemon { log: &'static str },
     /// The daemon at `RUST_LOG=warn` with the `priority` policy on every channel (`true`) or
     /// with no policy at all (`false`); see [`policy_bench`].
-    PolicyDaemon {
-        policy: bool,
-    },
+    PolicyDaemon { policy: bool },
     /// The daemon at `RUST_LOG=warn` with durable state: `"off"` (`dir = ""`), `"os"` or
     /// `"fsync"`; see `--durability`.
-    StateDaemon {
-        durability: &'static str,
-    },
+    StateDaemon { durability: &'static str },
 }
 
 impl Responder {
@@ -251,6 +277,7 @@ impl Responder {
                 multi_thread: false,
             } => "cdnull",
             Responder::Null { multi_thread: true } => "cdnmtr",
+            Responder::Shipped => "cdship",
             Responder::Daemon { log: "info" } => "cdinfo",
             Responder::Daemon { .. } => "cdwarn",
             Responder::PolicyDaemon { policy: true } => "cdprio",
@@ -267,7 +294,8 @@ impl Responder {
                 multi_thread: false,
             } => "null responder".into(),
             Responder::Null { multi_thread: true } => "null responder (multi-thread rt)".into(),
-            Responder::Daemon { log } => format!("daemon (log={log})"),
+            Responder::Shipped => "daemon, shipped defaults (fsync, info)".into(),
+            Responder::Daemon { log } => format!("daemon, state off (log={log})"),
             Responder::PolicyDaemon { policy: true } => "daemon, policy priority".into(),
             Responder::PolicyDaemon { policy: false } => "daemon, no policy".into(),
             Responder::StateDaemon { durability } => format!("daemon, state {durability}"),
@@ -296,6 +324,14 @@ impl Responder {
                     .arg(if *multi_thread { "mt" } else { "ct" });
                 c
             }
+            Responder::Shipped => daemon_command(
+                dir,
+                broker_port,
+                run,
+                &format!("dir = \"state-{run}\""),
+                "",
+                "info",
+            ),
             // State off: these runs measure the engine and MQTT; `--durability` adds the journal.
             Responder::Daemon { log } => {
                 daemon_command(dir, broker_port, run, "dir = \"\"", "", log)
@@ -593,7 +629,8 @@ async fn wait_ready(port: u16, responder: &Responder, proc: &mut Proc) {
     // The daemon must answer `infos` with `state`; the null responder answers only registers.
     let prefix = responder.prefix();
     let (listen, ask, body) = match responder {
-        Responder::Daemon { .. }
+        Responder::Shipped
+        | Responder::Daemon { .. }
         | Responder::PolicyDaemon { .. }
         | Responder::StateDaemon { .. } => (
             format!("{prefix}/__ready/state"),
