@@ -93,11 +93,7 @@ impl Broker {
 
     /// `host:port`, with an IPv6 host in brackets.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        crate::config::host_port(&self.host, self.port)
     }
 }
 

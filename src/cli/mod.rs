@@ -99,17 +99,10 @@ pub fn usage_exit_code(args: impl IntoIterator<Item = OsString>) -> u8 {
     2
 }
 
-/// Parses a duration given on the command line: seconds (`300`, `0.5`) or a humantime string
-/// (`"500ms"`, `"5m"`, `"1h 30m"`).
+/// Parses a duration given on the command line, as the config does: seconds (`300`, `0.5`) or
+/// a humantime string (`"500ms"`, `"5m"`, `"1h 30m"`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("{text:?} is not a non-negative number of seconds"));
-    }
-    humantime::parse_duration(text).map_err(|e| {
-        format!("{text:?} is not a duration (seconds such as 300 or 0.5, or 500ms, 5m, 1h): {e}")
-    })
+    crate::config::parse_duration(text)
 }
 
 /// A random-enough 32-bit value from std alone: the process-seeded `RandomState` hashing the

@@ -72,8 +72,10 @@ fn seconds_from_f64(v: f64) -> Result<Duration, String> {
         .ok_or_else(|| format!("duration of {v} seconds is too large"))
 }
 
-/// A bare number is seconds, as for numeric TOML values; anything else goes to `humantime`.
-fn parse_duration_str(text: &str) -> Result<Duration, String> {
+/// A duration as the config and the command line take it: a bare number is seconds, as for
+/// numeric TOML values (`300`, `0.5`); anything else goes to `humantime` (`"500ms"`, `"5m"`,
+/// `"1h 30m"`). Never negative, and always representable in engine milliseconds.
+pub fn parse_duration_str(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if let Ok(secs) = trimmed.parse::<u64>() {
         return DurationVisitor

@@ -27,9 +27,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use channels::ChannelRule;
+pub use duration::parse_duration_str as parse_duration;
 pub use explain::{Explanation, MatchedRule};
 pub use settings::{
-    EmbeddedBrokerConfig, Limits, MetricsConfig, MqttConfig, PolicySandbox, StateConfig,
+    host_port, EmbeddedBrokerConfig, Limits, MetricsConfig, MqttConfig, PolicySandbox, StateConfig,
 };
 pub use tls::{ClientAuth, TlsConfig};
 pub use values::ChannelPattern;

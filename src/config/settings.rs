@@ -61,11 +61,7 @@ impl Default for MqttConfig {
 impl MqttConfig {
     /// `host:port`, with an IPv6 host in brackets.
     pub fn broker_address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        host_port(&self.host, self.port)
     }
 }
 
@@ -212,5 +208,15 @@ impl StateConfig {
     /// The state folder, or `None` if persistence is off.
     pub fn dir(&self) -> Option<&Path> {
         (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets: the one spelling of a broker address in logs and
+/// messages.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
