@@ -145,7 +145,9 @@ pub async fn run(
 
 /// Opens the state dir (taking its lock) and restores the last run's state, unless
 /// persistence is off.
-async fn open_state(config: &Config) -> anyhow::Result<Option<(state::Journal, engine::Snapshot)>> {
+async fn open_state(
+    config: &Config,
+) -> anyhow::Result<Option<(state::Journal, engine::Snapshot, Vec<state::Registered>)>> {
     let Some(dir) = config.state.dir().map(ToOwned::to_owned) else {
         tracing::warn!("[state] dir = \"\": persistence is off; a restart forgets every job");
         return Ok(None);
@@ -185,7 +187,7 @@ async fn open_state(config: &Config) -> anyhow::Result<Option<(state::Journal, e
         took_ms = started.elapsed().as_millis(),
         "state restored"
     );
-    Ok(Some((journal, snapshot)))
+    Ok(Some((journal, snapshot, recovery.recent_registrations)))
 }
 
 /// Compiles every configured policy (a bad one stops start-up) and starts watching their files.

@@ -133,11 +133,13 @@ impl Settings {
 pub struct Ack(Publish);
 
 impl Ack {
-    /// The acknowledgement `p` needs, if any (QoS 0 needs none). Keeps only its packet id.
+    /// The acknowledgement `p` needs, if any (QoS 0 needs none). Keeps only its packet id and
+    /// DUP flag.
     fn of(p: &Publish) -> Option<Ack> {
         (p.qos != QoS::AtMostOnce).then(|| {
             let mut ack = Publish::new("", p.qos, Vec::<u8>::new());
             ack.pkid = p.pkid;
+            ack.dup = p.dup;
             Ack(ack)
         })
     }
@@ -145,6 +147,12 @@ impl Ack {
     /// The packet rumqttc acknowledges.
     pub fn packet(&self) -> &Publish {
         &self.0
+    }
+
+    /// Whether the broker delivered the message again (DUP): an earlier delivery was not
+    /// acknowledged, e.g. because the daemon crashed after journaling it.
+    pub fn redelivered(&self) -> bool {
+        self.0.dup
     }
 }
 

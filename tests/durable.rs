@@ -393,6 +393,53 @@ async fn lease_that_ran_out_while_the_daemon_was_down_expires_at_restart_and_fre
     assert_eq!(state["waiting"], 0, "{state}");
 }
 
+/// The crash comes after the journal has the registration and the grant, but before the
+/// broker has the register's acknowledgement (or the `go`); the lease runs out while the daemon
+/// is down. The restart expires the job, and then the broker delivers the unacknowledged
+/// register again: it must not start the job a second time (before the fix it got a new grant,
+/// a `go` nobody waited for after its `expired`).
+#[tokio::test]
+async fn a_register_redelivered_after_its_job_expired_during_a_crash_starts_nothing() {
+    let broker = TestBroker::start();
+    let options = common::DaemonOptions {
+        env: vec![(ABORT_BEFORE_GO.into(), "a".into())],
+        ..Default::default()
+    };
+    let mut daemon = Daemon::start_with_options(broker.port(), "", options).await;
+    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
+    for action in ["go/+", "expired/+"] {
+        c.subscribe(&topic("ch", action)).await;
+    }
+    c.register("ch", "a", 0.3).await;
+    wait_last_run_log(&daemon, "aborting before publishing go").await;
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    while daemon.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the fault point did not end the daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Down past the lease's end.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.clear_env();
+    daemon.spawn_again().await;
+    c.expect(&topic("ch", "expired/a"), DEFAULT_TIMEOUT).await;
+    wait_last_run_log(&daemon, "synced").await;
+    c.expect_none(&topic("ch", "go/+"), QUIET).await;
+    let log = last_run_log(&daemon);
+    assert!(
+        log.contains("register delivered again by the broker after a restart"),
+        "the broker did not redeliver the register, so this test proves nothing:\n{log}"
+    );
+    let state = c.state("ch").await;
+    assert_eq!(state["running_count"], 0, "{state}");
+    assert_eq!(state["waiting"], 0, "{state}");
+    // A fresh register of the same uid (not a redelivery) is a new job.
+    c.register("ch", "a", 300.0).await;
+    assert_eq!(c.next_go("ch").await, "a");
+}
+
 #[tokio::test]
 async fn kill_9_after_the_broker_acknowledged_go_says_no_second_go_and_keeps_the_slot() {
     let (_broker, mut daemon, mut c) = setup("").await;

@@ -6,6 +6,7 @@
 
 mod clock;
 mod gate;
+mod redelivery;
 mod resend;
 mod summary;
 
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 
 pub use clock::Clock;
 pub use gate::CommitGate;
+pub use redelivery::RedeliveryGuard;
 pub use resend::{LostSession, Resend, Resent, RESUBSCRIBE_GRACE, SYNC_PATIENCE};
 pub use summary::{Report, Summary, SUMMARY_EVERY};
 
@@ -29,7 +31,7 @@ use crate::policy::reload::Update;
 use crate::policy::PolicyHost;
 use crate::protocol::Rejection;
 use crate::reload::NewConfig;
-use crate::state::Journal;
+use crate::state::{Journal, Registered};
 
 /// The policy host and the stream of reloaded policy files, when any channel uses a policy.
 #[derive(Debug)]
@@ -72,8 +74,9 @@ pub struct Control {
     pub configs: mpsc::UnboundedReceiver<NewConfig>,
     /// Channel labels for metrics.
     pub metrics: Recorder,
-    /// The journal and the state restored from it, if persistence is on.
-    pub state: Option<(Journal, Snapshot)>,
+    /// The journal, the state restored from it and the registrations it applied last, if
+    /// persistence is on.
+    pub state: Option<(Journal, Snapshot, Vec<Registered>)>,
 }
 
 /// The engine and everything its decisions go through.
@@ -94,6 +97,8 @@ struct Driver<S> {
     resend: Resend,
     /// The periodic activity line.
     summary: Summary,
+    /// Registrations the journal applied, against the broker's redeliveries after a crash.
+    redelivery: RedeliveryGuard,
     /// Acknowledgements of the messages handled in the current event.
     acks: Vec<Ack>,
     /// Reused buffer for the engine's changes.
@@ -324,12 +329,14 @@ pub async fn run(
         gate: CommitGate::default(),
         resend: Resend::default(),
         summary: Summary::default(),
+        redelivery: RedeliveryGuard::default(),
         acks: Vec::new(),
         changes: Vec::new(),
         abort_before_go: std::env::var(ABORT_BEFORE_GO).ok(),
     };
-    if let Some((journal, snapshot)) = state {
+    if let Some((journal, snapshot, recent)) = state {
         d.journal = Some(journal);
+        d.redelivery = RedeliveryGuard::new(recent);
         d.engine.record_changes(true);
         let now = d.clock.now();
         let (engine, hooks) = d.split();
@@ -358,8 +365,14 @@ pub async fn run(
             _ = &mut shutdown => break,
             msg = inbound.recv() => match msg {
                 Some(Inbound::Input(input, ack)) => {
+                    let redelivered = ack.as_ref().is_some_and(Ack::redelivered);
                     d.acks.extend(ack);
-                    d.input(input);
+                    match input {
+                        Input::Register(reg) if d.redelivery.is_repeat(&reg, redelivered) => {
+                            info!(channel = reg.channel, uid = reg.uid, "register delivered again by the broker after a restart; the journal already has it: ignored");
+                        }
+                        input => d.input(input),
+                    }
                 }
                 Some(Inbound::Rejected { topic, rejection, ack }) => {
                     d.acks.extend(ack);
@@ -377,6 +390,7 @@ pub async fn run(
                 Some(Inbound::Synced(ack)) => {
                     d.acks.extend(ack);
                     d.resend.handle_synced();
+                    d.redelivery.handle_synced();
                     debug!("synced: every request the broker queued for us has been read");
                 }
                 None => break,

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::Snapshot;
+use std::sync::Arc;
+
+use crate::engine::{Change, Millis, Snapshot};
 pub use writer::Journal;
 
 /// How hard a commit tries to survive a crash.
@@ -98,6 +100,27 @@ pub struct Recovery {
     torn_journal: Option<(PathBuf, u64)>,
     /// Problems worked around (a damaged snapshot skipped, a damaged record): each is logged.
     pub warnings: Vec<String>,
+    /// The last registrations the journal applied (at most [`RECENT_REGISTRATIONS`], oldest
+    /// first): the broker redelivers a request whose acknowledgement a crash cut off, and a
+    /// redelivered `register` of a job that has ended since must not start it again.
+    pub recent_registrations: Vec<Registered>,
+}
+
+/// How many of the last registrations recovery remembers. The broker redelivers at most the
+/// messages it had in flight to the daemon (Mosquitto's `max_inflight_messages`, 20 by default).
+pub const RECENT_REGISTRATIONS: usize = 4096;
+
+/// A registration the journal applied, as a redelivered `register` would decode.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Registered {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// Job id.
+    pub uid: Arc<str>,
+    /// The job's own timeout.
+    pub timeout: Millis,
+    /// Extra registration fields.
+    pub meta: Option<Arc<str>>,
 }
 
 /// An open state dir: the lock, and where the next generation goes.
@@ -300,6 +323,7 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
             base,
             ..Recovery::default()
         };
+        let mut recent = std::collections::VecDeque::new();
         for g in base..=newest_journal {
             let path = journal_path(dir, g);
             let bytes = fs::read(&path).map_err(|cause| StateError::Io {
@@ -341,6 +365,7 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
                     Ok(changes) => {
                         recovery.changes += changes.len();
                         for change in changes {
+                            note_registration(&mut recent, &change);
                             snapshot.apply(change);
                         }
                     }
@@ -374,12 +399,35 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
             }
         }
         recovery.warnings = warnings;
+        recovery.recent_registrations = recent.into();
         return Ok((snapshot, recovery));
     }
     Err(StateError::Unrecoverable {
         dir: dir.to_owned(),
         reason: warnings.join("; "),
     })
+}
+
+/// Remembers `change` if it is a registration, keeping the last [`RECENT_REGISTRATIONS`].
+fn note_registration(recent: &mut std::collections::VecDeque<Registered>, change: &Change) {
+    if let Change::Queued {
+        channel,
+        uid,
+        timeout,
+        meta,
+        ..
+    } = change
+    {
+        if recent.len() == RECENT_REGISTRATIONS {
+            recent.pop_front();
+        }
+        recent.push_back(Registered {
+            channel: channel.clone(),
+            uid: uid.clone(),
+            timeout: *timeout,
+            meta: meta.clone(),
+        });
+    }
 }
 
 /// Cuts a torn write off the end of the journal at `path`, keeping its first `intact` bytes (a

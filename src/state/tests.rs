@@ -375,3 +375,29 @@ fn an_fsync_compaction_keeps_every_batch_around_it() {
     assert_eq!(recovery.base, 1, "{:?}", recovery.warnings);
     assert_eq!(back, snap);
 }
+
+/// Recovery hands over the registrations the journal applied (for the broker's redeliveries),
+/// the ones of jobs that have ended since included.
+#[test]
+fn recovery_lists_the_registrations_the_journal_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    run_once(
+        tmp.path(),
+        &[
+            queued_c("a", 0),
+            queued_c("b", 1),
+            Change::Removed {
+                channel: "c".into(),
+                uid: "a".into(),
+            },
+        ],
+    );
+    let (snapshot, recovery) = run_once(tmp.path(), &[]);
+    assert_eq!(uids(&snapshot), ["b"]);
+    let recent: Vec<&str> = recovery
+        .recent_registrations
+        .iter()
+        .map(|r| &*r.uid)
+        .collect();
+    assert_eq!(recent, ["a", "b"]);
+}

@@ -200,6 +200,12 @@ impl Daemon {
         run_to_exit(&self.config_path(), self.dir.path())
     }
 
+    /// Drops the extra environment variables for the next [`Daemon::spawn_again`] (e.g. a fault
+    /// point that should fire only once).
+    pub fn clear_env(&mut self) {
+        self.options.env.clear();
+    }
+
     /// Kills the daemon (SIGKILL, no clean shutdown) and waits for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
