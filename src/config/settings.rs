@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{duration, values, TlsConfig};
 use crate::engine::{EngineLimits, Millis};
-use crate::protocol::{DecodeLimits, DEFAULT_MAX_UID_LEN};
+use crate::protocol::DecodeLimits;
 use crate::state::Durability;
 
 /// `[mqtt]`: how to reach the broker and which topics are ours.
@@ -111,11 +111,13 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        // The engine's and the decoder's own defaults: one place for each.
         let engine = EngineLimits::default();
+        let decode = DecodeLimits::default();
         Limits {
-            max_payload: 65_536,
-            max_timeout: Millis(365 * 24 * 60 * 60 * 1000),
-            max_uid_len: DEFAULT_MAX_UID_LEN,
+            max_payload: decode.max_payload,
+            max_timeout: decode.max_timeout,
+            max_uid_len: decode.max_uid_len,
             max_channels: engine.max_channels,
             max_waiting_per_channel: engine.max_waiting_per_channel,
             max_waiting_bytes: engine.max_waiting_bytes,
