@@ -119,6 +119,7 @@ fn register(uid: String) -> Input {
         timeout: JOB_TIMEOUT,
         priority: 0,
         meta: None,
+        reply: Default::default(),
     })
 }
 
@@ -126,6 +127,7 @@ fn finished(uid: String) -> Input {
     Input::Finished {
         channel: CHANNEL.to_owned(),
         uid,
+        token: None,
     }
 }
 

@@ -101,6 +101,8 @@ pub struct Control {
     pub metrics: Recorder,
     /// The journal and the state restored from it, if persistence is on.
     pub state: Option<(Journal, Snapshot)>,
+    /// The topic prefix, to name request topics in warnings.
+    pub prefix: String,
 }
 
 /// The engine and everything its decisions go through.
@@ -123,6 +125,8 @@ struct Driver<S> {
     changes: Vec<Change>,
     /// Test-only fault point ([`ABORT_BEFORE_GO`]): the uid whose first `go` ends the process.
     abort_before_go: Option<String>,
+    /// The topic prefix, for log lines.
+    prefix: String,
 }
 
 /// Environment variable naming a uid: the daemon aborts, as a crash would, right before
@@ -296,7 +300,7 @@ impl<S: Sink> Driver<S> {
                 std::process::abort();
             }
         }
-        log_output(&out);
+        log_output(&self.prefix, &out);
         self.metrics.output(&out);
         self.sink.send(out).await;
     }
@@ -317,6 +321,7 @@ pub async fn run(
         mut configs,
         metrics,
         state,
+        prefix,
     } = control;
     let mut d = Driver {
         engine,
@@ -331,6 +336,7 @@ pub async fn run(
         acks: Vec::new(),
         changes: Vec::new(),
         abort_before_go: std::env::var(ABORT_BEFORE_GO).ok(),
+        prefix,
     };
     if let Some((journal, snapshot)) = state {
         d.journal = Some(journal);
@@ -499,22 +505,35 @@ async fn next_update(policies: &mut Option<PolicyRuntime>) -> Option<Update> {
     }
 }
 
-fn log_output(out: &Output) {
+fn log_output(prefix: &str, out: &Output) {
     match out {
         Output::Go {
             channel,
             uid,
             at,
             waited,
+            token,
             ..
-        } => info!(%channel, %uid, waited_ms = waited.0, granted_at = at.0, "go"),
+        } => info!(%channel, %uid, token, waited_ms = waited.0, granted_at = at.0, "go"),
         Output::GoAgain {
             channel,
             uid,
             granted_at,
+            token,
             ..
         } => {
-            info!(%channel, %uid, granted_at = granted_at.map(|t| t.0), "go again: the broker never acknowledged the first")
+            info!(%channel, %uid, token, granted_at = granted_at.map(|t| t.0), "go again: the broker never acknowledged the first")
+        }
+        Output::Stale {
+            channel,
+            uid,
+            action,
+            token,
+            live,
+        } => {
+            let topic = crate::protocol::request_topic(prefix, channel, action.as_str());
+            let live_token = live.map_or_else(|| "none (waiting)".to_owned(), |t| t.to_string());
+            warn!(topic, %uid, token, live_token, "stale fencing token: request ignored");
         }
         Output::Expired { channel, uid } => info!(%channel, %uid, "lease expired"),
         Output::Rejected {

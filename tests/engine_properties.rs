@@ -11,13 +11,18 @@
 //! hands in the next input directly; the engine must catch up by itself. A twin engine, fed the
 //! same inputs but woken with an explicit `handle_timeout(now)` before each input, tells which
 //! outputs of a `handle` call are the catch-up and which are the input's own effect.
+//!
+//! Fencing tokens: `finished`, `aborted` and `renew` carry no token, or a small one that is
+//! sometimes the live grant's and mostly not; a stale one must be reported and change nothing.
+//! Every channel's grant tokens strictly increase, also after a restore from a snapshot that
+//! dropped the channel.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use coordinosaur::engine::{
     ChannelOptions, ChannelState, EndReason, Engine, Input, JobSnapshot, Millis, NoPolicies,
-    Output, QuotaLog, QuotaSpec, Registration, Resolver, Snapshot, Time,
+    Output, QuotaLog, QuotaSpec, Registration, Reply, Resolver, Snapshot, StaleAction, Time,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -37,12 +42,34 @@ type Check = Result<(), TestCaseError>;
 /// One engine input, by channel index and uid number.
 #[derive(Debug, Clone)]
 enum Op {
-    Register { ch: usize, uid: u8, timeout: u64 },
-    Finished { ch: usize, uid: u8 },
-    Aborted { ch: usize, uid: u8 },
-    SetConcurrency { ch: usize, max: u32 },
-    Renew { ch: usize, uid: u8, timeout: u64 },
-    Infos { ch: usize },
+    Register {
+        ch: usize,
+        uid: u8,
+        timeout: u64,
+    },
+    Finished {
+        ch: usize,
+        uid: u8,
+        token: Option<u64>,
+    },
+    Aborted {
+        ch: usize,
+        uid: u8,
+        token: Option<u64>,
+    },
+    SetConcurrency {
+        ch: usize,
+        max: u32,
+    },
+    Renew {
+        ch: usize,
+        uid: u8,
+        timeout: u64,
+        token: Option<u64>,
+    },
+    Infos {
+        ch: usize,
+    },
 }
 
 /// One step of a run.
@@ -101,23 +128,32 @@ fn to_input(op: &Op, n: usize) -> Input {
             timeout: Millis(timeout),
             priority: 0,
             meta: None,
+            reply: Default::default(),
         }),
-        Op::Finished { ch, uid } => Input::Finished {
+        Op::Finished { ch, uid, token } => Input::Finished {
             channel: channel_name(ch % n),
             uid: uid_name(uid),
+            token,
         },
-        Op::Aborted { ch, uid } => Input::Aborted {
+        Op::Aborted { ch, uid, token } => Input::Aborted {
             channel: channel_name(ch % n),
             uid: uid_name(uid),
+            token,
         },
         Op::SetConcurrency { ch, max } => Input::SetConcurrency {
             channel: channel_name(ch % n),
             max,
         },
-        Op::Renew { ch, uid, timeout } => Input::Renew {
+        Op::Renew {
+            ch,
+            uid,
+            timeout,
+            token,
+        } => Input::Renew {
             channel: channel_name(ch % n),
             uid: uid_name(uid),
             timeout: Millis(timeout),
+            token,
         },
         Op::Infos { ch } => Input::Infos {
             channel: channel_name(ch % n),
@@ -186,6 +222,10 @@ struct Chan {
     waiting: Vec<Waiting>,
     /// Granted and not ended, with the lease deadline the rules give.
     running: HashMap<String, Time>,
+    /// The fencing token of each running job's grant.
+    tokens: HashMap<String, u64>,
+    /// The token of the latest grant (0 before any).
+    last_token: u64,
     /// Every grant time, ascending.
     gos: Vec<Time>,
     /// Whether a job was granted since the last `concurrency/set`.
@@ -206,7 +246,17 @@ impl Chan {
 
     fn forget(&mut self, uid: &str) {
         self.running.remove(uid);
+        self.tokens.remove(uid);
         self.waiting.retain(|w| w.uid != uid);
+    }
+
+    /// `Some(live)` if a request for the known `uid` with `token` must be fenced off: `live`
+    /// is the running grant's token, `None` if the uid waits.
+    fn stale(&self, uid: &str, token: Option<u64>) -> Option<Option<u64>> {
+        let token = token?;
+        self.status(uid)?;
+        let live = self.tokens.get(uid).copied();
+        (live != Some(token)).then_some(live)
     }
 
     /// When every full window has room again, if any is full at `at`.
@@ -255,6 +305,8 @@ impl Checker {
                 max: o.max_concurrent_jobs,
                 waiting: Vec::new(),
                 running: HashMap::new(),
+                tokens: HashMap::new(),
+                last_token: 0,
                 gos: Vec::new(),
                 go_since_set: false,
             })
@@ -371,17 +423,33 @@ impl Checker {
                 }
                 self.observe_all(effect)
             }
-            Op::Finished { ch, uid } => {
+            Op::Finished { ch, uid, token } => {
+                if self.fenced(ch % n, uid, token, StaleAction::Finished, effect)? {
+                    return Ok(());
+                }
                 self.end(ch % n, &uid_name(uid), EndReason::Finished, effect)
             }
-            Op::Aborted { ch, uid } => self.end(ch % n, &uid_name(uid), EndReason::Aborted, effect),
+            Op::Aborted { ch, uid, token } => {
+                if self.fenced(ch % n, uid, token, StaleAction::Aborted, effect)? {
+                    return Ok(());
+                }
+                self.end(ch % n, &uid_name(uid), EndReason::Aborted, effect)
+            }
             Op::SetConcurrency { ch, max } => {
                 let c = &mut self.chans[ch % n];
                 c.max = max;
                 c.go_since_set = false;
                 self.observe_all(effect)
             }
-            Op::Renew { ch, uid, timeout } => {
+            Op::Renew {
+                ch,
+                uid,
+                timeout,
+                token,
+            } => {
+                if self.fenced(ch % n, uid, token, StaleAction::Renew, effect)? {
+                    return Ok(());
+                }
                 let c = &mut self.chans[ch % n];
                 let uid = uid_name(uid);
                 match c.status(&uid) {
@@ -419,6 +487,40 @@ impl Checker {
         }
     }
 
+    /// Whether a request with `token` is fenced off: then its whole effect must be the
+    /// `Stale` report (after a `rejected` for a renew), and nothing changes.
+    fn fenced(
+        &mut self,
+        ch: usize,
+        uid: u8,
+        token: Option<u64>,
+        action: StaleAction,
+        effect: &[Output],
+    ) -> Result<bool, TestCaseError> {
+        let c = &self.chans[ch];
+        let uid = uid_name(uid);
+        let Some(live) = c.stale(&uid, token) else {
+            return Ok(false);
+        };
+        let stale = Output::Stale {
+            channel: Arc::from(c.name.as_str()),
+            uid: Arc::from(uid.as_str()),
+            action,
+            token: token.unwrap_or_default(),
+            live,
+        };
+        match action {
+            StaleAction::Renew => prop_assert!(
+                matches!(effect, [Output::Rejected { uid: u, .. }, s] if **u == *uid && *s == stale),
+                "stale renew of {} should be rejected and reported, got {:?}",
+                uid,
+                effect
+            ),
+            _ => prop_assert_eq!(effect, &[stale][..]),
+        }
+        Ok(true)
+    }
+
     /// Checks `finished`/`aborted` of `uid`: one `Ended` first if the uid is known, else nothing.
     fn end(&mut self, ch: usize, uid: &str, reason: EndReason, effect: &[Output]) -> Check {
         let c = &mut self.chans[ch];
@@ -453,9 +555,25 @@ impl Checker {
     fn observe(&mut self, o: &Output, exact: bool) -> Check {
         let now = self.now;
         match o {
-            Output::Go { channel, uid, .. } => {
+            Output::Go {
+                channel,
+                uid,
+                token,
+                deadline,
+                ..
+            } => {
                 let idx = self.chan_index(channel)?;
                 let c = &mut self.chans[idx];
+                prop_assert!(
+                    *token > c.last_token,
+                    "{}: token {} of {} after token {}",
+                    c.name,
+                    token,
+                    uid,
+                    c.last_token
+                );
+                c.last_token = *token;
+                c.tokens.insert(uid.to_string(), *token);
                 let pos = c.waiting.iter().position(|w| *w.uid == **uid);
                 prop_assert!(pos.is_some(), "Go for {} which is not waiting", uid);
                 prop_assert_eq!(
@@ -484,8 +602,9 @@ impl Checker {
                     );
                 }
                 let job = c.waiting.remove(0);
-                c.running
-                    .insert(job.uid, now + Millis(job.timeout) + c.offset());
+                let lease_end = now + Millis(job.timeout) + c.offset();
+                prop_assert_eq!(*deadline, lease_end, "deadline in the go of {}", uid);
+                c.running.insert(job.uid, lease_end);
                 c.gos.push(now);
                 c.go_since_set = true;
                 self.grants += 1;
@@ -494,6 +613,7 @@ impl Checker {
                 let idx = self.chan_index(channel)?;
                 let c = &mut self.chans[idx];
                 let deadline = c.running.remove(&**uid);
+                c.tokens.remove(&**uid);
                 prop_assert!(
                     deadline.is_some(),
                     "Expired for {} which is not running",
@@ -524,6 +644,20 @@ impl Checker {
         expected.sort();
         prop_assert_eq!(running, expected);
         prop_assert_eq!(s.running_count, c.running.len());
+        let jobs: Vec<(String, u64, Time)> = s
+            .running_jobs
+            .iter()
+            .map(|j| (j.uid.clone(), j.token, Time(j.deadline)))
+            .collect();
+        let listed: Vec<(String, u64, Time)> = s
+            .running
+            .iter()
+            .map(|u| {
+                let token = c.tokens.get(u).copied().unwrap_or_default();
+                (u.clone(), token, c.running.get(u).copied().unwrap_or(T0))
+            })
+            .collect();
+        prop_assert_eq!(jobs, listed, "running_jobs of {}", c.name);
         prop_assert_eq!(s.waiting, c.waiting.len());
         prop_assert_eq!(s.quotas.len(), c.opts.quotas.len());
         for (q, spec) in s.quotas.iter().zip(&c.opts.quotas) {
@@ -665,17 +799,25 @@ fn timeout() -> impl Strategy<Value = u64> {
     prop_oneof![1 => Just(0u64), 4 => 0..5_000u64]
 }
 
+/// No token (the original protocol), or a small one: a channel hands out a few dozen in a run,
+/// so some match the live grant and most do not.
+fn token() -> impl Strategy<Value = Option<u64>> {
+    prop_oneof![2 => Just(None), 1 => (1..16u64).prop_map(Some)]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let ch = 0..3usize;
     let uid = 0..UIDS;
     prop_oneof![
         5 => (ch.clone(), uid.clone(), timeout())
             .prop_map(|(ch, uid, timeout)| Op::Register { ch, uid, timeout }),
-        3 => (ch.clone(), uid.clone()).prop_map(|(ch, uid)| Op::Finished { ch, uid }),
-        1 => (ch.clone(), uid.clone()).prop_map(|(ch, uid)| Op::Aborted { ch, uid }),
+        3 => (ch.clone(), uid.clone(), token())
+            .prop_map(|(ch, uid, token)| Op::Finished { ch, uid, token }),
+        1 => (ch.clone(), uid.clone(), token())
+            .prop_map(|(ch, uid, token)| Op::Aborted { ch, uid, token }),
         1 => (ch.clone(), 0..4u32).prop_map(|(ch, max)| Op::SetConcurrency { ch, max }),
-        1 => (ch.clone(), uid, timeout())
-            .prop_map(|(ch, uid, timeout)| Op::Renew { ch, uid, timeout }),
+        1 => (ch.clone(), uid, timeout(), token())
+            .prop_map(|(ch, uid, timeout, token)| Op::Renew { ch, uid, timeout, token }),
         1 => ch.prop_map(|ch| Op::Infos { ch }),
     ]
 }
@@ -752,6 +894,7 @@ fn register(engine: &mut Engine, now: Time, uid: &str, timeout: u64) {
             timeout: Millis(timeout),
             priority: 0,
             meta: None,
+            reply: Default::default(),
         }),
     );
 }
@@ -763,11 +906,14 @@ fn go(uid: &str) -> Output {
         seq: 0,
         at: Time(0),
         waited: Millis(0),
+        token: 0,
+        deadline: Time(0),
+        reply: Reply::Plain,
     }
 }
 
-/// Outputs with queue waits, grant times and sequence numbers zeroed, to compare against
-/// `go(..)`.
+/// Outputs with queue waits, grant times, sequence numbers, tokens and deadlines zeroed, to
+/// compare against `go(..)`.
 fn unwaited(outputs: Vec<Output>) -> Vec<Output> {
     outputs
         .into_iter()
@@ -778,6 +924,9 @@ fn unwaited(outputs: Vec<Output>) -> Vec<Output> {
                 seq: 0,
                 at: Time(0),
                 waited: Millis(0),
+                token: 0,
+                deadline: Time(0),
+                reply: Reply::Plain,
             },
             other => other,
         })
@@ -833,6 +982,7 @@ fn lowering_concurrency_to_zero_keeps_running_jobs_and_grants_nothing() {
         Input::Finished {
             channel: "c0".into(),
             uid: "a".into(),
+            token: None,
         },
     );
     assert!(matches!(
@@ -973,6 +1123,24 @@ fn comparable(s: &Snapshot, grants_of: &Snapshot) -> Comparable {
         .collect()
 }
 
+/// Fencing tokens in the fold and in the export agree: a channel both keep has the same last
+/// token; one the export left out (nothing durable) is covered by its floor.
+fn tokens_agree(folded: &Snapshot, exported: &Snapshot) -> Check {
+    for (name, ch) in &folded.channels {
+        match exported.channels.get(name) {
+            Some(e) => prop_assert_eq!(ch.last_token, e.last_token, "last token of {}", name),
+            None => prop_assert!(
+                ch.last_token <= exported.token_floor,
+                "{}: last token {} above the floor {}",
+                name,
+                ch.last_token,
+                exported.token_floor
+            ),
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -994,16 +1162,22 @@ proptest! {
         let mut now = T0;
         let crash_at = crash.index(steps.len());
         let mut restored: Option<Engine> = None;
-        // Per (channel, uid): the sequence number and time of its latest grant.
-        let mut granted: HashMap<(String, Arc<str>), (u64, Time)> = HashMap::new();
+        // Per (channel, uid): the sequence number, time and token of its latest grant.
+        let mut granted: HashMap<(String, Arc<str>), (u64, Time, u64)> = HashMap::new();
+        // Per channel: the highest token granted so far by the original engine.
+        let mut high: HashMap<String, u64> = HashMap::new();
+        // An engine restored from the same state with every droppable channel dropped, as a
+        // restart's compaction does, and the highest token each channel had before the crash.
+        let mut trimmed: Option<(Engine, HashMap<String, u64>)> = None;
         // Grants whose `go` the broker acknowledged (every grant but each third).
         let mut acknowledged: HashSet<(String, Arc<str>, u64)> = HashSet::new();
         for (i, step) in steps.iter().enumerate() {
             let mut calls = drive(&mut engine, &mut now, step, n);
             let mut original_out = drain(&mut engine);
             for o in original_out.clone() {
-                if let Output::Go { channel, uid, seq, at, .. } = o {
-                    granted.insert((channel.to_string(), uid.clone()), (seq, at));
+                if let Output::Go { channel, uid, seq, at, token, .. } = o {
+                    granted.insert((channel.to_string(), uid.clone()), (seq, at, token));
+                    high.insert(channel.to_string(), token);
                     if seq % 3 != 2 {
                         acknowledged.insert((channel.to_string(), uid.clone(), seq));
                         let input = Input::Delivered { channel, uid, seq };
@@ -1019,6 +1193,22 @@ proptest! {
             }
             let exported = engine.export();
             prop_assert_eq!(comparable(&folded, &exported), comparable(&exported, &exported), "after step {}", i);
+            tokens_agree(&folded, &exported)?;
+            if let Some((t, before)) = trimmed.as_mut() {
+                for call in &calls {
+                    match call {
+                        Replay::Handle(at, input) => t.handle(*at, input.clone()),
+                        Replay::Timeout(at) => t.handle_timeout(*at),
+                    }
+                }
+                for o in drain(t) {
+                    if let Output::Go { channel, token, .. } = o {
+                        let last = before.entry(channel.to_string()).or_default();
+                        prop_assert!(token > *last, "{}: token {} after {} (trimmed restore)", channel, token, last);
+                        *last = token;
+                    }
+                }
+            }
 
             if let Some(r) = restored.as_mut() {
                 for call in calls {
@@ -1041,12 +1231,17 @@ proptest! {
                 let mut expected: Vec<Output> = (0..n)
                     .flat_map(|c| {
                         engine.running(&channel_name(c)).into_iter().filter(|(_, t)| *t > now).filter_map(|(uid, _)| {
-                            let (seq, at) = granted[&(channel_name(c), uid.clone())];
+                            let (seq, at, token) = granted[&(channel_name(c), uid.clone())];
+                            let deadline = engine.running(&channel_name(c)).into_iter().find(|(u, _)| *u == uid).map_or(now, |(_, t)| t);
                             (!acknowledged.contains(&(channel_name(c), uid.clone(), seq))).then(|| Output::GoAgain {
                                 channel: channel_name(c).into(),
                                 uid,
                                 seq,
                                 granted_at: Some(at),
+                                token,
+                                deadline,
+                                remaining: deadline - now,
+                                reply: Reply::Plain,
                             })
                         }).collect::<Vec<_>>()
                     })
@@ -1073,6 +1268,19 @@ proptest! {
                     prop_assert_eq!(r.running(&name), engine.running(&name));
                 }
                 restored = Some(r);
+                let mut dropped = folded.clone();
+                dropped.trim(|_| 0);
+                let mut t = Engine::new(resolver(table.clone()));
+                t.restore(now, dropped, &mut NoPolicies);
+                let mut before = high.clone();
+                for o in drain(&mut t) {
+                    if let Output::Go { channel, token, .. } = o {
+                        let last = before.entry(channel.to_string()).or_default();
+                        prop_assert!(token > *last, "{}: token {} after {} (trimmed restore)", channel, token, last);
+                        *last = token;
+                    }
+                }
+                trimmed = Some((t, before));
             }
         }
     }

@@ -156,6 +156,7 @@ impl Rig {
             timeout: Millis(60_000),
             priority: 0,
             meta: Some(meta.to_string().into()),
+            reply: Default::default(),
         }))
     }
 
@@ -163,6 +164,7 @@ impl Rig {
         self.handle(Input::Finished {
             channel: channel.into(),
             uid: uid.into(),
+            token: None,
         })
     }
 

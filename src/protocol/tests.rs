@@ -210,14 +210,16 @@ fn finished_and_aborted_take_the_plain_uid() {
         dec("coordinosaur/ch/finished", b"job 1"),
         Ok(Some(Input::Finished {
             channel: "ch".into(),
-            uid: "job 1".into()
+            uid: "job 1".into(),
+            token: None,
         }))
     );
     assert_eq!(
         dec("coordinosaur/ch/aborted", b"42"),
         Ok(Some(Input::Aborted {
             channel: "ch".into(),
-            uid: "42".into()
+            uid: "42".into(),
+            token: None,
         }))
     );
     assert!(matches!(
@@ -255,7 +257,8 @@ fn renew_and_infos() {
         Ok(Some(Input::Renew {
             channel: "ch".into(),
             uid: "a".into(),
-            timeout: Millis(5_000)
+            timeout: Millis(5_000),
+            token: None,
         }))
     );
     assert_eq!(
@@ -310,7 +313,8 @@ fn multi_level_prefix() {
         r,
         Ok(Some(Input::Finished {
             channel: "ch".into(),
-            uid: "u".into()
+            uid: "u".into(),
+            token: None,
         }))
     );
     assert_eq!(
@@ -331,6 +335,9 @@ fn encode_outputs() {
         waited: Millis(3),
         channel: "ch".into(),
         uid: "a/b".into(),
+        token: 1,
+        deadline: crate::engine::Time(105),
+        reply: Reply::Plain,
     };
     assert_eq!(
         encode(P, &go),
