@@ -1123,12 +1123,16 @@ fn comparable(s: &Snapshot, grants_of: &Snapshot) -> Comparable {
         .collect()
 }
 
-/// Fencing tokens in the fold and in the export agree: a channel both keep has the same last
-/// token; one the export left out (nothing durable) is covered by its floor.
+/// Fencing tokens and job numbering in the fold and in the export agree: a channel both keep
+/// has the same last token and next sequence number; one the export left out (nothing durable)
+/// is covered by its floor.
 fn tokens_agree(folded: &Snapshot, exported: &Snapshot) -> Check {
     for (name, ch) in &folded.channels {
         match exported.channels.get(name) {
-            Some(e) => prop_assert_eq!(ch.last_token, e.last_token, "last token of {}", name),
+            Some(e) => {
+                prop_assert_eq!(ch.last_token, e.last_token, "last token of {}", name);
+                prop_assert_eq!(ch.next_seq, e.next_seq, "next sequence number of {}", name);
+            }
             None => prop_assert!(
                 ch.last_token <= exported.token_floor,
                 "{}: last token {} above the floor {}",

@@ -725,7 +725,10 @@ impl Channel {
             // Its last token goes into the snapshot's floor (`Engine::export`).
             return None;
         }
-        Some(ChannelSnapshot::new(concurrency, jobs, grants).with_last_token(self.last_token))
+        let mut snap =
+            ChannelSnapshot::new(concurrency, jobs, grants).with_last_token(self.last_token);
+        snap.next_seq = self.next_seq;
+        Some(snap)
     }
 
     /// Takes back durable state into a channel that has none yet: jobs keep their order and
@@ -736,6 +739,7 @@ impl Channel {
     /// acknowledged their `go`.
     pub(crate) fn restore(&mut self, snap: ChannelSnapshot, now: Time) -> Vec<(Arc<str>, u64)> {
         self.last_token = self.last_token.max(snap.last_token);
+        self.next_seq = self.next_seq.max(snap.next_seq);
         if let Some((configured, max)) = snap.concurrency {
             if configured == self.configured_max {
                 self.opts.max_concurrent_jobs = max;

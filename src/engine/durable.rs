@@ -150,6 +150,11 @@ pub struct ChannelSnapshot {
     /// The token of the channel's latest grant, or the floor it started from (format 3): the
     /// next grant's token is greater.
     pub last_token: u64,
+    /// The sequence number of the channel's next registration (format 3), so that a restored
+    /// engine numbers jobs as the original would have even when none is left. Lost with a
+    /// dropped channel, which is harmless: a sequence number only has to tell grants apart
+    /// within one run (acknowledgements do not cross a restart).
+    pub next_seq: u64,
     /// Uid to sequence number; rebuilt, not stored.
     #[serde(skip)]
     index: HashMap<Arc<str>, u64>,
@@ -188,11 +193,13 @@ impl ChannelSnapshot {
         grants: Vec<Time>,
     ) -> ChannelSnapshot {
         let index = jobs.iter().map(|(seq, j)| (j.uid.clone(), *seq)).collect();
+        let next_seq = jobs.keys().next_back().map_or(0, |s| s.saturating_add(1));
         ChannelSnapshot {
             concurrency,
             jobs,
             grants,
             last_token: 0,
+            next_seq,
             index,
         }
     }
@@ -220,6 +227,7 @@ impl Snapshot {
             } => {
                 let ch = self.channel(channel);
                 ch.index.insert(uid.clone(), seq);
+                ch.next_seq = ch.next_seq.max(seq.saturating_add(1));
                 ch.jobs.insert(
                     seq,
                     JobSnapshot {

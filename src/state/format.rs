@@ -12,8 +12,8 @@
 //! - Format 3: fencing tokens. `Change::GrantedWithToken` (written instead of `Granted`) and
 //!   `Change::Reply`, both appended, so format-1 and -2 journal records decode unchanged (their
 //!   `Granted` folds into a job with token 0); in snapshots each job's `token` and `reply`, each
-//!   channel's `last_token` and the snapshot's `token_floor` (format-2 snapshots are read through
-//!   [`v2`]: tokens 0, plain replies). The magic changes too, so that a format-2 build refuses a
+//!   channel's `last_token` and `next_seq`, and the snapshot's `token_floor` (format-2
+//!   snapshots are read through [`v2`]: tokens 0, plain replies, `next_seq` past their jobs). The magic changes too, so that a format-2 build refuses a
 //!   format-3 journal by name instead of taking its new records for damage.
 //!
 //! This build writes format 3 and reads 1 to 3; a file of a newer format is refused with an
@@ -554,7 +554,7 @@ mod golden {
     /// `a_format_2_snapshot()` as a format-2 snapshot file.
     const SNAPSHOT_2: &str = "4344534e4150320a32000000239096e8010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01e4d095ffbc310101e4d095ffbc31";
     /// `a_snapshot()` as a format-3 snapshot file.
-    const SNAPSHOT: &str = "4344534e4150330a390000003c1a85dd010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac02a01f";
+    const SNAPSHOT: &str = "4344534e4150330a3a0000004aa58ec4010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac0208a01f";
 
     #[test]
     fn a_journal_batch_is_encoded_as_format_3_says() {
@@ -582,7 +582,7 @@ mod golden {
         assert_eq!(hex(&bytes), SNAPSHOT);
         assert_eq!(decode_snapshot(&bytes).unwrap(), a_snapshot());
         let ch = &a_snapshot().channels["ch"];
-        assert_eq!((ch.last_token, ch.jobs[&7].token), (300, 300));
+        assert_eq!((ch.last_token, ch.jobs[&7].token, ch.next_seq), (300, 300, 8));
         assert_eq!(ch.jobs[&7].reply, Reply::Json);
     }
 
