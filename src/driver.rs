@@ -514,7 +514,7 @@ fn log_output(prefix: &str, out: &Output) {
             waited,
             token,
             ..
-        } => info!(%channel, %uid, token, waited_ms = waited.0, granted_at = at.0, "go"),
+        } => info!(%channel, %uid, waited_ms = waited.0, granted_at = at.0, token, "go"),
         Output::GoAgain {
             channel,
             uid,
@@ -522,7 +522,7 @@ fn log_output(prefix: &str, out: &Output) {
             token,
             ..
         } => {
-            info!(%channel, %uid, token, granted_at = granted_at.map(|t| t.0), "go again: the broker never acknowledged the first")
+            info!(%channel, %uid, granted_at = granted_at.map(|t| t.0), token, "go again: the broker never acknowledged the first")
         }
         Output::Stale {
             channel,
@@ -532,8 +532,14 @@ fn log_output(prefix: &str, out: &Output) {
             live,
         } => {
             let topic = crate::protocol::request_topic(prefix, channel, action.as_str());
-            let live_token = live.map_or_else(|| "none (waiting)".to_owned(), |t| t.to_string());
-            warn!(topic, %uid, token, live_token, "stale fencing token: request ignored");
+            match live {
+                Some(live_token) => {
+                    warn!(topic, %uid, token, live_token, "stale fencing token: request ignored")
+                }
+                None => {
+                    warn!(topic, %uid, token, "stale fencing token: request ignored (the uid waits for a new grant)")
+                }
+            }
         }
         Output::Expired { channel, uid } => info!(%channel, %uid, "lease expired"),
         Output::Rejected {
