@@ -1152,7 +1152,10 @@ proptest! {
     /// reports. The broker acknowledges two grants in three. At a random step the engine
     /// "crashes": a fresh engine restored from the folded changes says `go` again for exactly
     /// the live leases whose `go` was not acknowledged and nothing else, then answers every
-    /// later call exactly as the original does, and holds the same state.
+    /// later call exactly as the original does, and holds the same state. A third engine,
+    /// restored from the same state with every droppable channel dropped (as a restart's
+    /// compaction does), gets the same calls and must never hand a channel a token at or below
+    /// one it had before.
     #[test]
     fn journal_folds_to_export_and_restore_behaves_like_the_original(
         (table, steps) in scenario(),

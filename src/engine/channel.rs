@@ -526,7 +526,8 @@ impl Channel {
             return;
         };
         let deadline = now + job.timeout + offset;
-        self.last_token += 1;
+        // Saturating: only a hand-edited state file comes anywhere near u64::MAX.
+        self.last_token = self.last_token.saturating_add(1);
         let token = self.last_token;
         job.deadline = Some(deadline);
         job.granted_at = Some(now);

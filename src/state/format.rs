@@ -582,7 +582,10 @@ mod golden {
         assert_eq!(hex(&bytes), SNAPSHOT);
         assert_eq!(decode_snapshot(&bytes).unwrap(), a_snapshot());
         let ch = &a_snapshot().channels["ch"];
-        assert_eq!((ch.last_token, ch.jobs[&7].token, ch.next_seq), (300, 300, 8));
+        assert_eq!(
+            (ch.last_token, ch.jobs[&7].token, ch.next_seq),
+            (300, 300, 8)
+        );
         assert_eq!(ch.jobs[&7].reply, Reply::Json);
     }
 
