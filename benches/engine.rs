@@ -1,7 +1,9 @@
 //! In-process benchmarks of the rules engine: no I/O, no clock, no MQTT.
 //!
 //! Run with `cargo bench --bench engine`. Prints three tables:
-//! 1. grant cycles per second (register -> go -> finished) with 1 and 64 slots;
+//! 1. grant cycles per second (register -> go -> finished) with 1 and 64 slots; then with each
+//!    `go` encoded for the wire, as the original protocol's plain uid and as the JSON reply with
+//!    its fencing token;
 //! 2. cost of one grant cycle against queue depth (target: flat);
 //! 3. live heap bytes per queued job, counted by a global allocator wrapper (target < 300 B);
 //! 4. durable state: journal size, and start-up (fold the journal, write the new generation,
@@ -14,7 +16,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use coordinosaur::engine::{
-    ChannelOptions, Engine, EngineLimits, Input, Millis, Output, Registration, Time,
+    ChannelOptions, Engine, EngineLimits, Input, Millis, Output, Registration, Reply, Time,
 };
 
 #[global_allocator]
@@ -29,6 +31,7 @@ fn main() {
     // `cargo bench` passes `--bench`; a filter or other flags are not supported and ignored.
     println!("coordinosaur engine benchmarks (release profile, single thread)\n");
     grant_cycles();
+    encoded_cycles();
     depth_scaling();
     bytes_per_job();
     restore_time();
@@ -115,12 +118,17 @@ fn uid(i: u64) -> String {
 }
 
 fn register(uid: String) -> Input {
+    register_with(uid, Reply::Plain)
+}
+
+fn register_with(uid: String, reply: Reply) -> Input {
     Input::Register(Registration {
         channel: CHANNEL.to_owned(),
         uid,
         timeout: JOB_TIMEOUT,
         priority: 0,
         meta: None,
+        reply,
     })
 }
 
@@ -128,6 +136,7 @@ fn finished(uid: String) -> Input {
     Input::Finished {
         channel: CHANNEL.to_owned(),
         uid,
+        token: None,
     }
 }
 
@@ -178,6 +187,50 @@ fn grant_cycles() {
         black_box(&e);
         println!(
             "| {slots} | {slots} | {:.0} | {:.0} |",
+            CYCLES as f64 / elapsed.as_secs_f64(),
+            per(elapsed, CYCLES)
+        );
+    }
+    println!();
+}
+
+/// Section 1b: as section 1 with one slot, but every output is encoded into its topic and
+/// payload as the MQTT sink does: the `go` as the plain uid, or as the JSON reply.
+fn encoded_cycles() {
+    const CYCLES: u64 = 2_000_000;
+    println!("## 1b. Grant cycles with each go encoded (max_concurrent_jobs = 1), {CYCLES} cycles");
+    println!("| reply | cycles/s | ns/cycle | go payload bytes |");
+    println!("|---|---:|---:|---:|");
+    for (name, reply) in [("plain (uid)", Reply::Plain), ("json (token)", Reply::Json)] {
+        let mut e = engine(1);
+        let mut bytes = 0;
+        let mut encode = |e: &mut Engine| {
+            let mut gos = 0;
+            while let Some(out) = e.poll_output() {
+                for (topic, payload) in coordinosaur::protocol::encode("coordinosaur", &out) {
+                    if matches!(out, Output::Go { .. }) {
+                        gos += 1;
+                        bytes = payload.len();
+                    }
+                    black_box((topic, payload));
+                }
+            }
+            gos
+        };
+        e.handle(now(0), register_with(uid(0), reply));
+        assert_eq!(encode(&mut e), 1);
+        let start = Instant::now();
+        let mut gos = 0;
+        for i in 1..=CYCLES {
+            e.handle(now(i), finished(uid(i - 1)));
+            gos += encode(&mut e);
+            e.handle(now(i), register_with(uid(i), reply));
+            gos += encode(&mut e);
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(gos, CYCLES, "one Go per cycle");
+        println!(
+            "| {name} | {:.0} | {:.0} | {bytes} |",
             CYCLES as f64 / elapsed.as_secs_f64(),
             per(elapsed, CYCLES)
         );

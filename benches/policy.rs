@@ -218,6 +218,7 @@ fn register(uid: String, priority: i64) -> Input {
         timeout: JOB_TIMEOUT,
         priority,
         meta: Some(META.into()),
+        reply: Default::default(),
     })
 }
 
@@ -225,6 +226,7 @@ fn finished(uid: String) -> Input {
     Input::Finished {
         channel: CHANNEL.to_owned(),
         uid,
+        token: None,
     }
 }
 
@@ -384,6 +386,7 @@ fn reload(compiler: &Compiler) {
             timeout: JOB_TIMEOUT,
             priority: 0,
             meta: Some(format!(r#"{{"priority":{},"tenant":"t{}"}}"#, i % 10, i % 8).into()),
+            reply: Default::default(),
         });
         engine.handle_with(now(i), reg, &mut host);
     }

@@ -99,6 +99,7 @@ pub async fn run(
             config_tx.closed().await;
         });
     }
+    let settings_prefix = settings.prefix.clone();
     let (client, eventloop) = mqtt::connect(&settings);
     let (tx, rx) = mpsc::channel(mqtt::INBOUND_CAPACITY);
     let (sent_tx, sent_rx) = mpsc::unbounded_channel();
@@ -121,6 +122,7 @@ pub async fn run(
         configs,
         metrics: metrics::Recorder::new(config_metrics.max_channels),
         state,
+        prefix: settings_prefix,
     };
     driver::run(engine, driver::Clock::new(), rx, sink, control, shutdown).await;
 

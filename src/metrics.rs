@@ -197,6 +197,11 @@ impl Recorder {
                 counter!("coordinosaur_go_republished_total", "channel" => self.label_text(channel))
                     .increment(1);
             }
+            Output::Stale {
+                channel, action, ..
+            } => {
+                counter!("coordinosaur_stale_tokens_total", "channel" => self.label_text(channel), "action" => action.as_str()).increment(1);
+            }
             Output::State(_) | Output::AllStates(_) => {}
         }
     }

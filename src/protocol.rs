@@ -1,15 +1,17 @@
 //! The wire format: topic grammar `PREFIX/CHANNEL/ACTION`, payload decoding into engine inputs,
 //! and engine outputs into `(topic, payload)`. Pure functions; no MQTT client types.
 //!
-//! Inbound actions: `register` (JSON `{"uid", "timeout", ...}`), `finished` and `aborted` (the
-//! uid as plain text), `concurrency/set` (an integer), `renew` (JSON `{"uid", "timeout"}`) and
-//! `infos`. Outbound: `go/{uid}` and `expired/{uid}` (payload: the uid), `rejected/{uid}`
-//! (JSON `{"uid", "reason"}`) and `state` (JSON, at most [`MAX_STATE_MESSAGE`] bytes a
-//! message: the daemon-wide one in pages when it is larger).
+//! Inbound actions: `register` (JSON `{"uid", "timeout", "reply"?, ...}`), `finished` and
+//! `aborted` (the uid as plain text, or JSON `{"uid", "token"?}`), `concurrency/set` (an
+//! integer), `renew` (JSON `{"uid", "timeout", "token"?}`) and `infos`. Outbound: `go/{uid}`
+//! (payload: the uid, or with `"reply": "json"` JSON `{"uid", "token", "lease_ms",
+//! "deadline_ms"}`), `expired/{uid}` (payload: the uid), `rejected/{uid}` (JSON
+//! `{"uid", "reason"}`) and `state` (JSON, at most [`MAX_STATE_MESSAGE`] bytes a message: the
+//! daemon-wide one in pages when it is larger).
 
 use serde_json::{Map, Value};
 
-use crate::engine::{ChannelState, Input, Millis, Output, Registration};
+use crate::engine::{ChannelState, Input, Millis, Output, Registration, Reply};
 
 /// Default longest uid, in bytes (`[limits] max_uid_len`). A uid becomes a topic level, and
 /// topics are capped at 64 KiB.
@@ -79,6 +81,12 @@ pub enum ProtocolError {
     /// `timeout` is not a usable number of seconds.
     #[error("`timeout` {0}")]
     BadTimeout(String),
+    /// `reply` is not a form of `go` we publish.
+    #[error("`reply` must be \"json\" or \"plain\", not {0}")]
+    BadReply(String),
+    /// `token` is not a fencing token.
+    #[error("`token` must be a non-negative integer, not {0}")]
+    BadToken(String),
     /// `concurrency/set` payload is not a non-negative integer.
     #[error("concurrency must be a non-negative integer, got {0:?}")]
     BadConcurrency(String),
@@ -130,8 +138,8 @@ impl Rejection {
 pub fn retained(input: &Input) -> Rejection {
     let (channel, uid) = match input {
         Input::Register(r) => (Some(r.channel.as_str()), Some(r.uid.as_str())),
-        Input::Finished { channel, uid }
-        | Input::Aborted { channel, uid }
+        Input::Finished { channel, uid, .. }
+        | Input::Aborted { channel, uid, .. }
         | Input::Renew { channel, uid, .. } => (Some(channel.as_str()), Some(uid.as_str())),
         Input::SetConcurrency { channel, .. } | Input::Infos { channel } => {
             (Some(channel.as_str()), None)
@@ -208,35 +216,44 @@ pub fn decode(
     let channel_s = channel.to_owned();
     let input = match action {
         "register" => {
-            let job = decode_job(text, limits).map_err(|(uid, e)| reject(uid.as_deref(), e))?;
+            let mut job = decode_job(text, limits).map_err(|(uid, e)| reject(uid.as_deref(), e))?;
+            let reply = take_reply(&mut job.rest).map_err(|e| reject(Some(&job.uid), e))?;
+            // What is left is the policies' business; `reply` is the protocol's, not theirs.
+            let meta = (!job.rest.is_empty())
+                .then(|| Value::Object(job.rest).to_string().into_boxed_str());
             Input::Register(Registration {
                 channel: channel_s,
                 uid: job.uid,
                 timeout: job.timeout,
                 priority: 0,
-                meta: job.meta,
+                meta,
+                reply,
             })
         }
         "renew" => {
-            let job = decode_job(text, limits).map_err(|(uid, e)| reject(uid.as_deref(), e))?;
+            let mut job = decode_job(text, limits).map_err(|(uid, e)| reject(uid.as_deref(), e))?;
+            let token = take_token(&mut job.rest).map_err(|e| reject(Some(&job.uid), e))?;
             Input::Renew {
                 channel: channel_s,
                 uid: job.uid,
                 timeout: job.timeout,
+                token,
             }
         }
         "finished" | "aborted" => {
-            check_uid(text, limits.max_uid_len).map_err(|e| reject(None, e))?;
-            let uid = text.to_owned();
+            let (uid, token) =
+                decode_end(text, limits).map_err(|(uid, e)| reject(uid.as_deref(), e))?;
             if action == "finished" {
                 Input::Finished {
                     channel: channel_s,
                     uid,
+                    token,
                 }
             } else {
                 Input::Aborted {
                     channel: channel_s,
                     uid,
+                    token,
                 }
             }
         }
@@ -266,7 +283,8 @@ fn is_own_output(action: &str) -> bool {
 struct JobFields {
     uid: String,
     timeout: Millis,
-    meta: Option<Box<str>>,
+    /// The other fields.
+    rest: Map<String, Value>,
 }
 
 /// Parses `{"uid", "timeout", ...}`. On error, returns the uid too when it was usable.
@@ -276,20 +294,68 @@ fn decode_job(
 ) -> Result<JobFields, (Option<String>, ProtocolError)> {
     let mut obj: Map<String, Value> =
         serde_json::from_str(text).map_err(|e| (None, ProtocolError::BadJson(e.to_string())))?;
-    let uid = match obj.remove("uid") {
-        None => return Err((None, ProtocolError::Missing("uid"))),
-        Some(Value::String(s)) => s,
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
-        Some(other) => return Err((None, ProtocolError::UidType(json_type(&other)))),
-    };
-    check_uid(&uid, limits.max_uid_len).map_err(|e| (None, e))?;
+    let uid = take_uid(&mut obj, limits).map_err(|e| (None, e))?;
     let timeout = match obj.remove("timeout") {
         None => Err(ProtocolError::Missing("timeout")),
         Some(v) => timeout_millis(&v, limits.max_timeout),
     }
     .map_err(|e| (Some(uid.clone()), e))?;
-    let meta = (!obj.is_empty()).then(|| Value::Object(obj).to_string().into_boxed_str());
-    Ok(JobFields { uid, timeout, meta })
+    Ok(JobFields {
+        uid,
+        timeout,
+        rest: obj,
+    })
+}
+
+/// Removes and checks `uid` (a string, or an integer taken as its decimal text).
+fn take_uid(obj: &mut Map<String, Value>, limits: &DecodeLimits) -> Result<String, ProtocolError> {
+    let uid = match obj.remove("uid") {
+        None => return Err(ProtocolError::Missing("uid")),
+        Some(Value::String(s)) => s,
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(other) => return Err(ProtocolError::UidType(json_type(&other))),
+    };
+    check_uid(&uid, limits.max_uid_len)?;
+    Ok(uid)
+}
+
+/// Removes `reply`: absent or `"plain"` is the original protocol's `go`, `"json"` the JSON one.
+fn take_reply(obj: &mut Map<String, Value>) -> Result<Reply, ProtocolError> {
+    match obj.remove("reply") {
+        None => Ok(Reply::Plain),
+        Some(Value::String(s)) if s == "plain" => Ok(Reply::Plain),
+        Some(Value::String(s)) if s == "json" => Ok(Reply::Json),
+        Some(other) => Err(ProtocolError::BadReply(shorten(&other.to_string()))),
+    }
+}
+
+/// Removes `token` (absent or `null`: none).
+fn take_token(obj: &mut Map<String, Value>) -> Result<Option<u64>, ProtocolError> {
+    match obj.remove("token") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) if n.is_u64() => Ok(n.as_u64()),
+        Some(other) => Err(ProtocolError::BadToken(shorten(&other.to_string()))),
+    }
+}
+
+/// A `finished` or `aborted` payload: the plain uid, as in the original protocol, or a JSON
+/// object with `uid` and an optional `token`. Text that is not a JSON object with a `uid`
+/// member is a plain uid. On error, returns the uid too when it was usable.
+fn decode_end(
+    text: &str,
+    limits: &DecodeLimits,
+) -> Result<(String, Option<u64>), (Option<String>, ProtocolError)> {
+    if text.starts_with('{') {
+        if let Ok(mut obj) = serde_json::from_str::<Map<String, Value>>(text) {
+            if obj.contains_key("uid") {
+                let uid = take_uid(&mut obj, limits).map_err(|e| (None, e))?;
+                let token = take_token(&mut obj).map_err(|e| (Some(uid.clone()), e))?;
+                return Ok((uid, token));
+            }
+        }
+    }
+    check_uid(text, limits.max_uid_len).map_err(|e| (None, e))?;
+    Ok((text.to_owned(), None))
 }
 
 /// A uid must be usable as one topic level of `go/{uid}`, at most `max_len` bytes long
@@ -371,9 +437,29 @@ const PAGE_WRAPPER: usize = 128;
 /// [`encode_all_states`]).
 pub fn encode(prefix: &str, output: &Output) -> Vec<(String, Vec<u8>)> {
     match output {
-        Output::Go { channel, uid, .. } | Output::GoAgain { channel, uid, .. } => vec![(
+        Output::Go {
+            channel,
+            uid,
+            at,
+            token,
+            deadline,
+            reply,
+            ..
+        } => vec![(
             format!("{prefix}/{channel}/go/{uid}"),
-            uid.as_bytes().to_vec(),
+            go_payload(uid, *reply, *token, *deadline - *at, *deadline),
+        )],
+        Output::GoAgain {
+            channel,
+            uid,
+            token,
+            deadline,
+            remaining,
+            reply,
+            ..
+        } => vec![(
+            format!("{prefix}/{channel}/go/{uid}"),
+            go_payload(uid, *reply, *token, *remaining, *deadline),
         )],
         Output::Expired { channel, uid } => vec![(
             format!("{prefix}/{channel}/expired/{uid}"),
@@ -396,7 +482,7 @@ pub fn encode(prefix: &str, output: &Output) -> Vec<(String, Vec<u8>)> {
             state_json(state, MAX_STATE_MESSAGE),
         )],
         Output::AllStates(states) => encode_all_states(prefix, states, MAX_STATE_MESSAGE),
-        Output::Ended { .. } => Vec::new(),
+        Output::Ended { .. } | Output::Stale { .. } => Vec::new(),
     }
 }
 
@@ -479,6 +565,12 @@ fn state_json(state: &ChannelState, max: usize) -> Vec<u8> {
         let mut object = object.clone();
         let running = state.running[..keep].iter().cloned().map(Value::String);
         object.insert("running".into(), Value::Array(running.collect()));
+        // The same jobs, in the same order, with their tokens.
+        let jobs = &state.running_jobs[..keep.min(state.running_jobs.len())];
+        object.insert(
+            "running_jobs".into(),
+            serde_json::to_value(jobs).unwrap_or_default(),
+        );
         serde_json::to_vec(&object).unwrap_or_default()
     };
     // The longest prefix of the list that fits: binary search, a few encodings of a rare case.
@@ -494,5 +586,45 @@ fn state_json(state: &ChannelState, max: usize) -> Vec<u8> {
     with(&object, fits)
 }
 
+/// The JSON `go` payload, in this field order.
+#[derive(serde::Serialize)]
+struct GoJson<'a> {
+    uid: &'a str,
+    token: u64,
+    lease_ms: u64,
+    deadline_ms: u64,
+}
+
+/// A `go` payload: the uid, or the JSON object the job asked for.
+fn go_payload(
+    uid: &str,
+    reply: Reply,
+    token: u64,
+    lease: Millis,
+    deadline: crate::engine::Time,
+) -> Vec<u8> {
+    match reply {
+        Reply::Plain => uid.as_bytes().to_vec(),
+        Reply::Json => {
+            let body = GoJson {
+                uid,
+                token,
+                lease_ms: lease.0,
+                deadline_ms: deadline.0,
+            };
+            // A struct of a string and numbers always serializes; the uid is the fallback.
+            serde_json::to_vec(&body).unwrap_or_else(|_| uid.as_bytes().to_vec())
+        }
+    }
+}
+
+/// The topic a request for `channel` with `action` arrives on (for log lines).
+pub fn request_topic(prefix: &str, channel: &str, action: &str) -> String {
+    format!("{prefix}/{channel}/{action}")
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fencing_tests;

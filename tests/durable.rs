@@ -343,13 +343,13 @@ async fn restarts_do_not_pile_up_grant_times_that_no_quota_window_counts() {
         assert_eq!(q["quotas"][0]["used"], 2, "{q}");
         snapshots.push(fs::read(newest(&dir, "snapshot.")).expect("read the snapshot"));
     }
-    // Both hold q's two grant times and nothing else, however many grants ch had.
+    // Both hold q's two grant times and nothing else, however many grants ch had. (Their bytes
+    // differ in one place: the token floor, which keeps ch's last fencing token, 20 then 40.)
     assert_eq!(
         snapshots[0].len(),
         snapshots[1].len(),
         "the snapshot grew with ch's grants"
     );
-    assert_eq!(snapshots[0], snapshots[1]);
 }
 
 #[tokio::test]

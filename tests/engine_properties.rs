@@ -11,14 +11,19 @@
 //! hands in the next input directly; the engine must catch up by itself. A twin engine, fed the
 //! same inputs but woken with an explicit `handle_timeout(now)` before each input, tells which
 //! outputs of a `handle` call are the catch-up and which are the input's own effect.
+//!
+//! Fencing tokens: `finished`, `aborted` and `renew` carry no token, or a small one that is
+//! sometimes the live grant's and mostly not; a stale one must be reported and change nothing.
+//! Every channel's grant tokens strictly increase, also after a restore from a snapshot that
+//! dropped the channel.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use coordinosaur::engine::{
     job_bytes, ChannelOptions, ChannelState, EndReason, Engine, EngineLimits, Input, JobSnapshot,
-    Millis, NoPolicies, Output, QuotaLog, QuotaSpec, Registration, RejectKind, Resolver, Snapshot,
-    Time,
+    Millis, NoPolicies, Output, QuotaLog, QuotaSpec, Registration, RejectKind, Reply, Resolver,
+    Snapshot, StaleAction, Time,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -48,10 +53,12 @@ enum Op {
     Finished {
         ch: usize,
         uid: u8,
+        token: Option<u64>,
     },
     Aborted {
         ch: usize,
         uid: u8,
+        token: Option<u64>,
     },
     SetConcurrency {
         ch: usize,
@@ -61,6 +68,7 @@ enum Op {
         ch: usize,
         uid: u8,
         timeout: u64,
+        token: Option<u64>,
     },
     Infos {
         ch: usize,
@@ -142,23 +150,32 @@ fn to_input(op: &Op, n: usize) -> Input {
             timeout: Millis(timeout),
             priority: 0,
             meta: meta_text(meta).map(Into::into),
+            reply: Default::default(),
         }),
-        Op::Finished { ch, uid } => Input::Finished {
+        Op::Finished { ch, uid, token } => Input::Finished {
             channel: channel_name(ch % n),
             uid: uid_name(uid),
+            token,
         },
-        Op::Aborted { ch, uid } => Input::Aborted {
+        Op::Aborted { ch, uid, token } => Input::Aborted {
             channel: channel_name(ch % n),
             uid: uid_name(uid),
+            token,
         },
         Op::SetConcurrency { ch, max } => Input::SetConcurrency {
             channel: channel_name(ch % n),
             max,
         },
-        Op::Renew { ch, uid, timeout } => Input::Renew {
+        Op::Renew {
+            ch,
+            uid,
+            timeout,
+            token,
+        } => Input::Renew {
             channel: channel_name(ch % n),
             uid: uid_name(uid),
             timeout: Millis(timeout),
+            token,
         },
         Op::Infos { ch } => Input::Infos {
             channel: channel_name(ch % n),
@@ -229,6 +246,10 @@ struct Chan {
     waiting: Vec<Waiting>,
     /// Granted and not ended, with the lease deadline the rules give.
     running: HashMap<String, Time>,
+    /// The fencing token of each running job's grant.
+    tokens: HashMap<String, u64>,
+    /// The token of the latest grant (0 before any).
+    last_token: u64,
     /// Every grant time, ascending.
     gos: Vec<Time>,
     /// Whether a job was granted since the last `concurrency/set`.
@@ -249,7 +270,17 @@ impl Chan {
 
     fn forget(&mut self, uid: &str) {
         self.running.remove(uid);
+        self.tokens.remove(uid);
         self.waiting.retain(|w| w.uid != uid);
+    }
+
+    /// `Some(live)` if a request for the known `uid` with `token` must be fenced off: `live`
+    /// is the running grant's token, `None` if the uid waits.
+    fn stale(&self, uid: &str, token: Option<u64>) -> Option<Option<u64>> {
+        let token = token?;
+        self.status(uid)?;
+        let live = self.tokens.get(uid).copied();
+        (live != Some(token)).then_some(live)
     }
 
     /// When every full window has room again, if any is full at `at`.
@@ -307,6 +338,8 @@ impl Checker {
                 max: o.max_concurrent_jobs,
                 waiting: Vec::new(),
                 running: HashMap::new(),
+                tokens: HashMap::new(),
+                last_token: 0,
                 gos: Vec::new(),
                 go_since_set: false,
             })
@@ -447,17 +480,33 @@ impl Checker {
                 }
                 self.observe_all(effect)
             }
-            Op::Finished { ch, uid } => {
+            Op::Finished { ch, uid, token } => {
+                if self.fenced(ch % n, uid, token, StaleAction::Finished, effect)? {
+                    return Ok(());
+                }
                 self.end(ch % n, &uid_name(uid), EndReason::Finished, effect)
             }
-            Op::Aborted { ch, uid } => self.end(ch % n, &uid_name(uid), EndReason::Aborted, effect),
+            Op::Aborted { ch, uid, token } => {
+                if self.fenced(ch % n, uid, token, StaleAction::Aborted, effect)? {
+                    return Ok(());
+                }
+                self.end(ch % n, &uid_name(uid), EndReason::Aborted, effect)
+            }
             Op::SetConcurrency { ch, max } => {
                 let c = &mut self.chans[ch % n];
                 c.max = max;
                 c.go_since_set = false;
                 self.observe_all(effect)
             }
-            Op::Renew { ch, uid, timeout } => {
+            Op::Renew {
+                ch,
+                uid,
+                timeout,
+                token,
+            } => {
+                if self.fenced(ch % n, uid, token, StaleAction::Renew, effect)? {
+                    return Ok(());
+                }
                 let c = &mut self.chans[ch % n];
                 let uid = uid_name(uid);
                 match c.status(&uid) {
@@ -504,6 +553,40 @@ impl Checker {
             .sum()
     }
 
+    /// Whether a request with `token` is fenced off: then its whole effect must be the
+    /// `Stale` report (after a `rejected` for a renew), and nothing changes.
+    fn fenced(
+        &mut self,
+        ch: usize,
+        uid: u8,
+        token: Option<u64>,
+        action: StaleAction,
+        effect: &[Output],
+    ) -> Result<bool, TestCaseError> {
+        let c = &self.chans[ch];
+        let uid = uid_name(uid);
+        let Some(live) = c.stale(&uid, token) else {
+            return Ok(false);
+        };
+        let stale = Output::Stale {
+            channel: Arc::from(c.name.as_str()),
+            uid: Arc::from(uid.as_str()),
+            action,
+            token: token.unwrap_or_default(),
+            live,
+        };
+        match action {
+            StaleAction::Renew => prop_assert!(
+                matches!(effect, [Output::Rejected { uid: u, .. }, s] if **u == *uid && *s == stale),
+                "stale renew of {} should be rejected and reported, got {:?}",
+                uid,
+                effect
+            ),
+            _ => prop_assert_eq!(effect, &[stale][..]),
+        }
+        Ok(true)
+    }
+
     /// Checks `finished`/`aborted` of `uid`: one `Ended` first if the uid is known, else nothing.
     fn end(&mut self, ch: usize, uid: &str, reason: EndReason, effect: &[Output]) -> Check {
         let c = &mut self.chans[ch];
@@ -538,9 +621,25 @@ impl Checker {
     fn observe(&mut self, o: &Output, exact: bool) -> Check {
         let now = self.now;
         match o {
-            Output::Go { channel, uid, .. } => {
+            Output::Go {
+                channel,
+                uid,
+                token,
+                deadline,
+                ..
+            } => {
                 let idx = self.chan_index(channel)?;
                 let c = &mut self.chans[idx];
+                prop_assert!(
+                    *token > c.last_token,
+                    "{}: token {} of {} after token {}",
+                    c.name,
+                    token,
+                    uid,
+                    c.last_token
+                );
+                c.last_token = *token;
+                c.tokens.insert(uid.to_string(), *token);
                 let pos = c.waiting.iter().position(|w| *w.uid == **uid);
                 prop_assert!(pos.is_some(), "Go for {} which is not waiting", uid);
                 prop_assert_eq!(
@@ -569,8 +668,9 @@ impl Checker {
                     );
                 }
                 let job = c.waiting.remove(0);
-                c.running
-                    .insert(job.uid, now + Millis(job.timeout) + c.offset());
+                let lease_end = now + Millis(job.timeout) + c.offset();
+                prop_assert_eq!(*deadline, lease_end, "deadline in the go of {}", uid);
+                c.running.insert(job.uid, lease_end);
                 c.gos.push(now);
                 c.go_since_set = true;
                 self.grants += 1;
@@ -579,6 +679,7 @@ impl Checker {
                 let idx = self.chan_index(channel)?;
                 let c = &mut self.chans[idx];
                 let deadline = c.running.remove(&**uid);
+                c.tokens.remove(&**uid);
                 prop_assert!(
                     deadline.is_some(),
                     "Expired for {} which is not running",
@@ -609,6 +710,20 @@ impl Checker {
         expected.sort();
         prop_assert_eq!(running, expected);
         prop_assert_eq!(s.running_count, c.running.len());
+        let jobs: Vec<(String, u64, Time)> = s
+            .running_jobs
+            .iter()
+            .map(|j| (j.uid.clone(), j.token, Time(j.deadline)))
+            .collect();
+        let listed: Vec<(String, u64, Time)> = s
+            .running
+            .iter()
+            .map(|u| {
+                let token = c.tokens.get(u).copied().unwrap_or_default();
+                (u.clone(), token, c.running.get(u).copied().unwrap_or(T0))
+            })
+            .collect();
+        prop_assert_eq!(jobs, listed, "running_jobs of {}", c.name);
         prop_assert_eq!(s.waiting, c.waiting.len());
         prop_assert_eq!(s.quotas.len(), c.opts.quotas.len());
         for (q, spec) in s.quotas.iter().zip(&c.opts.quotas) {
@@ -755,17 +870,25 @@ fn timeout() -> impl Strategy<Value = u64> {
     prop_oneof![1 => Just(0u64), 4 => 0..5_000u64]
 }
 
+/// No token (the original protocol), or a small one: a channel hands out a few dozen in a run,
+/// so some match the live grant and most do not.
+fn token() -> impl Strategy<Value = Option<u64>> {
+    prop_oneof![2 => Just(None), 1 => (1..16u64).prop_map(Some)]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let ch = 0..3usize;
     let uid = 0..UIDS;
     prop_oneof![
         5 => (ch.clone(), uid.clone(), timeout(), prop_oneof![Just(0u8), 0..5u8])
             .prop_map(|(ch, uid, timeout, meta)| Op::Register { ch, uid, timeout, meta }),
-        3 => (ch.clone(), uid.clone()).prop_map(|(ch, uid)| Op::Finished { ch, uid }),
-        1 => (ch.clone(), uid.clone()).prop_map(|(ch, uid)| Op::Aborted { ch, uid }),
+        3 => (ch.clone(), uid.clone(), token())
+            .prop_map(|(ch, uid, token)| Op::Finished { ch, uid, token }),
+        1 => (ch.clone(), uid.clone(), token())
+            .prop_map(|(ch, uid, token)| Op::Aborted { ch, uid, token }),
         1 => (ch.clone(), 0..4u32).prop_map(|(ch, max)| Op::SetConcurrency { ch, max }),
-        1 => (ch.clone(), uid, timeout())
-            .prop_map(|(ch, uid, timeout)| Op::Renew { ch, uid, timeout }),
+        1 => (ch.clone(), uid, timeout(), token())
+            .prop_map(|(ch, uid, timeout, token)| Op::Renew { ch, uid, timeout, token }),
         1 => ch.prop_map(|ch| Op::Infos { ch }),
     ]
 }
@@ -846,6 +969,7 @@ fn register(engine: &mut Engine, now: Time, uid: &str, timeout: u64) {
             timeout: Millis(timeout),
             priority: 0,
             meta: None,
+            reply: Default::default(),
         }),
     );
 }
@@ -857,11 +981,14 @@ fn go(uid: &str) -> Output {
         seq: 0,
         at: Time(0),
         waited: Millis(0),
+        token: 0,
+        deadline: Time(0),
+        reply: Reply::Plain,
     }
 }
 
-/// Outputs with queue waits, grant times and sequence numbers zeroed, to compare against
-/// `go(..)`.
+/// Outputs with queue waits, grant times, sequence numbers, tokens and deadlines zeroed, to
+/// compare against `go(..)`.
 fn unwaited(outputs: Vec<Output>) -> Vec<Output> {
     outputs
         .into_iter()
@@ -872,6 +999,9 @@ fn unwaited(outputs: Vec<Output>) -> Vec<Output> {
                 seq: 0,
                 at: Time(0),
                 waited: Millis(0),
+                token: 0,
+                deadline: Time(0),
+                reply: Reply::Plain,
             },
             other => other,
         })
@@ -927,6 +1057,7 @@ fn lowering_concurrency_to_zero_keeps_running_jobs_and_grants_nothing() {
         Input::Finished {
             channel: "c0".into(),
             uid: "a".into(),
+            token: None,
         },
     );
     assert!(matches!(
@@ -1024,28 +1155,13 @@ fn drive(engine: &mut Engine, now: &mut Time, step: &Step, n: usize) -> Vec<Repl
     calls
 }
 
-/// Outputs per channel in order, without the non-durable quota-held time, and without the
-/// sequence numbers of new grants: they only tell grants apart within one process (a broker's
-/// acknowledgement names a grant this process published), and a restored channel whose jobs had
-/// all ended numbers from 0 again. The order across channels may differ after a restore
-/// (channel ids break timer ties).
+/// Outputs per channel in order, without the non-durable quota-held time; the order across
+/// channels may differ after a restore (channel ids break timer ties). Grants keep their
+/// sequence numbers and tokens: both are journaled, so a restored engine numbers as before.
 fn by_channel(outputs: Vec<Output>) -> std::collections::BTreeMap<String, Vec<Output>> {
     let mut map: std::collections::BTreeMap<String, Vec<Output>> = Default::default();
     for o in outputs {
         let o = match o {
-            Output::Go {
-                channel,
-                uid,
-                at,
-                waited,
-                ..
-            } => Output::Go {
-                channel,
-                uid,
-                seq: 0,
-                at,
-                waited,
-            },
             Output::State(mut s) => {
                 s.quota_held_ms = 0;
                 Output::State(s)
@@ -1083,6 +1199,28 @@ fn comparable(s: &Snapshot, grants_of: &Snapshot) -> Comparable {
         .collect()
 }
 
+/// Fencing tokens and job numbering in the fold and in the export agree: a channel both keep
+/// has the same last token and next sequence number; one the export left out (nothing durable)
+/// is covered by its floor.
+fn tokens_agree(folded: &Snapshot, exported: &Snapshot) -> Check {
+    for (name, ch) in &folded.channels {
+        match exported.channels.get(name) {
+            Some(e) => {
+                prop_assert_eq!(ch.last_token, e.last_token, "last token of {}", name);
+                prop_assert_eq!(ch.next_seq, e.next_seq, "next sequence number of {}", name);
+            }
+            None => prop_assert!(
+                ch.last_token <= exported.token_floor,
+                "{}: last token {} above the floor {}",
+                name,
+                ch.last_token,
+                exported.token_floor
+            ),
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -1090,7 +1228,10 @@ proptest! {
     /// reports. The broker acknowledges two grants in three. At a random step the engine
     /// "crashes": a fresh engine restored from the folded changes says `go` again for exactly
     /// the live leases whose `go` was not acknowledged and nothing else, then answers every
-    /// later call exactly as the original does, and holds the same state.
+    /// later call exactly as the original does, and holds the same state. A third engine,
+    /// restored from the same state with every droppable channel dropped (as a restart's
+    /// compaction does), gets the same calls and must never hand a channel a token at or below
+    /// one it had before.
     #[test]
     fn journal_folds_to_export_and_restore_behaves_like_the_original(
         (table, steps, max_bytes) in scenario(),
@@ -1104,30 +1245,33 @@ proptest! {
         let mut now = T0;
         let crash_at = crash.index(steps.len());
         let mut restored: Option<Engine> = None;
-        // Per (channel, uid): the sequence number and time of its latest grant.
-        let mut granted: HashMap<(String, Arc<str>), (u64, Time)> = HashMap::new();
+        // Per (channel, uid): the sequence number, time and token of its latest grant.
+        let mut granted: HashMap<(String, Arc<str>), (u64, Time, u64)> = HashMap::new();
+        // Per channel: the highest token granted so far by the original engine.
+        let mut high: HashMap<String, u64> = HashMap::new();
+        // An engine restored from the same state with every droppable channel dropped, as a
+        // restart's compaction does, and the highest token each channel had before the crash.
+        let mut trimmed: Option<(Engine, HashMap<String, u64>)> = None;
         // Grants whose `go` the broker acknowledged (every grant but each third).
         let mut acknowledged: HashSet<(String, Arc<str>, u64)> = HashSet::new();
         for (i, step) in steps.iter().enumerate() {
             let mut calls = drive(&mut engine, &mut now, step, n);
             let mut original_out = drain(&mut engine);
-            for o in original_out.clone() {
-                if let Output::Go { channel, uid, seq, at, .. } = o {
-                    granted.insert((channel.to_string(), uid.clone()), (seq, at));
+            // An acknowledgement first ends the leases due by now, which can grant again: those
+            // grants are recorded (and acknowledged) too.
+            let mut next = 0;
+            while let Some(o) = original_out.get(next).cloned() {
+                next += 1;
+                if let Output::Go { channel, uid, seq, at, token, .. } = o {
+                    granted.insert((channel.to_string(), uid.clone()), (seq, at, token));
+                    high.insert(channel.to_string(), token);
                     if seq % 3 != 2 {
                         acknowledged.insert((channel.to_string(), uid.clone(), seq));
                         let input = Input::Delivered { channel, uid, seq };
                         engine.handle(now, input.clone());
                         calls.push(Replay::Handle(now, input));
+                        original_out.extend(drain(&mut engine));
                     }
-                }
-            }
-            original_out.extend(drain(&mut engine));
-            // Grants made while handling the acknowledgements (a zero-length lease due now
-            // cascades into the next grant) are not acknowledged this step.
-            for o in &original_out {
-                if let Output::Go { channel, uid, seq, at, .. } = o {
-                    granted.insert((channel.to_string(), uid.clone()), (*seq, *at));
                 }
             }
             engine.take_changes(&mut changes);
@@ -1136,6 +1280,22 @@ proptest! {
             }
             let exported = engine.export();
             prop_assert_eq!(comparable(&folded, &exported), comparable(&exported, &exported), "after step {}", i);
+            tokens_agree(&folded, &exported)?;
+            if let Some((t, before)) = trimmed.as_mut() {
+                for call in &calls {
+                    match call {
+                        Replay::Handle(at, input) => t.handle(*at, input.clone()),
+                        Replay::Timeout(at) => t.handle_timeout(*at),
+                    }
+                }
+                for o in drain(t) {
+                    if let Output::Go { channel, token, .. } = o {
+                        let last = before.entry(channel.to_string()).or_default();
+                        prop_assert!(token > *last, "{}: token {} after {} (trimmed restore)", channel, token, last);
+                        *last = token;
+                    }
+                }
+            }
 
             if let Some(r) = restored.as_mut() {
                 // The broker acknowledges the replica's own grants: each acknowledgement names
@@ -1182,12 +1342,17 @@ proptest! {
                 let mut expected: Vec<Output> = (0..n)
                     .flat_map(|c| {
                         engine.running(&channel_name(c)).into_iter().filter(|(_, t)| *t > now).filter_map(|(uid, _)| {
-                            let (seq, at) = granted[&(channel_name(c), uid.clone())];
+                            let (seq, at, token) = granted[&(channel_name(c), uid.clone())];
+                            let deadline = engine.running(&channel_name(c)).into_iter().find(|(u, _)| *u == uid).map_or(now, |(_, t)| t);
                             (!acknowledged.contains(&(channel_name(c), uid.clone(), seq))).then(|| Output::GoAgain {
                                 channel: channel_name(c).into(),
                                 uid,
                                 seq,
                                 granted_at: Some(at),
+                                token,
+                                deadline,
+                                remaining: deadline - now,
+                                reply: Reply::Plain,
                             })
                         }).collect::<Vec<_>>()
                     })
@@ -1215,6 +1380,19 @@ proptest! {
                     prop_assert_eq!(r.running(&name), engine.running(&name));
                 }
                 restored = Some(r);
+                let mut dropped = folded.clone();
+                dropped.trim(|_| 0);
+                let mut t = Engine::new(resolver(table.clone()));
+                t.restore(now, dropped, &mut NoPolicies);
+                let mut before = high.clone();
+                for o in drain(&mut t) {
+                    if let Output::Go { channel, token, .. } = o {
+                        let last = before.entry(channel.to_string()).or_default();
+                        prop_assert!(token > *last, "{}: token {} after {} (trimmed restore)", channel, token, last);
+                        *last = token;
+                    }
+                }
+                trimmed = Some((t, before));
             }
         }
     }

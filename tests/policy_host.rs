@@ -157,6 +157,7 @@ impl Rig {
             timeout: Millis(60_000),
             priority: 0,
             meta: Some(meta.to_string().into()),
+            reply: Default::default(),
         }))
     }
 
@@ -164,6 +165,7 @@ impl Rig {
         self.handle(Input::Finished {
             channel: channel.into(),
             uid: uid.into(),
+            token: None,
         })
     }
 

@@ -350,12 +350,21 @@ quotas = [{ interval = "1m", limit = 10, name = "per-minute" }]
         (reported - now_ms).abs() < 5_000,
         "state now {reported} vs wall clock {now_ms}"
     );
+    // a's lease: granted at most 5 s before the report, 30.25 s long.
+    let deadline = state["running_jobs"][0]["deadline"]
+        .as_i64()
+        .unwrap_or_default();
+    assert!(
+        (reported + 25_250..=reported + 30_250).contains(&deadline),
+        "lease end {deadline} vs now {reported}"
+    );
     let expected = json!({
         "channel": "ch",
         "max_concurrent_jobs": 1,
         "timeout_offset_ms": 250,
         "running": ["a"],
         "running_count": 1,
+        "running_jobs": [{"uid": "a", "token": 1, "deadline": deadline}],
         "waiting": 1,
         "quotas": [{
             "name": "per-minute",

@@ -1,9 +1,11 @@
 //! Property tests of the wire decoder: whatever arrives, it answers with an input or a rejection,
-//! never a panic, and what it accepts is well formed.
+//! never a panic, and what it accepts is well formed. `finished` and `aborted` take the plain uid
+//! or a JSON object with `uid` and `token`.
 
 use coordinosaur::engine::Input;
 use coordinosaur::protocol::{decode, encode, DecodeLimits};
 use proptest::prelude::*;
+use serde_json::{Map, Value};
 
 const PREFIX: &str = "coordinosaur";
 
@@ -41,8 +43,10 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
         Just("{\"a\":1}".to_owned()),
     ];
     prop_oneof![
-        (value.clone(), value)
+        (value.clone(), value.clone())
             .prop_map(|(u, t)| format!("{{\"uid\":{u},\"timeout\":{t}}}").into_bytes()),
+        (value.clone(), value)
+            .prop_map(|(u, t)| format!("{{\"uid\":{u},\"token\":{t}}}").into_bytes()),
         any::<String>().prop_map(String::into_bytes),
         proptest::collection::vec(any::<u8>(), 0..64),
     ]
@@ -60,8 +64,28 @@ proptest! {
                 prop_assert!(r.timeout <= limits.max_timeout);
                 prop_assert!(std::str::from_utf8(&payload).is_ok(), "accepted non-UTF-8");
             }
-            Ok(Some(Input::Finished { uid, .. } | Input::Aborted { uid, .. })) => {
-                prop_assert_eq!(uid.as_bytes(), &payload[..], "the uid is the payload, unaltered");
+            Ok(Some(Input::Finished { uid, token, .. } | Input::Aborted { uid, token, .. })) => {
+                prop_assert!(!uid.is_empty() && !uid.contains(['+', '#', '\0']));
+                let object = payload
+                    .starts_with(b"{")
+                    .then(|| serde_json::from_slice::<Map<String, Value>>(&payload).ok())
+                    .flatten()
+                    .filter(|o| o.contains_key("uid"));
+                match object {
+                    // A JSON object with a uid: its uid (a string, or an integer's text).
+                    Some(o) => {
+                        let sent = match &o["uid"] {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        prop_assert_eq!(&uid, &sent);
+                        prop_assert_eq!(token, o.get("token").and_then(Value::as_u64));
+                    }
+                    None => {
+                        prop_assert_eq!(uid.as_bytes(), &payload[..], "the uid is the payload, unaltered");
+                        prop_assert_eq!(token, None);
+                    }
+                }
             }
             Ok(_) => {}
             Err(rejection) => {

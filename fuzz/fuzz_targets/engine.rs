@@ -18,10 +18,10 @@ fuzz_target!(|data: &[u8]| {
         let channel = ["a", "bb", "ccc"][(a % 3) as usize].to_owned();
         let uid = format!("u{}", b % 16);
         let input = match op % 7 {
-            0 | 1 => Input::Register(Registration { channel, uid, timeout: Millis(u64::from(a) * 10), priority: 0, meta: None }),
-            2 => Input::Finished { channel, uid },
-            3 => Input::Aborted { channel, uid },
-            4 => Input::Renew { channel, uid, timeout: Millis(u64::from(b)) },
+            0 | 1 => Input::Register(Registration { channel, uid, timeout: Millis(u64::from(a) * 10), priority: 0, meta: None, reply: Default::default() }),
+            2 => Input::Finished { channel, uid, token: None },
+            3 => Input::Aborted { channel, uid, token: None },
+            4 => Input::Renew { channel, uid, timeout: Millis(u64::from(b)), token: None },
             5 => Input::Infos { channel },
             _ => {
                 now = now + Millis(u64::from(a) * 4);

@@ -77,6 +77,8 @@ pub struct Control {
     /// The journal, the state restored from it and the registrations it applied last, if
     /// persistence is on.
     pub state: Option<(Journal, Snapshot, Vec<Registered>)>,
+    /// The topic prefix, to name request topics in warnings.
+    pub prefix: String,
 }
 
 /// The engine and everything its decisions go through.
@@ -105,6 +107,8 @@ struct Driver<S> {
     changes: Vec<Change>,
     /// Test-only fault point ([`ABORT_BEFORE_GO`]): the uid whose first `go` ends the process.
     abort_before_go: Option<String>,
+    /// The topic prefix, for log lines.
+    prefix: String,
 }
 
 /// Environment variable naming a uid: the daemon aborts, as a crash would, right before
@@ -294,7 +298,7 @@ impl<S: Sink> Driver<S> {
                 std::process::abort();
             }
         }
-        log_output(&out);
+        log_output(&self.prefix, &out);
         self.summary.handle_output(self.clock.now(), &out);
         self.metrics.output(&out);
         self.sink.send(out).await;
@@ -316,6 +320,7 @@ pub async fn run(
         mut configs,
         metrics,
         state,
+        prefix,
     } = control;
     let mut d = Driver {
         engine,
@@ -333,6 +338,7 @@ pub async fn run(
         acks: Vec::new(),
         changes: Vec::new(),
         abort_before_go: std::env::var(ABORT_BEFORE_GO).ok(),
+        prefix,
     };
     if let Some((journal, snapshot, recent)) = state {
         d.journal = Some(journal);
@@ -451,22 +457,41 @@ async fn next_update(policies: &mut Option<PolicyRuntime>) -> Option<Update> {
 /// One line per output. Per-job routine (grants, ends, state replies) at `debug`; what an
 /// operator should see one by one (a repeated `go`, an expiry, a refusal) at `info`; the
 /// [`Summary`] gives the rest at `info` once per period.
-fn log_output(out: &Output) {
+fn log_output(prefix: &str, out: &Output) {
     match out {
         Output::Go {
             channel,
             uid,
             at,
             waited,
+            token,
             ..
-        } => debug!(%channel, %uid, waited_ms = waited.0, granted_at = at.0, "go"),
+        } => debug!(%channel, %uid, waited_ms = waited.0, granted_at = at.0, token, "go"),
         Output::GoAgain {
             channel,
             uid,
             granted_at,
+            token,
             ..
         } => {
-            info!(%channel, %uid, granted_at = granted_at.map(|t| t.0), "go again: the broker never acknowledged the first")
+            info!(%channel, %uid, granted_at = granted_at.map(|t| t.0), token, "go again: the broker never acknowledged the first")
+        }
+        Output::Stale {
+            channel,
+            uid,
+            action,
+            token,
+            live,
+        } => {
+            let topic = crate::protocol::request_topic(prefix, channel, action.as_str());
+            match live {
+                Some(live_token) => {
+                    warn!(topic, %uid, token, live_token, "stale fencing token: request ignored")
+                }
+                None => {
+                    warn!(topic, %uid, token, "stale fencing token: request ignored (the uid waits for a new grant)")
+                }
+            }
         }
         Output::Expired { channel, uid } => info!(%channel, %uid, "lease expired"),
         Output::Rejected {

@@ -64,6 +64,7 @@ mod tests {
             timeout: Millis(timeout),
             priority: 0,
             meta: meta.map(Into::into),
+            reply: Default::default(),
         }
     }
 

@@ -62,7 +62,7 @@ impl Summary {
             Output::Ended { .. } => self.ended += 1,
             Output::Expired { .. } => self.expired += 1,
             Output::Rejected { .. } => self.rejected += 1,
-            Output::State(_) | Output::AllStates(_) => return,
+            Output::State(_) | Output::AllStates(_) | Output::Stale { .. } => return,
         }
         self.since.get_or_insert(now);
     }
@@ -108,6 +108,9 @@ mod tests {
             seq: 0,
             at: Time(0),
             waited: Millis(0),
+            token: 1,
+            deadline: Time(0),
+            reply: crate::engine::Reply::Plain,
         }
     }
 

@@ -35,7 +35,10 @@ impl Sink for Collect {
             Output::GoAgain { uid, .. } => format!("go again {uid}"),
             Output::Expired { uid, .. } => format!("expired {uid}"),
             Output::Rejected { uid, .. } => format!("rejected {uid}"),
-            Output::Ended { .. } | Output::State(_) | Output::AllStates(_) => return,
+            Output::Ended { .. }
+            | Output::State(_)
+            | Output::AllStates(_)
+            | Output::Stale { .. } => return,
         };
         self.push(text);
     }
@@ -81,6 +84,7 @@ fn start(engine: Engine) -> Running {
         configs,
         metrics: Recorder::new(10),
         state: None,
+        prefix: "coordinosaur".into(),
     };
     let task = tokio::spawn(run(
         engine,
@@ -115,6 +119,7 @@ fn register(uid: &str, timeout_ms: u64) -> Inbound {
             timeout: Millis(timeout_ms),
             priority: 0,
             meta: None,
+            reply: Default::default(),
         }),
         None,
     )
@@ -229,5 +234,6 @@ fn register_input(uid: &str) -> Input {
         timeout: Millis(3_600_000),
         priority: 0,
         meta: None,
+        reply: Default::default(),
     })
 }

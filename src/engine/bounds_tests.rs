@@ -30,6 +30,7 @@ fn reg(channel: &str, uid: &str, meta: Option<&str>) -> Input {
         timeout: Millis(1_000),
         priority: 0,
         meta: meta.map(Into::into),
+        reply: Default::default(),
     })
 }
 
@@ -37,6 +38,7 @@ fn end(channel: &str, uid: &str) -> Input {
     Input::Finished {
         channel: channel.into(),
         uid: uid.into(),
+        token: None,
     }
 }
 
@@ -127,6 +129,7 @@ fn waiting_bytes_follow_register_grant_cancel_finish_expire_and_renew() {
             channel: "c".into(),
             uid: "w2".into(),
             timeout: Millis(9_000),
+            token: None,
         },
     );
     check(&e);

@@ -6,6 +6,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::durable::{Change, ChangeLog, ChannelSnapshot, JobSnapshot};
+use super::fencing::{Reply, RunningJob};
 use super::policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, Policies};
 use super::quota::Window;
 use super::{
@@ -52,6 +53,11 @@ struct Job {
     /// Whether the broker acknowledged its `go`: a restart or a lost broker session says `go`
     /// again only to running jobs without it.
     delivered: bool,
+    /// The fencing token of its grant; 0 while waiting (and for a grant journaled before tokens
+    /// existed). Never 0 once granted by this version.
+    token: u64,
+    /// How its `go` is published.
+    reply: Reply,
 }
 
 impl Job {
@@ -113,6 +119,9 @@ pub(crate) struct Channel {
     quota_blocked_since: Option<Time>,
     /// Time quotas held the channel back before `quota_blocked_since`.
     quota_held: Millis,
+    /// The fencing token of the channel's latest grant (or the floor it started from): at least
+    /// every token the channel ever handed out, so the next grant's `last_token + 1` is greater.
+    last_token: u64,
 }
 
 impl Channel {
@@ -132,7 +141,27 @@ impl Channel {
             timer: None,
             quota_blocked_since: None,
             quota_held: Millis(0),
+            last_token: 0,
         }
+    }
+
+    /// The channel with its next grant's token at `last_token + 1`.
+    pub(crate) fn with_last_token(mut self, last_token: u64) -> Channel {
+        self.last_token = last_token;
+        self
+    }
+
+    /// The token of the channel's latest grant (or the floor it started from).
+    pub(crate) fn last_token(&self) -> u64 {
+        self.last_token
+    }
+
+    /// `Some(live)` if `uid` is a known job and `token` is not its live grant's: `live` is that
+    /// grant's token, or `None` while the job waits. `None` for an unknown uid or a match.
+    pub(crate) fn stale(&self, uid: &str, token: u64) -> Option<Option<u64>> {
+        let job = self.jobs.get(uid)?;
+        let live = job.deadline.map(|_| job.token);
+        (live != Some(token)).then_some(live)
     }
 
     pub(crate) fn running(&self) -> usize {
@@ -233,6 +262,13 @@ impl Channel {
             registered_at: now,
             meta: meta.clone(),
         });
+        if reg.reply != Reply::Plain {
+            log.push(|| Change::Reply {
+                channel: self.name.clone(),
+                uid: uid.clone(),
+                reply: reg.reply,
+            });
+        }
         let job = Job {
             seq,
             priority,
@@ -242,6 +278,8 @@ impl Channel {
             registered_at: now,
             granted_at: None,
             delivered: false,
+            token: 0,
+            reply: reg.reply,
         };
         self.jobs.insert(uid, job);
         true
@@ -580,16 +618,21 @@ impl Channel {
             return;
         };
         let deadline = now + job.timeout + offset;
+        // Saturating: only a hand-edited state file comes anywhere near u64::MAX.
+        self.last_token = self.last_token.saturating_add(1);
+        let token = self.last_token;
         job.deadline = Some(deadline);
         job.granted_at = Some(now);
         job.delivered = false;
-        let seq = job.seq;
+        job.token = token;
+        let (seq, reply) = (job.seq, job.reply);
         self.leases.insert((deadline, seq), uid.clone());
-        log.push(|| Change::Granted {
+        log.push(|| Change::GrantedWithToken {
             channel: self.name.clone(),
             uid: uid.clone(),
             at: now,
             deadline,
+            token,
         });
         for w in &mut self.windows {
             w.record(now, &self.name);
@@ -607,6 +650,9 @@ impl Channel {
             seq,
             at: now,
             waited,
+            token,
+            deadline,
+            reply,
         }]);
     }
 
@@ -653,6 +699,15 @@ impl Channel {
             timeout_offset_ms: self.opts.timeout_offset.0,
             running: self.leases.values().map(|u| u.to_string()).collect(),
             running_count: self.running(),
+            running_jobs: self
+                .leases
+                .iter()
+                .map(|((deadline, _), uid)| RunningJob {
+                    uid: uid.to_string(),
+                    token: self.jobs.get(uid).map_or(0, |j| j.token),
+                    deadline: deadline.0,
+                })
+                .collect(),
             waiting: self.waiting(),
             quotas,
             next_window_opening,
@@ -685,13 +740,24 @@ impl Channel {
             .map(|((_, seq), uid)| (uid.clone(), *seq))
     }
 
-    /// `Some(granted_at)` if `uid` runs as job `seq` and the broker has not acknowledged its
-    /// `go` yet (`granted_at` is `None` only for a job restored from a format-1 snapshot).
-    pub(crate) fn undelivered_grant(&self, uid: &str, seq: u64) -> Option<Option<Time>> {
-        self.jobs
-            .get(uid)
-            .filter(|j| j.seq == seq && j.deadline.is_some() && !j.delivered)
-            .map(|j| j.granted_at)
+    /// The `go` to say again at `now` if `uid` runs as job `seq` and the broker has not
+    /// acknowledged its `go` yet: same token, the lease as it stands now.
+    pub(crate) fn go_again(&self, uid: Arc<str>, seq: u64, now: Time) -> Option<Output> {
+        let job = self
+            .jobs
+            .get(&uid)
+            .filter(|j| j.seq == seq && !j.delivered)?;
+        let deadline = job.deadline?;
+        Some(Output::GoAgain {
+            channel: self.name.clone(),
+            uid,
+            seq,
+            granted_at: job.granted_at,
+            token: job.token,
+            deadline,
+            remaining: deadline - now,
+            reply: job.reply,
+        })
     }
 
     /// Records that the broker acknowledged the `go` of job `seq` (ignored if `uid` no longer
@@ -734,6 +800,8 @@ impl Channel {
                     meta: job.meta.clone(),
                     granted_at: job.granted_at,
                     delivered: job.delivered,
+                    token: job.token,
+                    reply: job.reply,
                 };
                 (job.seq, snap)
             })
@@ -747,17 +815,24 @@ impl Channel {
             .map(|w| w.grants().collect())
             .unwrap_or_default();
         if jobs.is_empty() && grants.is_empty() && concurrency.is_none() {
+            // Its last token goes into the snapshot's floor (`Engine::export`).
             return None;
         }
-        Some(ChannelSnapshot::new(concurrency, jobs, grants))
+        let mut snap =
+            ChannelSnapshot::new(concurrency, jobs, grants).with_last_token(self.last_token);
+        snap.next_seq = self.next_seq;
+        Some(snap)
     }
 
     /// Takes back durable state into a channel that has none yet: jobs keep their order and
     /// leases their deadlines (overdue ones end at the next `expire`), quota windows count the
     /// grants again, and a runtime concurrency stays if the config still gives the limit it
-    /// replaced. Returns the running jobs whose lease has not ended by `now`, with their
-    /// sequence numbers, unless the broker had acknowledged their `go`.
+    /// replaced; fencing tokens go on above the snapshot's last one. Returns the running jobs
+    /// whose lease has not ended by `now`, with their sequence numbers, unless the broker had
+    /// acknowledged their `go`.
     pub(crate) fn restore(&mut self, snap: ChannelSnapshot, now: Time) -> Vec<(Arc<str>, u64)> {
+        self.last_token = self.last_token.max(snap.last_token);
+        self.next_seq = self.next_seq.max(snap.next_seq);
         if let Some((configured, max)) = snap.concurrency {
             if configured == self.configured_max {
                 self.opts.max_concurrent_jobs = max;
@@ -796,7 +871,12 @@ impl Channel {
                 // `None` for a running job of a format-1 snapshot, which did not record it.
                 granted_at: job.granted_at,
                 delivered: job.delivered,
+                token: job.token,
+                reply: job.reply,
             };
+            // A snapshot the engine wrote never holds a token above its channel's last one;
+            // a hand-edited or damaged one must still not make tokens go back.
+            self.last_token = self.last_token.max(job.token);
             self.jobs.insert(job.uid, restored);
         }
         live

@@ -3,8 +3,10 @@
 //! folds the journal into the last snapshot and hands the result to [`super::Engine::restore`].
 //!
 //! What is durable: waiting jobs (order and priority), running leases (wall-clock deadlines),
-//! the recent grant times that quota windows count, and runtime `concurrency/set` values. What is
-//! not: quota-held time (a metric), policy instances' own memory (policies start fresh).
+//! the recent grant times that quota windows count, runtime `concurrency/set` values, and
+//! fencing tokens: each job's, each channel's last one, and a floor above the last token of every
+//! channel a snapshot dropped. What is not: quota-held time (a metric), policy instances' own
+//! memory (policies start fresh).
 //!
 //! Changes describe outcomes, not requests: replaying them needs neither the config nor the
 //! policies that produced them, so a restart under an edited config or a swapped policy restores
@@ -15,6 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::fencing::Reply;
 use super::{Millis, Time};
 
 /// One change to durable state, in the order the engine made it.
@@ -47,6 +50,8 @@ pub enum Change {
         priority: i64,
     },
     /// A waiting job was granted: it runs until `deadline`, and `at` counts in every quota window.
+    /// Written by format 2, read only: this version writes [`Change::GrantedWithToken`]. Folds
+    /// into a job with token 0 (it never had one).
     Granted {
         /// Channel name.
         channel: Arc<str>,
@@ -96,6 +101,31 @@ pub enum Change {
         /// re-registered uid).
         seq: u64,
     },
+    /// A waiting job was granted, with its fencing token (journal format 3; replaces
+    /// `Granted`): it runs until `deadline`, `at` counts in every quota window, and `token` is
+    /// the channel's last token from now on.
+    GrantedWithToken {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// Grant time.
+        at: Time,
+        /// Lease end.
+        deadline: Time,
+        /// The grant's fencing token.
+        token: u64,
+    },
+    /// The job just queued asked for its `go` in another form than the plain uid (journal
+    /// format 3; written only then, right after its `Queued`).
+    Reply {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// How its `go` is published.
+        reply: Reply,
+    },
 }
 
 /// Everything durable about every channel that has any.
@@ -103,6 +133,9 @@ pub enum Change {
 pub struct Snapshot {
     /// Channels by name.
     pub channels: BTreeMap<Arc<str>, ChannelSnapshot>,
+    /// At least the last fencing token of every channel not in `channels` (format 3): a
+    /// channel that reappears starts above it, so its tokens never go back.
+    pub token_floor: u64,
 }
 
 /// One channel's durable state.
@@ -114,6 +147,14 @@ pub struct ChannelSnapshot {
     pub jobs: BTreeMap<u64, JobSnapshot>,
     /// Recent grant times, oldest first; every quota window counts the most recent of them.
     pub grants: Vec<Time>,
+    /// The token of the channel's latest grant, or the floor it started from (format 3): the
+    /// next grant's token is greater.
+    pub last_token: u64,
+    /// The sequence number of the channel's next registration (format 3), so that a restored
+    /// engine numbers jobs as the original would have even when none is left. Lost with a
+    /// dropped channel, which is harmless: a sequence number only has to tell grants apart
+    /// within one run (acknowledgements do not cross a restart).
+    pub next_seq: u64,
     /// Uid to sequence number; rebuilt, not stored.
     #[serde(skip)]
     index: HashMap<Arc<str>, u64>,
@@ -138,6 +179,10 @@ pub struct JobSnapshot {
     pub granted_at: Option<Time>,
     /// Whether the broker acknowledged the grant's `go` (journal format 2).
     pub delivered: bool,
+    /// The grant's fencing token (format 3; 0 while waiting, and for grants of older formats).
+    pub token: u64,
+    /// How its `go` is published (format 3; `Plain` in older formats).
+    pub reply: Reply,
 }
 
 impl ChannelSnapshot {
@@ -148,12 +193,21 @@ impl ChannelSnapshot {
         grants: Vec<Time>,
     ) -> ChannelSnapshot {
         let index = jobs.iter().map(|(seq, j)| (j.uid.clone(), *seq)).collect();
+        let next_seq = jobs.keys().next_back().map_or(0, |s| s.saturating_add(1));
         ChannelSnapshot {
             concurrency,
             jobs,
             grants,
+            last_token: 0,
+            next_seq,
             index,
         }
+    }
+
+    /// The same, its next grant's token at `last_token + 1`.
+    pub fn with_last_token(mut self, last_token: u64) -> ChannelSnapshot {
+        self.last_token = last_token;
+        self
     }
 }
 
@@ -171,8 +225,9 @@ impl Snapshot {
                 registered_at,
                 meta,
             } => {
-                let ch = self.channels.entry(channel).or_default();
+                let ch = self.channel(channel);
                 ch.index.insert(uid.clone(), seq);
+                ch.next_seq = ch.next_seq.max(seq.saturating_add(1));
                 ch.jobs.insert(
                     seq,
                     JobSnapshot {
@@ -184,6 +239,8 @@ impl Snapshot {
                         meta,
                         granted_at: None,
                         delivered: false,
+                        token: 0,
+                        reply: Reply::Plain,
                     },
                 );
             }
@@ -201,14 +258,21 @@ impl Snapshot {
                 uid,
                 at,
                 deadline,
+            } => self.granted(&channel, &uid, at, deadline, 0),
+            Change::GrantedWithToken {
+                channel,
+                uid,
+                at,
+                deadline,
+                token,
+            } => self.granted(&channel, &uid, at, deadline, token),
+            Change::Reply {
+                channel,
+                uid,
+                reply,
             } => {
                 if let Some(job) = self.job(&channel, &uid) {
-                    job.deadline = Some(deadline);
-                    job.granted_at = Some(at);
-                    job.delivered = false;
-                }
-                if let Some(ch) = self.channels.get_mut(&channel) {
-                    ch.grants.push(at);
+                    job.reply = reply;
                 }
             }
             Change::Renewed {
@@ -234,7 +298,7 @@ impl Snapshot {
                 configured,
                 max,
             } => {
-                self.channels.entry(channel).or_default().concurrency = Some((configured, max));
+                self.channel(channel).concurrency = Some((configured, max));
             }
             Change::Delivered { channel, uid, seq } => {
                 let Some(ch) = self.channels.get_mut(&channel) else {
@@ -249,6 +313,29 @@ impl Snapshot {
         }
     }
 
+    /// A grant of `uid` with `token` (0: a format-2 grant, which had none).
+    fn granted(&mut self, channel: &str, uid: &str, at: Time, deadline: Time, token: u64) {
+        if let Some(job) = self.job(channel, uid) {
+            job.deadline = Some(deadline);
+            job.granted_at = Some(at);
+            job.delivered = false;
+            job.token = token;
+        }
+        if let Some(ch) = self.channels.get_mut(channel) {
+            ch.grants.push(at);
+            ch.last_token = ch.last_token.max(token);
+        }
+    }
+
+    /// The channel's entry, created above the floor if the snapshot has none: as the engine
+    /// creates a channel it does not know, so its tokens go on above every earlier life's.
+    fn channel(&mut self, name: Arc<str>) -> &mut ChannelSnapshot {
+        let floor = self.token_floor;
+        self.channels
+            .entry(name)
+            .or_insert_with(|| ChannelSnapshot::default().with_last_token(floor))
+    }
+
     /// Rebuilds the uid indexes after deserializing.
     pub fn reindex(&mut self) {
         for ch in self.channels.values_mut() {
@@ -261,14 +348,20 @@ impl Snapshot {
     }
 
     /// Keeps, per channel, only the most recent `keep(channel)` grants (the largest quota limit
-    /// the channel has: no window counts more), and drops channels left with nothing.
+    /// the channel has: no window counts more), and drops channels left with nothing, keeping
+    /// their last fencing tokens in the floor.
     pub fn trim(&mut self, keep: impl Fn(&str) -> usize) {
         for (name, ch) in &mut self.channels {
             let excess = ch.grants.len().saturating_sub(keep(name));
             ch.grants.drain(..excess);
         }
+        let floor = &mut self.token_floor;
         self.channels.retain(|_, ch| {
-            !ch.jobs.is_empty() || !ch.grants.is_empty() || ch.concurrency.is_some()
+            let keep = !ch.jobs.is_empty() || !ch.grants.is_empty() || ch.concurrency.is_some();
+            if !keep {
+                *floor = (*floor).max(ch.last_token);
+            }
+            keep
         });
     }
 

@@ -37,6 +37,7 @@ fn register(e: &mut Engine, at: Time, channel: &str, uid: &str, timeout_ms: u64)
             timeout: Millis(timeout_ms),
             priority: 0,
             meta: None,
+            reply: Default::default(),
         }),
     );
 }

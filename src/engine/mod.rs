@@ -15,12 +15,13 @@
 
 mod channel;
 mod durable;
+mod fencing;
 mod options;
 mod policy;
 mod quota;
 mod time;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub use channel::{job_bytes, JOB_OVERHEAD_BYTES};
 use channel::{Channel, Room};
 use durable::ChangeLog;
 pub use durable::{Change, ChannelSnapshot, JobSnapshot, Snapshot};
+pub use fencing::{Reply, RunningJob, StaleAction};
 pub use options::{ChannelOptions, OnPolicyError, QuotaLog, QuotaSpec};
 pub use policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, NoPolicies, Policies};
 pub use time::{Millis, Time};
@@ -45,6 +47,8 @@ pub struct Registration {
     pub priority: i64,
     /// The registration payload's other fields as a JSON object, kept for policies.
     pub meta: Option<Box<str>>,
+    /// How its `go` is to be published.
+    pub reply: Reply,
 }
 
 /// An event for the engine.
@@ -58,6 +62,9 @@ pub enum Input {
         channel: String,
         /// Job id.
         uid: String,
+        /// The fencing token the sender holds, if it sent one: any other than the live grant's
+        /// makes the engine ignore the message ([`Output::Stale`]).
+        token: Option<u64>,
     },
     /// `aborted`: same effect as `Finished`, recorded as an abort.
     Aborted {
@@ -65,6 +72,8 @@ pub enum Input {
         channel: String,
         /// Job id.
         uid: String,
+        /// As in `Finished`.
+        token: Option<u64>,
     },
     /// `concurrency/set`: change the running limit. Running jobs are never revoked.
     SetConcurrency {
@@ -81,6 +90,8 @@ pub enum Input {
         uid: String,
         /// New timeout, from now.
         timeout: Millis,
+        /// As in `Finished`; a stale one is also answered with `rejected/{uid}`.
+        token: Option<u64>,
     },
     /// `infos`: report the channel's state.
     Infos {
@@ -126,6 +137,7 @@ impl Output {
             | Output::GoAgain { channel, .. }
             | Output::Expired { channel, .. }
             | Output::Rejected { channel, .. }
+            | Output::Stale { channel, .. }
             | Output::Ended { channel, .. } => Some(channel),
             Output::State(s) => Some(&s.channel),
             Output::AllStates(_) => None,
@@ -158,6 +170,12 @@ pub enum Output {
         at: Time,
         /// How long it waited in the queue.
         waited: Millis,
+        /// The grant's fencing token: greater than every earlier grant's in the channel.
+        token: u64,
+        /// When the lease ends.
+        deadline: Time,
+        /// How the `go` is to be published.
+        reply: Reply,
     },
     /// A running job's `go` once more, because the broker never acknowledged the first: after
     /// a restart (the crash may have come between recording the grant and publishing it), or
@@ -172,6 +190,14 @@ pub enum Output {
         seq: u64,
         /// When it was granted (`None` if restored from a format-1 snapshot).
         granted_at: Option<Time>,
+        /// The grant's fencing token, as in the first `go`.
+        token: u64,
+        /// When the lease ends now (a `renew` may have moved it).
+        deadline: Time,
+        /// What remains of the lease as this `go` is decided.
+        remaining: Millis,
+        /// How the `go` is to be published.
+        reply: Reply,
     },
     /// The job's lease ran out; its slot is free again (publish `expired/{uid}`).
     Expired {
@@ -201,6 +227,20 @@ pub enum Output {
         reason: EndReason,
         /// Whether it held a slot (false: it was cancelled while waiting).
         was_running: bool,
+    },
+    /// A `finished`, `aborted` or `renew` named a known job with a token other than its live
+    /// grant's, and was ignored (nothing is published for it; a `renew` also gets `Rejected`).
+    Stale {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// Which request it was.
+        action: StaleAction,
+        /// The token it carried.
+        token: u64,
+        /// The live grant's token; `None` if the uid is waiting (registered again, not granted).
+        live: Option<u64>,
     },
     /// Reply to `infos` (publish on `state`).
     State(ChannelState),
@@ -262,6 +302,8 @@ pub struct ChannelState {
     pub running: Vec<String>,
     /// `running.len()`.
     pub running_count: usize,
+    /// The running jobs with their fencing tokens and lease ends, in the order of `running`.
+    pub running_jobs: Vec<RunningJob>,
     /// Jobs waiting for a slot.
     pub waiting: usize,
     /// Every quota window.
@@ -356,6 +398,10 @@ pub struct Engine {
     redeliveries: Vec<(ChannelId, Arc<str>, u64)>,
     /// When the daemon-wide state was last reported and whether a request waits for the next.
     all_states: AllStatesLimit,
+    /// At least the last fencing token of every channel that has none of its own in `channels`
+    /// because a snapshot dropped it: a channel created by a client starts above it, so its
+    /// tokens never go back to what an earlier life of the same name handed out.
+    token_floor: u64,
 }
 
 impl fmt::Debug for Engine {
@@ -390,6 +436,7 @@ impl Engine {
             log: ChangeLog::default(),
             redeliveries: Vec::new(),
             all_states: AllStatesLimit::default(),
+            token_floor: 0,
         }
     }
 
@@ -414,13 +461,8 @@ impl Engine {
     pub fn redeliver(&mut self) {
         for (id, uid, seq) in std::mem::take(&mut self.redeliveries) {
             let ch = &self.channels[id as usize];
-            if let Some(granted_at) = ch.undelivered_grant(&uid, seq) {
-                self.outputs.push_back(Output::GoAgain {
-                    channel: ch.name.clone(),
-                    uid,
-                    seq,
-                    granted_at,
-                });
+            if let Some(again) = ch.go_again(uid, seq, self.now) {
+                self.outputs.push_back(again);
             }
         }
     }
@@ -443,14 +485,23 @@ impl Engine {
         !self.redeliveries.is_empty()
     }
 
-    /// Everything durable, as of now: what [`Engine::restore`] takes back.
+    /// Everything durable, as of now: what [`Engine::restore`] takes back. A channel with
+    /// nothing durable is left out; its last fencing token goes into the snapshot's floor.
     pub fn export(&self) -> Snapshot {
-        let channels = self
-            .channels
-            .iter()
-            .filter_map(|c| Some((c.name.clone(), c.export()?)))
-            .collect();
-        Snapshot { channels }
+        let mut token_floor = self.token_floor;
+        let mut channels = BTreeMap::new();
+        for c in &self.channels {
+            match c.export() {
+                Some(snap) => {
+                    channels.insert(c.name.clone(), snap);
+                }
+                None => token_floor = token_floor.max(c.last_token()),
+            }
+        }
+        Snapshot {
+            channels,
+            token_floor,
+        }
     }
 
     /// Takes back a snapshot into a fresh engine at `now` (the daemon's start): channels are
@@ -458,7 +509,9 @@ impl Engine {
     /// dropped), waiting jobs keep their order, running jobs their wall-clock lease ends. Leases
     /// that ended while the daemon was down expire at once (`Expired`); then the channels grant
     /// what they allow. Restoring into a channel that already has a job with the same uid keeps
-    /// the existing job. The still-running jobs are remembered for [`Engine::redeliver`].
+    /// the existing job. The still-running jobs are remembered for [`Engine::redeliver`]. Each
+    /// restored channel goes on from its own last fencing token; channels created later start
+    /// above the snapshot's floor.
     pub fn restore(&mut self, now: Time, snapshot: Snapshot, hooks: &mut dyn Policies) {
         self.now = self.now.max(now);
         let now = self.now;
@@ -466,13 +519,14 @@ impl Engine {
         for (name, snap) in snapshot.channels {
             let id = match self.by_name.get(&name) {
                 Some(id) => *id,
-                None => self.create_channel(&name),
+                None => self.insert_channel(&name, 0),
             };
             let live = self.channels[id as usize].restore(snap, now);
             self.redeliveries
                 .extend(live.into_iter().map(|(uid, seq)| (id, uid, seq)));
             restored.push(id);
         }
+        self.token_floor = self.token_floor.max(snapshot.token_floor);
         for id in restored {
             let ch = &mut self.channels[id as usize];
             ch.expire(now, hooks, &mut self.outputs, &mut self.log);
@@ -502,12 +556,16 @@ impl Engine {
         let now = self.now;
         match input {
             Input::Register(reg) => self.handle_register(now, reg, hooks),
-            Input::Finished { channel, uid } => {
-                self.handle_end(now, &channel, &uid, EndReason::Finished, hooks)
-            }
-            Input::Aborted { channel, uid } => {
-                self.handle_end(now, &channel, &uid, EndReason::Aborted, hooks)
-            }
+            Input::Finished {
+                channel,
+                uid,
+                token,
+            } => self.handle_end(now, &channel, &uid, token, EndReason::Finished, hooks),
+            Input::Aborted {
+                channel,
+                uid,
+                token,
+            } => self.handle_end(now, &channel, &uid, token, EndReason::Aborted, hooks),
             Input::SetConcurrency { channel, max } => {
                 let Some(id) = self.channel_id(&channel) else {
                     // No uid to answer to: the refusal is only logged.
@@ -531,7 +589,8 @@ impl Engine {
                 channel,
                 uid,
                 timeout,
-            } => self.handle_renew(now, &channel, &uid, timeout, hooks),
+                token,
+            } => self.handle_renew(now, &channel, &uid, timeout, token, hooks),
             Input::Infos { channel } => self.handle_infos(now, &channel),
             Input::Delivered { channel, uid, seq } => {
                 if let Some(&id) = self.by_name.get(&channel) {
@@ -735,6 +794,7 @@ impl Engine {
         now: Time,
         channel: &str,
         uid: &str,
+        token: Option<u64>,
         reason: EndReason,
         hooks: &mut dyn Policies,
     ) {
@@ -742,6 +802,13 @@ impl Engine {
             tracing::debug!(channel, uid, ?reason, "end for unknown channel ignored");
             return;
         };
+        let action = match reason {
+            EndReason::Finished => StaleAction::Finished,
+            EndReason::Aborted => StaleAction::Aborted,
+        };
+        if self.fenced_off(id, uid, token, action) {
+            return;
+        }
         let ch = &mut self.channels[id as usize];
         let Some(was_running) =
             ch.remove(uid, reason == EndReason::Aborted, now, hooks, &mut self.log)
@@ -764,11 +831,15 @@ impl Engine {
         channel: &str,
         uid: &str,
         timeout: Millis,
+        token: Option<u64>,
         hooks: &mut dyn Policies,
     ) {
         // Never creates a channel: a stray renew must not grow state.
         let id = self.by_name.get(channel).copied();
         if let Some(id) = id {
+            if self.fenced_off(id, uid, token, StaleAction::Renew) {
+                return;
+            }
             if self.channels[id as usize].renew(uid, timeout, now, &mut self.log) {
                 self.settle(id, now, hooks);
                 return;
@@ -807,6 +878,49 @@ impl Engine {
         };
     }
 
+    /// Whether `token` is not the live grant's of `uid`, a job the channel knows: then the
+    /// request is reported as [`Output::Stale`] (and a `renew` rejected) and must be ignored.
+    /// A request without a token, or for an unknown uid, is never fenced off here.
+    fn fenced_off(
+        &mut self,
+        id: ChannelId,
+        uid: &str,
+        token: Option<u64>,
+        action: StaleAction,
+    ) -> bool {
+        let ch = &self.channels[id as usize];
+        let Some((token, live)) = token.and_then(|t| Some((t, ch.stale(uid, t)?))) else {
+            return false;
+        };
+        let (channel, uid): (Arc<str>, Arc<str>) = (ch.name.clone(), uid.into());
+        if action == StaleAction::Renew {
+            let reason = match live {
+                Some(live) => format!(
+                    "renew: token {token} is not the live grant's ({live}): that lease ended and \
+                     the job was granted again; stop work under token {token}"
+                ),
+                None => format!(
+                    "renew: token {token} names no live grant: that lease ended and the job \
+                     waits for a new one; stop work under token {token}"
+                ),
+            };
+            self.outputs.push_back(Output::Rejected {
+                channel: channel.clone(),
+                uid: uid.clone(),
+                kind: RejectKind::Renew,
+                reason,
+            });
+        }
+        self.outputs.push_back(Output::Stale {
+            channel,
+            uid,
+            action,
+            token,
+            live,
+        });
+        true
+    }
+
     fn handle_infos(&mut self, now: Time, channel: &str) {
         let state = match self.by_name.get(channel) {
             Some(id) => self.channels[*id as usize].state(now),
@@ -828,13 +942,19 @@ impl Engine {
         Some(self.create_channel(name))
     }
 
-    /// Creates a channel with its resolved options.
+    /// Creates a channel with its resolved options, its fencing tokens above the floor.
     fn create_channel(&mut self, name: &str) -> ChannelId {
+        self.insert_channel(name, self.token_floor)
+    }
+
+    /// Creates a channel with its resolved options whose next grant gets token `last_token + 1`.
+    fn insert_channel(&mut self, name: &str, last_token: u64) -> ChannelId {
         let opts = (self.resolver)(name);
         let name: Arc<str> = name.into();
         let id = ChannelId::try_from(self.channels.len()).unwrap_or(ChannelId::MAX);
         tracing::debug!(channel = %name, ?opts, "new channel");
-        self.channels.push(Channel::new(name.clone(), opts));
+        self.channels
+            .push(Channel::new(name.clone(), opts).with_last_token(last_token));
         self.by_name.insert(name, id);
         id
     }
@@ -872,3 +992,6 @@ mod bounds_tests;
 
 #[cfg(test)]
 mod infos_tests;
+
+#[cfg(test)]
+mod fencing_tests;

@@ -54,6 +54,7 @@ fn reg(channel: &str, uid: &str) -> Input {
         timeout: Millis(1_000),
         priority: 0,
         meta: None,
+        reply: Default::default(),
     })
 }
 
@@ -99,6 +100,7 @@ fn deferred_job_keeps_its_place_and_the_next_one_is_offered() {
         Input::Finished {
             channel: "c".into(),
             uid: "a".into(),
+            token: None,
         },
         &mut p,
     );
@@ -144,6 +146,7 @@ fn events_tell_the_policy_what_happened() {
         Input::Aborted {
             channel: "c".into(),
             uid: "w".into(),
+            token: None,
         },
         &mut p,
     );
@@ -152,6 +155,7 @@ fn events_tell_the_policy_what_happened() {
         Input::Finished {
             channel: "c".into(),
             uid: "a".into(),
+            token: None,
         },
         &mut p,
     );
@@ -186,6 +190,7 @@ fn channels_without_a_policy_never_call_hooks() {
         Input::Finished {
             channel: "plain".into(),
             uid: "bad1".into(),
+            token: None,
         },
         &mut p,
     );

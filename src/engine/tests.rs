@@ -58,6 +58,7 @@ impl Harness {
             timeout: Millis(timeout_ms),
             priority: 0,
             meta: None,
+            reply: Default::default(),
         }));
     }
 
@@ -65,6 +66,7 @@ impl Harness {
         self.input(Input::Finished {
             channel: "c".into(),
             uid: uid.into(),
+            token: None,
         });
     }
 
@@ -192,6 +194,7 @@ fn cancelled_waiting_job_rejoins_at_the_back() {
     h.input(Input::Aborted {
         channel: "c".into(),
         uid: "x".into(),
+        token: None,
     });
     h.register("x", 1_000);
     assert_eq!(h.engine.waiting("c"), vec![Arc::from("y"), Arc::from("x")]);
@@ -210,6 +213,7 @@ fn ended_output_says_whether_the_job_was_running() {
     h.input(Input::Aborted {
         channel: "c".into(),
         uid: "a".into(),
+        token: None,
     });
     let ended: Vec<_> = h
         .log
@@ -363,6 +367,7 @@ fn renew_restarts_the_lease_from_now() {
         channel: "c".into(),
         uid: "a".into(),
         timeout: Millis(2_000),
+        token: None,
     });
     assert_eq!(h.engine.next_deadline(), Some(Time(1_003_000)));
     h.advance(2_099);
@@ -378,6 +383,7 @@ fn renew_of_unknown_job_is_rejected() {
         channel: "c".into(),
         uid: "nope".into(),
         timeout: Millis(1),
+        token: None,
     });
     assert!(matches!(&h.log[0].1, Output::Rejected { uid, .. } if &**uid == "nope"));
     assert_eq!(
@@ -452,6 +458,7 @@ fn priority_orders_the_queue_fifo_among_equals() {
             timeout: Millis(1_000),
             priority,
             meta: None,
+            reply: Default::default(),
         })
     };
     h.input(reg("first", 0));
@@ -630,6 +637,7 @@ fn new_channel_past_max_channels_is_rejected_and_not_created() {
     h.input(Input::Finished {
         channel: "one".into(),
         uid: "a".into(),
+        token: None,
     });
     assert_eq!(h.go_uids(), ["a", "b", "a2"]);
 }
@@ -690,7 +698,10 @@ fn restore_redelivers_go_only_to_jobs_still_running_under_the_same_grant() {
                 uid: "w".into(),
                 seq: 3,
                 at: Time(1_005_000),
-                waited: Millis(5_000)
+                waited: Millis(5_000),
+                token: 4,
+                deadline: Time(1_065_000),
+                reply: Reply::Plain,
             },
         ]
     );
@@ -701,6 +712,7 @@ fn restore_redelivers_go_only_to_jobs_still_running_under_the_same_grant() {
         Input::Finished {
             channel: "c".into(),
             uid: "b".into(),
+            token: None,
         },
     );
     r.handle(
@@ -711,6 +723,7 @@ fn restore_redelivers_go_only_to_jobs_still_running_under_the_same_grant() {
             timeout: Millis(1_000),
             priority: 0,
             meta: None,
+            reply: Default::default(),
         }),
     );
     let _: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
@@ -723,6 +736,10 @@ fn restore_redelivers_go_only_to_jobs_still_running_under_the_same_grant() {
             uid: "c".into(),
             seq: 2,
             granted_at: Some(Time(1_000_000)),
+            token: 3,
+            deadline: Time(1_060_000),
+            remaining: Millis(54_998),
+            reply: Reply::Plain,
         }]
     );
     assert!(!r.awaits_redelivery());
@@ -793,6 +810,10 @@ fn restore_says_go_again_only_to_grants_the_broker_never_acknowledged() {
             uid: "b".into(),
             seq: 1,
             granted_at: Some(Time(1_000_000)),
+            token: 2,
+            deadline: Time(1_060_000),
+            remaining: Millis(58_000),
+            reply: Reply::Plain,
         }]
     );
     assert_eq!(r.waiting("c"), ["w".into()] as [std::sync::Arc<str>; 1]);
@@ -831,6 +852,7 @@ fn an_acknowledgement_of_an_earlier_grant_does_not_mark_a_new_one() {
         Input::Finished {
             channel: "c".into(),
             uid: "a".into(),
+            token: None,
         },
     );
     h.register("a", 60_000);

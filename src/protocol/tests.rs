@@ -210,14 +210,16 @@ fn finished_and_aborted_take_the_plain_uid() {
         dec("coordinosaur/ch/finished", b"job 1"),
         Ok(Some(Input::Finished {
             channel: "ch".into(),
-            uid: "job 1".into()
+            uid: "job 1".into(),
+            token: None,
         }))
     );
     assert_eq!(
         dec("coordinosaur/ch/aborted", b"42"),
         Ok(Some(Input::Aborted {
             channel: "ch".into(),
-            uid: "42".into()
+            uid: "42".into(),
+            token: None,
         }))
     );
     assert!(matches!(
@@ -255,7 +257,8 @@ fn renew_and_infos() {
         Ok(Some(Input::Renew {
             channel: "ch".into(),
             uid: "a".into(),
-            timeout: Millis(5_000)
+            timeout: Millis(5_000),
+            token: None,
         }))
     );
     assert_eq!(
@@ -310,7 +313,8 @@ fn multi_level_prefix() {
         r,
         Ok(Some(Input::Finished {
             channel: "ch".into(),
-            uid: "u".into()
+            uid: "u".into(),
+            token: None,
         }))
     );
     assert_eq!(
@@ -331,6 +335,9 @@ fn encode_outputs() {
         waited: Millis(3),
         channel: "ch".into(),
         uid: "a/b".into(),
+        token: 1,
+        deadline: crate::engine::Time(105),
+        reply: Reply::Plain,
     };
     assert_eq!(
         encode(P, &go),
@@ -407,6 +414,15 @@ fn channel_state(name: &str, running: &[String]) -> crate::engine::ChannelState 
         timeout_offset_ms: 0,
         running: running.to_vec(),
         running_count: running.len(),
+        running_jobs: running
+            .iter()
+            .enumerate()
+            .map(|(i, uid)| crate::engine::RunningJob {
+                uid: uid.clone(),
+                token: i as u64 + 1,
+                deadline: 1_795_000_060_000,
+            })
+            .collect(),
         waiting: 0,
         quotas: Vec::new(),
         next_window_opening: None,
@@ -462,7 +478,12 @@ fn a_state_too_large_for_one_message_keeps_the_first_running_uids() {
     assert_eq!(v["running_truncated"], true);
     assert_eq!(v["running_count"], 3_000);
     let kept = v["running"].as_array().map_or(0, Vec::len);
-    assert!(kept > 2_500 && kept < 2_560, "{kept} kept");
+    assert!(kept > 1_000 && kept < 2_560, "{kept} kept");
+    assert_eq!(
+        v["running_jobs"].as_array().map_or(0, Vec::len),
+        kept,
+        "running_jobs is cut with running"
+    );
     assert_eq!(v["running"][0], running[0]);
     // Within a page too, and a small one is left whole.
     let small = channel_state("small", &running[..3]);

@@ -9,20 +9,26 @@
 //! - Format 2: `Change::Delivered` (appended, so format-1 journal records decode unchanged) and
 //!   each job's `granted_at` and `delivered` in snapshots (format-1 snapshots are read through
 //!   [`v1`] and converted: their running jobs count as not delivered, as format 1 behaved).
+//! - Format 3: fencing tokens. `Change::GrantedWithToken` (written instead of `Granted`) and
+//!   `Change::Reply`, both appended, so format-1 and -2 journal records decode unchanged (their
+//!   `Granted` folds into a job with token 0); in snapshots each job's `token` and `reply`, each
+//!   channel's `last_token` and `next_seq`, and the snapshot's `token_floor` (format-2
+//!   snapshots are read through [`v2`]: tokens 0, plain replies, `next_seq` past their jobs). The magic changes too, so that a format-2 build refuses a
+//!   format-3 journal by name instead of taking its new records for damage.
 //!
-//! This build writes format 2 and reads 1 and 2; a file of a newer format is refused with an
+//! This build writes format 3 and reads 1 to 3; a file of a newer format is refused with an
 //! error naming both, never read as damage (which would fall back to older state).
 
 use std::collections::BTreeMap;
 
-use crate::engine::{Change, ChannelSnapshot, JobSnapshot, Snapshot};
+use crate::engine::{Change, ChannelSnapshot, JobSnapshot, Reply, Snapshot};
 
 /// The format this build writes.
-pub(crate) const FORMAT: u8 = 2;
+pub(crate) const FORMAT: u8 = 3;
 /// First bytes of a journal file (the digit is the format).
-pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"CDJRNL2\n";
+pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"CDJRNL3\n";
 /// First bytes of a snapshot file (the digit is the format).
-pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP2\n";
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP3\n";
 /// Magic prefixes, before the format digit.
 const JOURNAL_KIND: &[u8; 6] = b"CDJRNL";
 const SNAPSHOT_KIND: &[u8; 6] = b"CDSNAP";
@@ -193,12 +199,14 @@ fn decode_snapshot_body(body: &[u8], format: u8) -> Result<Snapshot, String> {
         ));
     };
     let undecodable = |e: postcard::Error| format!("undecodable snapshot: {e}");
-    let mut snapshot: Snapshot = if format == 1 {
-        postcard::from_bytes::<v1::Snapshot>(payload)
+    let mut snapshot: Snapshot = match format {
+        1 => postcard::from_bytes::<v1::Snapshot>(payload)
             .map_err(undecodable)?
-            .into()
-    } else {
-        postcard::from_bytes(payload).map_err(undecodable)?
+            .into(),
+        2 => postcard::from_bytes::<v2::Snapshot>(payload)
+            .map_err(undecodable)?
+            .into(),
+        _ => postcard::from_bytes(payload).map_err(undecodable)?,
     };
     snapshot.reindex();
     Ok(snapshot)
@@ -255,6 +263,8 @@ impl From<v1::Snapshot> for Snapshot {
                             meta: j.meta.map(std::sync::Arc::from),
                             granted_at: None,
                             delivered: false,
+                            token: 0,
+                            reply: Reply::Plain,
                         };
                         (seq, job)
                     })
@@ -262,7 +272,81 @@ impl From<v1::Snapshot> for Snapshot {
                 (name, ChannelSnapshot::new(ch.concurrency, jobs, ch.grants))
             })
             .collect();
-        Snapshot { channels }
+        Snapshot {
+            channels,
+            token_floor: 0,
+        }
+    }
+}
+
+/// Format 2 snapshots, as they were written, and their conversion.
+mod v2 {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde::Deserialize;
+
+    use crate::engine::{Millis, Time};
+
+    #[derive(Deserialize)]
+    pub(super) struct Snapshot {
+        pub(super) channels: BTreeMap<Arc<str>, ChannelSnapshot>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct ChannelSnapshot {
+        pub(super) concurrency: Option<(u32, u32)>,
+        pub(super) jobs: BTreeMap<u64, JobSnapshot>,
+        pub(super) grants: Vec<Time>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct JobSnapshot {
+        pub(super) uid: Arc<str>,
+        pub(super) priority: i64,
+        pub(super) timeout: Millis,
+        pub(super) registered_at: Time,
+        pub(super) deadline: Option<Time>,
+        pub(super) meta: Option<Box<str>>,
+        pub(super) granted_at: Option<Time>,
+        pub(super) delivered: bool,
+    }
+}
+
+/// Jobs of a format-2 snapshot had no fencing token (0) and a plain `go`; no channel had
+/// handed out a token, so every floor is 0.
+impl From<v2::Snapshot> for Snapshot {
+    fn from(old: v2::Snapshot) -> Snapshot {
+        let channels = old
+            .channels
+            .into_iter()
+            .map(|(name, ch)| {
+                let jobs: BTreeMap<u64, JobSnapshot> = ch
+                    .jobs
+                    .into_iter()
+                    .map(|(seq, j)| {
+                        let job = JobSnapshot {
+                            uid: j.uid,
+                            priority: j.priority,
+                            timeout: j.timeout,
+                            registered_at: j.registered_at,
+                            deadline: j.deadline,
+                            meta: j.meta.map(std::sync::Arc::from),
+                            granted_at: j.granted_at,
+                            delivered: j.delivered,
+                            token: 0,
+                            reply: Reply::Plain,
+                        };
+                        (seq, job)
+                    })
+                    .collect();
+                (name, ChannelSnapshot::new(ch.concurrency, jobs, ch.grants))
+            })
+            .collect();
+        Snapshot {
+            channels,
+            token_floor: 0,
+        }
     }
 }
 
@@ -372,7 +456,15 @@ mod golden {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn every_change() -> Vec<Change> {
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Every change format 2 knew, in the order of its golden batch.
+    fn format_2_changes() -> Vec<Change> {
         let (channel, uid): (Arc<str>, Arc<str>) = ("ch".into(), "u1".into());
         vec![
             Change::Queued {
@@ -415,32 +507,102 @@ mod golden {
         ]
     }
 
+    /// Every change: format 2's, then the two format 3 appended. Format 3 writes
+    /// `GrantedWithToken` where format 2 wrote `Granted`; both are pinned.
+    fn every_change() -> Vec<Change> {
+        let (channel, uid): (Arc<str>, Arc<str>) = ("ch".into(), "u1".into());
+        let mut all = format_2_changes();
+        all.extend([
+            Change::GrantedWithToken {
+                channel: channel.clone(),
+                uid: uid.clone(),
+                at: Time(1_700_000_000_300),
+                deadline: Time(1_700_000_060_300),
+                token: 300,
+            },
+            Change::Reply {
+                channel,
+                uid,
+                reply: Reply::Json,
+            },
+        ]);
+        all
+    }
+
+    /// A snapshot with every format-3 field set: a job queued with a JSON reply, granted with
+    /// token 300, renewed and delivered; a floor from a dropped channel.
     fn a_snapshot() -> Snapshot {
+        let changes = every_change();
         let mut snap = Snapshot::default();
-        for c in every_change().into_iter().take(5) {
+        snap.apply(changes[0].clone()); // Queued
+        snap.apply(changes[8].clone()); // Reply
+        snap.apply(changes[1].clone()); // Reprioritized
+        snap.apply(changes[7].clone()); // GrantedWithToken
+        snap.apply(changes[3].clone()); // Renewed
+        snap.apply(changes[4].clone()); // Delivered
+        snap.token_floor = 4_000;
+        snap
+    }
+
+    /// What format 2 folded its first five changes into: what its golden snapshot holds.
+    fn a_format_2_snapshot() -> Snapshot {
+        let mut snap = Snapshot::default();
+        for c in format_2_changes().into_iter().take(5) {
             snap.apply(c);
         }
         snap
     }
 
-    /// Every change, encoded as one journal batch by format 2.
-    const BATCH: &str = "5c00000094a3b08407000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc31060263680275310705026368020004026368027531";
-    /// `a_snapshot()` as a format-2 snapshot file.
-    const SNAPSHOT: &str = "4344534e4150320a32000000239096e8010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01e4d095ffbc310101e4d095ffbc31";
+    /// `format_2_changes()`, encoded as one journal batch by format 2 (and still by format 3).
+    const BATCH_2: &str = "5c00000094a3b08407000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc31060263680275310705026368020004026368027531";
+    /// `every_change()` as one format-3 journal batch.
+    const BATCH: &str = "79000000ce07541f09000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac020802636802753101";
+    /// `a_format_2_snapshot()` as a format-2 snapshot file.
+    const SNAPSHOT_2: &str = "4344534e4150320a32000000239096e8010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01e4d095ffbc310101e4d095ffbc31";
+    /// `a_snapshot()` as a format-3 snapshot file.
+    const SNAPSHOT: &str = "4344534e4150330a3a0000004aa58ec4010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac0208a01f";
 
     #[test]
-    fn a_journal_batch_is_encoded_as_format_2_says() {
+    fn a_journal_batch_is_encoded_as_format_3_says() {
         let bytes = encode_batch(&every_change());
         assert_eq!(hex(&bytes), BATCH);
         let recs = records(&bytes);
         assert_eq!(decode_batch(recs.payloads[0]).unwrap(), every_change());
     }
 
+    /// Format 3 only appended variants: a format-2 batch decodes to the same changes, and its
+    /// `Granted` folds into a job without a token.
     #[test]
-    fn a_snapshot_is_encoded_as_format_2_says() {
+    fn a_format_2_journal_batch_still_decodes() {
+        assert_eq!(hex(&encode_batch(&format_2_changes())), BATCH_2);
+        let bytes = unhex(BATCH_2);
+        let changes = decode_batch(records(&bytes).payloads[0]).unwrap();
+        assert_eq!(changes, format_2_changes());
+        let job = &a_format_2_snapshot().channels["ch"].jobs[&7];
+        assert_eq!((job.token, job.reply), (0, Reply::Plain));
+    }
+
+    #[test]
+    fn a_snapshot_is_encoded_as_format_3_says() {
         let bytes = encode_snapshot(&a_snapshot());
         assert_eq!(hex(&bytes), SNAPSHOT);
         assert_eq!(decode_snapshot(&bytes).unwrap(), a_snapshot());
+        let ch = &a_snapshot().channels["ch"];
+        assert_eq!(
+            (ch.last_token, ch.jobs[&7].token, ch.next_seq),
+            (300, 300, 8)
+        );
+        assert_eq!(ch.jobs[&7].reply, Reply::Json);
+    }
+
+    /// A format-2 snapshot (jobs without token and reply, channels without a last token) reads
+    /// as format 3 with tokens 0, plain replies and a floor of 0.
+    #[test]
+    fn a_format_2_snapshot_is_read_and_converted() {
+        assert_eq!(
+            decode_snapshot(&unhex(SNAPSHOT_2)).unwrap(),
+            a_format_2_snapshot()
+        );
     }
 
     /// A format-1 snapshot (jobs without grant time and delivery) reads as format 2 with every
@@ -479,7 +641,7 @@ mod golden {
         let mut file = b"CDSNAP1\n".to_vec();
         frame(&postcard::to_stdvec(&(channels,)).unwrap(), &mut file);
         let read = decode_snapshot(&file).unwrap();
-        let mut expected = a_snapshot();
+        let mut expected = a_format_2_snapshot();
         for job in expected.channels.get_mut("ch").unwrap().jobs.values_mut() {
             job.granted_at = None;
             job.delivered = false;
@@ -489,18 +651,19 @@ mod golden {
 
     #[test]
     fn files_of_a_newer_format_are_refused_by_name_not_taken_for_damage() {
-        for bytes in [&b"CDSNAP3\n"[..], b"CDSNAP9\nanything"] {
+        for bytes in [&b"CDSNAP4\n"[..], b"CDSNAP9\nanything"] {
             match decode_snapshot(bytes) {
                 Err(FormatError::Newer(e)) => assert!(e.contains("newer coordinosaur"), "{e}"),
                 other => panic!("{other:?}"),
             }
         }
         assert!(matches!(
-            journal_body(b"CDJRNL3\n"),
+            journal_body(b"CDJRNL4\n"),
             Err(FormatError::Newer(_))
         ));
         assert_eq!(journal_body(b"CDJRNL1\nbody"), Ok(Some(&b"body"[..])));
         assert_eq!(journal_body(b"CDJRNL2\n"), Ok(Some(&b""[..])));
+        assert_eq!(journal_body(b"CDJRNL3\n"), Ok(Some(&b""[..])));
         assert_eq!(journal_body(b"CDJR"), Ok(None));
         assert_eq!(journal_body(b"something else"), Ok(None));
     }

@@ -283,8 +283,8 @@ fn a_newer_format_is_refused_by_name_not_fallen_back_from() {
         run_once(tmp.path(), &[queued_c("a", 0)]);
         run_once(tmp.path(), &[queued_c("b", 1)]);
         let (path, magic) = match newer {
-            "snapshot" => (snapshot_path(tmp.path(), 1), b"CDSNAP3\n"),
-            _ => (journal_path(tmp.path(), 1), b"CDJRNL3\n"),
+            "snapshot" => (snapshot_path(tmp.path(), 1), b"CDSNAP4\n"),
+            _ => (journal_path(tmp.path(), 1), b"CDJRNL4\n"),
         };
         let mut bytes = fs::read(&path).unwrap();
         bytes[..8].copy_from_slice(magic);
@@ -400,4 +400,35 @@ fn recovery_lists_the_registrations_the_journal_applied() {
         .map(|r| &*r.uid)
         .collect();
     assert_eq!(recent, ["a", "b"]);
+}
+
+/// A state dir of format 2 whose journal holds a grant of the time before fencing tokens: the
+/// job comes back running with token 0 (it never had one), and the next generation is format 3.
+#[test]
+fn a_format_2_journal_is_restored_with_untokened_grants() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    run(dir, &[vec![queued("a", 0)], vec![granted("a", 10)]]);
+    let path = journal_path(dir, 0);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[..8].copy_from_slice(b"CDJRNL2\n");
+    fs::write(&path, bytes).unwrap();
+    for g in 1..=5 {
+        let _ = fs::remove_file(journal_path(dir, g));
+        let _ = fs::remove_file(snapshot_path(dir, g));
+    }
+    let (snap, recovery, journal) = open(dir, Durability::Os, |_| usize::MAX).unwrap();
+    assert!(recovery.warnings.is_empty(), "{:?}", recovery.warnings);
+    let ch = &snap.channels["ch"];
+    let job = &ch.jobs[&0];
+    assert_eq!(
+        (job.deadline, job.token, ch.last_token),
+        (Some(Time(1_010)), 0, 0)
+    );
+    drop(journal);
+    assert_eq!(
+        &fs::read(newest_journal(dir)).unwrap()[..8],
+        format::JOURNAL_MAGIC
+    );
+    assert_eq!(&format::JOURNAL_MAGIC[..], b"CDJRNL3\n");
 }

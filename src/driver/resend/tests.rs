@@ -22,6 +22,7 @@ fn register(e: &mut Engine, now: Time, uid: &str) {
             timeout: Millis(60_000),
             priority: 0,
             meta: None,
+            reply: Default::default(),
         }),
     );
 }
