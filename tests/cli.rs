@@ -211,7 +211,7 @@ impl Drop for KillOnDrop {
 
 /// Connects as `id`, publishes one QoS 1 message, waits for its PUBACK and disconnects with a
 /// DISCONNECT packet before closing the socket, as `mosquitto_pub` does.
-async fn publish_once(port: u16, id: &str) {
+async fn publish_once(port: u16, id: &str) -> Result<(), String> {
     let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(options, 10);
@@ -219,19 +219,25 @@ async fn publish_once(port: u16, id: &str) {
         .try_publish("other/topic", QoS::AtLeastOnce, false, "hi")
         .expect("queue the publish");
     let exchange = async {
+        let mut disconnecting = false;
         loop {
-            match eventloop.poll().await.expect("talk to the embedded broker") {
-                Event::Incoming(Packet::PubAck(_)) => {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
                     client.try_disconnect().expect("queue DISCONNECT");
+                    disconnecting = true;
                 }
-                Event::Outgoing(Outgoing::Disconnect) => return,
-                _ => {}
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                // The broker may close the socket on DISCONNECT before rumqttc reports sending
+                // it: that is the clean end, not a failure.
+                Err(_) if disconnecting => return Ok(()),
+                Err(e) => return Err(format!("talk to the embedded broker: {e:?}")),
             }
         }
     };
     tokio::time::timeout(DEFAULT_TIMEOUT, exchange)
         .await
-        .expect("publish and disconnect within 10 s");
+        .expect("publish and disconnect within 10 s")
 }
 
 /// Normal use with the shipped config (embedded rumqttd, the default log filter): clients that
@@ -264,8 +270,20 @@ async fn clean_disconnects_log_no_error_with_the_shipped_config() {
     let mut daemon = KillOnDrop(child);
     let mut worker = Client::connect(port, &unique_id("worker")).await;
     worker.subscribe(&topic("ch", "go/+")).await;
+    // rumqttd 0.20 sometimes resets a fresh connection before its PUBACK on a loaded machine
+    // (seen in about 1 run in 3 with a full test suite beside it; nothing logged): such a
+    // connection never disconnects cleanly, so it is tried again. Its reset must not log an
+    // ERROR either (checked below).
     for i in 0..5 {
-        publish_once(port, &unique_id(&format!("pub{i}"))).await;
+        let mut attempt = 0;
+        while let Err(e) = publish_once(port, &unique_id(&format!("pub{i}"))).await {
+            attempt += 1;
+            assert!(
+                attempt < 5,
+                "{e}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
     }
     // A round trip through the daemon after the disconnects; then a moment for rumqttd's link
     // threads, which log after the router has dropped a connection.
