@@ -169,20 +169,32 @@ impl Client {
     /// Panics if the broker refuses it or does not answer within 10 s.
     pub async fn subscribe(&self, filter: &str) {
         let (done, answer) = oneshot::channel();
-        {
+        let mut done = Some(done);
+        let give_up = std::time::Instant::now() + DEFAULT_TIMEOUT;
+        loop {
             let mut subs = self.lock();
-            if !subs.filters.iter().any(|f| f == filter) {
-                subs.filters.push(filter.to_owned());
-            }
             // Under the lock, so that `queued` stays in the channel's order.
-            self.client
-                .try_subscribe(filter, QoS::AtLeastOnce)
-                .unwrap_or_else(|e| panic!("{}: subscribe {filter}: {e}", self.id));
-            subs.queued.push_back(Intent {
-                filters: vec![filter.to_owned()],
-                waiters: vec![done],
-                restores_connection: None,
-            });
+            match self.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                Ok(()) => {
+                    if !subs.filters.iter().any(|f| f == filter) {
+                        subs.filters.push(filter.to_owned());
+                    }
+                    subs.queued.push_back(Intent {
+                        filters: vec![filter.to_owned()],
+                        waiters: done.take().into_iter().collect(),
+                        restores_connection: None,
+                    });
+                    break;
+                }
+                // The request channel is full (e.g. right after thousands of publishes): wait
+                // for the event loop to take some, outside the lock.
+                Err(e) if std::time::Instant::now() < give_up => {
+                    let _ = e;
+                    drop(subs);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("{}: subscribe {filter}: {e}", self.id),
+            }
         }
         match timeout(DEFAULT_TIMEOUT, answer).await {
             Ok(Ok(Ok(()))) => {}
