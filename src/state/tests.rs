@@ -432,3 +432,25 @@ fn a_format_2_journal_is_restored_with_untokened_grants() {
     );
     assert_eq!(&format::JOURNAL_MAGIC[..], b"CDJRNL3\n");
 }
+
+/// A batch of only acknowledgements is committed without a sync of its own, and is durable
+/// with the next synced batch: both come back after a restart.
+#[test]
+fn lazy_acknowledgement_batches_ride_along_with_the_next_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, _, mut journal) = open(tmp.path(), Durability::Fsync, |_| usize::MAX).unwrap();
+    journal.submit(&[queued_c("a", 0)]);
+    let delivered = Change::Delivered {
+        channel: "c".into(),
+        uid: "a".into(),
+        seq: 0,
+    };
+    let lazy = journal.submit(std::slice::from_ref(&delivered));
+    assert_eq!(journal.close_wait(lazy), lazy);
+    let last = journal.submit(&[queued_c("b", 1)]);
+    assert_eq!(journal.close_wait(last), last);
+    journal.close(Duration::from_secs(5));
+    let (snapshot, recovery) = run_once(tmp.path(), &[]);
+    assert_eq!(recovery.changes, 3, "{:?}", recovery.warnings);
+    assert_eq!(uids(&snapshot), ["a", "b"]);
+}

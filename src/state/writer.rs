@@ -30,8 +30,9 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// What the driver asks the writer thread to do, in order.
 enum Cmd {
-    /// Append one framed batch; `id` is reported committed once it is durable.
-    Batch { id: u64, bytes: Vec<u8> },
+    /// Append one framed batch; `id` is reported committed once it is durable. A `lazy` batch
+    /// is reported committed once written: it is synced with the next batch that is not.
+    Batch { id: u64, bytes: Vec<u8>, lazy: bool },
     /// Start generation `generation` from `snapshot` (the state after every earlier batch),
     /// encoded on the writer thread.
     Rotate {
@@ -175,14 +176,22 @@ impl Journal {
     }
 
     /// Hands a batch of changes to the writer; returns its id.
+    ///
+    /// A batch of nothing but the broker's acknowledgements of `go`s ([`Change::Delivered`]) is
+    /// lazy: written, but not synced on its own (the next batch that is synced takes it along).
+    /// Nothing waits on it, and losing it to a power cut only means a repeated `go`; syncing it
+    /// cost an `fdatasync` per grant that the next decision had to wait behind.
     pub fn submit(&mut self, changes: &[Change]) -> u64 {
         self.reclaim_writer();
+        let lazy = changes
+            .iter()
+            .all(|c| matches!(c, Change::Delivered { .. }));
         let bytes = format::encode_batch(changes);
         self.bytes_since_snapshot += bytes.len() as u64;
         self.last_id += 1;
         let id = self.last_id;
         if let Some(writer) = self.inline.as_mut() {
-            match writer.write(&bytes) {
+            match writer.write(&bytes, !lazy) {
                 Ok(()) => return id,
                 Err(e) => {
                     // Hand over to a thread that retries, so the caller never blocks on a
@@ -199,7 +208,7 @@ impl Journal {
                 }
             }
         }
-        self.send(Cmd::Batch { id, bytes });
+        self.send(Cmd::Batch { id, bytes, lazy });
         id
     }
 
@@ -333,25 +342,28 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut group = Vec::new();
         let mut last_id = 0;
+        // Whether the group holds a batch that must be synced (not only lazy ones).
+        let mut sync = false;
         while let Ok(first) = rx.recv() {
             let mut next = Some(first);
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Cmd::Batch { id, bytes } => {
+                    Cmd::Batch { id, bytes, lazy } => {
                         group.extend_from_slice(&bytes);
                         last_id = id;
+                        sync |= !lazy;
                     }
                     Cmd::Rotate {
                         generation,
                         snapshot,
                     } => {
-                        if !self.commit(&mut group, last_id) {
+                        if !self.commit(&mut group, last_id, std::mem::take(&mut sync)) {
                             return;
                         }
                         self.rotate(generation, &snapshot);
                     }
                     Cmd::HandBack(back) => {
-                        if !self.commit(&mut group, last_id) {
+                        if !self.commit(&mut group, last_id, std::mem::take(&mut sync)) {
                             return;
                         }
                         let _ = back.send(self);
@@ -362,17 +374,18 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            if !self.commit(&mut group, last_id) {
+            if !self.commit(&mut group, last_id, std::mem::take(&mut sync)) {
                 return;
             }
         }
     }
 
-    /// One attempt to write (and sync) `bytes` at the end of the journal.
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// One attempt to write `bytes` at the end of the journal, and sync it (with `fsync`
+    /// durability, unless `sync` is false: only lazy batches).
+    fn write(&mut self, bytes: &[u8], sync: bool) -> io::Result<()> {
         // Positioned writes: a retry overwrites whatever a failed attempt left behind.
         self.file.write_all_at(bytes, self.len)?;
-        if self.durability == Durability::Fsync {
+        if sync && self.durability == Durability::Fsync {
             self.file.sync_data()?;
         }
         self.len += bytes.len() as u64;
@@ -381,7 +394,7 @@ impl Writer {
 
     /// Writes (and syncs) `group`, retrying until it works or the daemon stops; then reports
     /// `id` committed. Returns false if it gave up.
-    fn commit(&mut self, group: &mut Vec<u8>, id: u64) -> bool {
+    fn commit(&mut self, group: &mut Vec<u8>, id: u64, sync: bool) -> bool {
         if group.is_empty() {
             return true;
         }
@@ -389,7 +402,7 @@ impl Writer {
         let mut delay = Duration::from_millis(10);
         let mut last_report: Option<Instant> = None;
         loop {
-            match self.write(group) {
+            match self.write(group, sync) {
                 Ok(()) => break,
                 Err(e) => {
                     metrics::counter!("coordinosaur_journal_write_errors_total").increment(1);
