@@ -140,6 +140,31 @@ async fn kill_and_restart(daemon: &mut Daemon) {
     daemon.spawn_again().await;
 }
 
+/// A broker and a daemon whose first `go` for `uid` aborts it between journal and publish
+/// (the fault point [`ABORT_BEFORE_GO`]).
+async fn start_with_abort_before_go(uid: &str) -> (TestBroker, Daemon) {
+    let broker = TestBroker::start();
+    let options = common::DaemonOptions {
+        env: vec![(ABORT_BEFORE_GO.into(), uid.into())],
+        ..Default::default()
+    };
+    let daemon = Daemon::start_with_options(broker.port(), "", options).await;
+    (broker, daemon)
+}
+
+/// Waits (up to 10 s) until the fault point has ended the daemon.
+async fn wait_for_the_fault_point(daemon: &mut Daemon) {
+    wait_last_run_log(daemon, "aborting before publishing go").await;
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    while daemon.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the fault point did not end the daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// After a restart: the grants the broker had acknowledged get no second `go` (a worker of the
 /// original protocol would run its job again). Waits past the restart's re-send point (the
 /// sync marker came back) plus [`QUIET`].
@@ -400,26 +425,13 @@ async fn lease_that_ran_out_while_the_daemon_was_down_expires_at_restart_and_fre
 /// a `go` nobody waited for after its `expired`).
 #[tokio::test]
 async fn a_register_redelivered_after_its_job_expired_during_a_crash_starts_nothing() {
-    let broker = TestBroker::start();
-    let options = common::DaemonOptions {
-        env: vec![(ABORT_BEFORE_GO.into(), "a".into())],
-        ..Default::default()
-    };
-    let mut daemon = Daemon::start_with_options(broker.port(), "", options).await;
+    let (broker, mut daemon) = start_with_abort_before_go("a").await;
     let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
     for action in ["go/+", "expired/+"] {
         c.subscribe(&topic("ch", action)).await;
     }
     c.register("ch", "a", 0.3).await;
-    wait_last_run_log(&daemon, "aborting before publishing go").await;
-    let deadline = Instant::now() + DEFAULT_TIMEOUT;
-    while daemon.is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "the fault point did not end the daemon"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_the_fault_point(&mut daemon).await;
     // Down past the lease's end.
     tokio::time::sleep(Duration::from_millis(500)).await;
     daemon.clear_env();
@@ -462,25 +474,12 @@ async fn kill_9_after_the_broker_acknowledged_go_says_no_second_go_and_keeps_the
 /// keeps its slot (no second grant).
 #[tokio::test]
 async fn crash_between_journal_and_publish_gives_exactly_one_go_after_restart() {
-    let broker = TestBroker::start();
-    let options = common::DaemonOptions {
-        env: vec![(ABORT_BEFORE_GO.into(), "a".into())],
-        ..Default::default()
-    };
-    let mut daemon = Daemon::start_with_options(broker.port(), "", options).await;
+    let (broker, mut daemon) = start_with_abort_before_go("a").await;
     let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
     c.subscribe(&topic("ch", "go/+")).await;
     c.register("ch", "a", 300.0).await;
     c.register("ch", "b", 300.0).await;
-    wait_last_run_log(&daemon, "aborting before publishing go").await;
-    let deadline = Instant::now() + DEFAULT_TIMEOUT;
-    while daemon.is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "the fault point did not end the daemon"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_the_fault_point(&mut daemon).await;
     c.expect_none(&topic("ch", "go/+"), QUIET).await;
 
     // The same fault point stays armed: it ends only a first grant, not the go said again.

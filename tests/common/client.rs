@@ -216,9 +216,13 @@ impl Client {
     /// is away the message waits there and is sent after the reconnect (or dropped, if it was
     /// already taken for the lost connection). Panics if it cannot be queued within 10 s.
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.publish_as(topic, payload.into(), false).await;
+    }
+
+    async fn publish_as(&self, topic: &str, payload: Vec<u8>, retain: bool) {
         let queued = self
             .client
-            .publish(topic, QoS::AtLeastOnce, false, payload.into());
+            .publish(topic, QoS::AtLeastOnce, retain, payload);
         match timeout(DEFAULT_TIMEOUT, queued).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("{}: publish to {topic}: {e}", self.id),
@@ -232,14 +236,7 @@ impl Client {
     /// Publishes at QoS 1 with the retain flag: the broker stores the message and hands it to
     /// every later subscriber (the slip that [`Client::publish`] never makes).
     pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        let queued = self
-            .client
-            .publish(topic, QoS::AtLeastOnce, true, payload.into());
-        match timeout(DEFAULT_TIMEOUT, queued).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("{}: publish to {topic}: {e}", self.id),
-            Err(_) => panic!("{}: publish to {topic} not queued", self.id),
-        }
+        self.publish_as(topic, payload.into(), true).await;
     }
 
     /// Publishes arbitrary bytes (e.g. invalid UTF-8) at QoS 1; see [`Client::publish`].
