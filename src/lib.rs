@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod ha;
 pub mod metrics;
 pub mod mqtt;
 pub mod policy;
@@ -64,8 +65,9 @@ pub async fn run(
         limits: limits_rx,
         nonce: mqtt::Settings::new_nonce(),
     };
+    tokio::pin!(shutdown);
     // First: a second daemon on the same state dir must stop before it touches the broker.
-    let state = open_state(&config).await?;
+    let mut state = open_state(&config).await?;
     let _broker = start_embedded_broker(&config, &mut settings).await?;
     tracing::info!(broker = %settings.broker.address(), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
 
@@ -75,6 +77,18 @@ pub async fn run(
         tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
     }
     let (runtime, policy_watch) = start_policies(&config).await?;
+    // With the JetStream backend: a standby until this node takes the leader lease; only the
+    // leader connects to MQTT.
+    let mut leader = None;
+    if let Some(js) = config.state.jetstream() {
+        let node = js.node_id();
+        let Some(takeover) = ha::standby(js, &node, shutdown.as_mut()).await? else {
+            tracing::info!("shut down as a standby");
+            return Ok(());
+        };
+        state = Some((takeover.journal, takeover.snapshot, takeover.recent));
+        leader = Some((takeover.cluster, takeover.guard, node));
+    }
     let (config_tx, mut reloaded) = mpsc::unbounded_channel::<reload::NewConfig>();
     let (to_driver, configs) = mpsc::unbounded_channel();
     // A reloaded config's message limits apply in the MQTT task at once; the rest in the driver.
@@ -116,6 +130,7 @@ pub async fn run(
         outbox,
         prefix,
         nonce,
+        leader: leader.as_ref().map(|(_, _, node)| leader_record(node)),
     };
     let control = driver::Control {
         policies: Some(runtime),
@@ -124,7 +139,14 @@ pub async fn run(
         state,
         prefix: settings_prefix,
     };
-    driver::run(engine, driver::Clock::new(), rx, sink, control, shutdown).await;
+    let stopped = driver::run(engine, driver::Clock::new(), rx, sink, control, shutdown).await;
+    if let driver::Stopped::Deposed(reason) = stopped {
+        // Fail-stop: nothing held is published; the supervisor restarts this as a standby.
+        mqtt_task.abort();
+        anyhow::bail!(
+            "stepped down as leader: {reason}; restart coordinosaur to rejoin as a standby"
+        );
+    }
 
     tracing::info!("shutting down");
     // The driver dropped its outbox: once the task has handed everything to rumqttc, queued
@@ -142,7 +164,23 @@ pub async fn run(
     {
         tracing::warn!("MQTT connection did not close within 3 s");
     }
+    // Disconnected: a standby may take over at once instead of waiting out the lease.
+    if let Some((cluster, guard, node)) = &leader {
+        if guard.valid() {
+            state::jetstream::lease::release(&cluster.leases, node).await;
+        }
+    }
     Ok(())
+}
+
+/// The retained record of who leads: `{"node": ..., "since_ms": <epoch ms>}`.
+fn leader_record(node: &str) -> Vec<u8> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    serde_json::json!({"node": node, "since_ms": since})
+        .to_string()
+        .into_bytes()
 }
 
 /// Opens the state dir (taking its lock) and restores the last run's state, unless
@@ -150,6 +188,9 @@ pub async fn run(
 async fn open_state(
     config: &Config,
 ) -> anyhow::Result<Option<(state::Journal, engine::Snapshot, Vec<state::Registered>)>> {
+    if config.state.jetstream().is_some() {
+        return Ok(None);
+    }
     let Some(dir) = config.state.dir().map(ToOwned::to_owned) else {
         tracing::warn!("[state] dir = \"\": persistence is off; a restart forgets every job");
         return Ok(None);
@@ -189,7 +230,11 @@ async fn open_state(
         took_ms = started.elapsed().as_millis(),
         "state restored"
     );
-    Ok(Some((journal, snapshot, recovery.recent_registrations)))
+    Ok(Some((
+        state::Journal::File(journal),
+        snapshot,
+        recovery.recent_registrations,
+    )))
 }
 
 /// Compiles every configured policy (a bad one stops start-up) and starts watching their files.

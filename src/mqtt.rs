@@ -259,6 +259,7 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => debug!(?ack.return_codes, "subscribed"),
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                tracing::trace!(topic = p.topic, pkid = p.pkid, dup = p.dup, "received");
                 let ack = Ack::of(&p);
                 let msg = if p.topic == sync_topic {
                     if p.payload == nonce {
@@ -357,6 +358,9 @@ pub struct MqttSink {
     pub prefix: String,
     /// This process's sync marker.
     pub nonce: Arc<str>,
+    /// With the JetStream backend: the leader record, published retained on
+    /// [`protocol::leader_topic`] after each connect.
+    pub leader: Option<Vec<u8>>,
 }
 
 impl Sink for MqttSink {
@@ -387,6 +391,10 @@ impl Sink for MqttSink {
     async fn mark(&mut self) {
         let topic = protocol::sync_topic(&self.prefix);
         let nonce = self.nonce.as_bytes().to_vec();
+        if let Some(record) = &self.leader {
+            let topic = protocol::leader_topic(&self.prefix);
+            self.outbox.publish_retained(topic, record.clone());
+        }
         self.outbox.publish(Sent::Other, topic, nonce);
     }
 }

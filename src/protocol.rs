@@ -163,7 +163,16 @@ pub fn subscriptions(prefix: &str) -> [String; 3] {
 /// The topic the daemon publishes a marker to after each connect: when its own marker comes
 /// back, every request the broker queued for it before the connect has been read.
 pub fn sync_topic(prefix: &str) -> String {
-    format!("{prefix}/_coordinosaur/sync")
+    format!("{prefix}/{INTERNAL}/sync")
+}
+
+/// The daemon's own topic level: its sync marker and leader record, never a channel.
+pub const INTERNAL: &str = "_coordinosaur";
+
+/// Where the leader (JetStream backend) publishes, retained, `{"node", "since_ms"}` after each
+/// connect; `coordinosaur status` shows it.
+pub fn leader_topic(prefix: &str) -> String {
+    format!("{prefix}/{INTERNAL}/leader")
 }
 
 /// Decodes one message. `Ok(None)`: a topic we publish ourselves, ignored silently.
@@ -184,7 +193,7 @@ pub fn decode(
         .filter(|(c, a)| !c.is_empty() && !a.is_empty())
         .ok_or_else(|| Rejection::new(None, None, ProtocolError::BadTopic))?;
     let reject = |uid: Option<&str>, e| Rejection::new(Some(channel), uid, e);
-    if is_own_output(action) {
+    if is_own_output(action) || channel == INTERNAL {
         return Ok(None);
     }
     if !matches!(

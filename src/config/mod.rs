@@ -13,6 +13,7 @@
 mod channels;
 mod duration;
 mod explain;
+mod jetstream;
 mod settings;
 mod tls;
 mod values;
@@ -29,6 +30,7 @@ use serde::Deserialize;
 pub use channels::ChannelRule;
 pub use duration::parse_duration_str as parse_duration;
 pub use explain::{Explanation, MatchedRule};
+pub use jetstream::{Backend, JetStreamConfig};
 pub use settings::{
     host_port, EmbeddedBrokerConfig, Limits, MetricsConfig, MqttConfig, PolicySandbox, StateConfig,
 };
@@ -42,6 +44,13 @@ pub const ENV_MQTT_USERNAME: &str = "COORDINOSAUR_MQTT_USERNAME";
 
 /// Environment variable that overrides `[mqtt] password` (see [`Config::apply_env`]).
 pub const ENV_MQTT_PASSWORD: &str = "COORDINOSAUR_MQTT_PASSWORD";
+
+/// Environment variables that override `[state.jetstream] username`, `password` and `token`.
+pub const ENV_NATS_USERNAME: &str = "COORDINOSAUR_NATS_USERNAME";
+/// See [`ENV_NATS_USERNAME`].
+pub const ENV_NATS_PASSWORD: &str = "COORDINOSAUR_NATS_PASSWORD";
+/// See [`ENV_NATS_USERNAME`].
+pub const ENV_NATS_TOKEN: &str = "COORDINOSAUR_NATS_TOKEN";
 
 /// Why the configuration could not be loaded. Each message is meant to be shown to the user as-is.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +153,17 @@ impl Config {
         if let Some(tls) = &mut mqtt.tls {
             tls.resolve_paths(base);
         }
+        let mut jetstream = raw.state.jetstream.clone();
+        jetstream.resolve_paths(base);
+        if raw.state.backend == Backend::Jetstream {
+            jetstream.check().map_err(invalid)?;
+            if raw.embedded_broker.enabled {
+                return Err(invalid("[state] backend = \"jetstream\" needs one MQTT broker shared by every coordinator (e.g. the NATS cluster's MQTT listener), not each process's embedded broker: set [embedded_broker] enabled = false".into()));
+            }
+            if mqtt.clean_session {
+                return Err(invalid("[state] backend = \"jetstream\" needs [mqtt] clean_session = false: the broker's session (and the requests queued in it) moves to each new leader".into()));
+            }
+        }
         Ok(Config {
             mqtt,
             embedded_broker: raw.embedded_broker,
@@ -157,6 +177,8 @@ impl Config {
                     None => PathBuf::new(),
                 },
                 durability: raw.state.durability,
+                backend: raw.state.backend,
+                jetstream,
             },
             defaults,
             channels,
@@ -174,6 +196,16 @@ impl Config {
         }
         if let Some(password) = env(ENV_MQTT_PASSWORD) {
             self.mqtt.password = (!password.is_empty()).then_some(password);
+        }
+        let nats = &mut self.state.jetstream;
+        for (key, slot) in [
+            (ENV_NATS_USERNAME, &mut nats.username),
+            (ENV_NATS_PASSWORD, &mut nats.password),
+            (ENV_NATS_TOKEN, &mut nats.token),
+        ] {
+            if let Some(value) = env(key) {
+                *slot = (!value.is_empty()).then_some(value);
+            }
         }
     }
 
@@ -256,14 +288,23 @@ impl Config {
                 .map_or_else(|| "off (plain TCP)".to_owned(), TlsConfig::summary)
         );
         let _ = writeln!(out, "topic prefix: {}", mqtt.topic_prefix);
-        let _ = match self.state.dir() {
-            Some(dir) => writeln!(
+        let _ = match (self.state.jetstream(), self.state.dir()) {
+            (Some(js), _) => writeln!(
+                out,
+                "state: jetstream stream {:?} on {} (replicas {}, leader lease {}, node {})",
+                js.stream,
+                js.servers.join(", "),
+                js.replicas,
+                humantime::format_duration(js.leader_lease),
+                js.node_id()
+            ),
+            (None, Some(dir)) => writeln!(
                 out,
                 "state: {} (durability {})",
                 dir.display(),
                 self.state.durability
             ),
-            None => writeln!(out, "state: off (a restart forgets every job)"),
+            (None, None) => writeln!(out, "state: off (a restart forgets every job)"),
         };
         let _ = writeln!(
             out,

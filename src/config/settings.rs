@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::jetstream::{Backend, JetStreamConfig};
 use super::{duration, values, TlsConfig};
 use crate::engine::{EngineLimits, Millis};
 use crate::protocol::DecodeLimits;
@@ -195,6 +196,11 @@ pub struct StateConfig {
     /// `fsync` (default): a decision is synced to disk before it is published; `os`: written
     /// to the OS only (survives kill -9, not a power cut).
     pub durability: Durability,
+    /// `file` (default): the journal in `dir`; `jetstream`: a replicated stream on a NATS
+    /// cluster, with standby coordinators (`[state.jetstream]`).
+    pub backend: Backend,
+    /// `[state.jetstream]`, used when `backend = "jetstream"`.
+    pub jetstream: JetStreamConfig,
 }
 
 impl Default for StateConfig {
@@ -202,13 +208,23 @@ impl Default for StateConfig {
         StateConfig {
             dir: PathBuf::from("state"),
             durability: Durability::default(),
+            backend: Backend::default(),
+            jetstream: JetStreamConfig::default(),
         }
     }
 }
 
 impl StateConfig {
-    /// The state folder, or `None` if persistence is off.
+    /// The JetStream settings, if that is the backend.
+    pub fn jetstream(&self) -> Option<&JetStreamConfig> {
+        (self.backend == Backend::Jetstream).then_some(&self.jetstream)
+    }
+
+    /// The state folder, or `None` if persistence is off (or lives in JetStream).
     pub fn dir(&self) -> Option<&Path> {
+        if self.backend == Backend::Jetstream {
+            return None;
+        }
         (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
     }
 }

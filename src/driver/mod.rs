@@ -109,6 +109,17 @@ struct Driver<S> {
     abort_before_go: Option<String>,
     /// The topic prefix, for log lines.
     prefix: String,
+    /// Why this process may no longer publish (another leader took over), once it may not.
+    deposed: Option<String>,
+}
+
+/// How [`run`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Shutdown was asked for, or the inbound channel closed.
+    Shutdown,
+    /// This leader lost its lease or was fenced: it published nothing after that.
+    Deposed(String),
 }
 
 /// Environment variable naming a uid: the daemon aborts, as a crash would, right before
@@ -285,6 +296,14 @@ impl<S: Sink> Driver<S> {
     }
 
     async fn let_go(&mut self, held: Held) {
+        if self.deposed.is_some() {
+            return;
+        }
+        if self.journal.as_ref().is_some_and(|j| !j.may_publish()) {
+            self.deposed =
+                Some("the leader lease ran out (paused, or cut off from the cluster)".into());
+            return;
+        }
         match held {
             Held::Out(out) => self.publish(out).await,
             Held::Ack(ack) => self.sink.ack(ack).await,
@@ -305,7 +324,8 @@ impl<S: Sink> Driver<S> {
     }
 }
 
-/// Runs the engine until `shutdown` completes or the inbound channel closes.
+/// Runs the engine until `shutdown` completes, the inbound channel closes, or (with the
+/// JetStream journal) this process stops being the leader.
 pub async fn run(
     engine: Engine,
     clock: Clock,
@@ -313,7 +333,7 @@ pub async fn run(
     sink: impl Sink,
     control: Control,
     shutdown: impl Future,
-) {
+) -> Stopped {
     tokio::pin!(shutdown);
     let Control {
         policies,
@@ -339,6 +359,7 @@ pub async fn run(
         changes: Vec::new(),
         abort_before_go: std::env::var(ABORT_BEFORE_GO).ok(),
         prefix,
+        deposed: None,
     };
     if let Some((journal, snapshot, recent)) = state {
         d.journal = Some(journal);
@@ -407,17 +428,23 @@ pub async fn run(
             }
             Some(config) = configs.recv() => d.config(config),
             Some(update) = next_update(&mut d.policies) => d.policy_update(update),
-            () = committed(&mut d.journal) => {}
+            fenced = journal_event(&mut d.journal) => {
+                if let Some(reason) = fenced {
+                    d.deposed = Some(reason);
+                }
+            }
         }
         d.flush().await;
         d.release(None).await;
+        if let Some(reason) = d.deposed.take() {
+            // Nothing more goes out: what is held stays unpublished (the next leader owns it).
+            return Stopped::Deposed(reason);
+        }
     }
     if let Some(journal) = d.journal.take() {
         // Let the writer finish what was decided, then publish what it committed.
         let held = d.gate.held();
-        // Closing waits for the writer thread: not on the runtime's thread.
-        let closing = tokio::task::spawn_blocking(move || journal.close(Duration::from_secs(5)));
-        let committed = closing.await.unwrap_or(0);
+        let committed = journal.close(Duration::from_secs(5)).await;
         d.release(Some(committed)).await;
         if d.gate.held() > 0 {
             warn!(
@@ -428,6 +455,7 @@ pub async fn run(
         debug!(held, "journal closed");
     }
     debug!("driver stopped");
+    Stopped::Shutdown
 }
 
 /// The earlier of two optional deadlines.
@@ -438,10 +466,11 @@ fn earliest(a: Option<Time>, b: Option<Time>) -> Option<Time> {
     }
 }
 
-/// Completes when the journal commits more; never without a journal.
-async fn committed(journal: &mut Option<Journal>) {
+/// Completes when the journal commits more (`None`) or is fenced (the reason); never without
+/// a journal.
+async fn journal_event(journal: &mut Option<Journal>) -> Option<String> {
     match journal {
-        Some(j) => j.advanced().await,
+        Some(j) => j.next_event().await,
         None => std::future::pending().await,
     }
 }

@@ -54,7 +54,7 @@ struct Running {
     inbound: mpsc::Sender<Inbound>,
     sink: Collect,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<super::Stopped>,
     _configs: mpsc::UnboundedSender<crate::reload::NewConfig>,
 }
 
@@ -69,7 +69,10 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.task.await.expect("driver task");
+        assert_eq!(
+            self.task.await.expect("driver task"),
+            super::Stopped::Shutdown
+        );
     }
 }
 

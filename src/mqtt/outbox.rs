@@ -33,11 +33,12 @@ use super::Ack;
 /// One thing for the broker, in the order the driver decided it.
 #[derive(Debug)]
 enum Request {
-    /// Publish at QoS 1, not retained; `sent` says what it is, for the delivery tracker.
+    /// Publish at QoS 1; `sent` says what it is, for the delivery tracker.
     Publish {
         sent: Sent,
         topic: String,
         payload: Vec<u8>,
+        retain: bool,
     },
     /// Acknowledge a received message.
     Ack(Ack),
@@ -70,6 +71,17 @@ impl Outbox {
             sent,
             topic,
             payload,
+            retain: false,
+        });
+    }
+
+    /// Queues a retained QoS 1 publish (a record for late subscribers, not a decision).
+    pub fn publish_retained(&self, topic: String, payload: Vec<u8>) {
+        self.push(Request::Publish {
+            sent: Sent::Other,
+            topic,
+            payload,
+            retain: true,
         });
     }
 
@@ -102,12 +114,13 @@ async fn run(
                 sent,
                 topic,
                 payload,
+                retain,
             } => {
                 // Before the request: the tracker must find it when rumqttc sends the publish.
                 // If the MQTT task is gone, so is the event loop, and the publish fails too.
                 let _ = tracker.send(sent);
                 if let Err(e) = client
-                    .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
+                    .publish(topic.as_str(), QoS::AtLeastOnce, retain, payload)
                     .await
                 {
                     warn!(topic, cause = %e, "publish failed");

@@ -14,6 +14,8 @@
 //! and sync. The driver publishes a batch's effects only once the thread reports it committed.
 
 mod format;
+pub mod jetstream;
+mod journal;
 mod writer;
 
 use std::collections::BTreeSet;
@@ -28,7 +30,8 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::engine::{Change, Millis, Snapshot};
-pub use writer::Journal;
+pub use journal::Journal;
+pub use writer::FileJournal;
 
 /// How hard a commit tries to survive a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -141,7 +144,7 @@ pub fn open(
     dir: &Path,
     durability: Durability,
     keep_grants: impl Fn(&str) -> usize,
-) -> Result<(Snapshot, Recovery, Journal), StateError> {
+) -> Result<(Snapshot, Recovery, FileJournal), StateError> {
     let io_err = |what, path: &Path| {
         let dir = dir.to_owned();
         let path = path.to_owned();
@@ -165,14 +168,13 @@ pub fn open(
         dir: dir.to_owned(),
         _lock: lock,
     };
-    let journal = Journal::start(store, generation, recovery.base, &snapshot, durability).map_err(
-        |(what, path, cause)| StateError::Io {
+    let journal = FileJournal::start(store, generation, recovery.base, &snapshot, durability)
+        .map_err(|(what, path, cause)| StateError::Io {
             dir: dir.to_owned(),
             what,
             path,
             cause,
-        },
-    )?;
+        })?;
     Ok((snapshot, recovery, journal))
 }
 
@@ -409,7 +411,10 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
 }
 
 /// Remembers `change` if it is a registration, keeping the last [`RECENT_REGISTRATIONS`].
-fn note_registration(recent: &mut std::collections::VecDeque<Registered>, change: &Change) {
+pub(crate) fn note_registration(
+    recent: &mut std::collections::VecDeque<Registered>,
+    change: &Change,
+) {
     if let Change::Queued {
         channel,
         uid,

@@ -43,7 +43,7 @@ fn run(dir: &Path, batches: &[Vec<Change>]) -> Snapshot {
     snap
 }
 
-impl Journal {
+impl FileJournal {
     /// Waits until `id` is committed (tests only).
     fn close_wait(&mut self, id: u64) -> u64 {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -46,7 +46,7 @@ enum Cmd {
 /// The driver's handle on the journal. With `durability = "os"` it writes inline (a write to
 /// the page cache costs less than waking a thread) until a write fails; then, and always with
 /// `fsync`, a writer thread does the writing, retrying, and group commit.
-pub struct Journal {
+pub struct FileJournal {
     /// The writer, while writes happen inline on the caller's thread.
     inline: Option<Writer>,
     tx: Option<mpsc::Sender<Cmd>>,
@@ -70,9 +70,9 @@ pub struct Journal {
     dir: PathBuf,
 }
 
-impl std::fmt::Debug for Journal {
+impl std::fmt::Debug for FileJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal")
+        f.debug_struct("FileJournal")
             .field("dir", &self.dir)
             .field("durability", &self.durability)
             .field("generation", &self.generation)
@@ -84,7 +84,7 @@ impl std::fmt::Debug for Journal {
 
 type StartError = (&'static str, PathBuf, io::Error);
 
-impl Journal {
+impl FileJournal {
     /// Writes `snapshot` as generation `generation`, drops generations older than `keep_from`,
     /// and starts the writer thread on the new journal.
     pub(super) fn start(
@@ -93,7 +93,7 @@ impl Journal {
         keep_from: u64,
         snapshot: &Snapshot,
         durability: Durability,
-    ) -> Result<Journal, StartError> {
+    ) -> Result<FileJournal, StartError> {
         let bytes = format::encode_snapshot(snapshot);
         let file = new_generation(&store.dir, generation, &bytes)?;
         prune(&store.dir, keep_from);
@@ -113,7 +113,7 @@ impl Journal {
             rotating: rotating.clone(),
             snapshot_bytes: snapshot_bytes.clone(),
         };
-        let mut journal = Journal {
+        let mut journal = FileJournal {
             inline: None,
             tx: None,
             done: None,
@@ -310,7 +310,7 @@ impl Journal {
     }
 }
 
-impl Drop for Journal {
+impl Drop for FileJournal {
     /// Stops the writer after its current write (no retries) and waits for it, so the lock is
     /// released when the handle is gone.
     fn drop(&mut self) {
@@ -322,7 +322,7 @@ impl Drop for Journal {
     }
 }
 
-/// The writer's state: on its own thread, or inline in the [`Journal`].
+/// The writer's state: on its own thread, or inline in the [`FileJournal`].
 struct Writer {
     store: Store,
     file: File,

@@ -143,6 +143,16 @@ impl Daemon {
         Daemon::spawn_in_new_dir(broker_port, config, prefix, DaemonOptions::default()).await
     }
 
+    /// [`Daemon::start_with_config`] (prefix `coordinosaur`) with options, e.g. `skip_ready`
+    /// for a standby coordinator that does not answer until it leads.
+    pub async fn start_config_with_options(
+        broker_port: u16,
+        config: &str,
+        options: DaemonOptions,
+    ) -> Daemon {
+        Daemon::spawn_in_new_dir(broker_port, config, PREFIX, options).await
+    }
+
     async fn spawn_in_new_dir(
         broker_port: u16,
         config: &str,

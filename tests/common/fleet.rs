@@ -79,6 +79,12 @@ pub struct FleetSpec {
     pub channels: Vec<ChannelSpec>,
     /// MQTT connections shared by all workers (worker i uses connection i mod n).
     pub connections: usize,
+    /// Each connection subscribes once to `PREFIX/+/go/+`, `PREFIX/+/expired/+` and
+    /// `PREFIX/+/rejected/+` instead of each job to its own three topics. On NATS's MQTT
+    /// listener every new QoS 1 subscription is a replicated JetStream consumer, created
+    /// synchronously (4 s timeout) in the client's read loop: three per job overload a small
+    /// cluster.
+    pub wildcard_subscriptions: bool,
 }
 
 impl FleetSpec {
@@ -93,6 +99,7 @@ impl FleetSpec {
         let quick = (Duration::from_millis(5), Duration::from_millis(50));
         FleetSpec {
             connections: 24,
+            wildcard_subscriptions: false,
             channels: vec![
                 ChannelSpec {
                     name: "burst",
@@ -281,13 +288,26 @@ impl Fleet {
     /// Connects `spec.connections` clients to the broker on `port` (waiting for each CONNACK)
     /// and starts every worker.
     pub async fn start(port: u16, spec: &FleetSpec, seed: u64) -> Fleet {
+        Fleet::start_on(&[port], spec, seed).await
+    }
+
+    /// [`Fleet::start`] with the connections spread over several brokers (connection i on
+    /// `ports[i % ports.len()]`): the nodes of a clustered broker.
+    pub async fn start_on(ports: &[u16], spec: &FleetSpec, seed: u64) -> Fleet {
         let stats = Arc::new(FleetStats::default());
         let sent = Arc::new(Mutex::new(Vec::new()));
         let (stop, stop_rx) = watch::channel(false);
         let mut conns = Vec::new();
         let mut loops = Vec::new();
         for i in 0..spec.connections {
-            let (conn, task) = Conn::connect(port, &unique_id(&format!("fleet{i}")), &stats).await;
+            let port = ports[i % ports.len()];
+            let (conn, task) = Conn::connect(
+                port,
+                &unique_id(&format!("fleet{i}")),
+                &stats,
+                spec.wildcard_subscriptions,
+            )
+            .await;
             conns.push(conn);
             loops.push(task);
         }
@@ -373,11 +393,27 @@ impl Drop for Fleet {
 struct Conn {
     client: AsyncClient,
     routes: Routes,
+    /// Whether the connection's wildcard subscriptions cover every job (see
+    /// [`FleetSpec::wildcard_subscriptions`]).
+    wildcard: bool,
+}
+
+/// The filters of a connection with [`FleetSpec::wildcard_subscriptions`].
+fn wildcard_filters() -> Vec<SubscribeFilter> {
+    ["go/+", "expired/+", "rejected/+"]
+        .iter()
+        .map(|a| SubscribeFilter::new(topic("+", a), QoS::AtLeastOnce))
+        .collect()
 }
 
 impl Conn {
     /// Connects with a persistent session and waits (up to 10 s) for the first CONNACK.
-    async fn connect(port: u16, id: &str, stats: &Arc<FleetStats>) -> (Conn, JoinHandle<()>) {
+    async fn connect(
+        port: u16,
+        id: &str,
+        stats: &Arc<FleetStats>,
+        wildcard: bool,
+    ) -> (Conn, JoinHandle<()>) {
         let (client, eventloop) = persistent_client(port, id);
         let routes: Routes = Arc::default();
         let (up_tx, mut up) = watch::channel(false);
@@ -387,13 +423,27 @@ impl Conn {
             Arc::clone(&routes),
             Arc::clone(stats),
             up_tx,
+            wildcard,
         ));
         let connected = tokio::time::timeout(DEFAULT_TIMEOUT, up.wait_for(|&u| u)).await;
         assert!(
             matches!(connected, Ok(Ok(_))),
             "{id}: no CONNACK within {DEFAULT_TIMEOUT:?}"
         );
-        (Conn { client, routes }, task)
+        if wildcard {
+            client
+                .subscribe_many(wildcard_filters())
+                .await
+                .expect("queue the fleet's wildcard subscriptions");
+        }
+        (
+            Conn {
+                client,
+                routes,
+                wildcard,
+            },
+            task,
+        )
     }
 }
 
@@ -419,6 +469,7 @@ async fn conn_loop(
     routes: Routes,
     stats: Arc<FleetStats>,
     up: watch::Sender<bool>,
+    wildcard: bool,
 ) {
     let mut connacks = 0u64;
     loop {
@@ -437,10 +488,14 @@ async fn conn_loop(
                     if !ack.session_present {
                         stats.sessions_lost.fetch_add(1, Ordering::Relaxed);
                     }
-                    let filters: Vec<SubscribeFilter> = lock(&routes)
-                        .keys()
-                        .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
-                        .collect();
+                    let filters: Vec<SubscribeFilter> = if wildcard {
+                        wildcard_filters()
+                    } else {
+                        lock(&routes)
+                            .keys()
+                            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+                            .collect()
+                    };
                     if !filters.is_empty() {
                         // Non-blocking: this task must never wait on its own request channel.
                         if let Err(e) = client.try_subscribe_many(filters) {
@@ -515,8 +570,11 @@ impl Worker {
         let client = self.conn.client.clone();
         let register_topic = topic(name, "register");
         // Subscribe, then register, through the same request channel: sent in this order.
+        let wildcard = self.conn.wildcard;
         let queued = async {
-            client.subscribe_many(filters).await?;
+            if !wildcard {
+                client.subscribe_many(filters).await?;
+            }
             client
                 .publish(register_topic, QoS::AtLeastOnce, false, body.to_string())
                 .await
@@ -730,6 +788,9 @@ pub struct Run {
     /// The daemon's log, whose grant times the quota check uses (see
     /// [`CheckOptions::decided`]); every check reads it again.
     pub daemon_log: Option<std::path::PathBuf>,
+    /// The logs of further daemons deciding in the same run (standby coordinators that took
+    /// over), read like `daemon_log`.
+    pub more_logs: Vec<std::path::PathBuf>,
     /// What the test did and when, printed with the report.
     notes: Vec<String>,
 }
@@ -737,15 +798,22 @@ pub struct Run {
 impl Run {
     /// Starts the monitor, then the fleet, against the broker on `port`.
     pub async fn start(port: u16, spec: FleetSpec) -> Run {
-        let monitor = Monitor::start(port).await;
+        Run::start_on(&[port], spec).await
+    }
+
+    /// [`Run::start`] over several brokers: the monitor on the first, the fleet's connections
+    /// spread over all of them.
+    pub async fn start_on(ports: &[u16], spec: FleetSpec) -> Run {
+        let monitor = Monitor::start(ports[0]).await;
         let seed = seed_from_env();
-        let fleet = Fleet::start(port, &spec, seed).await;
+        let fleet = Fleet::start_on(ports, &spec, seed).await;
         let mut run = Run {
             spec,
             monitor,
             fleet,
             options: CheckOptions::default(),
             daemon_log: None,
+            more_logs: Vec::new(),
             notes: Vec::new(),
         };
         run.options.monitor_epoch_ms = Some(run.monitor.epoch_wall_ms());
@@ -790,8 +858,14 @@ impl Run {
         // Records first: every go they hold was logged before it was published.
         let records = self.monitor.records();
         let mut options = self.options.clone();
-        if let Some(path) = &self.daemon_log {
-            let log = std::fs::read_to_string(path).unwrap_or_default();
+        if self.daemon_log.is_some() {
+            let log: String = self
+                .daemon_log
+                .iter()
+                .chain(&self.more_logs)
+                .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n");
             options.decided = checker::grant_times(&log);
         }
         let mut report = checker::check(&self.spec.rules(), &records, &self.fleet.sent(), &options);

@@ -23,6 +23,7 @@ pub mod checker;
 pub mod client;
 pub mod daemon;
 pub mod fleet;
+pub mod nats;
 pub mod policies;
 
 use std::net::TcpListener;

@@ -1,0 +1,241 @@
+//! High availability: a coordinator with `[state] backend = "jetstream"` starts as a standby
+//! that follows the journal stream into a warm [`Replica`] and tries to take the leader lease
+//! every quarter of `leader_lease`. Once it holds the lease it reads the stream to its end,
+//! appends a leader marker right after it (so that nothing a deposed leader appends later can
+//! land) and hands the caught-up state to the driver, which then decides as leader until the
+//! lease is lost; a leader that loses its lease or is fenced stops at once (fail-stop, like a
+//! Kubernetes controller that loses its lease) and is restarted by its supervisor as a standby.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::JetStreamConfig;
+use crate::engine::Snapshot;
+use crate::state::jetstream::{self, lease, Cluster, LeaseGuard, Replica, ReplicaError, Tail};
+use crate::state::{Journal, Registered};
+
+/// What a standby hands the driver once it leads.
+#[derive(Debug)]
+pub struct Takeover {
+    /// The journal to append to (after the leader marker).
+    pub journal: Journal,
+    /// The state at the end of the stream.
+    pub snapshot: Snapshot,
+    /// The last registrations in the stream, against the broker's redeliveries.
+    pub recent: Vec<Registered>,
+    /// The cluster, to release the lease at a clean shutdown.
+    pub cluster: Cluster,
+    /// The lease.
+    pub guard: LeaseGuard,
+}
+
+/// Follows the journal as a standby until this node takes the lease (returns the takeover) or
+/// `shutdown` completes (returns `None`).
+pub async fn standby(
+    cfg: &JetStreamConfig,
+    node: &str,
+    mut shutdown: Pin<&mut impl Future>,
+) -> anyhow::Result<Option<Takeover>> {
+    metrics::gauge!("coordinosaur_leader").set(0.0);
+    let started = Instant::now();
+    // A standby that cannot reach the cluster keeps trying: it is no use to anyone dead.
+    let mut pause = Duration::from_millis(200);
+    let (cluster, mut follower) = loop {
+        let attempt = async {
+            let cluster = jetstream::connect(cfg, node).await?;
+            let follower = Follower::start(&cluster).await?;
+            Ok::<_, anyhow::Error>((cluster, follower))
+        };
+        tokio::select! {
+            _ = shutdown.as_mut() => return Ok(None),
+            result = attempt => match result {
+                Ok(ready) => break ready,
+                Err(e) => {
+                    tracing::warn!(cause = %format!("{e:#}"), "standby: cannot use the JetStream cluster yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.as_mut() => return Ok(None),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            },
+        }
+    };
+    tracing::info!(
+        node,
+        applied = follower.replica.applied(),
+        took_ms = started.elapsed().as_millis(),
+        "standby: following the journal; taking over when the leader lease is free"
+    );
+    let every = lease::renew_every(cfg.leader_lease);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_holder: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => return Ok(None),
+            () = follower.step(&cluster) => {}
+            _ = tick.tick() => {
+                if let Ok(last) = cluster.last_sequence().await {
+                    let lag = last.saturating_sub(follower.replica.applied());
+                    metrics::gauge!("coordinosaur_standby_lag_messages").set(lag as f64);
+                }
+                let sent = Instant::now();
+                let attempt = tokio::time::timeout(every, lease::try_acquire(&cluster.leases, node));
+                match attempt.await.unwrap_or_else(|_| Err("no answer within a renewal period".into())) {
+                    Ok(Some(revision)) => {
+                        let guard = LeaseGuard::new(sent + lease::valid_for(cfg.leader_lease));
+                        tokio::spawn(lease::hold(
+                            cluster.leases.clone(),
+                            node.to_owned(),
+                            revision,
+                            cfg.leader_lease,
+                            guard.clone(),
+                        ));
+                        return take_over(cfg, node, cluster, follower, guard).await.map(Some);
+                    }
+                    Ok(None) => {
+                        let holder = tokio::time::timeout(every, lease::holder(&cluster.leases))
+                            .await
+                            .ok()
+                            .flatten();
+                        if holder != last_holder {
+                            tracing::info!(leader = holder.as_deref().unwrap_or("?"), "standby: another coordinator leads");
+                            last_holder = holder;
+                        }
+                    }
+                    Err(e) => tracing::warn!(cause = %e, "standby: cannot reach the leader lease; retrying"),
+                }
+            }
+        }
+    }
+}
+
+/// Reads the stream to its end, appends the leader marker right after it, and starts the
+/// journal there.
+async fn take_over(
+    cfg: &JetStreamConfig,
+    node: &str,
+    cluster: Cluster,
+    mut follower: Follower,
+    guard: LeaseGuard,
+) -> anyhow::Result<Takeover> {
+    let started = Instant::now();
+    let marker = loop {
+        if let Some(reason) = guard
+            .lost_reason()
+            .or_else(|| (!guard.valid()).then(|| "the lease ran out while catching up".to_owned()))
+        {
+            anyhow::bail!("lost the leader lease before taking over: {reason}");
+        }
+        let last = cluster.last_sequence().await?;
+        while follower.replica.applied() < last || follower.replica.mid_batch() {
+            tokio::time::timeout(Duration::from_secs(1), follower.step(&cluster))
+                .await
+                .ok();
+            if !guard.valid() {
+                anyhow::bail!("lost the leader lease while catching up with the journal");
+            }
+        }
+        if let Some(seq) = cluster.mark_leader(node, last).await? {
+            follower.replica.apply(seq, false, &[])?;
+            break seq;
+        }
+        // A deposed leader appended after we read the end: read it too, then mark again.
+    };
+    let caught_up_from = follower.replica.changes();
+    let (snapshot, recent) = follower.replica.into_parts();
+    let (waiting, running) = snapshot.counts();
+    tracing::info!(
+        node,
+        marker,
+        changes_since_snapshot = caught_up_from,
+        waiting,
+        running,
+        took_ms = started.elapsed().as_millis(),
+        "took over as leader"
+    );
+    metrics::counter!("coordinosaur_failovers_total").increment(1);
+    metrics::gauge!("coordinosaur_leader").set(1.0);
+    metrics::gauge!("coordinosaur_standby_lag_messages").set(0.0);
+    let journal = jetstream::StreamJournal::start(
+        &cluster,
+        node,
+        marker,
+        cfg.snapshot_after_bytes,
+        guard.clone(),
+    );
+    Ok(Takeover {
+        journal: Journal::Stream(journal),
+        snapshot,
+        recent,
+        cluster,
+        guard,
+    })
+}
+
+/// The replica and the consumer feeding it.
+struct Follower {
+    replica: Replica,
+    tail: Option<Tail>,
+}
+
+impl Follower {
+    async fn start(cluster: &Cluster) -> anyhow::Result<Follower> {
+        let replica = cluster.replica().await?;
+        let tail = cluster.tail(replica.applied() + 1).await?;
+        Ok(Follower {
+            replica,
+            tail: Some(tail),
+        })
+    }
+
+    /// Folds in the next journal message (or re-subscribes after a gap or an error).
+    async fn step(&mut self, cluster: &Cluster) {
+        let Some(tail) = self.tail.as_mut() else {
+            self.resubscribe(cluster).await;
+            return;
+        };
+        match tail.next().await {
+            Some(Ok(m)) => {
+                match self.replica.apply(m.seq, m.more, &m.payload) {
+                    Ok(()) => {}
+                    Err(ReplicaError::Gap { expected, got }) => {
+                        tracing::info!(expected, got, "standby: journal purged past this replica; reloading the newest snapshot");
+                        match cluster.replica().await {
+                            Ok(r) => self.replica = r,
+                            Err(e) => {
+                                tracing::warn!(cause = %e, "standby: cannot reload the snapshot")
+                            }
+                        }
+                        self.tail = None;
+                    }
+                    Err(e) => {
+                        // Never guessed at: stay behind (and never take over from a damaged state).
+                        tracing::error!(cause = %e, "standby: journal message unreadable");
+                        self.tail = None;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(cause = %e, "standby: following the journal failed; re-subscribing");
+                self.tail = None;
+            }
+            None => self.tail = None,
+        }
+    }
+
+    async fn resubscribe(&mut self, cluster: &Cluster) {
+        match cluster.tail(self.replica.applied() + 1).await {
+            Ok(t) => self.tail = Some(t),
+            Err(e) => {
+                tracing::warn!(cause = %e, "standby: cannot follow the journal; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The journal the driver writes through: files in the state dir, or a JetStream stream. Both
+//! take batches, say which are committed, and compact; only the stream can be fenced by
+//! another leader.
+
+use std::time::Duration;
+
+use super::jetstream::StreamJournal;
+use super::FileJournal;
+use crate::engine::{Change, Snapshot};
+
+/// Where the driver records changes before publishing their effects.
+#[derive(Debug)]
+pub enum Journal {
+    /// `[state] dir`, with group commit on a writer thread.
+    File(FileJournal),
+    /// A replicated JetStream stream (high availability).
+    Stream(StreamJournal),
+}
+
+impl Journal {
+    /// Queues one batch; returns its id.
+    pub fn submit(&mut self, changes: &[Change]) -> u64 {
+        match self {
+            Journal::File(j) => j.submit(changes),
+            Journal::Stream(j) => j.submit(changes),
+        }
+    }
+
+    /// The highest committed batch id.
+    pub fn committed(&self) -> u64 {
+        match self {
+            Journal::File(j) => j.committed(),
+            Journal::Stream(j) => j.committed(),
+        }
+    }
+
+    /// Completes when more is committed.
+    pub async fn advanced(&mut self) {
+        match self {
+            Journal::File(j) => j.advanced().await,
+            Journal::Stream(j) => j.advanced().await,
+        }
+    }
+
+    /// Whether it is time to compact.
+    pub fn wants_compaction(&self) -> bool {
+        match self {
+            Journal::File(j) => j.wants_compaction(),
+            Journal::Stream(j) => j.wants_compaction(),
+        }
+    }
+
+    /// Starts a compaction from `snapshot`, the state after every batch submitted so far.
+    pub fn compact(&mut self, snapshot: Snapshot) {
+        match self {
+            Journal::File(j) => j.compact(snapshot),
+            Journal::Stream(j) => j.compact(snapshot),
+        }
+    }
+
+    /// Completes when more is committed (`None`), or with the reason once this process may no
+    /// longer write (another leader took over, or the lease ran out; never for files).
+    pub async fn next_event(&mut self) -> Option<String> {
+        match self {
+            Journal::File(j) => {
+                j.advanced().await;
+                None
+            }
+            Journal::Stream(j) => {
+                let guard = j.guard().clone();
+                tokio::select! {
+                    () = j.advanced() => None,
+                    reason = guard.lost() => Some(reason),
+                }
+            }
+        }
+    }
+
+    /// Whether this process may still publish decisions (always, for files; while the lease
+    /// is ours, for the stream).
+    pub fn may_publish(&self) -> bool {
+        match self {
+            Journal::File(_) => true,
+            Journal::Stream(j) => j.may_publish(),
+        }
+    }
+
+    /// Waits at most `patience` for what was submitted to commit; returns the last committed id.
+    pub async fn close(self, patience: Duration) -> u64 {
+        match self {
+            // Closing waits for the writer thread: not on the runtime's thread.
+            Journal::File(j) => tokio::task::spawn_blocking(move || j.close(patience))
+                .await
+                .unwrap_or(0),
+            Journal::Stream(j) => j.close(patience).await,
+        }
+    }
+}
