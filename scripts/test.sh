@@ -6,6 +6,8 @@
 #
 # What it installs, and from where:
 # - Mosquitto (tests start their own brokers on free loopback ports): Debian's packages.
+# - nats-server (the high-availability tests start 3-node JetStream clusters with MQTT
+#   listeners on free loopback ports; Debian's 2.9.10): Debian's packages.
 # - Rust 1.95.0 with the wasm32-wasip2 and wasm32-unknown-unknown targets (rust-toolchain.toml):
 #   rustup. `rustup toolchain install` must run explicitly: cargo does not add the targets to a
 #   toolchain that is already installed, and the policy build then fails with "can't find crate
@@ -19,10 +21,13 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-if ! command -v mosquitto >/dev/null 2>&1; then
-  echo "== installing mosquitto (Debian packages)"
+missing=()
+command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto mosquitto-clients)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]} (Debian packages)"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 echo "== rust toolchain and wasm targets (rust-toolchain.toml)"

@@ -39,7 +39,7 @@ pub async fn standby(
     node: &str,
     mut shutdown: Pin<&mut impl Future>,
 ) -> anyhow::Result<Option<Takeover>> {
-    metrics::gauge!("coordinosaur_leader").set(0.0);
+    metrics::gauge!("coordinosaur_leader", "node" => node.to_owned()).set(0.0);
     let started = Instant::now();
     // A standby that cannot reach the cluster keeps trying: it is no use to anyone dead.
     let mut pause = Duration::from_millis(200);
@@ -159,7 +159,7 @@ async fn take_over(
         "took over as leader"
     );
     metrics::counter!("coordinosaur_failovers_total").increment(1);
-    metrics::gauge!("coordinosaur_leader").set(1.0);
+    metrics::gauge!("coordinosaur_leader", "node" => node.to_owned()).set(1.0);
     metrics::gauge!("coordinosaur_standby_lag_messages").set(0.0);
     let journal = jetstream::StreamJournal::start(
         &cluster,

@@ -127,6 +127,31 @@ fn describe() {
         "coordinosaur_journal_write_errors_total",
         "Failed journal writes (decisions are held until a retry works)."
     );
+    describe_gauge!(
+        "coordinosaur_leader",
+        "1 on the coordinator that holds the leader lease (JetStream backend), 0 on a standby."
+    );
+    describe_counter!(
+        "coordinosaur_failovers_total",
+        "Times this process took the leader lease over (its first start included)."
+    );
+    describe_gauge!(
+        "coordinosaur_standby_lag_messages",
+        "Journal messages a standby has not folded in yet."
+    );
+    describe_histogram!(
+        "coordinosaur_journal_append_seconds",
+        Unit::Seconds,
+        "JetStream journal: from sending a message to the stream's acknowledgement (quorum)."
+    );
+    describe_counter!(
+        "coordinosaur_lease_renewals_total",
+        "Leader lease renewals, by result (ok, error)."
+    );
+    describe_counter!(
+        "coordinosaur_snapshots_total",
+        "Snapshots written to the JetStream object store, by result (ok, error)."
+    );
 }
 
 /// Maps channels to bounded label values and records engine outputs.

@@ -83,14 +83,22 @@ async fn status(config: Option<&Path>, args: &StatusArgs) -> Result<u8, CliError
         random_u32()
     );
     let mut session = Session::connect(&endpoint, &client_id, None).await?;
-    session.subscribe(std::slice::from_ref(&state)).await?;
+    // The leader record (JetStream backend) is retained: it arrives right after subscribing.
+    let leader_topic = endpoint.topic(&format!("{}/leader", crate::protocol::INTERNAL));
+    session
+        .subscribe(&[state.clone(), leader_topic.clone()])
+        .await?;
+    let mut leader = Leader {
+        topic: leader_topic,
+        record: None,
+    };
     let tty = std::io::stdout().is_terminal();
     let mut first = true;
     // Ctrl-C ends --watch normally; a one-shot query it interrupts exits as shells report it.
     let mut code = 0;
     loop {
         let answer = tokio::select! {
-            answer = ask(&mut session, &infos, &state, args.timeout) => answer?,
+            answer = ask(&mut session, &infos, &state, &mut leader, args.timeout) => answer?,
             _ = interrupt.recv() => {
                 code = if args.watch { 0 } else { 130 };
                 break;
@@ -103,6 +111,9 @@ async fn status(config: Option<&Path>, args: &StatusArgs) -> Result<u8, CliError
             println!();
         }
         first = false;
+        if let (Some(line), false) = (leader.line(), args.json) {
+            println!("{line}");
+        }
         print!("{}", render(&answer, args.json));
         let _ = std::io::stdout().flush();
         if !args.watch {
@@ -123,6 +134,7 @@ async fn ask(
     session: &mut Session,
     infos: &str,
     state: &str,
+    leader: &mut Leader,
     within: Duration,
 ) -> Result<Value, CliError> {
     let no_answer = format!(
@@ -137,13 +149,39 @@ async fn ask(
             Ok(m) => m?,
             Err(_) => return Err(CliError::NoAnswer(no_answer)),
         };
-        if message.topic == state {
+        if message.topic == leader.topic {
+            leader.record = serde_json::from_slice(&message.payload).ok();
+        } else if message.topic == state {
             if let Ok(value) = serde_json::from_slice(&message.payload) {
                 if let Some(answer) = pages.add(value) {
                     return Ok(answer);
                 }
             }
         }
+    }
+}
+
+/// Who leads, from the retained record a leader publishes with the JetStream backend.
+#[derive(Debug)]
+struct Leader {
+    topic: String,
+    record: Option<Value>,
+}
+
+impl Leader {
+    /// `leader: NODE (since ...)`, if a leader record arrived.
+    fn line(&self) -> Option<String> {
+        let record = self.record.as_ref()?;
+        let node = record.get("node")?.as_str()?;
+        let since = record
+            .get("since_ms")
+            .and_then(Value::as_u64)
+            .map(|ms| {
+                let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+                format!(" (since {})", humantime::format_rfc3339_seconds(at))
+            })
+            .unwrap_or_default();
+        Some(format!("leader: {node}{since}"))
     }
 }
 

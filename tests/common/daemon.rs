@@ -295,11 +295,13 @@ impl Daemon {
         let _ = writeln!(open_log(&self.log_path()), "{line}");
     }
 
-    /// Probes until the daemon answers `infos` on the ready channel.
+    /// Probes until the daemon answers `infos` on the ready channel (for a daemon started
+    /// with [`DaemonOptions::skip_ready`] that is expected to answer now, e.g. a standby
+    /// coordinator that took the lead).
     ///
     /// Assumes `state` replies are not retained: a retained one from an earlier run would
     /// answer the probe before the new process is up.
-    async fn wait_ready(&mut self) {
+    pub async fn wait_ready(&mut self) {
         let login = self.options.probe_login.as_ref();
         let login = login.map(|(user, password)| (user.as_str(), password.as_str()));
         let tls = self.options.probe_tls.clone();

@@ -192,6 +192,8 @@ struct InFlight {
     payload: bytes::Bytes,
     more: bool,
     ack: Option<AckFuture>,
+    /// When it was (last) sent, for the append latency metric.
+    sent_at: Instant,
 }
 
 /// What a publish needs of an [`InFlight`] (owned: the ack future in it is not `Sync`).
@@ -296,6 +298,7 @@ impl Appender {
                             payload: bytes::Bytes::copy_from_slice(part),
                             more,
                             ack: None,
+                            sent_at: Instant::now(),
                         };
                         message.ack = Some(
                             Self::send(&self.js, &self.subject, &self.guard, message.outgoing())
@@ -372,6 +375,8 @@ impl Appender {
     }
 
     fn stored(&mut self, message: &InFlight) {
+        metrics::histogram!("coordinosaur_journal_append_seconds")
+            .record(message.sent_at.elapsed().as_secs_f64());
         self.acked_seq = message.seq;
         self.acked_seq_tx.send_replace(message.seq);
         if let Some(id) = message.commits {
@@ -436,6 +441,7 @@ impl Appender {
             )
             .await?;
             self.in_flight[i].ack = Some(ack);
+            self.in_flight[i].sent_at = Instant::now();
         }
         Ok(())
     }
