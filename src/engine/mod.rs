@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub use channel::{job_bytes, JOB_OVERHEAD_BYTES};
 use channel::{Channel, Room};
 use durable::ChangeLog;
-pub use durable::{Change, ChannelSnapshot, JobSnapshot, Snapshot};
+pub use durable::{Change, ChannelSnapshot, Exit, JobSnapshot, Snapshot};
 pub use fencing::{Reply, RunningJob, StaleAction};
 pub use options::{ChannelOptions, OnPolicyError, QuotaLog, QuotaSpec};
 pub use policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, NoPolicies, Policies};
@@ -515,6 +515,7 @@ impl Engine {
     pub fn restore(&mut self, now: Time, snapshot: Snapshot, hooks: &mut dyn Policies) {
         self.now = self.now.max(now);
         let now = self.now;
+        self.log.at(now);
         let mut restored = Vec::new();
         for (name, snap) in snapshot.channels {
             let id = match self.by_name.get(&name) {
@@ -612,6 +613,7 @@ impl Engine {
     pub fn handle_timeout_with(&mut self, now: Time, hooks: &mut dyn Policies) {
         self.now = self.now.max(now);
         let now = self.now;
+        self.log.at(now);
         while let Some(&(t, id)) = self.timers.first() {
             if t > now {
                 break;
@@ -683,6 +685,7 @@ impl Engine {
             if changed.contains(&"policy") {
                 ch.readmit(now, hooks, &mut self.outputs, &mut self.log);
             }
+            self.log.push(|| ch.limits_change());
             report.push((ch.name.clone(), changed));
             let id = ChannelId::try_from(index).unwrap_or(ChannelId::MAX);
             self.settle(id, now, hooks);
@@ -953,8 +956,9 @@ impl Engine {
         let name: Arc<str> = name.into();
         let id = ChannelId::try_from(self.channels.len()).unwrap_or(ChannelId::MAX);
         tracing::debug!(channel = %name, ?opts, "new channel");
-        self.channels
-            .push(Channel::new(name.clone(), opts).with_last_token(last_token));
+        let channel = Channel::new(name.clone(), opts).with_last_token(last_token);
+        self.log.push(|| channel.limits_change());
+        self.channels.push(channel);
         self.by_name.insert(name, id);
         id
     }
