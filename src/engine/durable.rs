@@ -456,6 +456,11 @@ impl ChangeLog {
         }
     }
 
+    /// Makes the next change start with a [`Change::Clock`] even within the same millisecond.
+    pub(crate) fn restamp(&mut self) {
+        self.stamped = None;
+    }
+
     /// Sets the engine time of the changes that follow.
     pub(crate) fn at(&mut self, now: Time) {
         self.now = now;

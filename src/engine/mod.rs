@@ -448,6 +448,15 @@ impl Engine {
         }
     }
 
+    /// Records every channel's limits, after the time: a new journal generation begins, and
+    /// `replay` may read it without the ones before.
+    pub fn journal_limits(&mut self) {
+        self.log.restamp();
+        for ch in &self.channels {
+            self.log.push(|| ch.limits_change());
+        }
+    }
+
     /// Moves the changes made since the last call into `into` (nothing unless recording).
     pub fn take_changes(&mut self, into: &mut Vec<Change>) {
         into.append(&mut self.log.changes);
@@ -523,6 +532,8 @@ impl Engine {
                 None => self.insert_channel(&name, 0),
             };
             let live = self.channels[id as usize].restore(snap, now);
+            let ch = &self.channels[id as usize];
+            self.log.push(|| ch.limits_change());
             self.redeliveries
                 .extend(live.into_iter().map(|(uid, seq)| (id, uid, seq)));
             restored.push(id);
@@ -947,7 +958,10 @@ impl Engine {
 
     /// Creates a channel with its resolved options, its fencing tokens above the floor.
     fn create_channel(&mut self, name: &str) -> ChannelId {
-        self.insert_channel(name, self.token_floor)
+        let id = self.insert_channel(name, self.token_floor);
+        let ch = &self.channels[id as usize];
+        self.log.push(|| ch.limits_change());
+        id
     }
 
     /// Creates a channel with its resolved options whose next grant gets token `last_token + 1`.
@@ -956,9 +970,8 @@ impl Engine {
         let name: Arc<str> = name.into();
         let id = ChannelId::try_from(self.channels.len()).unwrap_or(ChannelId::MAX);
         tracing::debug!(channel = %name, ?opts, "new channel");
-        let channel = Channel::new(name.clone(), opts).with_last_token(last_token);
-        self.log.push(|| channel.limits_change());
-        self.channels.push(channel);
+        self.channels
+            .push(Channel::new(name.clone(), opts).with_last_token(last_token));
         self.by_name.insert(name, id);
         id
     }

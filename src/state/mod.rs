@@ -14,6 +14,7 @@
 //! and sync. The driver publishes a batch's effects only once the thread reports it committed.
 
 mod format;
+pub mod read;
 mod writer;
 
 use std::collections::BTreeSet;
