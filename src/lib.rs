@@ -33,6 +33,7 @@ pub mod mqtt;
 pub mod policy;
 pub mod protocol;
 pub mod reload;
+pub mod replay;
 pub mod state;
 pub mod watch;
 
