@@ -126,6 +126,8 @@ pub fn replay(config: Option<&Path>, args: &ReplayArgs) -> Result<Report, Replay
         None => None,
     };
     let policies = parse_policies(&args.policies)?;
+    let from = parse_time(args.from.as_deref(), "--from")?;
+    let to = parse_time(args.to.as_deref(), "--to")?;
     let history = crate::state::read::read_history(&args.state)?;
     let generations = history.generations.clone();
     let mut warnings = history.warnings.clone();
@@ -135,8 +137,8 @@ pub fn replay(config: Option<&Path>, args: &ReplayArgs) -> Result<Report, Replay
             "channel {name}: its limits are not in the journals read; replayed with the defaults"
         ));
     }
-    let from = parse_time(args.from.as_deref(), "--from")?.unwrap_or(trace.begin);
-    let until = parse_time(args.to.as_deref(), "--to")?.map_or(trace.end, |t| t.min(trace.end));
+    let from = from.unwrap_or(trace.begin);
+    let until = to.map_or(trace.end, |t| t.min(trace.end));
     // Every file a run may call: the candidate config's policies and those given by name.
     let mut files: Vec<Arc<Path>> = candidate.iter().flat_map(Config::policy_paths).collect();
     files.extend(policies.values().cloned());
