@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::policies::policy_wasm;
 use common::{topic, unique_id, Client, Daemon, TestBroker};
 use serde_json::Value;
 
@@ -88,7 +89,11 @@ async fn replay_reproduces_the_recording_and_a_lower_limit_makes_jobs_wait() {
 
     // No candidate, while the daemon runs: every grant time reproduced.
     let report = json(&dir, None);
-    assert_eq!(report["reproduced"], serde_json::json!([JOBS, JOBS]), "{report}");
+    assert_eq!(
+        report["reproduced"],
+        serde_json::json!([JOBS, JOBS]),
+        "{report}"
+    );
     let ch = &report["channels"]["ch"];
     assert_eq!(ch["recorded"]["grants"], JOBS, "{report}");
     assert_eq!(ch["recorded"]["jobs"], JOBS + 1, "{report}");
@@ -96,10 +101,15 @@ async fn replay_reproduces_the_recording_and_a_lower_limit_makes_jobs_wait() {
     assert_eq!(ch["recorded"], ch["candidate"], "{report}");
     let text = replay(&dir, None, &[]);
     assert!(
-        text.contains(&format!("reproduce every recorded grant time ({JOBS} of {JOBS})")),
+        text.contains(&format!(
+            "reproduce every recorded grant time ({JOBS} of {JOBS})"
+        )),
         "{text}"
     );
-    assert!(text.contains("recorded") && text.contains("replayed"), "{text}");
+    assert!(
+        text.contains("recorded") && text.contains("replayed"),
+        "{text}"
+    );
 
     // A candidate with one slot: the same jobs, longer waits.
     let candidate = daemon.dir().join("candidate.toml");
@@ -125,6 +135,75 @@ async fn replay_reproduces_the_recording_and_a_lower_limit_makes_jobs_wait() {
     assert_eq!(contents(&dir), before);
 }
 
+/// The grant time of `uid` in a `--jobs` report, recorded or candidate.
+fn grant_of(report: &Value, uid: &str, run: &str) -> u64 {
+    let jobs = report["jobs"].as_array().expect("--jobs lists jobs");
+    let job = jobs
+        .iter()
+        .find(|j| j["uid"] == uid)
+        .expect("the job is listed");
+    job[run]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{uid} has no {run} grant: {report}"))
+}
+
+/// A FIFO channel replayed with `--policy ch=priority.wasm`: the real component orders the
+/// recorded queue by the jobs' recorded `priority` field.
+#[tokio::test]
+async fn a_candidate_policy_file_runs_on_the_recorded_jobs() {
+    let priority = policy_wasm("priority");
+    let broker = TestBroker::start();
+    let daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 1\n").await;
+    let mut client = Client::connect(broker.port(), &unique_id("worker")).await;
+    client.subscribe(&topic("ch", "go/+")).await;
+    client.register("ch", "blocker", 30.0).await;
+    assert_eq!(client.next_go("ch").await, "blocker");
+    for (uid, p) in [("low", 1), ("high", 9)] {
+        let payload = format!(r#"{{"uid": "{uid}", "timeout": 30, "priority": {p}}}"#);
+        client.publish(&topic("ch", "register"), payload).await;
+    }
+    // Both are queued (a state reply comes after their changes are committed).
+    let state = client.state("ch").await;
+    assert_eq!(state["waiting"], 2, "{state}");
+    for expected in ["blocker", "low", "high"] {
+        if expected != "blocker" {
+            assert_eq!(
+                client.next_go("ch").await,
+                expected,
+                "FIFO without a policy"
+            );
+        }
+        client.finished("ch", expected).await;
+    }
+    client.state("ch").await;
+    let dir = daemon.dir().join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinosaur"))
+        .args(["replay", "--jobs", "--json", "--state"])
+        .arg(&dir)
+        .arg("--policy")
+        .arg(format!("ch={}", priority.display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["reproduced"], serde_json::json!([3, 3]), "{report}");
+    assert!(grant_of(&report, "low", "recorded") < grant_of(&report, "high", "recorded"));
+    assert!(
+        grant_of(&report, "high", "candidate") < grant_of(&report, "low", "candidate"),
+        "{report}"
+    );
+    assert_eq!(
+        grant_of(&report, "high", "candidate"),
+        grant_of(&report, "low", "recorded"),
+        "high takes low's recorded slot: {report}"
+    );
+}
+
 #[tokio::test]
 async fn bad_arguments_and_a_dir_without_journals_are_refused_by_name() {
     let empty = tempfile::tempdir().unwrap();
@@ -134,7 +213,10 @@ async fn bad_arguments_and_a_dir_without_journals_are_refused_by_name() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let dir = empty.path().to_str().unwrap();
     let (code, err) = run(&["--state", dir]);

@@ -48,6 +48,9 @@ pub struct ReplayArgs {
     /// candidate config's policy (repeatable).
     #[arg(long = "policy", value_name = "CH=FILE")]
     pub policies: Vec<String>,
+    /// Also list every job registered in the period: its recorded and candidate grant times.
+    #[arg(long)]
+    pub jobs: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +87,24 @@ pub struct Report {
     pub reproduced: (usize, usize),
     /// Per channel: recorded and candidate figures.
     pub channels: BTreeMap<Arc<str>, Comparison>,
+    /// With `--jobs`: every job registered in the period, in order of registration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<Vec<JobLine>>,
+}
+
+/// One job's recorded and candidate grant.
+#[derive(Debug, Serialize)]
+pub struct JobLine {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// Job id.
+    pub uid: Arc<str>,
+    /// Registration time (ms since the Unix epoch).
+    pub registered: Time,
+    /// Recorded grant time, if granted.
+    pub recorded: Option<Time>,
+    /// Candidate grant time, if granted.
+    pub candidate: Option<Time>,
 }
 
 /// One channel's recorded and candidate figures.
@@ -172,7 +193,14 @@ pub fn replay(config: Option<&Path>, args: &ReplayArgs) -> Result<Report, Replay
         (None, true) => ("recorded limits".to_string(), None),
         (None, false) => (
             format!("recorded limits with {}", args.policies.join(", ")),
-            Some(run(&trace, Setup::Recorded(&policies), unlimited, hooks, from, until)),
+            Some(run(
+                &trace,
+                Setup::Recorded(&policies),
+                unlimited,
+                hooks,
+                from,
+                until,
+            )),
         ),
         (Some(cfg), _) => {
             let options = |name: &str| {
@@ -191,12 +219,33 @@ pub fn replay(config: Option<&Path>, args: &ReplayArgs) -> Result<Report, Replay
                 max_channels: usize::MAX,
                 ..limits
             };
-            let outcome = run(&trace, Setup::Candidate(&options), limits, hooks, from, until);
+            let outcome = run(
+                &trace,
+                Setup::Candidate(&options),
+                limits,
+                hooks,
+                from,
+                until,
+            );
             (name, Some(outcome))
         }
     };
     let recorded = stats::recorded(&trace, from, until, &baseline);
-    let simulated = stats::simulated(&trace, from, until, outcome.as_ref().unwrap_or(&baseline));
+    let run = outcome.as_ref().unwrap_or(&baseline);
+    let simulated = stats::simulated(&trace, from, until, run);
+    let jobs = args.jobs.then(|| {
+        let counted = stats::counted(&trace, from, until);
+        (trace.jobs.iter().enumerate())
+            .filter(|(i, _)| counted[*i])
+            .map(|(i, j)| JobLine {
+                channel: j.channel.clone(),
+                uid: j.uid.clone(),
+                registered: j.arrival,
+                recorded: j.granted.filter(|g| *g <= until),
+                candidate: run.granted[i],
+            })
+            .collect()
+    });
     let channels = recorded
         .into_iter()
         .map(|(name, recorded)| {
@@ -219,6 +268,7 @@ pub fn replay(config: Option<&Path>, args: &ReplayArgs) -> Result<Report, Replay
         candidate: label,
         reproduced: (granted.len(), exact),
         channels,
+        jobs,
     })
 }
 
@@ -251,7 +301,9 @@ fn policy_host(
 fn parse_policies(pairs: &[String]) -> Result<HashMap<Arc<str>, Arc<Path>>, ReplayError> {
     let mut out = HashMap::new();
     for pair in pairs {
-        let Some((channel, file)) = pair.split_once('=').filter(|(c, f)| !c.is_empty() && !f.is_empty())
+        let Some((channel, file)) = pair
+            .split_once('=')
+            .filter(|(c, f)| !c.is_empty() && !f.is_empty())
         else {
             return Err(ReplayError::Usage(format!(
                 "--policy {pair}: expected CHANNEL=FILE, e.g. --policy scrape=policies/fair_share.wasm"
@@ -342,6 +394,10 @@ pub fn render(report: &Report) -> String {
         "candidate"
     };
     out.push_str(&stats::table(&recorded, &candidate, label));
+    if let Some(jobs) = &report.jobs {
+        out.push('\n');
+        out.push_str(&stats::job_table(jobs, label));
+    }
     out
 }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use crate::engine::{
     Admission, ChannelOptions, ChannelView, Decision, Engine, EngineLimits, Exit, Input, JobEvent,
-    JobInfo, Millis, Output, Policies, QuotaLog, QuotaSpec, RejectKind, Registration, Time,
+    JobInfo, Millis, Output, Policies, QuotaLog, QuotaSpec, Registration, RejectKind, Time,
 };
 
 use super::trace::{LimitEvent, RecordedLimits, Trace};
@@ -107,9 +107,7 @@ pub fn simulate(
         Setup::Candidate(options) => {
             let table: HashMap<Arc<str>, ChannelOptions> = (trace.jobs.iter())
                 .map(|j| (j.channel.clone(), options(&j.channel)))
-                .chain(
-                    (trace.start.channels.keys()).map(|name| (name.clone(), options(name))),
-                )
+                .chain((trace.start.channels.keys()).map(|name| (name.clone(), options(name))))
                 .collect();
             Box::new(move |name: &str| table.get(name).cloned().unwrap_or_default())
         }
@@ -273,8 +271,16 @@ impl Sim<'_, '_> {
             return;
         }
         let mut held = HashMap::new();
-        for name in self.trace.limits.keys().chain(self.trace.start.channels.keys()) {
-            held.insert(name.clone(), self.engine.quota_held(name).unwrap_or_default());
+        for name in self
+            .trace
+            .limits
+            .keys()
+            .chain(self.trace.start.channels.keys())
+        {
+            held.insert(
+                name.clone(),
+                self.engine.quota_held(name).unwrap_or_default(),
+            );
         }
         self.held_at_from = Some(held);
         for (name, n) in &self.running {
@@ -382,7 +388,10 @@ impl Sim<'_, '_> {
             }
         };
         // A `concurrency/set` creates the channel, as it did in the recording.
-        let in_force = self.engine.channel_state(channel).map(|s| s.max_concurrent_jobs);
+        let in_force = self
+            .engine
+            .channel_state(channel)
+            .map(|s| s.max_concurrent_jobs);
         if in_force != Some(max) {
             let mut hooks = Hooks {
                 decisions: &mut self.decisions,
@@ -465,7 +474,12 @@ impl Sim<'_, '_> {
     }
 
     fn finish(mut self) -> Outcome {
-        for name in self.trace.limits.keys().chain(self.trace.start.channels.keys()) {
+        for name in self
+            .trace
+            .limits
+            .keys()
+            .chain(self.trace.start.channels.keys())
+        {
             let Some(total) = self.engine.quota_held(name) else {
                 continue;
             };
@@ -500,7 +514,9 @@ impl Decisions {
     }
 
     fn get(&self, channel: &str, uid: &str) -> Option<(i64, Option<Time>)> {
-        self.jobs.get(&(Arc::from(channel), Arc::from(uid))).copied()
+        self.jobs
+            .get(&(Arc::from(channel), Arc::from(uid)))
+            .copied()
     }
 }
 

@@ -196,6 +196,47 @@ pub fn human(ms: Option<u64>) -> String {
     }
 }
 
+/// The `--jobs` table: each job's waits, recorded and simulated.
+pub fn job_table(jobs: &[super::JobLine], label: &str) -> String {
+    let wait = |j: &super::JobLine, g: Option<Time>| match g {
+        Some(g) => human(Some(g.0.saturating_sub(j.registered.0))),
+        None => "not granted".into(),
+    };
+    let mut rows = vec![vec![
+        "CHANNEL".to_string(),
+        "UID".to_string(),
+        "WAIT recorded".to_string(),
+        label.to_string(),
+    ]];
+    for j in jobs {
+        rows.push(vec![
+            j.channel.to_string(),
+            j.uid.to_string(),
+            wait(j, j.recorded),
+            wait(j, j.candidate),
+        ]);
+    }
+    columns(rows)
+}
+
+/// Rows as left-aligned columns.
+fn columns(rows: Vec<Vec<String>>) -> String {
+    let n = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..n)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// The table of recorded vs simulated figures, one pair of rows per channel.
 pub fn table(
     recorded: &BTreeMap<Arc<str>, ChannelStats>,
@@ -222,7 +263,11 @@ pub fn table(
         let sim = simulated.get(name).unwrap_or(&empty);
         for (first, run, s) in [(true, "recorded", rec), (false, label, sim)] {
             rows.push(vec![
-                if first { name.to_string() } else { String::new() },
+                if first {
+                    name.to_string()
+                } else {
+                    String::new()
+                },
                 run.to_string(),
                 s.jobs.to_string(),
                 s.grants.to_string(),
@@ -237,17 +282,5 @@ pub fn table(
             ]);
         }
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    columns(rows)
 }

@@ -309,9 +309,14 @@ fn recorded_policy_priorities_and_vetoes_are_replayed() {
     }
     let (history, recorded) = record(&workers, one_slot_with_policy, &[], &mut TestPolicy);
     // The policy reordered the queue: grants are not in arrival order.
-    let mut order: Vec<usize> = (0..workers.len()).filter(|&i| recorded[i].is_some()).collect();
+    let mut order: Vec<usize> = (0..workers.len())
+        .filter(|&i| recorded[i].is_some())
+        .collect();
     order.sort_by_key(|&i| recorded[i]);
-    assert_ne!(order, (0..workers.len()).filter(|&i| i != 2).collect::<Vec<_>>());
+    assert_ne!(
+        order,
+        (0..workers.len()).filter(|&i| i != 2).collect::<Vec<_>>()
+    );
     assert!(recorded[2].is_none());
     let trace = Trace::from_history(history);
     assert!(trace.limits["p"].policy);
@@ -320,7 +325,14 @@ fn recorded_policy_priorities_and_vetoes_are_replayed() {
     let replay = {
         let none = HashMap::new();
         let (from, until) = (trace.begin, trace.end);
-        let out = simulate(&trace, Setup::Recorded(&none), EngineLimits::default(), None, from, until);
+        let out = simulate(
+            &trace,
+            Setup::Recorded(&none),
+            EngineLimits::default(),
+            None,
+            from,
+            until,
+        );
         let sim = stats::simulated(&trace, from, until, &out);
         assert_eq!(sim["p"].rejections, 1);
         by_worker(&trace, &out.granted, &workers)
@@ -342,13 +354,21 @@ fn waits_are_nearest_rank_percentiles() {
 #[test]
 fn time_arguments_take_epoch_milliseconds_or_rfc3339() {
     use super::parse_time;
-    assert_eq!(parse_time(Some("1700000000123"), "--from").unwrap(), Some(Time(1_700_000_000_123)));
+    assert_eq!(
+        parse_time(Some("1700000000123"), "--from").unwrap(),
+        Some(Time(1_700_000_000_123))
+    );
     assert_eq!(
         parse_time(Some("2023-11-14T22:13:20Z"), "--from").unwrap(),
         Some(Time(1_700_000_000_000))
     );
-    let e = parse_time(Some("yesterday"), "--to").unwrap_err().to_string();
-    assert!(e.contains("--to yesterday") && e.contains("RFC 3339"), "{e}");
+    let e = parse_time(Some("yesterday"), "--to")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--to yesterday") && e.contains("RFC 3339"),
+        "{e}"
+    );
 }
 
 fn arb_worker(channel: &'static str, i: usize) -> impl Strategy<Value = Worker> {

@@ -210,9 +210,10 @@ impl Builder {
             } => {
                 if let Some(job) = self.job(&channel, &uid) {
                     match job.granted {
-                        Some(g) => job
-                            .renewals
-                            .push((Millis(now.0.saturating_sub(g.0)), timeout, order)),
+                        Some(g) => {
+                            job.renewals
+                                .push((Millis(now.0.saturating_sub(g.0)), timeout, order))
+                        }
                         None => job.timeout = timeout,
                     }
                 }
