@@ -181,3 +181,147 @@ fn read_journal(path: &Path, bytes: &[u8], history: &mut History) -> Result<bool
     }
     Ok(recs.damage.is_none())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::{Millis, Time};
+    use crate::state::{open, Durability};
+
+    fn clock(at: u64) -> Change {
+        Change::Clock { at: Time(at) }
+    }
+
+    fn queued(uid: &str, seq: u64) -> Change {
+        Change::Queued {
+            channel: Arc::from("ch"),
+            uid: Arc::from(uid),
+            seq,
+            priority: 0,
+            timeout: Millis(1_000),
+            registered_at: Time(seq),
+            meta: None,
+        }
+    }
+
+    fn uids(history: &History) -> Vec<String> {
+        (history.changes.iter())
+            .filter_map(|c| match c {
+                Change::Queued { uid, .. } => Some(uid.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Opens a generation and commits `changes`; returns the journal, still open (locked).
+    fn generation(dir: &Path, changes: &[Change]) -> crate::state::Journal {
+        let (_, _, mut journal) = open(dir, Durability::Os, |_| usize::MAX).unwrap();
+        let id = journal.submit(changes);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while journal.committed() < id && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(journal.committed() >= id);
+        journal
+    }
+
+    #[test]
+    fn reads_every_generation_kept_while_a_writer_holds_the_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let journal = generation(dir, &[clock(10), queued("a", 1)]);
+        let history = read_history(dir).unwrap();
+        assert_eq!(
+            (history.generations.clone(), uids(&history)),
+            (vec![0], vec!["a".into()])
+        );
+        assert!(history.warnings.is_empty(), "{:?}", history.warnings);
+        journal.close(Duration::from_secs(5));
+
+        let journal = generation(dir, &[clock(20), queued("b", 2)]);
+        let history = read_history(dir).unwrap();
+        assert_eq!(history.generations, [0, 1]);
+        assert_eq!(uids(&history), ["a", "b"]);
+        assert!(history.start.channels.is_empty());
+        journal.close(Duration::from_secs(5));
+
+        // A third generation: the daemon deletes generation 0, so replay starts from snapshot.1.
+        let journal = generation(dir, &[clock(30), queued("c", 3)]);
+        let history = read_history(dir).unwrap();
+        assert_eq!(history.generations, [1, 2]);
+        assert_eq!(uids(&history), ["b", "c"]);
+        assert_eq!(
+            history.start.channels["ch"].jobs.len(),
+            1,
+            "a, from snapshot.1"
+        );
+        assert!(
+            history
+                .warnings
+                .iter()
+                .any(|w| w.contains("compacted away")),
+            "{:?}",
+            history.warnings
+        );
+        journal.close(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_torn_last_record_ends_the_read_and_nothing_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        generation(dir, &[clock(10), queued("a", 1)]).close(Duration::from_secs(5));
+        let path = journal_path(dir, 0);
+        let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
+        let before = fs::read(&path).unwrap();
+        let history = read_history(dir).unwrap();
+        assert_eq!(uids(&history), ["a"]);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            before,
+            "the torn tail is left alone"
+        );
+    }
+
+    #[test]
+    fn journals_before_format_4_are_left_out_with_a_note() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        generation(dir, &[clock(10), queued("a", 1)]).close(Duration::from_secs(5));
+        let path = journal_path(dir, 0);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[..8].copy_from_slice(b"CDJRNL3\n");
+        fs::write(&path, bytes).unwrap();
+        let err = read_history(dir).unwrap_err().to_string();
+        assert!(
+            err.contains("nothing to replay") && err.contains("format 3"),
+            "{err}"
+        );
+        generation(dir, &[clock(20), queued("b", 2)]).close(Duration::from_secs(5));
+        let history = read_history(dir).unwrap();
+        assert_eq!(
+            (history.generations.clone(), uids(&history)),
+            (vec![1], vec!["b".into()])
+        );
+        assert!(
+            history
+                .warnings
+                .iter()
+                .any(|w| w.contains("journal format 3")),
+            "{:?}",
+            history.warnings
+        );
+    }
+
+    #[test]
+    fn a_dir_without_journals_is_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = read_history(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("no journal"), "{err}");
+    }
+}
