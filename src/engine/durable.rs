@@ -132,6 +132,10 @@ pub enum Change {
         /// Engine time (ms since the Unix epoch).
         at: Time,
     },
+    /// The daemon started and restored its state (journal format 4), at the time of the
+    /// `Clock` before it: nothing ran between the change before and this one. Folds into
+    /// nothing: it is for `replay`.
+    Started,
     /// A job left, and why (journal format 4; written instead of `Removed`, folds the same).
     Left {
         /// Channel name.
@@ -355,7 +359,7 @@ impl Snapshot {
                     }
                 }
             }
-            Change::Clock { .. } | Change::Limits { .. } => {}
+            Change::Clock { .. } | Change::Started | Change::Limits { .. } => {}
         }
     }
 

@@ -525,6 +525,7 @@ impl Engine {
         self.now = self.now.max(now);
         let now = self.now;
         self.log.at(now);
+        self.log.push(|| Change::Started);
         let mut restored = Vec::new();
         for (name, snap) in snapshot.channels {
             let id = match self.by_name.get(&name) {

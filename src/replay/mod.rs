@@ -10,9 +10,9 @@
 //! - [`stats`]: per-channel figures and the table.
 //!
 //! Every run is first made under the recorded limits and decisions and checked against the
-//! recorded grant times; the report says whether it reproduced them (it does, unless a policy
-//! deferred jobs or the daemon restarted inside the period, neither of which the journal
-//! records), so the candidate's figures can be trusted as far as that check goes.
+//! recorded grant times; the report says whether it reproduced them (it does, restarts
+//! included, unless a policy deferred jobs, which the journal does not record), so the
+//! candidate's figures can be trusted as far as that check goes.
 
 pub mod sim;
 pub mod stats;
@@ -377,8 +377,7 @@ pub fn render(report: &Report) -> String {
     } else {
         out.push_str(&format!(
             "warning: the recorded limits reproduce {exact} of {granted} recorded grant times \
-             (policy deferrals and daemon restarts inside the period are not journaled); \
-             compare the candidate with that in mind\n"
+             (policy deferrals are not journaled); compare the candidate with that in mind\n"
         ));
     }
     out.push('\n');

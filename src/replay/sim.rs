@@ -15,6 +15,8 @@
 //! - Channels whose recorded limits say a policy decided: each job gets its recorded priority and
 //!   every grant is allowed (deferrals are not journaled), unless a candidate policy file is
 //!   given for the channel, which then runs for real.
+//! - While the daemon was down (from its last change to its restart) nothing fires: leases and
+//!   quota windows that ended meanwhile take effect at the restart, as they did.
 //! - Registrations after `until` are not fed. A run under the recorded limits stops there, as
 //!   the recording does; a candidate runs on until every job registered by then is granted or
 //!   gone (a job still running when the journal ends runs until its lease ends).
@@ -236,7 +238,13 @@ impl Sim<'_, '_> {
     fn run(&mut self, until: Time) {
         loop {
             let next_event = self.events.keys().next().map(|k| k.0);
-            let deadline = self.engine.next_deadline();
+            // While the daemon was down nothing fired: a deadline inside took effect at the
+            // restart.
+            let deadline = self.engine.next_deadline().map(|d| {
+                (self.trace.downtimes.iter())
+                    .find(|(down, up)| *down < d && d < *up)
+                    .map_or(d, |(_, up)| *up)
+            });
             let due = match (deadline, next_event) {
                 (Some(d), Some(e)) if d < e => Some(d),
                 (Some(d), None) => Some(d),

@@ -51,8 +51,22 @@ fn record(
     sets: &[(u64, &'static str, u32)],
     hooks: &mut dyn Policies,
 ) -> (History, Vec<Option<Time>>) {
+    record_with_outage(workers, opts, sets, hooks, None)
+}
+
+/// [`record`], with the daemon down from `outage.0` to `outage.1` (ms after T0): it stops
+/// after its last change before, and starts again restoring what it exported, as the daemon
+/// does; what workers send meanwhile reaches it when it is back (the broker queues it).
+fn record_with_outage(
+    workers: &[Worker],
+    opts: fn(&str) -> ChannelOptions,
+    sets: &[(u64, &'static str, u32)],
+    hooks: &mut dyn Policies,
+    mut outage: Option<(u64, u64)>,
+) -> (History, Vec<Option<Time>>) {
     let mut engine = Engine::new(Box::new(opts));
     engine.record_changes(true);
+    engine.restore(Time(T0), crate::engine::Snapshot::default(), hooks);
     let mut events: BTreeMap<(u64, usize, Ev), ()> = BTreeMap::new();
     let mut n = 0usize;
     let mut push = |events: &mut BTreeMap<(u64, usize, Ev), ()>, t: u64, e: Ev| {
@@ -74,6 +88,25 @@ fn record(
         .map(|(i, w)| ((w.channel, w.uid.as_str()), i))
         .collect();
     loop {
+        let next = events.keys().next().map(|k| k.0);
+        let first = [engine.next_deadline().map(|d| d.0), next]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some((down, up)) = outage.filter(|(down, _)| first.is_some_and(|t| t >= T0 + down)) {
+            outage = None;
+            let snapshot = engine.export();
+            engine.take_changes(&mut changes);
+            engine = Engine::new(Box::new(opts));
+            engine.record_changes(true);
+            let delayed: Vec<_> = (events.keys()).filter(|k| k.0 < T0 + up).copied().collect();
+            for key in delayed {
+                events.remove(&key);
+                events.insert((T0 + up, key.1, key.2), ());
+            }
+            engine.restore(Time(T0 + up), snapshot, hooks);
+            let _ = down;
+        }
         let next = events.keys().next().map(|k| k.0);
         match (engine.next_deadline(), next) {
             (Some(d), e) if e.is_none_or(|e| d.0 < e) => engine.handle_timeout_with(d, hooks),
@@ -218,6 +251,39 @@ fn the_recorded_limits_reproduce_every_recorded_grant_time() {
     let (history, recorded) = record(&workers, two_slots_and_a_quota, &sets, &mut NoPolicies);
     assert!(recorded.iter().filter(|g| g.is_some()).count() >= 10);
     assert!(recorded[9].is_none(), "j9 gave up before its grant");
+    assert_eq!(replayed(history, &workers), recorded);
+}
+
+/// A restart in the middle: a lease ends and a worker's `finished` is sent while the daemon is
+/// down; both take effect when it is back, and the replay waits for that too.
+#[test]
+fn a_restart_inside_the_period_is_replayed_exactly() {
+    let (workers, sets) = mixed_workload();
+    let outage = Some((1_700, 2_600));
+    let (history, recorded) = record_with_outage(
+        &workers,
+        two_slots_and_a_quota,
+        &sets,
+        &mut NoPolicies,
+        outage,
+    );
+    assert!(
+        history
+            .changes
+            .iter()
+            .filter(|c| matches!(c, crate::engine::Change::Started))
+            .count()
+            == 2
+    );
+    let trace = Trace::from_history(History {
+        changes: history.changes.clone(),
+        ..History::default()
+    });
+    assert_eq!(trace.downtimes.len(), 1, "{:?}", trace.downtimes);
+    assert!(
+        recorded.contains(&Some(Time(T0 + 2_600))),
+        "something was granted at the restart: {recorded:?}"
+    );
     assert_eq!(replayed(history, &workers), recorded);
 }
 
@@ -408,10 +474,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Whatever the workload (slots, a quota, give-ups, renewals, expiries, operators'
-    /// `concurrency/set`), the recorded limits reproduce every grant time.
+    /// `concurrency/set`, a daemon restart), the recorded limits reproduce every grant time.
     #[test]
-    fn replay_under_the_recorded_limits_is_exact((workers, sets) in arb_workload()) {
-        let (history, recorded) = record(&workers, two_slots_and_a_quota, &sets, &mut NoPolicies);
+    fn replay_under_the_recorded_limits_is_exact(
+        (workers, sets) in arb_workload(),
+        outage in prop::option::of((0u64..6_000, 1u64..3_000)),
+    ) {
+        let outage = outage.map(|(down, len)| (down, down + len));
+        let (history, recorded) =
+            record_with_outage(&workers, two_slots_and_a_quota, &sets, &mut NoPolicies, outage);
         prop_assert_eq!(replayed(history, &workers), recorded);
     }
 }

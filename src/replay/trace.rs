@@ -89,6 +89,9 @@ pub struct Trace {
     pub limit_events: Vec<(Time, u64, Arc<str>, LimitEvent)>,
     /// Channels with jobs but no limits recorded (their channel's record was lost).
     pub unknown_limits: Vec<Arc<str>>,
+    /// Daemon restarts: `(time of the last change before, time it started again)`. Nothing ran
+    /// in between: a deadline that fell inside took effect at the restart.
+    pub downtimes: Vec<(Time, Time)>,
 }
 
 impl Trace {
@@ -110,6 +113,8 @@ struct Builder {
     /// Job index of each uid currently known, per channel.
     live: HashMap<(Arc<str>, Arc<str>), usize>,
     now: Option<Time>,
+    /// Time of the last change other than a clock or a start.
+    last_change: Option<Time>,
 }
 
 impl Builder {
@@ -152,7 +157,15 @@ impl Builder {
 
     fn apply(&mut self, order: u64, change: Change) {
         let now = self.now.unwrap_or_default();
+        if !matches!(change, Change::Clock { .. } | Change::Started) {
+            self.last_change = Some(now);
+        }
         match change {
+            Change::Started => {
+                if let Some(before) = self.last_change.filter(|t| *t < now) {
+                    self.trace.downtimes.push((before, now));
+                }
+            }
             Change::Clock { at } => {
                 if self.now.is_none() {
                     self.trace.begin = at;

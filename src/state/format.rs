@@ -17,7 +17,8 @@
 //!   format-3 journal by name instead of taking its new records for damage.
 //!
 //! - Format 4: what `replay` needs to re-run the recorded period. `Change::Clock` (the engine
-//!   time of the changes after it), `Change::Left` (written instead of `Removed`: how a job
+//!   time of the changes after it), `Change::Started` (the daemon restored its state),
+//!   `Change::Left` (written instead of `Removed`: how a job
 //!   left, finished, aborted, cancelled, expired or rejected) and `Change::Limits` (a channel's
 //!   limits when created, restored or reloaded), all appended, so older journal records decode
 //!   unchanged. Snapshots are as in format 3; only their magic changes.
@@ -535,7 +536,7 @@ mod golden {
         all
     }
 
-    /// Every change: format 3's, then the three format 4 appended. Format 4 writes `Left`
+    /// Every change: format 3's, then the four format 4 appended. Format 4 writes `Left`
     /// where older formats wrote `Removed`; both are pinned.
     fn every_change() -> Vec<Change> {
         let (channel, uid): (Arc<str>, Arc<str>) = ("ch".into(), "u1".into());
@@ -544,6 +545,7 @@ mod golden {
             Change::Clock {
                 at: Time(1_700_000_000_400),
             },
+            Change::Started,
             Change::Left {
                 channel: channel.clone(),
                 uid,
@@ -593,7 +595,7 @@ mod golden {
     /// `a_snapshot()` as a format-3 snapshot file.
     const SNAPSHOT_3: &str = "4344534e4150330a3a0000004aa58ec4010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac0208a01f";
     /// `every_change()` as one format-4 journal batch.
-    const BATCH: &str = "9c00000014173af00c000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac0208026368027531010990d395ffbc310a026368027531030b02636802e80701066d696e757465e0d4030f01";
+    const BATCH: &str = "9d000000f838f8500d000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac0208026368027531010990d395ffbc310a0b026368027531030c02636802e80701066d696e757465e0d4030f01";
     /// `a_snapshot()` as a format-4 snapshot file: format 3's, with the new magic.
     const SNAPSHOT: &str = "4344534e4150340a3a0000004aa58ec4010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac0208a01f";
 
