@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::engine::{EngineLimits, Policies, Time};
 use crate::policy::{Compiler, PolicyHost};
-use sim::{simulate, Outcome, Setup};
+use sim::{simulate, Setup};
 use stats::ChannelStats;
 use trace::Trace;
 
@@ -177,7 +177,7 @@ pub fn replay(config: Option<&Path>, args: &ReplayArgs) -> Result<Report, Replay
     let mut host = policy_host(&files, &sandbox)?;
     let baseline = {
         let none = HashMap::new();
-        run(&trace, Setup::Recorded(&none), unlimited, None, from, until)
+        simulate(&trace, Setup::Recorded(&none), unlimited, None, from, until)
     };
     let granted: Vec<usize> = (0..trace.jobs.len())
         .filter(|&i| {
@@ -193,7 +193,7 @@ pub fn replay(config: Option<&Path>, args: &ReplayArgs) -> Result<Report, Replay
         (None, true) => ("recorded limits".to_string(), None),
         (None, false) => (
             format!("recorded limits with {}", args.policies.join(", ")),
-            Some(run(
+            Some(simulate(
                 &trace,
                 Setup::Recorded(&policies),
                 unlimited,
@@ -219,7 +219,7 @@ pub fn replay(config: Option<&Path>, args: &ReplayArgs) -> Result<Report, Replay
                 max_channels: usize::MAX,
                 ..limits
             };
-            let outcome = run(
+            let outcome = simulate(
                 &trace,
                 Setup::Candidate(&options),
                 limits,
@@ -270,17 +270,6 @@ pub fn replay(config: Option<&Path>, args: &ReplayArgs) -> Result<Report, Replay
         channels,
         jobs,
     })
-}
-
-fn run(
-    trace: &Trace,
-    setup: Setup<'_>,
-    limits: EngineLimits,
-    hooks: Option<&mut dyn Policies>,
-    from: Time,
-    until: Time,
-) -> Outcome {
-    simulate(trace, setup, limits, hooks, from, until)
 }
 
 /// A policy host with every file in `files` compiled, or `None` if there are none.
