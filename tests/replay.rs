@@ -228,4 +228,7 @@ async fn bad_arguments_and_a_dir_without_journals_are_refused_by_name() {
     let (code, err) = run(&["--state", dir, "--from", "last tuesday"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--from last tuesday"), "{err}");
+    let (code, err) = run(&["--state", dir, "--policy", "ch=/nonexistent/p.wasm"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/nonexistent/p.wasm"), "{err}");
 }

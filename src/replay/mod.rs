@@ -149,6 +149,17 @@ pub fn replay(config: Option<&Path>, args: &ReplayArgs) -> Result<Report, Replay
     let policies = parse_policies(&args.policies)?;
     let from = parse_time(args.from.as_deref(), "--from")?;
     let to = parse_time(args.to.as_deref(), "--to")?;
+    // Every file a run may call: the candidate config's policies and those given by name.
+    let mut files: Vec<Arc<Path>> = candidate.iter().flat_map(Config::policy_paths).collect();
+    files.extend(policies.values().cloned());
+    files.sort();
+    files.dedup();
+    let sandbox = candidate
+        .as_ref()
+        .map(|c| c.policy_sandbox.clone())
+        .unwrap_or_default();
+    // Compiled before the journals are read, so that a bad file is named at once.
+    let mut host = policy_host(&files, &sandbox)?;
     let history = crate::state::read::read_history(&args.state)?;
     let generations = history.generations.clone();
     let mut warnings = history.warnings.clone();
@@ -160,21 +171,11 @@ pub fn replay(config: Option<&Path>, args: &ReplayArgs) -> Result<Report, Replay
     }
     let from = from.unwrap_or(trace.begin);
     let until = to.map_or(trace.end, |t| t.min(trace.end));
-    // Every file a run may call: the candidate config's policies and those given by name.
-    let mut files: Vec<Arc<Path>> = candidate.iter().flat_map(Config::policy_paths).collect();
-    files.extend(policies.values().cloned());
-    files.sort();
-    files.dedup();
-    let sandbox = candidate
-        .as_ref()
-        .map(|c| c.policy_sandbox.clone())
-        .unwrap_or_default();
     let unlimited = EngineLimits {
         max_channels: usize::MAX,
         max_waiting_per_channel: usize::MAX,
         max_waiting_bytes: usize::MAX,
     };
-    let mut host = policy_host(&files, &sandbox)?;
     let baseline = {
         let none = HashMap::new();
         simulate(&trace, Setup::Recorded(&none), unlimited, None, from, until)
