@@ -6,7 +6,8 @@
 //!   taking the daemon's lock.
 //! - [`trace`]: the recorded jobs (arrival, fields, grant, renewals, how and when they left)
 //!   and the recorded changes of limits.
-//! - [`sim`]: the simulation (its doc says how it fills in what the recording cannot know).
+//! - [`sim`]: the simulation (its doc says how it fills in what the recording cannot know);
+//!   `decisions`: the recorded policy decisions it replays, and the hooks it calls.
 //! - [`stats`]: per-channel figures and the table.
 //!
 //! Every run is first made under the recorded limits and decisions and checked against the
@@ -14,6 +15,7 @@
 //! included, unless a policy deferred jobs, which the journal does not record), so the
 //! candidate's figures can be trusted as far as that check goes.
 
+mod decisions;
 pub mod sim;
 pub mod stats;
 pub mod trace;

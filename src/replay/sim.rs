@@ -26,16 +26,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::engine::{
-    Admission, ChannelOptions, ChannelView, Decision, Engine, EngineLimits, Exit, Input, JobEvent,
-    JobInfo, Millis, Output, Policies, QuotaLog, QuotaSpec, Registration, RejectKind, Time,
+    ChannelOptions, Engine, EngineLimits, Exit, Input, Millis, Output, Policies, QuotaLog,
+    QuotaSpec, Registration, RejectKind, Time,
 };
 
+use super::decisions::{Decisions, Hooks};
 use super::trace::{LimitEvent, RecordedLimits, Trace};
 
 /// Options per channel, shared with the resolver the engine holds.
 type OptionsTable = Arc<std::sync::Mutex<HashMap<Arc<str>, ChannelOptions>>>;
 /// A job's key while the engine holds it.
-type JobKey = (Arc<str>, Arc<str>);
+pub(super) type JobKey = (Arc<str>, Arc<str>);
 
 /// The policy path standing for a channel's recorded decisions.
 pub const RECORDED_POLICY: &str = "(recorded decisions)";
@@ -499,75 +500,5 @@ impl Sim<'_, '_> {
                 .insert(name.clone(), Millis(total.0.saturating_sub(before.0)));
         }
         self.out
-    }
-}
-
-/// The recorded policy decisions of every job, for channels without a real policy file.
-#[derive(Debug, Default)]
-struct Decisions {
-    /// `(channel, uid)` to `(priority, rejected at or after)` of the job last noted.
-    jobs: HashMap<JobKey, (i64, Option<Time>)>,
-}
-
-impl Decisions {
-    fn note(&mut self, job: &super::trace::Job) {
-        let rejected = match job.left {
-            Some((t, Exit::Rejected, _)) => Some(t),
-            _ => None,
-        };
-        self.jobs.insert(
-            (job.channel.clone(), job.uid.clone()),
-            (job.priority, rejected),
-        );
-    }
-
-    fn get(&self, channel: &str, uid: &str) -> Option<(i64, Option<Time>)> {
-        self.jobs
-            .get(&(Arc::from(channel), Arc::from(uid)))
-            .copied()
-    }
-}
-
-/// The hooks a run calls: recorded decisions for [`RECORDED_POLICY`], a real host otherwise.
-struct Hooks<'a, 'h> {
-    decisions: &'a mut Decisions,
-    host: Option<&'a mut (dyn Policies + 'h)>,
-}
-
-impl Hooks<'_, '_> {
-    fn recorded(view: &ChannelView<'_>) -> bool {
-        view.options
-            .policy
-            .as_deref()
-            .is_some_and(|p| p == Path::new(RECORDED_POLICY))
-    }
-}
-
-impl Policies for Hooks<'_, '_> {
-    fn admit(&mut self, view: &ChannelView<'_>, job: &JobInfo<'_>) -> Admission {
-        match &mut self.host {
-            Some(host) if !Self::recorded(view) => host.admit(view, job),
-            _ => Admission::Accept(self.decisions.get(view.channel, job.uid).map_or(0, |d| d.0)),
-        }
-    }
-
-    fn before_grant(&mut self, view: &ChannelView<'_>, job: &JobInfo<'_>) -> Decision {
-        match &mut self.host {
-            Some(host) if !Self::recorded(view) => host.before_grant(view, job),
-            _ => match self.decisions.get(view.channel, job.uid) {
-                Some((_, Some(t))) if view.now >= t => {
-                    Decision::Veto("rejected by the recorded policy".into())
-                }
-                _ => Decision::Grant,
-            },
-        }
-    }
-
-    fn on_event(&mut self, view: &ChannelView<'_>, event: JobEvent, job: &JobInfo<'_>) {
-        if let Some(host) = &mut self.host {
-            if !Self::recorded(view) {
-                host.on_event(view, event, job);
-            }
-        }
     }
 }
