@@ -486,3 +486,37 @@ proptest! {
         prop_assert_eq!(replayed(history, &workers), recorded);
     }
 }
+
+/// `--from` and `--to`: only jobs registered in the window count; the run under the recorded
+/// limits stops at its end and still reproduces every grant up to there.
+#[test]
+fn a_window_counts_its_registrations_and_stops_at_its_end() {
+    let (workers, sets) = mixed_workload();
+    let (history, recorded) = record(&workers, two_slots_and_a_quota, &sets, &mut NoPolicies);
+    let trace = Trace::from_history(history);
+    let (from, until) = (Time(T0 + 1_000), Time(T0 + 3_000));
+    let none = HashMap::new();
+    let out = simulate(
+        &trace,
+        Setup::Recorded(&none),
+        EngineLimits::default(),
+        None,
+        from,
+        until,
+    );
+    let replayed = by_worker(&trace, &out.granted, &workers);
+    for (i, w) in workers.iter().enumerate() {
+        match recorded[i] {
+            Some(g) if g <= until => assert_eq!(replayed[i], Some(g), "{}", w.uid),
+            _ => assert_eq!(replayed[i], None, "{}: granted after the window", w.uid),
+        }
+    }
+    let rec = stats::recorded(&trace, from, until, &out);
+    let in_window = |c: &str| {
+        (workers.iter())
+            .filter(|w| w.channel == c && (1_000..=3_000).contains(&w.arrival))
+            .count()
+    };
+    assert_eq!(rec["a"].jobs, in_window("a"));
+    assert_eq!(rec.get("b").map_or(0, |s| s.jobs), in_window("b"));
+}
