@@ -520,3 +520,70 @@ fn a_window_counts_its_registrations_and_stops_at_its_end() {
     assert_eq!(rec["a"].jobs, in_window("a"));
     assert_eq!(rec.get("b").map_or(0, |s| s.jobs), in_window("b"));
 }
+
+/// A generation begun by compaction starts with every channel's limits (the driver calls
+/// `journal_limits` right after `compact`), so a replay of it alone knows them, and it
+/// reproduces the grants from the snapshot on.
+#[test]
+fn a_generation_begun_by_compaction_knows_every_channels_limits() {
+    let (workers, sets) = mixed_workload();
+    let (history, _) = record(&workers, two_slots_and_a_quota, &sets, &mut NoPolicies);
+    // Cut the history where a compaction could have happened: fold the first part into a
+    // snapshot, as `compact(engine.export())` writes it, and keep the rest as the new journal.
+    let cut = history.changes.len() / 2;
+    let mut snapshot = crate::engine::Snapshot::default();
+    let mut at = Time(0);
+    for change in &history.changes[..cut] {
+        if let crate::engine::Change::Clock { at: t } = change {
+            at = *t;
+        }
+        snapshot.apply(change.clone());
+    }
+    let mut engine = Engine::new(Box::new(two_slots_and_a_quota));
+    engine.record_changes(true);
+    engine.restore(at, snapshot.clone(), &mut NoPolicies);
+    let mut limits = Vec::new();
+    engine.take_changes(&mut limits);
+    engine.journal_limits();
+    limits.clear();
+    engine.take_changes(&mut limits);
+    assert!(
+        matches!(limits[0], crate::engine::Change::Clock { .. }),
+        "{limits:?}"
+    );
+    let channels: Vec<&str> = (limits.iter())
+        .filter_map(|c| match c {
+            crate::engine::Change::Limits { channel, .. } => Some(&**channel),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(channels, ["a", "b"]);
+    let mut changes = limits;
+    changes.extend(history.changes[cut..].iter().cloned());
+    let trace = Trace::from_history(History {
+        start: snapshot,
+        generations: vec![1],
+        changes,
+        warnings: Vec::new(),
+    });
+    assert!(
+        trace.unknown_limits.is_empty(),
+        "{:?}",
+        trace.unknown_limits
+    );
+    assert_eq!(trace.limits["a"].max_concurrent_jobs, 2);
+    let none = HashMap::new();
+    let out = simulate(
+        &trace,
+        Setup::Recorded(&none),
+        EngineLimits::default(),
+        None,
+        trace.begin,
+        trace.end,
+    );
+    for (i, job) in trace.jobs.iter().enumerate() {
+        if !job.running_at_start {
+            assert_eq!(out.granted[i], job.granted, "{}", job.uid);
+        }
+    }
+}
