@@ -74,6 +74,7 @@ pub enum Change {
         deadline: Option<Time>,
     },
     /// A job left: finished, aborted, cancelled, expired, or rejected by its policy while queued.
+    /// Written by formats 1 to 3, read only: this version writes [`Change::Left`].
     Removed {
         /// Channel name.
         channel: Arc<str>,
