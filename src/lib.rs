@@ -22,6 +22,8 @@
 //! - [`metrics`]: Prometheus metric names and the bounded channel label.
 //! - [`cli`]: the client commands `run` (gate a command behind a channel) and `status`, which
 //!   talk to a running daemon over MQTT like any worker.
+//! - [`replay`]: `coordinosaur replay`, which re-runs the journaled period through the engine
+//!   (a discrete-event simulation) under the recorded limits or a candidate config and policy.
 //! - `broker` (feature `embedded-broker`): an in-process rumqttd for machines without a broker.
 
 pub mod cli;
@@ -34,6 +36,7 @@ pub mod mqtt;
 pub mod policy;
 pub mod protocol;
 pub mod reload;
+pub mod replay;
 pub mod state;
 pub mod watch;
 

@@ -36,6 +36,8 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Ask the daemon for its channels' state: running/max, waiting, quota windows, policy.
     Status(cli::status::StatusArgs),
+    /// Re-run the journaled period under the recorded limits or a candidate (--config, --policy).
+    Replay(coordinosaur::replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Run(args) => ExitCode::from(cli::run::main(path, args)),
         Command::Status(args) => ExitCode::from(cli::status::main(path, args)),
+        Command::Replay(args) => ExitCode::from(coordinosaur::replay::main(path, args)),
         Command::CheckConfig => with_config(path, |path, config| {
             if let Err(code) = check_tls_files(path, &config) {
                 return code;

@@ -280,6 +280,8 @@ impl<S: Sink> Driver<S> {
         self.gate.handle_submitted(id);
         if journal.wants_compaction() {
             journal.compact(self.engine.export());
+            // The new generation's journal starts with every channel's limits, for `replay`.
+            self.engine.journal_limits();
         }
     }
 

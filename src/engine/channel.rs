@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::durable::{Change, ChangeLog, ChannelSnapshot, JobSnapshot};
+use super::durable::{Change, ChangeLog, ChannelSnapshot, Exit, JobSnapshot};
 use super::fencing::{Reply, RunningJob};
 use super::policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, Policies};
 use super::quota::Window;
@@ -204,6 +204,19 @@ impl Channel {
         &self.opts
     }
 
+    /// The limits in force, as journaled for `replay`.
+    pub(crate) fn limits_change(&self) -> Change {
+        Change::Limits {
+            channel: self.name.clone(),
+            max_concurrent_jobs: self.opts.max_concurrent_jobs,
+            timeout_offset: self.opts.timeout_offset,
+            quotas: (self.opts.quotas.iter())
+                .map(|q| (q.name.clone(), q.interval, q.limit))
+                .collect(),
+            policy: self.opts.policy.is_some(),
+        }
+    }
+
     /// Queues a new job, asking the channel's policy for its priority.
     /// Returns false (and changes nothing) if the uid is already known, the job does not fit in
     /// `room`, or the policy refused it; the last two are reported as `Rejected`.
@@ -345,17 +358,18 @@ impl Channel {
                 }
                 Admission::Reject(reason) => {
                     self.jobs.remove(&uid);
-                    log.push(|| self.removed(&uid));
+                    log.push(|| self.removed(&uid, Exit::Rejected));
                     out.extend([self.policy_rejection(uid, reason)]);
                 }
             }
         }
     }
 
-    fn removed(&self, uid: &Arc<str>) -> Change {
-        Change::Removed {
+    fn removed(&self, uid: &Arc<str>, why: Exit) -> Change {
+        Change::Left {
             channel: self.name.clone(),
             uid: uid.clone(),
+            why,
         }
     }
 
@@ -398,8 +412,13 @@ impl Channel {
         log: &mut ChangeLog,
     ) -> Option<bool> {
         let (uid, job) = self.jobs.remove_entry(uid)?;
-        log.push(|| self.removed(&uid));
         let was_running = job.deadline.is_some();
+        let why = match (was_running, aborted) {
+            (false, _) => Exit::Cancelled,
+            (true, false) => Exit::Finished,
+            (true, true) => Exit::Aborted,
+        };
+        log.push(|| self.removed(&uid, why));
         match job.deadline {
             Some(deadline) => self.leases.remove(&(deadline, job.seq)),
             None => {
@@ -507,7 +526,7 @@ impl Channel {
                 break;
             }
             let uid = entry.remove();
-            log.push(|| self.removed(&uid));
+            log.push(|| self.removed(&uid, Exit::Expired));
             if let Some(job) = self.jobs.remove(&uid) {
                 self.notify(now, hooks, JobEvent::Expired, &uid, &job);
             }
@@ -583,7 +602,7 @@ impl Channel {
                 Decision::Veto(reason) => {
                     self.dequeue(&key);
                     self.jobs.remove(&uid);
-                    log.push(|| self.removed(&uid));
+                    log.push(|| self.removed(&uid, Exit::Rejected));
                     out.extend([self.policy_rejection(uid, reason)]);
                     continue;
                 }

@@ -74,6 +74,7 @@ pub enum Change {
         deadline: Option<Time>,
     },
     /// A job left: finished, aborted, cancelled, expired, or rejected by its policy while queued.
+    /// Written by formats 1 to 3, read only: this version writes [`Change::Left`].
     Removed {
         /// Channel name.
         channel: Arc<str>,
@@ -126,6 +127,55 @@ pub enum Change {
         /// How its `go` is published.
         reply: Reply,
     },
+    /// The engine time of the changes that follow, written before the first change of each
+    /// new millisecond (journal format 4). Folds into nothing: it is for `replay`.
+    Clock {
+        /// Engine time (ms since the Unix epoch).
+        at: Time,
+    },
+    /// The daemon started and restored its state (journal format 4), at the time of the
+    /// `Clock` before it: nothing ran between the change before and this one. Folds into
+    /// nothing: it is for `replay`.
+    Started,
+    /// A job left, and why (journal format 4; written instead of `Removed`, folds the same).
+    Left {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// How it left.
+        why: Exit,
+    },
+    /// The limits a channel runs under from now on (journal format 4): written when the engine
+    /// creates or restores the channel and when a reload changes them. Folds into nothing
+    /// (a restart takes the config's limits): it is for `replay`.
+    Limits {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Configured running limit (a later `Concurrency` overrides it).
+        max_concurrent_jobs: u32,
+        /// Added to each job's timeout to give its lease.
+        timeout_offset: Millis,
+        /// Quota windows: `(name, interval, limit)`.
+        quotas: Vec<(String, Millis, u32)>,
+        /// Whether a policy decided admission and order.
+        policy: bool,
+    },
+}
+
+/// How a job left its channel ([`Change::Left`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Exit {
+    /// `finished` while running.
+    Finished,
+    /// `aborted` while running.
+    Aborted,
+    /// `finished` or `aborted` while still waiting.
+    Cancelled,
+    /// Its lease ran out.
+    Expired,
+    /// Its policy rejected it while it waited (a veto, or a re-admission after a policy swap).
+    Rejected,
 }
 
 /// Everything durable about every channel that has any.
@@ -286,7 +336,7 @@ impl Snapshot {
                     job.deadline = deadline;
                 }
             }
-            Change::Removed { channel, uid } => {
+            Change::Removed { channel, uid } | Change::Left { channel, uid, .. } => {
                 if let Some(ch) = self.channels.get_mut(&channel) {
                     if let Some(seq) = ch.index.remove(&uid) {
                         ch.jobs.remove(&seq);
@@ -310,6 +360,7 @@ impl Snapshot {
                     }
                 }
             }
+            Change::Clock { .. } | Change::Started | Change::Limits { .. } => {}
         }
     }
 
@@ -391,13 +442,32 @@ pub(crate) struct ChangeLog {
     pub(crate) enabled: bool,
     /// Changes not yet taken.
     pub(crate) changes: Vec<Change>,
+    /// The engine time of the event being handled.
+    now: Time,
+    /// The time of the last [`Change::Clock`] recorded; a change made at another time is
+    /// preceded by a new one, so every change has a time and an idle millisecond costs nothing.
+    stamped: Option<Time>,
 }
 
 impl ChangeLog {
     /// Records the change `make` builds, if recording is on.
     pub(crate) fn push(&mut self, make: impl FnOnce() -> Change) {
         if self.enabled {
+            if self.stamped != Some(self.now) {
+                self.stamped = Some(self.now);
+                self.changes.push(Change::Clock { at: self.now });
+            }
             self.changes.push(make());
         }
+    }
+
+    /// Makes the next change start with a [`Change::Clock`] even within the same millisecond.
+    pub(crate) fn restamp(&mut self) {
+        self.stamped = None;
+    }
+
+    /// Sets the engine time of the changes that follow.
+    pub(crate) fn at(&mut self, now: Time) {
+        self.now = now;
     }
 }

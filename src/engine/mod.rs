@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub use channel::{job_bytes, JOB_OVERHEAD_BYTES};
 use channel::{Channel, Room};
 use durable::ChangeLog;
-pub use durable::{Change, ChannelSnapshot, JobSnapshot, Snapshot};
+pub use durable::{Change, ChannelSnapshot, Exit, JobSnapshot, Snapshot};
 pub use fencing::{Reply, RunningJob, StaleAction};
 pub use options::{ChannelOptions, OnPolicyError, QuotaLog, QuotaSpec};
 pub use policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, NoPolicies, Policies};
@@ -448,6 +448,15 @@ impl Engine {
         }
     }
 
+    /// Records every channel's limits, after the time: a new journal generation begins, and
+    /// `replay` may read it without the ones before.
+    pub fn journal_limits(&mut self) {
+        self.log.restamp();
+        for ch in &self.channels {
+            self.log.push(|| ch.limits_change());
+        }
+    }
+
     /// Moves the changes made since the last call into `into` (nothing unless recording).
     pub fn take_changes(&mut self, into: &mut Vec<Change>) {
         into.append(&mut self.log.changes);
@@ -515,6 +524,8 @@ impl Engine {
     pub fn restore(&mut self, now: Time, snapshot: Snapshot, hooks: &mut dyn Policies) {
         self.now = self.now.max(now);
         let now = self.now;
+        self.log.at(now);
+        self.log.push(|| Change::Started);
         let mut restored = Vec::new();
         for (name, snap) in snapshot.channels {
             let id = match self.by_name.get(&name) {
@@ -522,6 +533,8 @@ impl Engine {
                 None => self.insert_channel(&name, 0),
             };
             let live = self.channels[id as usize].restore(snap, now);
+            let ch = &self.channels[id as usize];
+            self.log.push(|| ch.limits_change());
             self.redeliveries
                 .extend(live.into_iter().map(|(uid, seq)| (id, uid, seq)));
             restored.push(id);
@@ -612,6 +625,7 @@ impl Engine {
     pub fn handle_timeout_with(&mut self, now: Time, hooks: &mut dyn Policies) {
         self.now = self.now.max(now);
         let now = self.now;
+        self.log.at(now);
         while let Some(&(t, id)) = self.timers.first() {
             if t > now {
                 break;
@@ -683,6 +697,7 @@ impl Engine {
             if changed.contains(&"policy") {
                 ch.readmit(now, hooks, &mut self.outputs, &mut self.log);
             }
+            self.log.push(|| ch.limits_change());
             report.push((ch.name.clone(), changed));
             let id = ChannelId::try_from(index).unwrap_or(ChannelId::MAX);
             self.settle(id, now, hooks);
@@ -944,7 +959,10 @@ impl Engine {
 
     /// Creates a channel with its resolved options, its fencing tokens above the floor.
     fn create_channel(&mut self, name: &str) -> ChannelId {
-        self.insert_channel(name, self.token_floor)
+        let id = self.insert_channel(name, self.token_floor);
+        let ch = &self.channels[id as usize];
+        self.log.push(|| ch.limits_change());
+        id
     }
 
     /// Creates a channel with its resolved options whose next grant gets token `last_token + 1`.

@@ -16,7 +16,14 @@
 //!   snapshots are read through [`v2`]: tokens 0, plain replies, `next_seq` past their jobs). The magic changes too, so that a format-2 build refuses a
 //!   format-3 journal by name instead of taking its new records for damage.
 //!
-//! This build writes format 3 and reads 1 to 3; a file of a newer format is refused with an
+//! - Format 4: what `replay` needs to re-run the recorded period. `Change::Clock` (the engine
+//!   time of the changes after it), `Change::Started` (the daemon restored its state),
+//!   `Change::Left` (written instead of `Removed`: how a job
+//!   left, finished, aborted, cancelled, expired or rejected) and `Change::Limits` (a channel's
+//!   limits when created, restored or reloaded), all appended, so older journal records decode
+//!   unchanged. Snapshots are as in format 3; only their magic changes.
+//!
+//! This build writes format 4 and reads 1 to 4; a file of a newer format is refused with an
 //! error naming both, never read as damage (which would fall back to older state).
 
 use std::collections::BTreeMap;
@@ -24,11 +31,11 @@ use std::collections::BTreeMap;
 use crate::engine::{Change, ChannelSnapshot, JobSnapshot, Reply, Snapshot};
 
 /// The format this build writes.
-pub(crate) const FORMAT: u8 = 3;
+pub(crate) const FORMAT: u8 = 4;
 /// First bytes of a journal file (the digit is the format).
-pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"CDJRNL3\n";
+pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"CDJRNL4\n";
 /// First bytes of a snapshot file (the digit is the format).
-pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP3\n";
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP4\n";
 /// Magic prefixes, before the format digit.
 const JOURNAL_KIND: &[u8; 6] = b"CDJRNL";
 const SNAPSHOT_KIND: &[u8; 6] = b"CDSNAP";
@@ -507,9 +514,9 @@ mod golden {
         ]
     }
 
-    /// Every change: format 2's, then the two format 3 appended. Format 3 writes
-    /// `GrantedWithToken` where format 2 wrote `Granted`; both are pinned.
-    fn every_change() -> Vec<Change> {
+    /// Format 2's changes, then the two format 3 appended. Format 3 writes `GrantedWithToken`
+    /// where format 2 wrote `Granted`; both are pinned.
+    fn format_3_changes() -> Vec<Change> {
         let (channel, uid): (Arc<str>, Arc<str>) = ("ch".into(), "u1".into());
         let mut all = format_2_changes();
         all.extend([
@@ -524,6 +531,32 @@ mod golden {
                 channel,
                 uid,
                 reply: Reply::Json,
+            },
+        ]);
+        all
+    }
+
+    /// Every change: format 3's, then the four format 4 appended. Format 4 writes `Left`
+    /// where older formats wrote `Removed`; both are pinned.
+    fn every_change() -> Vec<Change> {
+        let (channel, uid): (Arc<str>, Arc<str>) = ("ch".into(), "u1".into());
+        let mut all = format_3_changes();
+        all.extend([
+            Change::Clock {
+                at: Time(1_700_000_000_400),
+            },
+            Change::Started,
+            Change::Left {
+                channel: channel.clone(),
+                uid,
+                why: crate::engine::Exit::Expired,
+            },
+            Change::Limits {
+                channel,
+                max_concurrent_jobs: 2,
+                timeout_offset: Millis(1_000),
+                quotas: vec![("minute".into(), Millis(60_000), 15)],
+                policy: true,
             },
         ]);
         all
@@ -555,19 +588,49 @@ mod golden {
 
     /// `format_2_changes()`, encoded as one journal batch by format 2 (and still by format 3).
     const BATCH_2: &str = "5c00000094a3b08407000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc31060263680275310705026368020004026368027531";
-    /// `every_change()` as one format-3 journal batch.
-    const BATCH: &str = "79000000ce07541f09000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac020802636802753101";
+    /// `format_3_changes()` as one format-3 journal batch (and still format 4's encoding).
+    const BATCH_3: &str = "79000000ce07541f09000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac020802636802753101";
     /// `a_format_2_snapshot()` as a format-2 snapshot file.
     const SNAPSHOT_2: &str = "4344534e4150320a32000000239096e8010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01e4d095ffbc310101e4d095ffbc31";
     /// `a_snapshot()` as a format-3 snapshot file.
-    const SNAPSHOT: &str = "4344534e4150330a3a0000004aa58ec4010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac0208a01f";
+    const SNAPSHOT_3: &str = "4344534e4150330a3a0000004aa58ec4010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac0208a01f";
+    /// `every_change()` as one format-4 journal batch.
+    const BATCH: &str = "9d000000f838f8500d000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac0208026368027531010990d395ffbc310a0b026368027531030c02636802e80701066d696e757465e0d4030f01";
+    /// `a_snapshot()` as a format-4 snapshot file: format 3's, with the new magic.
+    const SNAPSHOT: &str = "4344534e4150340a3a0000004aa58ec4010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac0208a01f";
 
     #[test]
-    fn a_journal_batch_is_encoded_as_format_3_says() {
+    fn a_journal_batch_is_encoded_as_format_4_says() {
         let bytes = encode_batch(&every_change());
         assert_eq!(hex(&bytes), BATCH);
         let recs = records(&bytes);
         assert_eq!(decode_batch(recs.payloads[0]).unwrap(), every_change());
+    }
+
+    /// Format 4 only appended variants: a format-3 batch decodes to the same changes.
+    #[test]
+    fn a_format_3_journal_batch_still_decodes() {
+        assert_eq!(hex(&encode_batch(&format_3_changes())), BATCH_3);
+        let bytes = unhex(BATCH_3);
+        let changes = decode_batch(records(&bytes).payloads[0]).unwrap();
+        assert_eq!(changes, format_3_changes());
+    }
+
+    /// A format-4 `Left` folds as `Removed` did; `Clock` and `Limits` fold into nothing.
+    #[test]
+    fn format_4_changes_fold_like_removed() {
+        let mut snap = a_snapshot();
+        for c in every_change().into_iter().skip(9) {
+            snap.apply(c);
+        }
+        assert!(snap.channels["ch"].jobs.is_empty());
+        assert_eq!(snap.channels["ch"].grants.len(), 1);
+    }
+
+    /// A format-3 snapshot reads as the same snapshot: format 4 changed only its magic.
+    #[test]
+    fn a_format_3_snapshot_still_reads() {
+        assert_eq!(decode_snapshot(&unhex(SNAPSHOT_3)).unwrap(), a_snapshot());
     }
 
     /// Format 3 only appended variants: a format-2 batch decodes to the same changes, and its
@@ -583,7 +646,7 @@ mod golden {
     }
 
     #[test]
-    fn a_snapshot_is_encoded_as_format_3_says() {
+    fn a_snapshot_is_encoded_as_format_4_says() {
         let bytes = encode_snapshot(&a_snapshot());
         assert_eq!(hex(&bytes), SNAPSHOT);
         assert_eq!(decode_snapshot(&bytes).unwrap(), a_snapshot());
@@ -651,19 +714,20 @@ mod golden {
 
     #[test]
     fn files_of_a_newer_format_are_refused_by_name_not_taken_for_damage() {
-        for bytes in [&b"CDSNAP4\n"[..], b"CDSNAP9\nanything"] {
+        for bytes in [&b"CDSNAP5\n"[..], b"CDSNAP9\nanything"] {
             match decode_snapshot(bytes) {
                 Err(FormatError::Newer(e)) => assert!(e.contains("newer coordinosaur"), "{e}"),
                 other => panic!("{other:?}"),
             }
         }
         assert!(matches!(
-            journal_body(b"CDJRNL4\n"),
+            journal_body(b"CDJRNL5\n"),
             Err(FormatError::Newer(_))
         ));
         assert_eq!(journal_body(b"CDJRNL1\nbody"), Ok(Some(&b"body"[..])));
         assert_eq!(journal_body(b"CDJRNL2\n"), Ok(Some(&b""[..])));
         assert_eq!(journal_body(b"CDJRNL3\n"), Ok(Some(&b""[..])));
+        assert_eq!(journal_body(b"CDJRNL4\n"), Ok(Some(&b""[..])));
         assert_eq!(journal_body(b"CDJR"), Ok(None));
         assert_eq!(journal_body(b"something else"), Ok(None));
     }

@@ -16,6 +16,7 @@
 mod format;
 pub mod jetstream;
 mod journal;
+pub mod read;
 mod writer;
 
 use std::collections::BTreeSet;
