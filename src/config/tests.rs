@@ -765,3 +765,94 @@ fn tls_paths_resolve_beside_the_config_file() {
     let tls = cfg.mqtt.tls.expect("tls set");
     assert_eq!((tls.client_auth, tls.server_name), (None, None));
 }
+
+const JETSTREAM: &str = "[embedded_broker]\nenabled = false\n[state]\nbackend = \"jetstream\"\n";
+
+#[test]
+fn jetstream_backend_takes_its_table_and_leaves_no_state_dir() {
+    let c = ok(&format!(
+        "{JETSTREAM}[state.jetstream]\nservers = [\"nats://10.0.0.1:4222\", \"nats://10.0.0.2:4222\"]\n\
+         stream = \"jobs-1\"\nreplicas = 5\nleader_lease = \"5s\"\nnode_id = \"host-a\"\n"
+    ));
+    let js = c.state.jetstream().expect("the jetstream backend");
+    assert_eq!(js.servers.len(), 2);
+    assert_eq!((js.stream.as_str(), js.replicas), ("jobs-1", 5));
+    assert_eq!(js.leader_lease, Duration::from_secs(5));
+    assert_eq!(js.node_id(), "host-a");
+    assert_eq!(c.state.dir(), None);
+    assert!(c.summary().contains("state: jetstream stream \"jobs-1\""));
+    // The defaults: a local server, 3 replicas, a 2 s lease, hostname-pid.
+    let d = ok(JETSTREAM);
+    let js = d.state.jetstream().expect("the jetstream backend");
+    assert_eq!(js.servers, ["nats://127.0.0.1:4222"]);
+    assert_eq!((js.replicas, js.leader_lease), (3, Duration::from_secs(2)));
+    assert!(js.node_id().ends_with(&format!("-{}", std::process::id())));
+    assert_eq!(ok("").state.jetstream(), None);
+}
+
+#[test]
+fn jetstream_backend_refuses_what_cannot_work() {
+    let cases = [
+        (
+            "[embedded_broker]\nenabled = true\n[state]\nbackend = \"jetstream\"\n",
+            "embedded broker",
+        ),
+        (
+            &*format!("{JETSTREAM}[mqtt]\nclean_session = true\n"),
+            "clean_session = false",
+        ),
+        (
+            &*format!("{JETSTREAM}[state.jetstream]\nservers = []\n"),
+            "servers is empty",
+        ),
+        (
+            &*format!("{JETSTREAM}[state.jetstream]\nservers = [\"not a url\"]\n"),
+            "not a NATS URL",
+        ),
+        (
+            &*format!("{JETSTREAM}[state.jetstream]\nstream = \"a.b\"\n"),
+            "stream must be",
+        ),
+        (
+            &*format!("{JETSTREAM}[state.jetstream]\nreplicas = 7\n"),
+            "replicas must be",
+        ),
+        (
+            &*format!("{JETSTREAM}[state.jetstream]\nleader_lease = \"100ms\"\n"),
+            "leader_lease must be",
+        ),
+        (
+            &*format!(
+                "{JETSTREAM}[state.jetstream]\ntoken = \"t\"\nusername = \"u\"\npassword = \"p\"\n"
+            ),
+            "not both",
+        ),
+        (
+            &*format!("{JETSTREAM}[state.jetstream]\nusername = \"u\"\n"),
+            "go together",
+        ),
+        (
+            &*format!("{JETSTREAM}[state.jetstream]\nleader = 1\n"),
+            "unknown field",
+        ),
+    ];
+    for (text, needle) in cases {
+        let e = parse(text).expect_err(text).to_string();
+        assert!(e.contains(needle), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn nats_secrets_come_from_the_environment() {
+    let mut c = ok(&format!(
+        "{JETSTREAM}[state.jetstream]\nusername = \"file-user\"\npassword = \"file-pass\"\n"
+    ));
+    c.apply_env(|k| match k {
+        "COORDINOSAUR_NATS_PASSWORD" => Some("env-pass".into()),
+        "COORDINOSAUR_NATS_USERNAME" => Some(String::new()),
+        _ => None,
+    });
+    let js = &c.state.jetstream;
+    assert_eq!(js.password.as_deref(), Some("env-pass"));
+    assert_eq!(js.username, None);
+}
