@@ -850,3 +850,39 @@ async fn javascript_policy_hot_swaps_in_with_jobs_queued() {
 async fn python_policy_hot_swaps_in_with_jobs_queued() {
     language_policy_hot_swaps_in_with_jobs_queued(Language::Python).await;
 }
+
+/// Under a memory cap too small for its runtime, the policy cannot start: the channel falls back
+/// (`open`: the job still gets `go`) and the warning names the setting to raise.
+async fn language_policy_over_the_memory_cap_names_the_setting(language: Language) {
+    let toml = format!(
+        "[policy_sandbox]\ncall_timeout = \"5s\"\nmax_memory = {}\n\n{}",
+        1 << 20,
+        channel_rule("lang", "policy.wasm", 1, "")
+    );
+    let files = [("policy.wasm", language_policy_wasm(language))];
+    let mut s = Setup::start_with(&files, &toml, &["lang"]).await;
+    s.register("lang", "j", json!({"priority": 1})).await;
+    assert_eq!(s.next_go("lang").await, "j");
+    s.daemon.wait_log("policy call failed").await;
+    let line = s
+        .daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("policy call failed"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        line.contains("WARN") && line.contains("[policy_sandbox] max_memory, now 1048576 bytes"),
+        "{language:?}: a warning naming the setting: {line}"
+    );
+}
+
+#[tokio::test]
+async fn javascript_policy_over_the_memory_cap_names_the_setting() {
+    language_policy_over_the_memory_cap_names_the_setting(Language::JavaScript).await;
+}
+
+#[tokio::test]
+async fn python_policy_over_the_memory_cap_names_the_setting() {
+    language_policy_over_the_memory_cap_names_the_setting(Language::Python).await;
+}
