@@ -10,7 +10,9 @@
 //! 3. hot reload: `Compiler::compile` of each example component, and `PolicyHost::swap` +
 //!    `Engine::readmit` with 1,000 waiting jobs;
 //! 4. section 1 again with the Prometheus recorder installed (as with `[metrics] listen`), since
-//!    every call records a histogram.
+//!    every call records a histogram;
+//! 5. the JavaScript and Python policies next to `priority` (`policy/languages.rs`; alone with
+//!    `cargo bench --bench policy -- languages`).
 //!
 //! No I/O or clock in the measured loops; engine time is a counter advanced by hand.
 
@@ -26,10 +28,12 @@ use coordinosaur::engine::{
 };
 use coordinosaur::policy::{Compiler, PolicyHost};
 
+#[path = "policy/languages.rs"]
+mod languages;
 #[path = "../tests/common/policies.rs"]
 #[allow(
     dead_code,
-    reason = "shared with the tests; the bench uses only policy_wasm"
+    reason = "shared with the tests; the bench uses only policy_wasm and language_policy_wasm"
 )]
 mod policies;
 
@@ -57,10 +61,15 @@ fn main() {
     let priority = policies::policy_wasm("priority");
     eprintln!("policies built in {:.1} s", started.elapsed().as_secs_f64());
     let compiler = Compiler::new().expect("wasmtime engine");
+    if std::env::args().any(|a| a == "languages") {
+        languages::run(&compiler);
+        return;
+    }
 
     hook_costs(&compiler, &priority, "without a metrics recorder");
     engine_cycles(&compiler, &priority);
     reload(&compiler);
+    languages::run(&compiler);
     // The daemon's own exporter (buckets included), on a free loopback port.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

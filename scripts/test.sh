@@ -13,6 +13,10 @@
 #   toolchain that is already installed, and the policy build then fails with "can't find crate
 #   for `core`".
 # - cargo-nextest, if missing: crates.io.
+# - Node.js with npm and Python 3 with venv (Debian's packages) when missing, then the JavaScript
+#   and Python policies' toolchains (jco + componentize-js from the npm registry into
+#   policies/js/node_modules, componentize-py from PyPI into policies/python/.venv; versions pinned
+#   there), through each policy's build.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
@@ -41,6 +45,18 @@ echo "== guest policies (built once here so that no test waits on a cold build)"
 # The same command tests/common/policies.rs runs, so the tests find everything up to date.
 (cd policies && env -u CARGO_TARGET_DIR cargo build --release --locked --workspace \
   --target wasm32-unknown-unknown --target wasm32-wasip2)
+
+echo "== JavaScript and Python policies (policies/js, policies/python; rebuilt only when stale)"
+need_debian=()
+command -v npm >/dev/null 2>&1 || need_debian+=(nodejs npm)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_debian+=(python3 python3-venv)
+if [ "${#need_debian[@]}" -gt 0 ]; then
+  echo "== installing ${need_debian[*]} (Debian packages)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debian[@]}" >/dev/null
+fi
+policies/js/build.sh
+policies/python/build.sh
 
 echo "== tests"
 exec cargo nextest run --locked --profile ci "$@"

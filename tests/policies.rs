@@ -8,14 +8,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::policies::policy_wasm;
-use common::{free_port, topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
+use common::policies::{language_policy_wasm, policy_wasm, Language};
+use common::{
+    free_port, topic, unique_id, Client, Daemon, DaemonOptions, TestBroker, DEFAULT_TIMEOUT,
+};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
 /// Span of every "nothing arrives" check.
 const QUIET: Duration = Duration::from_millis(400);
+
+/// Bound on loading a policy (start-up, hot swap): the JavaScript and Python components take
+/// 15-25 s to compile in the debug daemon on a busy 2-core machine (the Rust ones, milliseconds).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A broker, a daemon, a client subscribed to `go/+` and `rejected/+` of some channels, and the
 /// folder holding the policy files the config names.
@@ -30,16 +36,26 @@ impl Setup {
     /// Copies each `(file name, crate)` component into a fresh folder, then starts a daemon
     /// with `toml`, in which `{dir}` stands for that folder.
     async fn start(files: &[(&str, &str)], toml: &str, channels: &[&str]) -> Setup {
+        let files: Vec<(&str, PathBuf)> = files.iter().map(|(f, k)| (*f, policy_wasm(k))).collect();
+        Setup::start_with(&files, toml, channels).await
+    }
+
+    /// [`Setup::start`] with components given by path (`(file name, component)`).
+    async fn start_with(files: &[(&str, PathBuf)], toml: &str, channels: &[&str]) -> Setup {
         let policies = tempfile::Builder::new()
             .prefix("coordinosaur-policies-")
             .tempdir()
             .expect("temp dir for policies");
-        for (file, krate) in files {
-            std::fs::copy(policy_wasm(krate), policies.path().join(file)).expect("copy a policy");
+        for (file, component) in files {
+            std::fs::copy(component, policies.path().join(file)).expect("copy a policy");
         }
         let toml = expand(toml, policies.path());
         let broker = TestBroker::start();
-        let daemon = Daemon::start(broker.port(), &toml).await;
+        let options = DaemonOptions {
+            ready_timeout: Some(LOAD_TIMEOUT),
+            ..DaemonOptions::default()
+        };
+        let daemon = Daemon::start_with_options(broker.port(), &toml, options).await;
         let client = Client::connect(broker.port(), &unique_id("worker")).await;
         for channel in channels {
             for action in ["go/+", "rejected/+"] {
@@ -140,14 +156,25 @@ impl Setup {
     /// Waits until the log has more than `before` lines containing `needle`; returns when it
     /// saw them (polled every 5 ms).
     async fn wait_log_count(&self, needle: &str, before: usize) -> Instant {
-        let deadline = Instant::now() + DEFAULT_TIMEOUT;
+        self.wait_log_count_within(needle, before, DEFAULT_TIMEOUT)
+            .await
+    }
+
+    /// [`Setup::wait_log_count`], waiting up to `timeout`.
+    async fn wait_log_count_within(
+        &self,
+        needle: &str,
+        before: usize,
+        timeout: Duration,
+    ) -> Instant {
+        let deadline = Instant::now() + timeout;
         loop {
             if self.log_count(needle) > before {
                 return Instant::now();
             }
             assert!(
                 Instant::now() < deadline,
-                "no new {needle:?} in the daemon log within {DEFAULT_TIMEOUT:?}"
+                "no new {needle:?} in the daemon log within {timeout:?}"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -168,8 +195,13 @@ fn expand(toml: &str, dir: &Path) -> String {
 /// Replaces `path` atomically with the component of `krate`: copy to a temp name in the same
 /// folder, then rename over it.
 fn replace_atomically(path: &Path, krate: &str) {
+    replace_with(path, &policy_wasm(krate));
+}
+
+/// Replaces `path` atomically with a copy of `component`.
+fn replace_with(path: &Path, component: &Path) {
     let tmp = path.with_extension("wasm.tmp");
-    std::fs::copy(policy_wasm(krate), &tmp).expect("copy the new policy");
+    std::fs::copy(component, &tmp).expect("copy the new policy");
     std::fs::rename(&tmp, path).expect("rename the new policy into place");
 }
 
@@ -653,4 +685,204 @@ async fn a_config_reload_naming_a_broken_policy_keeps_the_old_config() {
     s.client.expect_none(&topic("prio", "go/+"), QUIET).await;
     assert_eq!(s.client.state("prio").await["max_concurrent_jobs"], 1);
     assert_eq!(s.log_count("channel reconfigured"), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policies in JavaScript and Python (policies/js, policies/python): `priority` at admit, plus a
+// veto at grant time for the tenants in `policy_config.tenants`.
+
+const EVIL_REASON: &str = r#"tenant "evil" is denied by policy"#;
+
+/// A channel `lang` with one slot, running the `language` policy with `tenants = ["evil"]`,
+/// under the default `[policy_sandbox]` except the call budget (see `expand`).
+async fn language_channel(language: Language) -> Setup {
+    let toml = channel_rule(
+        "lang",
+        "policy.wasm",
+        1,
+        "policy_config = { tenants = [\"evil\"] }",
+    );
+    let files = [("policy.wasm", language_policy_wasm(language))];
+    Setup::start_with(&files, &toml, &["lang"]).await
+}
+
+async fn language_policy_orders_by_priority(language: Language) {
+    let mut s = language_channel(language).await;
+    s.register("lang", "hold", json!({})).await;
+    assert_eq!(s.next_go("lang").await, "hold");
+    for (uid, fields) in [
+        ("a", json!({"priority": 1})),
+        ("b", json!({"priority": 5})),
+        ("c", json!({"priority": 1})),
+        ("d", json!({"tenant": "x"})),
+        ("n", json!({"priority": -3})),
+        ("e", json!({"priority": "high"})),
+        ("f", json!({"priority": 1.5})),
+    ] {
+        s.register("lang", uid, fields).await;
+    }
+    assert_eq!(
+        s.rejected("lang", "e").await,
+        r#"field "priority" must be an integer, got "high""#
+    );
+    let reason = s.rejected("lang", "f").await;
+    assert!(reason.contains("\"priority\""), "{language:?}: {reason}");
+    let order = s.drain_one_by_one("lang", "hold".into(), 5).await;
+    assert_eq!(order, ["b", "a", "c", "d", "n"], "{language:?}");
+}
+
+async fn language_policy_vetoes_listed_tenants(language: Language) {
+    let mut s = language_channel(language).await;
+    // A free slot: offered at once, vetoed at once.
+    s.register("lang", "e0", json!({"tenant": "evil"})).await;
+    assert_eq!(s.rejected("lang", "e0").await, EVIL_REASON);
+    s.register("lang", "hold", json!({"tenant": "good"})).await;
+    assert_eq!(s.next_go("lang").await, "hold");
+    // Queued first by priority, vetoed when its turn comes; the next job takes the slot.
+    s.register("lang", "e1", json!({"tenant": "evil", "priority": 9}))
+        .await;
+    s.register("lang", "g1", json!({"tenant": "good", "priority": 1}))
+        .await;
+    s.wait_waiting("lang", 2).await;
+    s.client
+        .expect_none(&topic("lang", "rejected/+"), QUIET)
+        .await;
+    s.client.finished("lang", "hold").await;
+    assert_eq!(s.rejected("lang", "e1").await, EVIL_REASON);
+    assert_eq!(s.next_go("lang").await, "g1");
+    // Other tenants, and jobs without one, are granted.
+    s.register("lang", "t", json!({"tenant": "Evil"})).await;
+    s.register("lang", "u", json!({})).await;
+    let order = s.drain_one_by_one("lang", "g1".into(), 2).await;
+    assert_eq!(order, ["t", "u"], "{language:?}");
+}
+
+/// Starts on the Rust `priority` policy with `JOBS` queued, swaps the file for the `language`
+/// policy: none of the queued jobs is lost, the evil ones are vetoed by the new policy, the others
+/// run in priority order.
+async fn language_policy_hot_swaps_in_with_jobs_queued(language: Language) {
+    const JOBS: usize = 50;
+    let component = language_policy_wasm(language);
+    let toml = channel_rule(
+        "swap",
+        "policy.wasm",
+        1,
+        "policy_config = { tenants = [\"evil\"] }",
+    );
+    let files = [("policy.wasm", policy_wasm("priority"))];
+    let mut s = Setup::start_with(&files, &toml, &["swap"]).await;
+    s.register("swap", "hold", json!({})).await;
+    assert_eq!(s.next_go("swap").await, "hold");
+    let evil = |i: usize| i.is_multiple_of(10);
+    let priority = |i: usize| (i % 7) as i64;
+    let uids: Vec<String> = (0..JOBS).map(|i| format!("j{i:04}")).collect();
+    for (i, uid) in uids.iter().enumerate() {
+        let tenant = if evil(i) { "evil" } else { "good" };
+        s.register(
+            "swap",
+            uid,
+            json!({"priority": priority(i), "tenant": tenant}),
+        )
+        .await;
+    }
+    s.wait_waiting("swap", JOBS as u64).await;
+
+    let swaps_before = s.log_count("policy swapped");
+    replace_with(&s.path("policy.wasm"), &component);
+    s.wait_log_count_within("policy swapped", swaps_before, LOAD_TIMEOUT)
+        .await;
+    s.client.set_concurrency("swap", 10_000).await;
+
+    // Highest priority first, FIFO among equals; the evil jobs vetoed on their turn.
+    let mut expected: Vec<usize> = (0..JOBS).filter(|i| !evil(*i)).collect();
+    expected.sort_by_key(|i| std::cmp::Reverse(priority(*i)));
+    let expected: Vec<String> = expected.into_iter().map(|i| uids[i].clone()).collect();
+    let mut granted = Vec::new();
+    while granted.len() < expected.len() {
+        granted.push(s.next_go("swap").await);
+    }
+    assert_eq!(granted, expected, "{language:?}");
+    let mut vetoed = Vec::new();
+    while vetoed.len() < JOBS / 10 {
+        let (t, payload) = s
+            .client
+            .expect_match(&topic("swap", "rejected/+"), DEFAULT_TIMEOUT)
+            .await;
+        let body: Value = serde_json::from_slice(&payload).expect("JSON");
+        assert_eq!(body["reason"], EVIL_REASON);
+        vetoed.push(t.rsplit('/').next().unwrap_or_default().to_owned());
+    }
+    vetoed.sort();
+    let evil_uids: Vec<String> = (0..JOBS)
+        .filter(|i| evil(*i))
+        .map(|i| uids[i].clone())
+        .collect();
+    assert_eq!(vetoed, evil_uids, "{language:?}");
+    assert_eq!(s.client.state("swap").await["waiting"], 0);
+}
+
+#[tokio::test]
+async fn javascript_policy_orders_by_priority() {
+    language_policy_orders_by_priority(Language::JavaScript).await;
+}
+
+#[tokio::test]
+async fn python_policy_orders_by_priority() {
+    language_policy_orders_by_priority(Language::Python).await;
+}
+
+#[tokio::test]
+async fn javascript_policy_vetoes_listed_tenants() {
+    language_policy_vetoes_listed_tenants(Language::JavaScript).await;
+}
+
+#[tokio::test]
+async fn python_policy_vetoes_listed_tenants() {
+    language_policy_vetoes_listed_tenants(Language::Python).await;
+}
+
+#[tokio::test]
+async fn javascript_policy_hot_swaps_in_with_jobs_queued() {
+    language_policy_hot_swaps_in_with_jobs_queued(Language::JavaScript).await;
+}
+
+#[tokio::test]
+async fn python_policy_hot_swaps_in_with_jobs_queued() {
+    language_policy_hot_swaps_in_with_jobs_queued(Language::Python).await;
+}
+
+/// Under a memory cap too small for its runtime, the policy cannot start: the channel falls back
+/// (`open`: the job still gets `go`) and the warning names the setting to raise.
+async fn language_policy_over_the_memory_cap_names_the_setting(language: Language) {
+    let toml = format!(
+        "[policy_sandbox]\ncall_timeout = \"5s\"\nmax_memory = {}\n\n{}",
+        1 << 20,
+        channel_rule("lang", "policy.wasm", 1, "")
+    );
+    let files = [("policy.wasm", language_policy_wasm(language))];
+    let mut s = Setup::start_with(&files, &toml, &["lang"]).await;
+    s.register("lang", "j", json!({"priority": 1})).await;
+    assert_eq!(s.next_go("lang").await, "j");
+    s.daemon.wait_log("policy call failed").await;
+    let line = s
+        .daemon
+        .log()
+        .lines()
+        .find(|l| l.contains("policy call failed"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        line.contains("WARN") && line.contains("[policy_sandbox] max_memory, now 1048576 bytes"),
+        "{language:?}: a warning naming the setting: {line}"
+    );
+}
+
+#[tokio::test]
+async fn javascript_policy_over_the_memory_cap_names_the_setting() {
+    language_policy_over_the_memory_cap_names_the_setting(Language::JavaScript).await;
+}
+
+#[tokio::test]
+async fn python_policy_over_the_memory_cap_names_the_setting() {
+    language_policy_over_the_memory_cap_names_the_setting(Language::Python).await;
 }

@@ -219,16 +219,17 @@ impl PolicyHost {
         store.data_mut().start_call();
         // A fresh store's deadline is 0: set it before instantiating or start-up code traps.
         store.set_epoch_deadline(self.deadline_ticks);
+        let max_memory = self.max_memory;
         let bindings = compiled
             .pre
             .instantiate(&mut store)
-            .map_err(|e| format!("instantiate: {e:#}"))?;
+            .map_err(|e| name_memory_cap(format!("instantiate: {e:#}"), max_memory))?;
         store.set_epoch_deadline(self.deadline_ticks);
         store.data_mut().start_call();
         match bindings.call_init(&mut store, config) {
             Ok(Ok(())) => Ok(Live { store, bindings }),
             Ok(Err(reason)) => Err(format!("init refused the config: {reason}")),
-            Err(e) => Err(format!("init failed: {e:#}")),
+            Err(e) => Err(name_memory_cap(format!("init failed: {e:#}"), max_memory)),
         }
     }
 
@@ -262,7 +263,8 @@ impl PolicyHost {
                 if let Some(slot) = self.slots.get_mut(&channel) {
                     slot.live = None;
                 }
-                self.failed(view, hook, &format!("{e:#}"))
+                let cause = name_memory_cap(format!("{e:#}"), self.max_memory);
+                self.failed(view, hook, &cause)
             }
         }
     }
@@ -376,5 +378,16 @@ impl PolicyHost {
             .increment(1);
         warn!(channel = view.channel, ?hook, cause, fallback = ?view.options.on_policy_error, "policy call failed");
         None
+    }
+}
+
+/// `cause`, plus the setting to raise when the guest was stopped by the memory cap: large
+/// components (a JavaScript or Python runtime) can need more than the default at instantiation.
+fn name_memory_cap(cause: String, max_memory: usize) -> String {
+    // wasmtime's text for a growth refused under `trap_on_grow_failure` (see `instantiate`).
+    if cause.contains("forcing trap when growing memory") {
+        format!("{cause} (over the memory cap: raise [policy_sandbox] max_memory, now {max_memory} bytes)")
+    } else {
+        cause
     }
 }

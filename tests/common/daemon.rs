@@ -87,6 +87,9 @@ pub struct DaemonOptions {
     /// Return as soon as the process is started instead of waiting until it answers: for a
     /// daemon that is expected not to reach the broker (check it with [`Daemon::wait_log`]).
     pub skip_ready: bool,
+    /// How long to wait until the daemon answers, if not 20 s: a daemon that compiles large
+    /// policies (the JavaScript and Python ones) at start-up takes longer.
+    pub ready_timeout: Option<Duration>,
 }
 
 /// A running daemon: `coordinosaur --config FILE`, with `RUST_LOG=coordinosaur=debug` and its
@@ -310,7 +313,8 @@ impl Daemon {
         let state_topic = format!("{}/{READY_CHANNEL}/state", self.prefix);
         let infos_topic = format!("{}/{READY_CHANNEL}/infos", self.prefix);
         probe.subscribe(&state_topic).await;
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let ready_timeout = self.options.ready_timeout.unwrap_or(READY_TIMEOUT);
+        let deadline = Instant::now() + ready_timeout;
         loop {
             if !self.is_running() {
                 // Drop prints the log tail.
@@ -318,7 +322,7 @@ impl Daemon {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "coordinosaur did not answer {infos_topic} within {READY_TIMEOUT:?}; its log follows"
+                    "coordinosaur did not answer {infos_topic} within {ready_timeout:?}; its log follows"
                 );
             }
             probe.publish(&infos_topic, Vec::new()).await;

@@ -162,3 +162,73 @@ fn package_name(manifest: &str) -> Option<String> {
         Some(value.trim().trim_matches('"').to_owned())
     })
 }
+
+/// A policy written in another language, built into a component by its own toolchain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// `policies/js`: ComponentizeJS through `jco componentize` (npm).
+    JavaScript,
+    /// `policies/python`: `componentize-py` (PyPI).
+    Python,
+}
+
+impl Language {
+    /// Both languages.
+    pub const ALL: [Language; 2] = [Language::JavaScript, Language::Python];
+
+    /// The policy's folder under `policies/`.
+    pub fn dir(self) -> PathBuf {
+        policies_dir().join(match self {
+            Language::JavaScript => "js",
+            Language::Python => "python",
+        })
+    }
+
+    /// The toolchain's command, present once it is installed (by `build.sh`).
+    fn toolchain(self) -> PathBuf {
+        self.dir().join(match self {
+            Language::JavaScript => "node_modules/.bin/jco",
+            Language::Python => ".venv/bin/componentize-py",
+        })
+    }
+}
+
+/// The component of the `language` policy (`policies/{js,python}/policy.wasm`).
+///
+/// `scripts/test.sh` installs both toolchains and builds both components before the tests. Here,
+/// under a file lock shared by parallel test processes, `build.sh` runs again when the toolchain
+/// is present: it rebuilds only a component older than its sources, so an edit to the policy is
+/// picked up and an up-to-date one costs a shell start. Without the toolchain, an existing
+/// component is used as it is; a missing one fails the test, naming `scripts/test.sh`, so that
+/// these tests never skip silently.
+pub fn language_policy_wasm(language: Language) -> PathBuf {
+    let dir = language.dir();
+    let wasm = dir.join("policy.wasm");
+    if language.toolchain().is_file() {
+        let lock_path = dir.join(".build.lock");
+        let lock = std::fs::File::create(&lock_path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", lock_path.display()));
+        lock.lock()
+            .unwrap_or_else(|e| panic!("lock {}: {e}", lock_path.display()));
+        let output = Command::new(dir.join("build.sh"))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}/build.sh: {e}", dir.display()));
+        assert!(
+            output.status.success(),
+            "{}/build.sh failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            dir.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+    }
+    assert!(
+        wasm.is_file(),
+        "{} is missing and its toolchain ({}) is not installed: run scripts/test.sh, which \
+         installs the toolchain and builds it (or {}/build.sh alone)",
+        wasm.display(),
+        language.toolchain().display(),
+        dir.display(),
+    );
+    wasm
+}
