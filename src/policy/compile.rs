@@ -9,6 +9,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, StoreLimits, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
+use super::cache::{Lookup, PolicyCache};
 use super::PolicyError;
 
 wasmtime::component::bindgen!({
@@ -136,8 +137,12 @@ pub struct CompiledPolicy {
     pub path: PathBuf,
     /// Ready to instantiate cheaply, once per channel.
     pub(crate) pre: PolicyPre<StoreState>,
-    /// How long reading and compiling took.
+    /// How long reading and compiling (or loading from the cache) took.
     pub compile_time: Duration,
+    /// Whether the compiled code came from the [`PolicyCache`] instead of a compile.
+    pub from_cache: bool,
+    /// The file's size in bytes.
+    pub size: u64,
 }
 
 impl std::fmt::Debug for CompiledPolicy {
@@ -145,6 +150,7 @@ impl std::fmt::Debug for CompiledPolicy {
         f.debug_struct("CompiledPolicy")
             .field("path", &self.path)
             .field("compile_time", &self.compile_time)
+            .field("from_cache", &self.from_cache)
             .finish()
     }
 }
@@ -155,6 +161,8 @@ impl std::fmt::Debug for CompiledPolicy {
 pub struct Compiler {
     pub(crate) engine: Engine,
     linker: Arc<Linker<StoreState>>,
+    /// Compiled components on disk, if configured.
+    cache: Option<Arc<PolicyCache>>,
     _ticker: Arc<Ticker>,
 }
 
@@ -205,23 +213,26 @@ impl Compiler {
         Ok(Compiler {
             engine,
             linker: Arc::new(linker),
+            cache: None,
             _ticker: Arc::new(Ticker { stop }),
         })
     }
 
-    /// Reads, compiles and type-checks `path`. Blocking (tens of ms): call it off the async
-    /// runtime.
+    /// Keeps compiled components in `cache` (and looks them up there) from now on.
+    pub fn with_cache(mut self, cache: PolicyCache) -> Compiler {
+        self.cache = Some(Arc::new(cache));
+        self
+    }
+
+    /// Reads, compiles (or loads from the cache) and type-checks `path`. Blocking (tens of ms
+    /// to compile, well under one from the cache): call it off the async runtime.
     pub fn compile(&self, path: &Path) -> Result<CompiledPolicy, PolicyError> {
         let started = Instant::now();
         let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let component =
-            Component::from_binary(&self.engine, &bytes).map_err(|cause| PolicyError::Compile {
-                path: path.to_owned(),
-                cause,
-            })?;
+        let (component, from_cache) = self.component(path, &bytes)?;
         let interface = |cause| PolicyError::Interface {
             path: path.to_owned(),
             cause,
@@ -232,6 +243,40 @@ impl Compiler {
             path: path.to_owned(),
             pre,
             compile_time: started.elapsed(),
+            from_cache,
+            size: bytes.len() as u64,
         })
+    }
+
+    /// The compiled component of `bytes`: from the cache if it holds a verified entry, else
+    /// compiled now (and written to the cache). Cache trouble is logged, never fatal.
+    fn component(&self, path: &Path, bytes: &[u8]) -> Result<(Component, bool), PolicyError> {
+        if let Some(cache) = &self.cache {
+            match cache.load(&self.engine, bytes) {
+                Lookup::Hit(component) => return Ok((component, true)),
+                Lookup::Miss => {}
+                Lookup::Rejected(cause) => tracing::warn!(
+                    policy = %path.display(),
+                    cause,
+                    "cached policy entry ignored; compiling again"
+                ),
+            }
+        }
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(|cause| PolicyError::Compile {
+                path: path.to_owned(),
+                cause,
+            })?;
+        if let Some(cache) = &self.cache {
+            if let Err(e) = cache.store(&self.engine, bytes, &component) {
+                tracing::warn!(
+                    policy = %path.display(),
+                    cache = %cache.dir().display(),
+                    cause = %e,
+                    "cannot write the policy cache; the next load compiles again"
+                );
+            }
+        }
+        Ok((component, false))
     }
 }

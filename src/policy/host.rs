@@ -125,7 +125,7 @@ impl PolicyHost {
     pub fn preload(&mut self, paths: &[Arc<Path>]) -> Result<(), PolicyError> {
         for path in paths {
             let compiled = self.compiler.compile(path)?;
-            info!(policy = %path.display(), compile_ms = compiled.compile_time.as_millis(), "policy loaded");
+            info!(policy = %path.display(), compile_ms = compiled.compile_time.as_millis(), cached = compiled.from_cache, "policy loaded");
             self.compiled.insert(path.clone(), Arc::new(compiled));
         }
         Ok(())
@@ -136,7 +136,7 @@ impl PolicyHost {
     pub fn install(&mut self, policies: Vec<CompiledPolicy>) {
         for compiled in policies {
             let path: Arc<Path> = Arc::from(compiled.path.as_path());
-            info!(policy = %path.display(), compile_ms = compiled.compile_time.as_millis(), "policy loaded");
+            info!(policy = %path.display(), compile_ms = compiled.compile_time.as_millis(), cached = compiled.from_cache, "policy loaded");
             self.forget_refusals(&path);
             self.compiled.insert(path, Arc::new(compiled));
         }
