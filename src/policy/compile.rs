@@ -218,6 +218,21 @@ impl Compiler {
         })
     }
 
+    /// The imports and exports of a compiled policy, by name (e.g. `coordinosaur:policy/log@0.1.0`,
+    /// `admit`), as `policy check` prints them.
+    pub fn interface(&self, compiled: &CompiledPolicy) -> (Vec<String>, Vec<String>) {
+        let ty = compiled.pre.instance_pre().component().component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        (imports, exports)
+    }
+
     /// Keeps compiled components in `cache` (and looks them up there) from now on.
     pub fn with_cache(mut self, cache: PolicyCache) -> Compiler {
         self.cache = Some(Arc::new(cache));

@@ -142,6 +142,13 @@ impl PolicyHost {
         }
     }
 
+    /// Creates `channel`'s instance of the installed policy `path` with `config` and runs `init`,
+    /// as the first hook call would; `Err` with the reason the daemon would log. For `policy
+    /// check`.
+    pub fn init_channel(&mut self, channel: &str, path: &Path, config: &str) -> Result<(), String> {
+        self.prepare(&Arc::from(channel), &Arc::from(path), &Arc::from(config))
+    }
+
     /// Lets channels that refused (a version of) `path` try it again on their next call.
     fn forget_refusals(&mut self, path: &Path) {
         for slot in self.slots.values_mut() {
@@ -219,10 +226,17 @@ impl PolicyHost {
         store.data_mut().start_call();
         // A fresh store's deadline is 0: set it before instantiating or start-up code traps.
         store.set_epoch_deadline(self.deadline_ticks);
-        let bindings = compiled
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| format!("instantiate: {e:#}"))?;
+        let bindings = compiled.pre.instantiate(&mut store).map_err(|e| {
+            let cause = format!("{e:#}");
+            if cause.contains("growing memory") {
+                format!(
+                    "instantiate: {cause}: over [policy_sandbox] max_memory = {} bytes",
+                    self.max_memory
+                )
+            } else {
+                format!("instantiate: {cause}")
+            }
+        })?;
         store.set_epoch_deadline(self.deadline_ticks);
         store.data_mut().start_call();
         match bindings.call_init(&mut store, config) {
