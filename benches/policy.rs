@@ -8,10 +8,10 @@
 //! 2. engine-only grant cycles (register -> go -> finished) through `Engine::handle_with` with
 //!    the `priority` policy against `NoPolicies`;
 //! 3. hot reload: `Compiler::compile` of each example component, and `PolicyHost::swap` +
-//!    `Engine::readmit` with 1,000 waiting jobs;
-//! 3c. cold vs cached loads through the on-disk [`PolicyCache`] (compile + write the entry, then
-//!    verify + deserialize it), for each example component and, when they are built, the
-//!    JavaScript and Python policies (`policies/js`, `policies/python`);
+//!    `Engine::readmit` with 1,000 waiting jobs,
+//!    and (3c) cold vs cached loads through the on-disk [`PolicyCache`] (compile + write the
+//!    entry, then verify + deserialize it), for each example component and, when they are
+//!    built, the JavaScript and Python policies (`policies/js`, `policies/python`);
 //! 4. section 1 again with the Prometheus recorder installed (as with `[metrics] listen`), since
 //!    every call records a histogram.
 //!
@@ -116,8 +116,8 @@ fn hook_costs(compiler: &Compiler, priority: &Path, label: &str) {
     let names = [
         metas[0].0,
         metas[1].0,
-        "before-grant",
-        "on-event (finished)",
+        "before-grant (not declared by `priority` 0.2.0: no call)",
+        "on-event (finished) (not declared: no call)",
         "(timer overhead: Instant::now pair)",
     ];
     for (i, s) in samples.iter_mut().enumerate() {

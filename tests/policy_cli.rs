@@ -38,9 +38,21 @@ async fn check_prints_exports_imports_and_size_after_init() {
         "{out}"
     );
     assert!(
-        out.contains("imports: coordinosaur:policy/log@0.1.0"),
+        out.contains("hooks called: admit, before-grant, on-event"),
         "{out}"
     );
+    assert!(out.contains("coordinosaur:policy/job-meta@0.2.0"), "{out}");
+    // A policy that declares only `admit`, and one of the first world version.
+    let (code, out, err) = run_binary(&["policy", "check", path(&policy_wasm("priority"))]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("hooks called: admit\n"), "{out}");
+    let (code, out, err) = run_binary(&["policy", "check", path(&policy_wasm("world-0-1"))]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("hooks called: admit, before-grant, on-event"),
+        "{out}"
+    );
+    assert!(out.contains("coordinosaur:policy/types@0.1.0"), "{out}");
 }
 
 #[tokio::test]

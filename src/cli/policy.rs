@@ -167,6 +167,8 @@ fn check(args: &PolicyArgs, config: &str) -> Result<(), String> {
         loaded.compile_time.as_millis()
     );
     let _ = writeln!(out, "init: ok with config {config}");
+    let hooks = loaded.host.called_hooks("check").unwrap_or_default();
+    let _ = writeln!(out, "hooks called: {}", hooks.join(", "));
     let _ = writeln!(out, "exports: {}", loaded.exports.join(", "));
     let _ = writeln!(out, "imports: {}", loaded.imports.join(", "));
     Ok(())

@@ -20,6 +20,7 @@ mod cache;
 mod compile;
 mod hooks;
 mod host;
+mod meta;
 pub mod reload;
 mod wasi;
 
