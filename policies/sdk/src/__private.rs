@@ -49,7 +49,8 @@ pub fn meta_all(call: u64) -> String {
 /// The host answers for the job of the current call only.
 fn check_call(call: u64) {
     if CALL.with(Cell::get) != call {
-        let message = "a Job's registration fields were read after the hook call that received it; \
+        let message =
+            "a Job's registration fields were read after the hook call that received it; \
                        keep the fields you need (e.g. the tenant), not the Job";
         log(Level::Error, message);
         panic!("{message}");

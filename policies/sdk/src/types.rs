@@ -32,7 +32,10 @@ pub(crate) enum Meta {
     /// The host's `job-meta` import, valid during hook call number `call` only: a field is
     /// fetched (and parsed) when asked for, so the rest of the registration is never copied
     /// into the guest nor parsed.
-    #[cfg_attr(not(target_family = "wasm"), allow(dead_code, reason = "built by the wasm glue"))]
+    #[cfg_attr(
+        not(target_family = "wasm"),
+        allow(dead_code, reason = "built by the wasm glue")
+    )]
     Host {
         /// The hook call that handed the job over.
         call: u64,
