@@ -154,7 +154,7 @@ impl PolicyCache {
             file.write_all(MAGIC)?;
             file.write_all(&tag)?;
             file.write_all(&payload)?;
-            file.sync_all()?;
+            // Not synced: an entry torn by a crash fails its tag and is rebuilt.
             fs::rename(&temp, self.dir.join(format!("{name}.{EXT}")))
         })();
         if written.is_err() {
@@ -312,7 +312,8 @@ fn load_or_create_key(dir: &Path) -> io::Result<[u8; KEY_LEN]> {
         .mode(0o600)
         .open(&temp)?;
     file.write_all(&key)?;
-    file.sync_all()?;
+    // Not synced (start-up need not wait for the disk): a key lost or torn by a crash is
+    // replaced, which only makes every entry miss once.
     let linked = fs::hard_link(&temp, &path);
     let _ = fs::remove_file(&temp);
     match linked {
