@@ -249,7 +249,12 @@ async fn start_policies(
     let preload = paths.clone();
     let cache = config.policy_cache.clone();
     let (host, compiler) = tokio::task::spawn_blocking(move || {
-        let compiler = with_cache(policy::Compiler::new()?, &cache);
+        // No policy, no cache folder: the state dir stays as the journal left it.
+        let compiler = if preload.is_empty() {
+            policy::Compiler::new()?
+        } else {
+            with_cache(policy::Compiler::new()?, &cache)
+        };
         let mut host = policy::PolicyHost::new(compiler.clone(), &sandbox);
         host.preload(&preload)?;
         Ok::<_, policy::PolicyError>((host, compiler))
