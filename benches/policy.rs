@@ -8,7 +8,10 @@
 //! 2. engine-only grant cycles (register -> go -> finished) through `Engine::handle_with` with
 //!    the `priority` policy against `NoPolicies`;
 //! 3. hot reload: `Compiler::compile` of each example component, and `PolicyHost::swap` +
-//!    `Engine::readmit` with 1,000 waiting jobs;
+//!    `Engine::readmit` with 1,000 waiting jobs,
+//!    and (3c) cold vs cached loads through the on-disk [`PolicyCache`] (compile + write the
+//!    entry, then verify + deserialize it), for each example component and, when they are
+//!    built, the JavaScript and Python policies (`policies/js`, `policies/python`);
 //! 4. section 1 again with the Prometheus recorder installed (as with `[metrics] listen`), since
 //!    every call records a histogram;
 //! 5. the JavaScript and Python policies next to `priority` (`policy/languages.rs`; alone with
@@ -26,7 +29,7 @@ use coordinosaur::engine::{
     Admission, ChannelOptions, ChannelView, Decision, Engine, Input, JobEvent, JobInfo, Millis,
     NoPolicies, Output, Policies, Registration, Time,
 };
-use coordinosaur::policy::{Compiler, PolicyHost};
+use coordinosaur::policy::{Compiler, PolicyCache, PolicyHost};
 
 #[path = "policy/languages.rs"]
 mod languages;
@@ -70,6 +73,7 @@ fn main() {
     engine_cycles(&compiler, &priority);
     reload(&compiler);
     languages::run(&compiler);
+    cache_loads();
     // The daemon's own exporter (buckets included), on a free loopback port.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -121,8 +125,8 @@ fn hook_costs(compiler: &Compiler, priority: &Path, label: &str) {
     let names = [
         metas[0].0,
         metas[1].0,
-        "before-grant",
-        "on-event (finished)",
+        "before-grant (not declared by `priority` 0.2.0: no call)",
+        "on-event (finished) (not declared: no call)",
         "(timer overhead: Instant::now pair)",
     ];
     for (i, s) in samples.iter_mut().enumerate() {
@@ -453,6 +457,95 @@ fn reload(compiler: &Compiler) {
         );
     }
     println!("(failed calls during the swaps: {failures})\n");
+}
+
+/// Components built outside `policies/`'s Cargo workspace, measured when present.
+const OTHER_LANGUAGES: [(&str, &str); 2] = [
+    ("js", "policies/js/policy.wasm"),
+    ("python", "policies/python/policy.wasm"),
+];
+
+/// Section 3c: `Compiler::compile` through a [`PolicyCache`]: cold (empty cache: compile and
+/// write the entry) and cached (verify the entry's HMAC and deserialize), each from a new
+/// compiler, as after a restart.
+fn cache_loads() {
+    const RUNS: usize = 10;
+    println!("## 3c. Cold vs cached load (Compiler::compile with [policy_cache]; new Compiler each run), {RUNS} runs each");
+    println!("| component | size KiB | entry KiB | cold median ms (min-max) | cached median ms (min-max) |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut components: Vec<(String, PathBuf)> = EXAMPLES
+        .iter()
+        .flat_map(|name| {
+            [
+                (
+                    format!("{name} (wasm32-unknown-unknown)"),
+                    policies::policy_wasm(name),
+                ),
+                (
+                    format!("{name} (wasm32-wasip2)"),
+                    policies::policy_wasm_wasip2(name),
+                ),
+            ]
+        })
+        .collect();
+    for (name, path) in OTHER_LANGUAGES {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        if path.exists() {
+            components.push((name.to_owned(), path));
+        } else {
+            println!("| {name} | not built ({}) | | | |", path.display());
+        }
+    }
+    for (name, path) in components {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let compiler = || {
+            let cache = PolicyCache::open(dir.path(), u64::MAX).expect("cache");
+            Compiler::new().expect("wasmtime engine").with_cache(cache)
+        };
+        let entries = || -> Vec<PathBuf> {
+            std::fs::read_dir(dir.path())
+                .expect("cache dir")
+                .map(|e| e.expect("entry").path())
+                .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+                .collect()
+        };
+        let (mut cold, mut cached) = (Vec::new(), Vec::new());
+        let mut entry_size = 0;
+        for _ in 0..RUNS {
+            for e in entries() {
+                std::fs::remove_file(e).expect("empty the cache");
+            }
+            let c = compiler();
+            let t0 = Instant::now();
+            let compiled = c.compile(&path).expect("compile");
+            cold.push(t0.elapsed());
+            assert!(!compiled.from_cache);
+            entry_size = entries()
+                .iter()
+                .map(|e| e.metadata().map_or(0, |m| m.len()))
+                .sum();
+            let c = compiler();
+            let t0 = Instant::now();
+            let compiled = c.compile(&path).expect("load");
+            cached.push(t0.elapsed());
+            assert!(compiled.from_cache);
+        }
+        cold.sort_unstable();
+        cached.sort_unstable();
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.2} ({:.2}-{:.2}) | {:.3} ({:.3}-{:.3}) |",
+            size as f64 / 1024.0,
+            entry_size as f64 / 1024.0,
+            ms(cold[RUNS / 2]),
+            ms(cold[0]),
+            ms(cold[RUNS - 1]),
+            ms(cached[RUNS / 2]),
+            ms(cached[0]),
+            ms(cached[RUNS - 1]),
+        );
+    }
+    println!();
 }
 
 fn ms(d: Duration) -> f64 {

@@ -247,8 +247,14 @@ async fn start_policies(
     let paths = config.policy_paths();
     let sandbox = config.policy_sandbox.clone();
     let preload = paths.clone();
+    let cache = config.policy_cache.clone();
     let (host, compiler) = tokio::task::spawn_blocking(move || {
-        let compiler = policy::Compiler::new()?;
+        // No policy, no cache folder: the state dir stays as the journal left it.
+        let compiler = if preload.is_empty() {
+            policy::Compiler::new()?
+        } else {
+            with_cache(policy::Compiler::new()?, &cache)
+        };
         let mut host = policy::PolicyHost::new(compiler.clone(), &sandbox);
         host.preload(&preload)?;
         Ok::<_, policy::PolicyError>((host, compiler))
@@ -264,6 +270,21 @@ async fn start_policies(
     };
     watch.follow(paths);
     Ok((driver::PolicyRuntime { host, updates }, watch))
+}
+
+/// Adds the `[policy_cache]` to `compiler`; a cache that cannot be opened is logged and skipped
+/// (policies then compile on every load, as without a cache).
+fn with_cache(compiler: policy::Compiler, config: &config::PolicyCacheConfig) -> policy::Compiler {
+    let Some(dir) = config.dir() else {
+        return compiler;
+    };
+    match policy::PolicyCache::open(dir, config.max_bytes) {
+        Ok(cache) => compiler.with_cache(cache),
+        Err(e) => {
+            tracing::warn!(cache = %dir.display(), cause = %e, "cannot open the policy cache; policies compile on every load");
+            compiler
+        }
+    }
 }
 
 #[cfg(feature = "embedded-broker")]

@@ -15,6 +15,7 @@ use coordinosaur::config::Config;
 #[command(version, about)]
 struct Cli {
     /// Configuration file [default: coordinosaur.toml; for run and status, only if it exists].
+    /// For `policy check` and `policy try`: the policy's config, as JSON.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -38,6 +39,9 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// Re-run the journaled period under the recorded limits or a candidate (--config, --policy).
     Replay(coordinosaur::replay::ReplayArgs),
+    /// Try a policy component without a daemon: `policy check FILE`, `policy try FILE --jobs F`.
+    #[command(subcommand)]
+    Policy(cli::policy::PolicyCommand),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Run(args) => ExitCode::from(cli::run::main(path, args)),
         Command::Status(args) => ExitCode::from(cli::status::main(path, args)),
         Command::Replay(args) => ExitCode::from(coordinosaur::replay::main(path, args)),
+        Command::Policy(command) => ExitCode::from(cli::policy::main(path, command)),
         Command::CheckConfig => with_config(path, |path, config| {
             if let Err(code) = check_tls_files(path, &config) {
                 return code;

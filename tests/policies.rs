@@ -626,6 +626,33 @@ async fn a_config_reload_refused_by_init_keeps_the_previous_policy_and_config() 
     );
 }
 
+/// The daemon's default `[policy_cache]` (inside `[state] dir`): the first start compiles and
+/// writes the entry, a restart loads it from there and the policy decides as before.
+#[tokio::test]
+async fn a_restart_loads_the_policy_from_the_cache_in_the_state_dir() {
+    let toml = channel_rule("prio", "priority.wasm", 1, "");
+    let mut s = Setup::start(&[("priority.wasm", "priority")], &toml, &["prio"]).await;
+    let loads = |log: String| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("policy loaded"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let first = loads(s.daemon.log());
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].contains("cached=false"), "{first:?}");
+    assert!(s.daemon.dir().join("state/policy-cache/key").exists());
+    s.daemon.spawn_again().await;
+    let both = loads(s.daemon.log());
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(both[1].contains("cached=true"), "{both:?}");
+    s.register("prio", "bad", json!({"priority": "high"})).await;
+    assert_eq!(
+        s.rejected("prio", "bad").await,
+        r#"field "priority" must be an integer, got "high""#
+    );
+}
+
 #[tokio::test]
 async fn a_config_reload_naming_a_new_policy_file_uses_it() {
     let prio = channel_rule("prio", "priority.wasm", 1, "");

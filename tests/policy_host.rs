@@ -38,6 +38,7 @@ const COVERAGE: &[(&str, fn())] = &[
         wrong_interface_fails_to_compile_naming_the_world,
     ),
     ("random", random_is_seeded_per_channel_and_replays),
+    ("world-0-1", world_0_1_components_keep_working),
 ];
 
 #[test]
@@ -247,6 +248,42 @@ fn priority_scenario(wasm: &Path) {
 #[test]
 fn priority_orders_by_field_fifo_among_equals() {
     priority_scenario(&policy_wasm("priority"));
+}
+
+#[test]
+fn priority_declares_only_admit_and_nothing_else_is_called() {
+    let mut rig = Rig::new(rule(&policy_wasm("priority"), json!({})));
+    assert_eq!(rig.register("ch", "hold", json!({})), ["go hold"]);
+    let padded = json!({"priority": 1, "padding": "x".repeat(1_000)});
+    assert!(rig.register("ch", "a", padded).is_empty());
+    assert!(rig.register("ch", "b", json!({"priority": 5})).is_empty());
+    assert_eq!(rig.finish("ch", "hold"), ["go b"]);
+    assert_eq!(rig.finish("ch", "b"), ["go a"]);
+    // Three registrations, three `admit` calls; the three grants and two ends call nothing.
+    assert_eq!(rig.host.stats().calls, 3);
+    assert_eq!(rig.host.stats().failures, 0);
+}
+
+/// A 0.1.0 component (built against `wit/policy.wit`) next to the SDK's 0.2.0 ones: every
+/// hook is called, with the channel's name and the whole registration.
+#[test]
+fn world_0_1_components_keep_working() {
+    let mut rig = Rig::new(rule(&policy_wasm("world-0-1"), json!({})));
+    assert_eq!(rig.register("ch", "hold", json!({})), ["go hold"]);
+    assert!(rig.register("ch", "low", json!({"priority": 1})).is_empty());
+    assert!(rig
+        .register("ch", "high", json!({"priority": 7}))
+        .is_empty());
+    let vetoed = json!({"priority": 9, "veto": true});
+    assert!(rig.register("ch", "bad", vetoed).is_empty());
+    assert_eq!(rig.waiting("ch"), ["bad", "high", "low"]);
+    assert_eq!(
+        rig.finish("ch", "hold"),
+        ["rejected bad: vetoed by world 0.1.0 on ch / ch", "go high"]
+    );
+    // 4 admit, 3 before-grant (hold, bad, high), 3 on-event (granted, finished, granted).
+    assert_eq!(rig.host.stats().calls, 10);
+    assert_eq!(rig.host.stats().failures, 0);
 }
 
 #[test]

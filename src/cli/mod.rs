@@ -4,6 +4,8 @@
 //! - [`endpoint`]: which broker and topic prefix to use (`[mqtt]` of the config, `--broker`).
 //! - [`session`]: a small rumqttc wrapper with bounded waits for CONNACK, SUBACK and PUBACK.
 //! - [`run`] and [`status`]: the commands themselves; each returns the process exit code.
+//! - [`policy`]: `policy check` and `policy try`, which run a policy component through the
+//!   daemon's host code without a broker.
 //! - [`child`]: starting `run`'s command so that it dies with `run`, even of SIGKILL.
 //!
 //! Every failure to reach the broker or the daemon, and every usage error, exits with
@@ -12,6 +14,7 @@
 pub mod child;
 pub mod endpoint;
 pub mod format;
+pub mod policy;
 pub mod run;
 pub mod session;
 pub mod status;

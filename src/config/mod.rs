@@ -14,6 +14,7 @@ mod channels;
 mod duration;
 mod explain;
 mod jetstream;
+mod policy_cache;
 mod settings;
 mod tls;
 mod values;
@@ -31,6 +32,7 @@ pub use channels::ChannelRule;
 pub use duration::parse_duration_str as parse_duration;
 pub use explain::{Explanation, MatchedRule};
 pub use jetstream::{Backend, JetStreamConfig};
+pub use policy_cache::PolicyCacheConfig;
 pub use settings::{
     host_port, EmbeddedBrokerConfig, Limits, MetricsConfig, MqttConfig, PolicySandbox, StateConfig,
 };
@@ -84,6 +86,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[policy_sandbox]`: time and memory budget of policy calls.
     pub policy_sandbox: PolicySandbox,
+    /// `[policy_cache]`: compiled policies on disk (its `dir` is absolute once loaded).
+    pub policy_cache: PolicyCacheConfig,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
     /// `[state]`: the journal (its `dir` is absolute once loaded from a file).
@@ -106,6 +110,8 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     policy_sandbox: PolicySandbox,
+    #[serde(default)]
+    policy_cache: PolicyCacheConfig,
     #[serde(default)]
     metrics: MetricsConfig,
     #[serde(default)]
@@ -164,7 +170,9 @@ impl Config {
                 return Err(invalid("[state] backend = \"jetstream\" needs [mqtt] clean_session = false: the broker's session (and the requests queued in it) moves to each new leader".into()));
             }
         }
+        let state_dir = raw.state.dir().map(|dir| base.join(dir));
         Ok(Config {
+            policy_cache: raw.policy_cache.resolve(base, state_dir.as_deref()),
             mqtt,
             embedded_broker: raw.embedded_broker,
             limits: raw.limits,

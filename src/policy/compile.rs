@@ -9,6 +9,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, StoreLimits, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
+use super::cache::{Lookup, PolicyCache};
 use super::PolicyError;
 
 wasmtime::component::bindgen!({
@@ -16,8 +17,34 @@ wasmtime::component::bindgen!({
     world: "policy",
 });
 
+/// The bindings of world `coordinosaur:policy/policy@0.2.0` (`wit/v0.2`): declared hooks and
+/// registration fields read one at a time.
+pub(crate) mod v2 {
+    wasmtime::component::bindgen!({
+        path: "wit/v0.2",
+        world: "policy",
+    });
+    pub(crate) use coordinosaur::policy::types as wit;
+}
+
 pub(crate) use coordinosaur::policy::log::Level;
 pub(crate) use coordinosaur::policy::types as wit;
+
+/// A compiled policy of either version of the world, ready to instantiate.
+pub(crate) enum Pre {
+    /// `coordinosaur:policy@0.1.0`: every hook is called, with the whole job.
+    V1(PolicyPre<StoreState>),
+    /// `coordinosaur:policy@0.2.0`: only the hooks `init` declares.
+    V2(v2::PolicyPre<StoreState>),
+}
+
+/// An instance's exports, of either version.
+pub(crate) enum Bindings {
+    /// A 0.1.0 policy.
+    V1(Policy),
+    /// A 0.2.0 policy and the hooks its `init` declared.
+    V2(v2::Policy, v2::wit::Hooks),
+}
 
 /// Period of the epoch ticker: the resolution of call deadlines.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -34,6 +61,10 @@ pub(crate) struct StoreState {
     pub(crate) budget: Duration,
     /// When the current call started: thread CPU time and wall clock.
     pub(crate) call_started: (Duration, Instant),
+    /// The registration fields of the current call's job (JSON object text), read by a 0.2.0
+    /// policy through `job-meta`; empty outside a call. A reused buffer: no allocation per
+    /// call once it has grown to the largest registration seen.
+    pub(crate) meta: String,
 }
 
 impl StoreState {
@@ -74,6 +105,35 @@ impl WasiView for StoreState {
 }
 
 impl wit::Host for StoreState {}
+impl v2::wit::Host for StoreState {}
+
+impl v2::coordinosaur::policy::log::Host for StoreState {
+    fn log(&mut self, level: v2::coordinosaur::policy::log::Level, message: String) {
+        use v2::coordinosaur::policy::log::Level as L;
+        let level = match level {
+            L::Trace => Level::Trace,
+            L::Debug => Level::Debug,
+            L::Info => Level::Info,
+            L::Warn => Level::Warn,
+            L::Error => Level::Error,
+        };
+        coordinosaur::policy::log::Host::log(self, level, message);
+    }
+}
+
+impl v2::coordinosaur::policy::job_meta::Host for StoreState {
+    fn field(&mut self, name: String) -> Option<String> {
+        super::meta::field(&self.meta, &name)
+    }
+
+    fn all(&mut self) -> String {
+        if self.meta.is_empty() {
+            "{}".to_owned()
+        } else {
+            self.meta.clone()
+        }
+    }
+}
 
 impl coordinosaur::policy::log::Host for StoreState {
     fn log(&mut self, level: Level, message: String) {
@@ -135,9 +195,13 @@ pub struct CompiledPolicy {
     /// The file it came from.
     pub path: PathBuf,
     /// Ready to instantiate cheaply, once per channel.
-    pub(crate) pre: PolicyPre<StoreState>,
-    /// How long reading and compiling took.
+    pub(crate) pre: Pre,
+    /// How long reading and compiling (or loading from the cache) took.
     pub compile_time: Duration,
+    /// Whether the compiled code came from the [`PolicyCache`] instead of a compile.
+    pub from_cache: bool,
+    /// The file's size in bytes.
+    pub size: u64,
 }
 
 impl std::fmt::Debug for CompiledPolicy {
@@ -145,6 +209,7 @@ impl std::fmt::Debug for CompiledPolicy {
         f.debug_struct("CompiledPolicy")
             .field("path", &self.path)
             .field("compile_time", &self.compile_time)
+            .field("from_cache", &self.from_cache)
             .finish()
     }
 }
@@ -155,6 +220,8 @@ impl std::fmt::Debug for CompiledPolicy {
 pub struct Compiler {
     pub(crate) engine: Engine,
     linker: Arc<Linker<StoreState>>,
+    /// Compiled components on disk, if configured.
+    cache: Option<Arc<PolicyCache>>,
     _ticker: Arc<Ticker>,
 }
 
@@ -187,6 +254,8 @@ impl Compiler {
         refuse_blocking(&mut linker).map_err(PolicyError::Runtime)?;
         Policy::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(PolicyError::Runtime)?;
+        v2::Policy::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(PolicyError::Runtime)?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticking = engine.weak();
         let flag = stop.clone();
@@ -205,33 +274,100 @@ impl Compiler {
         Ok(Compiler {
             engine,
             linker: Arc::new(linker),
+            cache: None,
             _ticker: Arc::new(Ticker { stop }),
         })
     }
 
-    /// Reads, compiles and type-checks `path`. Blocking (tens of ms): call it off the async
-    /// runtime.
+    /// The imports and exports of a compiled policy, by name (e.g. `coordinosaur:policy/log@0.1.0`,
+    /// `admit`), as `policy check` prints them.
+    pub fn interface(&self, compiled: &CompiledPolicy) -> (Vec<String>, Vec<String>) {
+        let component = match &compiled.pre {
+            Pre::V1(pre) => pre.instance_pre().component(),
+            Pre::V2(pre) => pre.instance_pre().component(),
+        };
+        interface_names(&self.engine, component)
+    }
+
+    /// Keeps compiled components in `cache` (and looks them up there) from now on.
+    pub fn with_cache(mut self, cache: PolicyCache) -> Compiler {
+        self.cache = Some(Arc::new(cache));
+        self
+    }
+
+    /// Reads, compiles (or loads from the cache) and type-checks `path`. Blocking (tens of ms
+    /// to compile, well under one from the cache): call it off the async runtime.
     pub fn compile(&self, path: &Path) -> Result<CompiledPolicy, PolicyError> {
         let started = Instant::now();
         let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let component =
-            Component::from_binary(&self.engine, &bytes).map_err(|cause| PolicyError::Compile {
-                path: path.to_owned(),
-                cause,
-            })?;
+        let (component, from_cache) = self.component(path, &bytes)?;
         let interface = |cause| PolicyError::Interface {
             path: path.to_owned(),
             cause,
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(interface)?;
-        let pre = PolicyPre::new(instance_pre).map_err(interface)?;
+        // 0.2.0 first; a component of neither version gets the error of the version it
+        // imports from (0.1.0 when it names neither).
+        let pre = match v2::PolicyPre::new(instance_pre.clone()) {
+            Ok(pre) => Pre::V2(pre),
+            Err(v2_error) => match PolicyPre::new(instance_pre) {
+                Ok(pre) => Pre::V1(pre),
+                Err(v1_error) => {
+                    let (imports, _) = interface_names(&self.engine, &component);
+                    let newer = imports.iter().any(|i| i.ends_with("@0.2.0"));
+                    return Err(interface(if newer { v2_error } else { v1_error }));
+                }
+            },
+        };
         Ok(CompiledPolicy {
             path: path.to_owned(),
             pre,
             compile_time: started.elapsed(),
+            from_cache,
+            size: bytes.len() as u64,
         })
     }
+
+    /// The compiled component of `bytes`: from the cache if it holds a verified entry, else
+    /// compiled now (and written to the cache). Cache trouble is logged, never fatal.
+    fn component(&self, path: &Path, bytes: &[u8]) -> Result<(Component, bool), PolicyError> {
+        if let Some(cache) = &self.cache {
+            match cache.load(&self.engine, bytes) {
+                Lookup::Hit(component) => return Ok((component, true)),
+                Lookup::Miss => {}
+                Lookup::Rejected(cause) => tracing::warn!(
+                    policy = %path.display(),
+                    cause,
+                    "cached policy entry ignored; compiling again"
+                ),
+            }
+        }
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(|cause| PolicyError::Compile {
+                path: path.to_owned(),
+                cause,
+            })?;
+        if let Some(cache) = &self.cache {
+            if let Err(e) = cache.store(&self.engine, bytes, &component) {
+                tracing::warn!(
+                    policy = %path.display(),
+                    cache = %cache.dir().display(),
+                    cause = %e,
+                    "cannot write the policy cache; the next load compiles again"
+                );
+            }
+        }
+        Ok((component, false))
+    }
+}
+
+/// The import and export names of `component`.
+fn interface_names(engine: &Engine, component: &Component) -> (Vec<String>, Vec<String>) {
+    let ty = component.component_type();
+    let imports = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
+    let exports = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+    (imports, exports)
 }

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::ResourceTable;
 
-use super::compile::{CompiledPolicy, Compiler, Policy, StoreState, EPOCH_TICK};
+use super::compile::{v2, Bindings, CompiledPolicy, Compiler, Pre, StoreState, EPOCH_TICK};
 use super::hooks::Hook;
 use super::PolicyError;
 use crate::config::PolicySandbox;
@@ -68,10 +68,20 @@ impl Slot {
     }
 }
 
+/// What became of a hook call.
+pub(super) enum Call<R> {
+    /// The policy answered.
+    Done(R),
+    /// The policy does not implement the hook (or the channel has none): the built-in decision.
+    Skipped,
+    /// The call failed (logged and counted): the `on_policy_error` fallback.
+    Failed,
+}
+
 /// A store and the instance living in it.
 struct Live {
     store: Store<StoreState>,
-    bindings: Policy,
+    bindings: Bindings,
 }
 
 /// Runs each channel's policy; implements the engine's hooks.
@@ -125,7 +135,7 @@ impl PolicyHost {
     pub fn preload(&mut self, paths: &[Arc<Path>]) -> Result<(), PolicyError> {
         for path in paths {
             let compiled = self.compiler.compile(path)?;
-            info!(policy = %path.display(), compile_ms = compiled.compile_time.as_millis(), "policy loaded");
+            info!(policy = %path.display(), compile_ms = compiled.compile_time.as_millis(), cached = compiled.from_cache, "policy loaded");
             self.compiled.insert(path.clone(), Arc::new(compiled));
         }
         Ok(())
@@ -136,10 +146,31 @@ impl PolicyHost {
     pub fn install(&mut self, policies: Vec<CompiledPolicy>) {
         for compiled in policies {
             let path: Arc<Path> = Arc::from(compiled.path.as_path());
-            info!(policy = %path.display(), compile_ms = compiled.compile_time.as_millis(), "policy loaded");
+            info!(policy = %path.display(), compile_ms = compiled.compile_time.as_millis(), cached = compiled.from_cache, "policy loaded");
             self.forget_refusals(&path);
             self.compiled.insert(path, Arc::new(compiled));
         }
+    }
+
+    /// Creates `channel`'s instance of the installed policy `path` with `config` and runs `init`,
+    /// as the first hook call would; `Err` with the reason the daemon would log. For `policy
+    /// check`.
+    pub fn init_channel(&mut self, channel: &str, path: &Path, config: &str) -> Result<(), String> {
+        self.prepare(&Arc::from(channel), &Arc::from(path), &Arc::from(config))
+    }
+
+    /// The hooks `channel`'s instance gets called, by WIT name: all three for a 0.1.0 policy,
+    /// those its `init` declared for 0.2.0; `None` without a live instance. For `policy check`.
+    pub fn called_hooks(&self, channel: &str) -> Option<Vec<&'static str>> {
+        let live = self.slots.get(channel)?.live.as_ref()?;
+        let hooks = [Hook::Admit, Hook::BeforeGrant, Hook::OnEvent];
+        Some(
+            hooks
+                .into_iter()
+                .filter(|h| h.declared_by(&live.bindings))
+                .map(Hook::as_str)
+                .collect(),
+        )
     }
 
     /// Lets channels that refused (a version of) `path` try it again on their next call.
@@ -212,6 +243,7 @@ impl PolicyHost {
             channel: channel.clone(),
             budget: self.budget,
             call_started: (Duration::ZERO, std::time::Instant::now()),
+            meta: String::new(),
         };
         let mut store = Store::new(&self.compiler.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -220,36 +252,70 @@ impl PolicyHost {
         // A fresh store's deadline is 0: set it before instantiating or start-up code traps.
         store.set_epoch_deadline(self.deadline_ticks);
         let max_memory = self.max_memory;
-        let bindings = compiled
-            .pre
-            .instantiate(&mut store)
+        let instantiated = match &compiled.pre {
+            Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
+            Pre::V2(pre) => pre
+                .instantiate(&mut store)
+                .map(|p| Bindings::V2(p, v2::wit::Hooks::empty())),
+        };
+        let bindings = instantiated
             .map_err(|e| name_memory_cap(format!("instantiate: {e:#}"), max_memory))?;
         store.set_epoch_deadline(self.deadline_ticks);
         store.data_mut().start_call();
-        match bindings.call_init(&mut store, config) {
-            Ok(Ok(())) => Ok(Live { store, bindings }),
+        let init = match bindings {
+            Bindings::V1(policy) => policy
+                .call_init(&mut store, config)
+                .map(|r| r.map(|()| Bindings::V1(policy))),
+            Bindings::V2(policy, _) => policy
+                .call_init(&mut store, channel, config)
+                .map(|r| r.map(|hooks| Bindings::V2(policy, hooks))),
+        };
+        match init {
+            Ok(Ok(bindings)) => Ok(Live { store, bindings }),
             Ok(Err(reason)) => Err(format!("init refused the config: {reason}")),
             Err(e) => Err(name_memory_cap(format!("init failed: {e:#}"), max_memory)),
         }
     }
 
-    /// Runs `f` on the channel's instance, creating it if needed. `None` when there is no usable
-    /// instance or the call failed (already logged and counted; the instance is dropped).
+    /// Runs `f` on the channel's instance, creating it if needed. [`Call::Skipped`] when the
+    /// policy declared (0.2.0 `init`) that it does not implement `hook`: nothing is called;
+    /// [`Call::Failed`] when there is no usable instance or the call failed (already logged and
+    /// counted; the instance is dropped).
     pub(super) fn call<R>(
         &mut self,
         view: &ChannelView<'_>,
         hook: Hook,
-        f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
-    ) -> Option<R> {
-        let path = view.options.policy.clone()?;
-        self.stats.calls += 1;
+        f: impl FnOnce(&Bindings, &mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> Call<R> {
+        let Some(path) = view.options.policy.as_ref() else {
+            return Call::Skipped;
+        };
         self.clock.store(view.now.0, Ordering::Relaxed);
-        let channel: Arc<str> = Arc::from(view.channel);
-        if let Err(cause) = self.prepare(&channel, &path, &view.options.policy_config) {
-            return self.failed(view, hook, &cause);
+        // The common case (a working instance of this file and config) looks the slot up by
+        // name without allocating; first use, a new config or a rebuild goes through `prepare`.
+        let ready = self.slots.get(view.channel).is_some_and(|s| {
+            s.live.is_some() && s.broken.is_none() && s.settled(path, &view.options.policy_config)
+        });
+        if !ready {
+            let (channel, path) = (Arc::from(view.channel), path.clone());
+            if let Err(cause) = self.prepare(&channel, &path, &view.options.policy_config) {
+                self.stats.calls += 1;
+                return self.failed(view, hook, &cause);
+            }
         }
         let ticks = self.deadline_ticks;
-        let live = self.slots.get_mut(&channel)?.live.as_mut()?;
+        let Some(live) = self
+            .slots
+            .get_mut(view.channel)
+            .and_then(|s| s.live.as_mut())
+        else {
+            self.stats.calls += 1;
+            return self.failed(view, hook, "no policy instance");
+        };
+        if !hook.declared_by(&live.bindings) {
+            return Call::Skipped;
+        }
+        self.stats.calls += 1;
         live.store.set_epoch_deadline(ticks);
         live.store.data_mut().start_call();
         let started = std::time::Instant::now();
@@ -257,10 +323,10 @@ impl PolicyHost {
         metrics::histogram!("coordinosaur_policy_call_seconds", "hook" => hook.as_str())
             .record(started.elapsed().as_secs_f64());
         match result {
-            Ok(r) => Some(r),
+            Ok(r) => Call::Done(r),
             Err(e) => {
                 // A trapped instance cannot be entered again: drop it, rebuild on the next call.
-                if let Some(slot) = self.slots.get_mut(&channel) {
+                if let Some(slot) = self.slots.get_mut(view.channel) {
                     slot.live = None;
                 }
                 let cause = name_memory_cap(format!("{e:#}"), self.max_memory);
@@ -372,12 +438,12 @@ impl PolicyHost {
         })
     }
 
-    fn failed<R>(&mut self, view: &ChannelView<'_>, hook: Hook, cause: &str) -> Option<R> {
+    fn failed<R>(&mut self, view: &ChannelView<'_>, hook: Hook, cause: &str) -> Call<R> {
         self.stats.failures += 1;
         metrics::counter!("coordinosaur_policy_failures_total", "hook" => hook.as_str())
             .increment(1);
         warn!(channel = view.channel, ?hook, cause, fallback = ?view.options.on_policy_error, "policy call failed");
-        None
+        Call::Failed
     }
 }
 
@@ -385,7 +451,7 @@ impl PolicyHost {
 /// components (a JavaScript or Python runtime) can need more than the default at instantiation.
 fn name_memory_cap(cause: String, max_memory: usize) -> String {
     // wasmtime's text for a growth refused under `trap_on_grow_failure` (see `instantiate`).
-    if cause.contains("forcing trap when growing memory") {
+    if cause.contains("growing memory") {
         format!("{cause} (over the memory cap: raise [policy_sandbox] max_memory, now {max_memory} bytes)")
     } else {
         cause

@@ -9,17 +9,22 @@
 //!   cause, and the instance is rebuilt from the pre-instantiated component. A new file or
 //!   `policy_config` whose `init` fails leaves a working channel on its previous instance;
 //!   only a channel with nothing to keep falls back.
+//! - [`PolicyCache`]: compiled components on disk, authenticated by a per-cache key, so a
+//!   restart or a swap back to a known version does not recompile.
 //! - `wasi`: what WASI gives a guest: engine-time clocks and `wasi:random` seeded per channel,
 //!   nothing of the host.
 //! - [`reload`]: a notify watcher on the policy folders that recompiles a changed file off the
 //!   async runtime and hands it to the driver, which swaps it in between two events.
 
+mod cache;
 mod compile;
 mod hooks;
 mod host;
+mod meta;
 pub mod reload;
 mod wasi;
 
+pub use cache::PolicyCache;
 pub use compile::{CompiledPolicy, Compiler};
 pub use host::{PolicyHost, PolicyStats};
 

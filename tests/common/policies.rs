@@ -23,6 +23,7 @@ pub const POLICY_CRATES: &[&str] = &[
     "trap",
     "wrong-interface",
     "random",
+    "world-0-1",
 ];
 
 /// Targets every policy is built for.

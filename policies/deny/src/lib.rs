@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use coordinosaur_policy::serde_json::Value;
-use coordinosaur_policy::{export_policy, Admission, ChannelState, Job, Policy};
+use coordinosaur_policy::{export_policy, Admission, ChannelState, Hooks, Job, Policy};
 
 /// The one key of `policy_config`.
 const TENANTS_KEY: &str = "tenants";
@@ -42,6 +42,9 @@ pub fn parse_config(config: &Value) -> Result<HashSet<String>, String> {
 }
 
 impl Policy for Deny {
+    /// Only `admit` decides; the host skips the other calls.
+    const HOOKS: Hooks = Hooks::ADMIT;
+
     fn init(&mut self, config: &Value) -> Result<(), String> {
         self.denied = parse_config(config)?;
         Ok(())

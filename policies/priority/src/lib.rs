@@ -7,7 +7,7 @@
 //! `{"uid":"c","timeout":30,"priority":"high"}` -> rejected:
 //! `field "priority" must be an integer, got "high"`.
 
-use coordinosaur_policy::{export_policy, Admission, ChannelState, Job, Policy};
+use coordinosaur_policy::{export_policy, Admission, ChannelState, Hooks, Job, Policy};
 
 /// The registration field read by this policy.
 const FIELD: &str = "priority";
@@ -25,6 +25,9 @@ pub fn admission(job: &Job) -> Admission {
 }
 
 impl Policy for PriorityField {
+    /// Only `admit`: the host skips the other three calls per job.
+    const HOOKS: Hooks = Hooks::ADMIT;
+
     fn admit(&mut self, job: &Job, _state: &ChannelState) -> Admission {
         admission(job)
     }

@@ -1,7 +1,7 @@
 //! Write a coordinosaur policy as a Rust trait.
 //!
 //! A policy is a WebAssembly component implementing the world `policy` of
-//! `wit/policy.wit` (package `coordinosaur:policy@0.1.0`). This crate hides
+//! `wit/v0.2/policy.wit` (package `coordinosaur:policy@0.2.0`). This crate hides
 //! the bindings: implement [`Policy`] on a `Default` type and call
 //! [`export_policy!`] once.
 //!
@@ -37,7 +37,7 @@ pub mod types;
 pub mod __private;
 
 pub use serde_json;
-pub use types::{Admission, ChannelState, Decision, Event, EventKind, Job, MetaError};
+pub use types::{Admission, ChannelState, Decision, Event, EventKind, Hooks, Job, MetaError};
 
 /// A policy: one value per channel instance, created with `Default` and then
 /// configured by [`Policy::init`].
@@ -45,6 +45,12 @@ pub use types::{Admission, ChannelState, Decision, Event, EventKind, Job, MetaEr
 /// Every hook has a default that does what the engine would do without a
 /// policy (accept at priority 0, grant, ignore events).
 pub trait Policy: Default + 'static {
+    /// The hooks the host calls (all by default). The host skips the others and uses its
+    /// built-in decision instead, which saves a component call per job and per event: a policy
+    /// that only orders the queue sets `const HOOKS: Hooks = Hooks::ADMIT;`. A hook left out
+    /// here is never called, even if implemented.
+    const HOOKS: Hooks = Hooks::ALL;
+
     /// Called once before any other hook with the channel's `policy_config`
     /// (an empty object if none). An error keeps the previous policy.
     fn init(&mut self, config: &serde_json::Value) -> Result<(), String> {
@@ -94,8 +100,11 @@ macro_rules! export_policy {
             struct CoordinosaurPolicyExport;
 
             impl $crate::__private::Guest for CoordinosaurPolicyExport {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    $crate::__private::init(&POLICY, config)
+                fn init(
+                    channel: ::std::string::String,
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<$crate::__private::WitHooks, ::std::string::String> {
+                    $crate::__private::init(&POLICY, channel, config)
                 }
                 fn admit(
                     job: $crate::__private::WitJob,

@@ -18,9 +18,58 @@ pub struct Job {
     pub timeout_ms: u64,
     /// When the job registered, ms since the Unix epoch (engine time).
     pub registered_at_ms: u64,
-    /// The registration payload's fields other than uid and timeout, as a
-    /// JSON object in text ("{}" if none).
-    pub meta: String,
+    /// The registration payload's fields other than uid and timeout: read
+    /// them with [`Job::meta_i64`], [`Job::meta_str`] or [`Job::meta_json`]
+    /// during the hook call that received the job.
+    pub(crate) meta: Meta,
+}
+
+/// Where a job's registration fields come from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) enum Meta {
+    /// The JSON object text itself ([`Job::new`], native tests).
+    Text(String),
+    /// The host's `job-meta` import, valid during hook call number `call` only: a field is
+    /// fetched (and parsed) when asked for, so the rest of the registration is never copied
+    /// into the guest nor parsed.
+    #[cfg_attr(
+        not(target_family = "wasm"),
+        allow(dead_code, reason = "built by the wasm glue")
+    )]
+    Host {
+        /// The hook call that handed the job over.
+        call: u64,
+    },
+    /// No fields.
+    #[default]
+    Empty,
+}
+
+/// The hooks a policy implements ([`Policy::HOOKS`](crate::Policy::HOOKS)); the host calls
+/// only these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks {
+    /// Call [`Policy::admit`](crate::Policy::admit) on every registration (else: accept at 0).
+    pub admit: bool,
+    /// Call [`Policy::before_grant`](crate::Policy::before_grant) (else: grant).
+    pub before_grant: bool,
+    /// Call [`Policy::on_event`](crate::Policy::on_event) (else: nothing).
+    pub on_event: bool,
+}
+
+impl Hooks {
+    /// Every hook.
+    pub const ALL: Hooks = Hooks {
+        admit: true,
+        before_grant: true,
+        on_event: true,
+    };
+    /// Only `admit` (a policy that orders or filters the queue).
+    pub const ADMIT: Hooks = Hooks {
+        admit: true,
+        before_grant: false,
+        on_event: false,
+    };
 }
 
 /// The channel as the engine sees it at the moment of the call (WIT `channel-state`).
@@ -117,15 +166,26 @@ impl Job {
     pub fn new(uid: &str, meta: &str) -> Self {
         Self {
             uid: uid.to_owned(),
-            meta: meta.to_owned(),
+            meta: Meta::Text(meta.to_owned()),
             ..Self::default()
         }
     }
 
-    /// `meta` parsed as JSON; `Value::Null` if it is not valid JSON (the host
-    /// always sends an object, so that means a host bug).
+    /// All registration fields as a JSON object in text ("{}" if none).
+    pub fn meta(&self) -> String {
+        match &self.meta {
+            Meta::Text(text) => text.clone(),
+            Meta::Host { call } => host_all(*call),
+            Meta::Empty => "{}".to_owned(),
+        }
+    }
+
+    /// All registration fields parsed as JSON; `Value::Null` if they are not
+    /// valid JSON (the host always sends an object, so that means a host bug).
+    /// Reading one field with [`Job::meta_i64`] or [`Job::meta_str`] is
+    /// cheaper: only that field is copied and parsed.
     pub fn meta_json(&self) -> Value {
-        serde_json::from_str(&self.meta).unwrap_or(Value::Null)
+        serde_json::from_str(&self.meta()).unwrap_or(Value::Null)
     }
 
     /// The registration field `key` as an `i64`: `Ok(None)` when it is absent
@@ -153,11 +213,35 @@ impl Job {
 
     /// The field `key` of `meta`, treating `null` as absent.
     fn meta_field(&self, key: &str) -> Option<Value> {
-        match self.meta_json() {
-            Value::Object(mut map) => map.remove(key).filter(|v| !v.is_null()),
-            _ => None,
-        }
+        let value = match &self.meta {
+            Meta::Host { call } => serde_json::from_str(&host_field(*call, key)?).ok()?,
+            _ => match self.meta_json() {
+                Value::Object(mut map) => map.remove(key)?,
+                _ => return None,
+            },
+        };
+        Some(value).filter(|v| !v.is_null())
     }
+}
+
+#[cfg(target_family = "wasm")]
+fn host_field(call: u64, key: &str) -> Option<String> {
+    crate::__private::meta_field(call, key)
+}
+
+#[cfg(target_family = "wasm")]
+fn host_all(call: u64) -> String {
+    crate::__private::meta_all(call)
+}
+
+#[cfg(not(target_family = "wasm"))]
+fn host_field(_call: u64, _key: &str) -> Option<String> {
+    unreachable!("host fields exist only in a wasm instance")
+}
+
+#[cfg(not(target_family = "wasm"))]
+fn host_all(_call: u64) -> String {
+    unreachable!("host fields exist only in a wasm instance")
 }
 
 fn meta_error(field: &str, expected: &'static str, found: &Value) -> MetaError {
