@@ -258,8 +258,8 @@ impl PolicyHost {
                 .instantiate(&mut store)
                 .map(|p| Bindings::V2(p, v2::wit::Hooks::empty())),
         };
-        let bindings = instantiated
-            .map_err(|e| name_memory_cap(format!("instantiate: {e:#}"), max_memory))?;
+        let bindings =
+            instantiated.map_err(|e| name_memory_cap(format!("instantiate: {e:#}"), max_memory))?;
         store.set_epoch_deadline(self.deadline_ticks);
         store.data_mut().start_call();
         let init = match bindings {
