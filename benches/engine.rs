@@ -7,7 +7,9 @@
 //! 2. cost of one grant cycle against queue depth (target: flat);
 //! 3. live heap bytes per queued job, counted by a global allocator wrapper (target < 300 B);
 //! 4. durable state: journal size, and start-up (fold the journal, write the new generation,
-//!    restore the engine) for 10k / 100k queued jobs, in a temp dir on the machine's disk.
+//!    restore the engine) for 10k / 100k queued jobs, in a temp dir on the machine's disk;
+//! 5. job cost and progress on vs off: grant cycles with costs above 1, and 10,000 waiting jobs
+//!    under churn with every job asking for its position (position messages per grant).
 //!
 //! Engine time is a counter advanced by hand; uids look like real ones (`job-0001234`) and are
 //! formatted per message, as the daemon decodes a fresh `String` from every payload.
@@ -35,6 +37,124 @@ fn main() {
     depth_scaling();
     bytes_per_job();
     restore_time();
+    cost_cycles();
+    progress_churn();
+}
+
+/// Section 5a: grant cycles with four units, full: four jobs of cost 1 in flight, or two of
+/// cost 2 (each cycle finishes the oldest and registers one that is granted at once).
+fn cost_cycles() {
+    const CYCLES: u64 = 2_000_000;
+    println!("## 5a. Job cost: grant cycles with max_concurrent_jobs = 4, {CYCLES} cycles");
+    println!("| cost per job | jobs in flight | cycles/s | ns/cycle |");
+    println!("|---:|---:|---:|---:|");
+    for cost in [1u32, 2] {
+        let mut e = engine(4);
+        let w = u64::from(4 / cost);
+        let mut gos = 0;
+        for i in 0..w {
+            e.handle(now(i), register_job(uid(i), cost, false));
+            gos += drain_gos(&mut e);
+        }
+        assert_eq!(gos, w);
+        let start = Instant::now();
+        gos = 0;
+        for i in w..w + CYCLES {
+            e.handle(now(i), finished(uid(i - w)));
+            gos += drain_gos(&mut e);
+            e.handle(now(i), register_job(uid(i), cost, false));
+            gos += drain_gos(&mut e);
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(gos, CYCLES, "one Go per cycle");
+        black_box(&e);
+        println!(
+            "| {cost} | {w} | {:.0} | {:.0} |",
+            CYCLES as f64 / elapsed.as_secs_f64(),
+            per(elapsed, CYCLES)
+        );
+    }
+    println!();
+}
+
+/// Section 5b: one running job and 10,000 waiting; each cycle finishes the running job (the
+/// head is granted) and registers a new one at the tail, `gap` of engine time apart, every
+/// output encoded for the wire. With progress every job asks for its position: the table
+/// counts the position messages (each one MQTT publish) per grant.
+fn progress_churn() {
+    const DEPTH: u64 = 10_000;
+    const CYCLES: u64 = 200_000;
+    println!(
+        "## 5b. Progress: {DEPTH} waiting jobs under churn (max_concurrent_jobs = 1), {CYCLES} cycles"
+    );
+    println!("| progress | grants per second of engine time | cycles/s | ns/cycle | position messages per grant | position bytes per grant |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (progress, gap_us) in [
+        (false, 1_000u64),
+        (true, 1_000),
+        (true, 100_000),
+        (true, 10),
+    ] {
+        let mut e = engine(1);
+        // Engine time in microseconds of the run, rounded down to the engine's milliseconds.
+        let at = |i: u64| Time(1_700_000_000_000 + i * gap_us / 1_000);
+        for i in 0..=DEPTH {
+            e.handle(at(0), register_job(uid(i), 1, progress));
+        }
+        let mut positions = 0u64;
+        let mut bytes = 0u64;
+        let mut gos = 0u64;
+        let mut encode = |e: &mut Engine, positions: &mut u64, bytes: &mut u64| {
+            while let Some(out) = e.poll_output() {
+                let is_position = matches!(out, Output::Position { .. });
+                gos += u64::from(matches!(out, Output::Go { .. }));
+                for (topic, payload) in coordinosaur::protocol::encode("coordinosaur", &out) {
+                    if is_position {
+                        *positions += 1;
+                        *bytes += (topic.len() + payload.len()) as u64;
+                    }
+                    black_box((topic, payload));
+                }
+            }
+        };
+        encode(&mut e, &mut positions, &mut bytes);
+        let (mut positions, mut bytes) = (0, 0);
+        let start = Instant::now();
+        for i in 0..CYCLES {
+            let t = at(i + 1);
+            if e.next_deadline().is_some_and(|d| d <= t) {
+                e.handle_timeout(t);
+            }
+            e.handle(t, finished(uid(i)));
+            e.handle(t, register_job(uid(DEPTH + 1 + i), 1, progress));
+            encode(&mut e, &mut positions, &mut bytes);
+        }
+        let elapsed = start.elapsed();
+        black_box(&e);
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} |",
+            if progress { "on" } else { "off" },
+            1e6 / gap_us as f64,
+            CYCLES as f64 / elapsed.as_secs_f64(),
+            per(elapsed, CYCLES),
+            positions as f64 / CYCLES as f64,
+            bytes as f64 / CYCLES as f64,
+        );
+    }
+    println!();
+}
+
+fn register_job(uid: String, cost: u32, progress: bool) -> Input {
+    Input::Register(Registration {
+        channel: CHANNEL.to_owned(),
+        uid,
+        timeout: JOB_TIMEOUT,
+        priority: 0,
+        meta: None,
+        reply: Reply::Plain,
+        cost,
+        progress,
+    })
 }
 
 /// Section 4: a daemon's start-up with `n` waiting jobs (and 1 running) in its journal: how long
@@ -129,6 +249,8 @@ fn register_with(uid: String, reply: Reply) -> Input {
         priority: 0,
         meta: None,
         reply,
+        cost: 1,
+        progress: false,
     })
 }
 

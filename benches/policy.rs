@@ -232,6 +232,8 @@ fn register(uid: String, priority: i64) -> Input {
         priority,
         meta: Some(META.into()),
         reply: Default::default(),
+        cost: 1,
+        progress: false,
     })
 }
 
@@ -400,6 +402,8 @@ fn reload(compiler: &Compiler) {
             priority: 0,
             meta: Some(format!(r#"{{"priority":{},"tenant":"t{}"}}"#, i % 10, i % 8).into()),
             reply: Default::default(),
+            cost: 1,
+            progress: false,
         });
         engine.handle_with(now(i), reg, &mut host);
     }

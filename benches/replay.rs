@@ -88,6 +88,8 @@ fn record(n: u64) -> Vec<Vec<Change>> {
                     priority: 0,
                     meta: None,
                     reply: Reply::Plain,
+                    cost: 1,
+                    progress: false,
                 }),
             );
             next += 1;

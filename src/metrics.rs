@@ -227,7 +227,7 @@ impl Recorder {
             } => {
                 counter!("coordinosaur_stale_tokens_total", "channel" => self.label_text(channel), "action" => action.as_str()).increment(1);
             }
-            Output::State(_) | Output::AllStates(_) => {}
+            Output::State(_) | Output::AllStates(_) | Output::Position { .. } => {}
         }
     }
 

@@ -1,7 +1,7 @@
 //! The wire format: topic grammar `PREFIX/CHANNEL/ACTION`, payload decoding into engine inputs,
 //! and engine outputs into `(topic, payload)`. Pure functions; no MQTT client types.
 //!
-//! Inbound actions: `register` (JSON `{"uid", "timeout", "reply"?, ...}`), `finished` and
+//! Inbound actions: `register` (JSON `{"uid", "timeout", "reply"?, "cost"?, ...}`), `finished` and
 //! `aborted` (the uid as plain text, or JSON `{"uid", "token"?}`), `concurrency/set` (an
 //! integer), `renew` (JSON `{"uid", "timeout", "token"?}`) and `infos`. Outbound: `go/{uid}`
 //! (payload: the uid, or with `"reply": "json"` JSON `{"uid", "token", "lease_ms",
@@ -84,6 +84,12 @@ pub enum ProtocolError {
     /// `reply` is not a form of `go` we publish.
     #[error("`reply` must be \"json\" or \"plain\", not {0}")]
     BadReply(String),
+    /// `cost` is not a whole number of units the engine can hold.
+    #[error("`cost` must be an integer from 1 to 4294967295, not {0}")]
+    BadCost(String),
+    /// `progress` is not a boolean.
+    #[error("`progress` must be true or false, not {0}")]
+    BadProgress(String),
     /// `token` is not a fencing token.
     #[error("`token` must be a non-negative integer, not {0}")]
     BadToken(String),
@@ -141,9 +147,9 @@ pub fn retained(input: &Input) -> Rejection {
         Input::Finished { channel, uid, .. }
         | Input::Aborted { channel, uid, .. }
         | Input::Renew { channel, uid, .. } => (Some(channel.as_str()), Some(uid.as_str())),
-        Input::SetConcurrency { channel, .. } | Input::Infos { channel } => {
-            (Some(channel.as_str()), None)
-        }
+        Input::SetConcurrency { channel, .. }
+        | Input::Infos { channel }
+        | Input::InfosJobs { channel } => (Some(channel.as_str()), None),
         Input::InfosAll | Input::Delivered { .. } => (None, None),
     };
     Rejection::new(channel, uid, ProtocolError::Retained)
@@ -216,9 +222,11 @@ pub fn decode(
         ));
     }
     if action == "infos" {
-        // Anything goes, as in the original.
-        return Ok(Some(Input::Infos {
-            channel: channel.to_owned(),
+        // Anything goes, as in the original; `{"jobs": true}` asks for the waiting jobs too.
+        let channel = channel.to_owned();
+        return Ok(Some(match wants_jobs(payload) {
+            true => Input::InfosJobs { channel },
+            false => Input::Infos { channel },
         }));
     }
     let text = std::str::from_utf8(payload).map_err(|_| reject(None, ProtocolError::NotUtf8))?;
@@ -227,7 +235,10 @@ pub fn decode(
         "register" => {
             let mut job = decode_job(text, limits).map_err(|(uid, e)| reject(uid.as_deref(), e))?;
             let reply = take_reply(&mut job.rest).map_err(|e| reject(Some(&job.uid), e))?;
+            let cost = read_cost(&job.rest).map_err(|e| reject(Some(&job.uid), e))?;
+            let progress = take_progress(&mut job.rest).map_err(|e| reject(Some(&job.uid), e))?;
             // What is left is the policies' business; `reply` is the protocol's, not theirs.
+            // `cost` stays: policies see it there (the WIT `job` has no field of its own).
             let meta = (!job.rest.is_empty())
                 .then(|| Value::Object(job.rest).to_string().into_boxed_str());
             Input::Register(Registration {
@@ -237,6 +248,8 @@ pub fn decode(
                 priority: 0,
                 meta,
                 reply,
+                cost,
+                progress,
             })
         }
         "renew" => {
@@ -283,7 +296,7 @@ pub fn decode(
 
 fn is_own_output(action: &str) -> bool {
     action == "state"
-        || ["go/", "expired/", "rejected/"]
+        || ["go/", "expired/", "rejected/", "position/"]
             .iter()
             .any(|p| action.starts_with(p))
 }
@@ -335,6 +348,27 @@ fn take_reply(obj: &mut Map<String, Value>) -> Result<Reply, ProtocolError> {
         Some(Value::String(s)) if s == "plain" => Ok(Reply::Plain),
         Some(Value::String(s)) if s == "json" => Ok(Reply::Json),
         Some(other) => Err(ProtocolError::BadReply(shorten(&other.to_string()))),
+    }
+}
+
+/// Reads `cost` (absent: 1), leaving it among the fields handed to policies.
+fn read_cost(obj: &Map<String, Value>) -> Result<u32, ProtocolError> {
+    match obj.get("cost") {
+        None => Ok(1),
+        Some(Value::Number(n)) => match n.as_u64().map(u32::try_from) {
+            Some(Ok(cost)) if cost >= 1 => Ok(cost),
+            _ => Err(ProtocolError::BadCost(shorten(&n.to_string()))),
+        },
+        Some(other) => Err(ProtocolError::BadCost(shorten(&other.to_string()))),
+    }
+}
+
+/// Removes `progress` (absent: false), the protocol's business, not the policies'.
+fn take_progress(obj: &mut Map<String, Value>) -> Result<bool, ProtocolError> {
+    match obj.remove("progress") {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(b),
+        Some(other) => Err(ProtocolError::BadProgress(shorten(&other.to_string()))),
     }
 }
 
@@ -491,8 +525,19 @@ pub fn encode(prefix: &str, output: &Output) -> Vec<(String, Vec<u8>)> {
             state_json(state, MAX_STATE_MESSAGE),
         )],
         Output::AllStates(states) => encode_all_states(prefix, states, MAX_STATE_MESSAGE),
+        Output::Position { channel, position } => vec![(
+            format!("{prefix}/{channel}/position/{}", position.uid),
+            // Strings, numbers and null: always serializes.
+            serde_json::to_vec(position).unwrap_or_default(),
+        )],
         Output::Ended { .. } | Output::Stale { .. } => Vec::new(),
     }
+}
+
+/// Whether an `infos` payload is a JSON object with `"jobs": true`.
+fn wants_jobs(payload: &[u8]) -> bool {
+    serde_json::from_slice::<Map<String, Value>>(payload)
+        .is_ok_and(|o| o.get("jobs") == Some(&Value::Bool(true)))
 }
 
 /// The daemon-wide state on `PREFIX/state`. If the JSON array of every channel's state fits in
@@ -561,7 +606,50 @@ fn json_array(entries: &[Vec<u8>]) -> Vec<u8> {
 /// One channel's state as JSON of at most `max` bytes where possible: if its `running` list
 /// (up to `max_concurrent_jobs` uids) makes it larger, the list keeps only its first uids and
 /// `"running_truncated": true` is added (`running_count` stays exact).
+///
+/// Listed waiting jobs (`{"jobs": true}`) go first: if they make it too large, the list keeps
+/// its first jobs and `"waiting_jobs_truncated": true` is added.
 fn state_json(state: &ChannelState, max: usize) -> Vec<u8> {
+    match &state.waiting_jobs {
+        Some(jobs) if !jobs.is_empty() => waiting_jobs_json(state, jobs, max),
+        _ => running_json(state, max),
+    }
+}
+
+/// `state` with its listed waiting jobs cut to the longest prefix that fits in `max`.
+fn waiting_jobs_json(
+    state: &ChannelState,
+    jobs: &[crate::engine::Position],
+    max: usize,
+) -> Vec<u8> {
+    let with = |keep: usize| {
+        let mut cut = state.clone();
+        cut.waiting_jobs = Some(jobs[..keep].to_vec());
+        let mut body = running_json(&cut, max);
+        if keep < jobs.len() && body.last() == Some(&b'}') {
+            body.pop();
+            body.extend_from_slice(b",\"waiting_jobs_truncated\":true}");
+        }
+        body
+    };
+    let full = with(jobs.len());
+    if full.len() <= max {
+        return full;
+    }
+    let (mut fits, mut over) = (0, jobs.len());
+    while over - fits > 1 {
+        let mid = fits + (over - fits) / 2;
+        if with(mid).len() <= max {
+            fits = mid;
+        } else {
+            over = mid;
+        }
+    }
+    with(fits)
+}
+
+/// `state` with its `running` list cut to fit, as described at [`state_json`].
+fn running_json(state: &ChannelState, max: usize) -> Vec<u8> {
     let full = serde_json::to_vec(state).unwrap_or_default();
     if full.len() <= max || state.running.is_empty() {
         return full;
@@ -637,3 +725,6 @@ mod tests;
 
 #[cfg(test)]
 mod fencing_tests;
+
+#[cfg(test)]
+mod job_options_tests;

@@ -159,6 +159,8 @@ impl Rig {
             priority: 0,
             meta: Some(meta.to_string().into()),
             reply: Default::default(),
+            cost: 1,
+            progress: false,
         }))
     }
 

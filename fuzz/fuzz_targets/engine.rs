@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         let channel = ["a", "bb", "ccc"][(a % 3) as usize].to_owned();
         let uid = format!("u{}", b % 16);
         let input = match op % 7 {
-            0 | 1 => Input::Register(Registration { channel, uid, timeout: Millis(u64::from(a) * 10), priority: 0, meta: None, reply: Default::default() }),
+            0 | 1 => Input::Register(Registration { channel, uid, timeout: Millis(u64::from(a) * 10), priority: 0, meta: None, reply: Default::default(), cost: 1, progress: false }),
             2 => Input::Finished { channel, uid, token: None },
             3 => Input::Aborted { channel, uid, token: None },
             4 => Input::Renew { channel, uid, timeout: Millis(u64::from(b)), token: None },

@@ -27,6 +27,10 @@ pub struct StateView {
     pub max_concurrent_jobs: u64,
     /// Jobs holding a slot.
     pub running_count: u64,
+    /// Units the running jobs hold (job cost); absent when equal to `running_count`, and from
+    /// daemons without job cost.
+    #[serde(default)]
+    pub running_units: Option<u64>,
     /// Jobs waiting for one.
     pub waiting: u64,
     /// Quota windows.
@@ -38,6 +42,44 @@ pub struct StateView {
     /// The daemon's time of the report (ms since the Unix epoch); relative times use it, so
     /// clock skew between hosts does not matter.
     pub now: u64,
+    /// The first waiting jobs, when asked for with `{"jobs": true}`.
+    #[serde(default)]
+    pub waiting_jobs: Option<Vec<JobView>>,
+}
+
+/// `rows` as lines of left-aligned columns two spaces apart, without trailing spaces.
+pub fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A waiting job as `state` lists it (the fields of `position/{uid}`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobView {
+    /// Job id.
+    pub uid: String,
+    /// 1 = next.
+    pub position: u64,
+    /// What holds the queue.
+    pub held_by: String,
+    /// Expected grant time (ms since the Unix epoch), if known.
+    #[serde(default)]
+    pub eta_ms: Option<u64>,
 }
 
 impl QuotaView {
@@ -60,9 +102,46 @@ impl QuotaView {
 }
 
 impl StateView {
-    /// `1/2`.
+    /// `1/2`; `4/5 (2 jobs)` when jobs of a cost above 1 make the units differ from the jobs.
     pub fn running(&self) -> String {
-        format!("{}/{}", self.running_count, self.max_concurrent_jobs)
+        let (jobs, max) = (self.running_count, self.max_concurrent_jobs);
+        match self.running_units {
+            Some(units) if units != jobs => format!("{units}/{max} ({jobs} jobs)"),
+            _ => format!("{jobs}/{max}"),
+        }
+    }
+
+    /// `POSITION UID HELD_BY ETA`, one row per listed job, columns aligned; ETAs relative to
+    /// the daemon's `now`.
+    pub fn jobs_table(&self, jobs: &[JobView]) -> String {
+        if jobs.is_empty() {
+            return format!("no jobs waiting in {}\n", self.channel);
+        }
+        let header = ["POSITION", "UID", "HELD_BY", "ETA"].map(String::from);
+        let rows: Vec<[String; 4]> = std::iter::once(header)
+            .chain(jobs.iter().map(|j| {
+                let eta = j.eta_ms.map_or("-".into(), |at| {
+                    format!(
+                        "in {}",
+                        short(Duration::from_millis(at.saturating_sub(self.now)))
+                    )
+                });
+                [
+                    j.position.to_string(),
+                    j.uid.clone(),
+                    j.held_by.clone(),
+                    eta,
+                ]
+            }))
+            .collect();
+        let mut out = aligned(&rows);
+        if (jobs.len() as u64) < self.waiting {
+            out.push_str(&format!(
+                "... {} more waiting\n",
+                self.waiting - jobs.len() as u64
+            ));
+        }
+        out
     }
 
     /// Every quota window, `; `-separated, or `-`.
@@ -124,5 +203,41 @@ mod tests {
             "minute 15/15, opens in 42s"
         );
         assert_eq!(q(3, None).describe(1_000), "minute 3/15");
+    }
+
+    #[test]
+    fn running_shows_units_when_costs_make_them_differ() {
+        let view = |units: Option<u64>| -> StateView {
+            let mut v = serde_json::json!({"channel": "c", "max_concurrent_jobs": 5,
+                "running_count": 2, "waiting": 0, "now": 0});
+            if let Some(u) = units {
+                v["running_units"] = u.into();
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        assert_eq!(view(None).running(), "2/5");
+        assert_eq!(view(Some(2)).running(), "2/5");
+        assert_eq!(view(Some(4)).running(), "4/5 (2 jobs)");
+    }
+
+    #[test]
+    fn waiting_jobs_read_as_a_table_with_relative_etas() {
+        let v: StateView = serde_json::from_value(serde_json::json!({
+            "channel": "c", "max_concurrent_jobs": 1, "running_count": 1, "waiting": 3,
+            "now": 1_000,
+            "waiting_jobs": [
+                {"uid": "a", "position": 1, "waiting": 3, "held_by": "quota:minute", "eta_ms": 43_000},
+                {"uid": "bb", "position": 2, "waiting": 3, "held_by": "quota:minute", "eta_ms": null}
+            ]
+        }))
+        .unwrap();
+        let jobs = v.waiting_jobs.clone().unwrap();
+        assert_eq!(
+            v.jobs_table(&jobs),
+            "POSITION  UID  HELD_BY       ETA\n\
+             1         a    quota:minute  in 42s\n\
+             2         bb   quota:minute  -\n\
+             ... 1 more waiting\n"
+        );
     }
 }

@@ -37,6 +37,9 @@ pub struct StatusArgs {
     /// Refresh every second until Ctrl-C.
     #[arg(long)]
     pub watch: bool,
+    /// Also list the channel's first waiting jobs: position, uid, what holds them, ETA.
+    #[arg(long, requires = "channel")]
+    pub jobs: bool,
     /// Broker address, overriding [mqtt] host and port of the config file.
     #[arg(long, value_name = "HOST:PORT")]
     pub broker: Option<String>,
@@ -98,7 +101,7 @@ async fn status(config: Option<&Path>, args: &StatusArgs) -> Result<u8, CliError
     let mut code = 0;
     loop {
         let answer = tokio::select! {
-            answer = ask(&mut session, &infos, &state, &mut leader, args.timeout) => answer?,
+            answer = ask(&mut session, &infos, &state, &mut leader, args.jobs, args.timeout) => answer?,
             _ = interrupt.recv() => {
                 code = if args.watch { 0 } else { 130 };
                 break;
@@ -135,13 +138,19 @@ async fn ask(
     infos: &str,
     state: &str,
     leader: &mut Leader,
+    jobs: bool,
     within: Duration,
 ) -> Result<Value, CliError> {
     let no_answer = format!(
         "no coordinator answered on {infos} at {}; is it running?",
         session.broker()
     );
-    session.publish_qos0(infos, Vec::new())?;
+    let request = if jobs {
+        br#"{"jobs":true}"#.to_vec()
+    } else {
+        Vec::new()
+    };
+    session.publish_qos0(infos, request)?;
     let deadline = Instant::now() + within;
     let mut pages = Pages::default();
     loop {
@@ -234,7 +243,14 @@ pub fn render(answer: &Value, json: bool) -> String {
             .collect(),
         other => serde_json::from_value(other.clone()).into_iter().collect(),
     };
-    table(&states)
+    let mut out = table(&states);
+    for s in &states {
+        if let Some(jobs) = &s.waiting_jobs {
+            out.push('\n');
+            out.push_str(&s.jobs_table(jobs));
+        }
+    }
+    out
 }
 
 /// `CHANNEL RUNNING WAITING QUOTAS POLICY`, one row per channel, columns aligned.
@@ -254,23 +270,7 @@ pub fn table(states: &[StateView]) -> String {
             ]
         }))
         .collect();
-    let mut widths = [0usize; 5];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    super::format::aligned(&rows)
 }
 
 #[cfg(test)]

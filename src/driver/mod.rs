@@ -538,6 +538,9 @@ fn log_output(prefix: &str, out: &Output) {
             was_running,
         } => debug!(%channel, %uid, ?reason, was_running, "ended"),
         Output::AllStates(all) => debug!(channels = all.len(), "state of all channels"),
+        Output::Position { channel, position } => {
+            debug!(%channel, uid = position.uid, position = position.position, held_by = %position.held_by, "position")
+        }
         Output::State(s) => debug!(
             channel = s.channel,
             running = s.running_count,

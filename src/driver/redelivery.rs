@@ -65,6 +65,8 @@ mod tests {
             priority: 0,
             meta: meta.map(Into::into),
             reply: Default::default(),
+            cost: 1,
+            progress: false,
         }
     }
 

@@ -62,7 +62,10 @@ impl Summary {
             Output::Ended { .. } => self.ended += 1,
             Output::Expired { .. } => self.expired += 1,
             Output::Rejected { .. } => self.rejected += 1,
-            Output::State(_) | Output::AllStates(_) | Output::Stale { .. } => return,
+            Output::State(_)
+            | Output::AllStates(_)
+            | Output::Stale { .. }
+            | Output::Position { .. } => return,
         }
         self.since.get_or_insert(now);
     }

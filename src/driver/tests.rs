@@ -38,7 +38,8 @@ impl Sink for Collect {
             Output::Ended { .. }
             | Output::State(_)
             | Output::AllStates(_)
-            | Output::Stale { .. } => return,
+            | Output::Stale { .. }
+            | Output::Position { .. } => return,
         };
         self.push(text);
     }
@@ -123,6 +124,8 @@ fn register(uid: &str, timeout_ms: u64) -> Inbound {
             priority: 0,
             meta: None,
             reply: Default::default(),
+            cost: 1,
+            progress: false,
         }),
         None,
     )
@@ -238,5 +241,7 @@ fn register_input(uid: &str) -> Input {
         priority: 0,
         meta: None,
         reply: Default::default(),
+        cost: 1,
+        progress: false,
     })
 }

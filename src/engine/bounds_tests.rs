@@ -31,6 +31,8 @@ fn reg(channel: &str, uid: &str, meta: Option<&str>) -> Input {
         priority: 0,
         meta: meta.map(Into::into),
         reply: Default::default(),
+        cost: 1,
+        progress: false,
     })
 }
 

@@ -8,6 +8,10 @@ use std::sync::Arc;
 use super::durable::{Change, ChangeLog, ChannelSnapshot, Exit, JobSnapshot};
 use super::fencing::{Reply, RunningJob};
 use super::policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, Policies};
+use super::progress::{
+    HeldBy, Position, RunTimes, Simulation, Told, ETA_HORIZON, HEAD_POSITIONS, LISTED_JOBS,
+    MAX_POSITIONS_PER_EVENT, PROGRESS_INTERVAL,
+};
 use super::quota::Window;
 use super::{
     ChannelOptions, ChannelState, Millis, Output, QuotaState, Registration, RejectKind, Time,
@@ -31,6 +35,11 @@ pub const JOB_OVERHEAD_BYTES: usize = 256;
 pub fn job_bytes(uid: &str, meta: Option<&str>) -> usize {
     JOB_OVERHEAD_BYTES + uid.len() + meta.map_or(0, str::len)
 }
+
+/// Bytes a waiting job that asked for progress costs on top of [`job_bytes`]: what it was last
+/// told (a map entry of ~64 B: uid `Arc` 16, position 8, reason 32, time 8) at the worst load
+/// of its hash table (just after doubling), rounded up. Estimated from the sizes, not measured.
+pub const PROGRESS_BYTES: usize = 128;
 
 /// A job known to a channel, waiting or running.
 #[derive(Debug)]
@@ -58,6 +67,10 @@ struct Job {
     token: u64,
     /// How its `go` is published.
     reply: Reply,
+    /// Units of concurrency it holds while running and counts in each quota window (>= 1).
+    cost: u32,
+    /// Whether it is told its position while it waits.
+    progress: bool,
 }
 
 impl Job {
@@ -72,7 +85,7 @@ impl Job {
 
     /// What the job counts against `max_waiting_bytes` while it waits.
     fn bytes(&self, uid: &str) -> usize {
-        job_bytes(uid, self.meta.as_deref())
+        job_bytes(uid, self.meta.as_deref()) + if self.progress { PROGRESS_BYTES } else { 0 }
     }
 }
 
@@ -109,6 +122,9 @@ pub(crate) struct Channel {
     pub(crate) counted_bytes: usize,
     /// Running jobs by lease deadline; `running()` is its length.
     leases: BTreeMap<(Time, u64), Arc<str>>,
+    /// Sum of the costs of the jobs in `leases`: what `max_concurrent_jobs` bounds. Changed
+    /// wherever `leases` gains or loses a job.
+    running_units: u64,
     /// The channel's quota windows, all checked on every grant.
     windows: Vec<Window>,
     /// Next registration sequence number.
@@ -122,6 +138,21 @@ pub(crate) struct Channel {
     /// The fencing token of the channel's latest grant (or the floor it started from): at least
     /// every token the channel ever handed out, so the next grant's `last_token + 1` is greater.
     last_token: u64,
+    /// What keeps the queue from moving, as of the last grant pass; `None` iff it is empty.
+    held: Option<HeldBy>,
+    /// Waiting jobs that asked for progress (changed wherever such a job joins or leaves the
+    /// queue): with none, positions cost nothing.
+    watchers: usize,
+    /// Jobs queued with progress since the last report, to be told their first position.
+    untold: Vec<Arc<str>>,
+    /// What each waiting watcher was last told (entries leave with the job's wait).
+    told: HashMap<Arc<str>, Told>,
+    /// When the whole queue was last swept for position changes.
+    last_sweep: Option<Time>,
+    /// When the next sweep is due, if a change may not have been told yet.
+    sweep_at: Option<Time>,
+    /// Recent run times, for ETAs.
+    run_times: RunTimes,
 }
 
 impl Channel {
@@ -136,12 +167,20 @@ impl Channel {
             queued_bytes: 0,
             counted_bytes: 0,
             leases: BTreeMap::new(),
+            running_units: 0,
             windows,
             next_seq: 0,
             timer: None,
             quota_blocked_since: None,
             quota_held: Millis(0),
             last_token: 0,
+            held: None,
+            watchers: 0,
+            untold: Vec::new(),
+            told: HashMap::new(),
+            last_sweep: None,
+            sweep_at: None,
+            run_times: RunTimes::default(),
         }
     }
 
@@ -191,13 +230,44 @@ impl Channel {
         Some(uid)
     }
 
-    /// Whether a job registered now would be granted at once, never waiting: nothing waits
-    /// before it, a slot is free, every quota window has room, and no policy could defer it.
-    fn starts_at_once(&self, now: Time) -> bool {
+    /// Whether a job of `cost` registered now would be granted at once, never waiting: nothing
+    /// waits before it, its units are free, every quota window has room for them, and no policy
+    /// could defer it.
+    fn starts_at_once(&self, now: Time, cost: u32) -> bool {
         self.queue.is_empty()
-            && self.running() < self.opts.max_concurrent_jobs as usize
+            && self.has_units(cost)
             && self.opts.policy.is_none()
-            && self.windows.iter().all(|w| w.blocked_until(now).is_none())
+            && self
+                .windows
+                .iter()
+                .all(|w| w.admits_ever(cost) && w.blocked_until(now, cost).is_none())
+    }
+
+    /// Whether `cost` more units fit under `max_concurrent_jobs` now.
+    fn has_units(&self, cost: u32) -> bool {
+        self.running_units + u64::from(cost) <= u64::from(self.opts.max_concurrent_jobs)
+    }
+
+    /// Why a job of `cost` units could never run in this channel as configured, or `None`.
+    /// A paused channel (limit 0) is measured by its configured limit, so that pausing does not
+    /// turn jobs away.
+    fn never_fits(&self, cost: u32) -> Option<String> {
+        let max = match self.opts.max_concurrent_jobs {
+            0 => self.configured_max,
+            max => max,
+        };
+        if max > 0 && cost > max {
+            return Some(format!(
+                "cost: {cost} units is more than this channel's max_concurrent_jobs ({max}); \
+                 it could never run"
+            ));
+        }
+        let w = self.windows.iter().find(|w| !w.admits_ever(cost))?;
+        Some(format!(
+            "cost: {cost} units is more than the limit of quota `{}` ({} per {} ms); it could \
+             never run",
+            w.spec.name, w.spec.limit, w.spec.interval.0
+        ))
     }
 
     pub(crate) fn options(&self) -> &ChannelOptions {
@@ -234,7 +304,10 @@ impl Channel {
             return false;
         }
         // Before the policy: a job that cannot be queued must not reach `admit`.
-        if let Some(reason) = self.no_room(&reg, now, room) {
+        if let Some(reason) = self
+            .never_fits(reg.cost)
+            .or_else(|| self.no_room(&reg, now, room))
+        {
             out.extend([Output::Rejected {
                 kind: RejectKind::Limit,
                 channel: self.name.clone(),
@@ -263,7 +336,8 @@ impl Channel {
         let meta: Option<Arc<str>> = reg.meta.map(Arc::from);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let bytes = job_bytes(&uid, meta.as_deref());
+        let progress_bytes = if reg.progress { PROGRESS_BYTES } else { 0 };
+        let bytes = job_bytes(&uid, meta.as_deref()) + progress_bytes;
         self.enqueue((Reverse(priority), seq), uid.clone(), bytes);
         tracing::debug!(channel = %self.name, %uid, "queued");
         log.push(|| Change::Queued {
@@ -282,6 +356,14 @@ impl Channel {
                 reply: reg.reply,
             });
         }
+        if reg.cost != 1 || reg.progress {
+            log.push(|| Change::JobOptions {
+                channel: self.name.clone(),
+                uid: uid.clone(),
+                cost: reg.cost,
+                progress: reg.progress,
+            });
+        }
         let job = Job {
             seq,
             priority,
@@ -293,7 +375,13 @@ impl Channel {
             delivered: false,
             token: 0,
             reply: reg.reply,
+            cost: reg.cost,
+            progress: reg.progress,
         };
+        if reg.progress {
+            self.watchers += 1;
+            self.untold.push(uid.clone());
+        }
         self.jobs.insert(uid, job);
         true
     }
@@ -309,9 +397,10 @@ impl Channel {
                  ([limits] max_waiting_per_channel = {max}); retry later"
             ));
         }
-        let bytes = job_bytes(&reg.uid, reg.meta.as_deref());
+        let progress_bytes = if reg.progress { PROGRESS_BYTES } else { 0 };
+        let bytes = job_bytes(&reg.uid, reg.meta.as_deref()) + progress_bytes;
         let (used, max) = (room.used_bytes, room.max_bytes);
-        if used.saturating_add(bytes) > max && !self.starts_at_once(now) {
+        if used.saturating_add(bytes) > max && !self.starts_at_once(now, reg.cost) {
             return Some(format!(
                 "max_waiting_bytes: waiting jobs already hold {used} bytes and this one needs \
                  {bytes} (uid, extra fields and {JOB_OVERHEAD_BYTES} bytes of bookkeeping), over \
@@ -357,7 +446,9 @@ impl Channel {
                     self.enqueue((Reverse(p), seq), uid, bytes);
                 }
                 Admission::Reject(reason) => {
-                    self.jobs.remove(&uid);
+                    if let Some(job) = self.jobs.remove(&uid) {
+                        self.unwatch(&uid, &job);
+                    }
                     log.push(|| self.removed(&uid, Exit::Rejected));
                     out.extend([self.policy_rejection(uid, reason)]);
                 }
@@ -420,8 +511,13 @@ impl Channel {
         };
         log.push(|| self.removed(&uid, why));
         match job.deadline {
-            Some(deadline) => self.leases.remove(&(deadline, job.seq)),
+            Some(deadline) => {
+                self.running_units = self.running_units.saturating_sub(u64::from(job.cost));
+                self.ran(&job, now);
+                self.leases.remove(&(deadline, job.seq))
+            }
             None => {
+                self.unwatch(&uid, &job);
                 self.queued_bytes = self.queued_bytes.saturating_sub(job.bytes(&uid));
                 self.queue.remove(&(Reverse(job.priority), job.seq))
             }
@@ -528,6 +624,8 @@ impl Channel {
             let uid = entry.remove();
             log.push(|| self.removed(&uid, Exit::Expired));
             if let Some(job) = self.jobs.remove(&uid) {
+                self.running_units = self.running_units.saturating_sub(u64::from(job.cost));
+                self.ran(&job, now);
                 self.notify(now, hooks, JobEvent::Expired, &uid, &job);
             }
             out.extend([Output::Expired {
@@ -548,6 +646,7 @@ impl Channel {
         log: &mut ChangeLog,
     ) -> Option<Time> {
         let open = self.grant_while_allowed(now, hooks, out, log);
+        self.report_positions(now, out);
         match (open, self.quota_blocked_since) {
             (Some(_), None) => self.quota_blocked_since = Some(now),
             (None, Some(since)) => {
@@ -557,6 +656,219 @@ impl Channel {
             _ => {}
         }
         open
+    }
+
+    /// Tells the jobs that asked for progress what changed (the rule is in `progress.rs`): new
+    /// jobs their first position, the head at once, the rest of the queue at the next sweep.
+    fn report_positions(&mut self, now: Time, out: &mut impl Extend<Output>) {
+        for uid in std::mem::take(&mut self.untold) {
+            let Some(job) = self.jobs.get(&uid).filter(|j| j.deadline.is_none()) else {
+                continue;
+            };
+            let key = (Reverse(job.priority), job.seq);
+            // Usually the new job is last (FIFO); only a policy's priority puts it elsewhere.
+            let position = match self.queue.last_key_value() {
+                Some((last, _)) if *last == key => self.queue.len(),
+                _ => self.queue.range(..key).count() + 1,
+            };
+            self.tell(now, &uid, position, out);
+        }
+        if self.watchers == 0 || self.held.is_none() {
+            self.sweep_at = None;
+            return;
+        }
+        match self.last_sweep {
+            Some(last) if now < last + PROGRESS_INTERVAL => {
+                let due = last + PROGRESS_INTERVAL;
+                self.sweep_at = match self.scan(now, HEAD_POSITIONS, out) {
+                    // Every watcher was seen: sweep only for what is left untold.
+                    (again, true) => again.map(|t| t.max(due)),
+                    (_, false) => Some(due),
+                };
+            }
+            _ => {
+                self.last_sweep = Some(now);
+                let (again, _) = self.scan(now, usize::MAX, out);
+                self.sweep_at = again.map(|t| t.max(now + PROGRESS_INTERVAL));
+            }
+        }
+    }
+
+    /// Tells `uid`, at `position`, where it stands (its first message: no cap, no rate).
+    fn tell(&mut self, now: Time, uid: &Arc<str>, position: usize, out: &mut impl Extend<Output>) {
+        let Some(held_by) = self.held.clone() else {
+            return;
+        };
+        let mut sim = self.simulation(now);
+        let mut eta = None;
+        if position <= ETA_HORIZON {
+            for (i, other) in self.queue.values().take(position).enumerate() {
+                let cost = self.jobs.get(other).map_or(1, |j| j.cost);
+                let at = sim.as_mut().and_then(|s| s.next(cost));
+                if i + 1 == position {
+                    eta = at;
+                }
+            }
+        }
+        let told = Told {
+            position,
+            held_by: held_by.clone(),
+            at: now,
+        };
+        self.told.insert(uid.clone(), told);
+        out.extend([self.position_output(uid, position, held_by, eta)]);
+    }
+
+    fn position_output(
+        &self,
+        uid: &str,
+        position: usize,
+        held_by: HeldBy,
+        eta: Option<Time>,
+    ) -> Output {
+        Output::Position {
+            channel: self.name.clone(),
+            position: Position {
+                uid: uid.to_owned(),
+                position,
+                waiting: self.queue.len(),
+                held_by,
+                eta,
+            },
+        }
+    }
+
+    /// Looks at the first `depth` waiting jobs and tells those that asked for progress, whose
+    /// position or reason changed, and that may be told now, at most
+    /// [`MAX_POSITIONS_PER_EVENT`] of them. Returns when a change that could not be told yet
+    /// may be (if any), and whether every watcher was seen.
+    fn scan(
+        &mut self,
+        now: Time,
+        depth: usize,
+        out: &mut impl Extend<Output>,
+    ) -> (Option<Time>, bool) {
+        let Some(held_by) = self.held.clone() else {
+            return (None, true);
+        };
+        let mut sim = self.simulation(now);
+        let mut told = Vec::new();
+        let mut again: Option<Time> = None;
+        let mut watched = 0;
+        for (i, uid) in self.queue.values().take(depth).enumerate() {
+            if watched == self.watchers {
+                break; // every watcher seen: the rest of the queue has none
+            }
+            let Some(job) = self.jobs.get(uid) else {
+                continue;
+            };
+            let position = i + 1;
+            let eta = match sim.as_mut() {
+                Some(s) if position <= ETA_HORIZON => s.next(job.cost),
+                _ => None,
+            };
+            if !job.progress {
+                continue;
+            }
+            watched += 1;
+            let last = self.told.get(uid);
+            if last.is_some_and(|t| !t.differs(position, &held_by)) {
+                continue;
+            }
+            if let Some(t) = last.filter(|t| !t.may_tell(now)) {
+                // Told less than a second ago: a second after that.
+                let at = t.at + PROGRESS_INTERVAL;
+                again = Some(again.map_or(at, |a| a.min(at)));
+                continue;
+            }
+            if told.len() == MAX_POSITIONS_PER_EVENT {
+                // The cap is reached and more is to be told: the next sweep goes on.
+                again = Some(now);
+                break;
+            }
+            told.push((uid.clone(), position, eta));
+        }
+        for (uid, position, eta) in told {
+            let last = Told {
+                position,
+                held_by: held_by.clone(),
+                at: now,
+            };
+            self.told.insert(uid.clone(), last);
+            out.extend([self.position_output(&uid, position, held_by.clone(), eta)]);
+        }
+        (again, watched == self.watchers)
+    }
+
+    /// The grants to come, as far as they can be foreseen: `None` while paused or held by the
+    /// policy (nothing can be told), or with nothing waiting.
+    fn simulation(&self, now: Time) -> Option<Simulation> {
+        match self.held.as_ref()? {
+            HeldBy::Paused | HeldBy::Policy => return None,
+            HeldBy::Concurrency | HeldBy::Quota(_) => {}
+        }
+        let running = self.leases.iter().map(|((deadline, _), uid)| {
+            let job = self.jobs.get(uid);
+            (
+                job.and_then(|j| j.granted_at),
+                *deadline,
+                job.map_or(1, |j| j.cost),
+            )
+        });
+        let windows = self
+            .windows
+            .iter()
+            .filter(|w| w.spec.limit > 0)
+            .map(|w| {
+                let grants = w.grants().map(|(t, u)| (t, u64::from(u))).collect();
+                (w.spec.interval, u64::from(w.spec.limit), grants)
+            })
+            .collect();
+        Some(Simulation::new(
+            now,
+            self.opts.max_concurrent_jobs,
+            running,
+            windows,
+            self.run_times.mean(),
+        ))
+    }
+
+    /// The first [`LISTED_JOBS`] waiting jobs with their positions, as `state` lists them.
+    pub(crate) fn waiting_jobs(&self, now: Time) -> Vec<Position> {
+        let Some(held_by) = self.held.clone() else {
+            return Vec::new();
+        };
+        let mut sim = self.simulation(now);
+        self.queue
+            .values()
+            .take(LISTED_JOBS)
+            .enumerate()
+            .map(|(i, uid)| {
+                let cost = self.jobs.get(uid).map_or(1, |j| j.cost);
+                Position {
+                    uid: uid.to_string(),
+                    position: i + 1,
+                    waiting: self.queue.len(),
+                    held_by: held_by.clone(),
+                    eta: sim.as_mut().and_then(|s| s.next(cost)),
+                }
+            })
+            .collect()
+    }
+
+    /// Forgets a waiting job that leaves the queue without a grant, as a watcher.
+    fn unwatch(&mut self, uid: &str, job: &Job) {
+        if job.progress && job.deadline.is_none() {
+            self.watchers = self.watchers.saturating_sub(1);
+            self.told.remove(uid);
+        }
+    }
+
+    /// Records how long a running job that just ended ran, for ETAs.
+    fn ran(&mut self, job: &Job, now: Time) {
+        if let Some(at) = job.granted_at {
+            self.run_times.record(now - at);
+        }
     }
 
     /// Time quotas have held the channel back, up to `now`.
@@ -576,10 +888,8 @@ impl Channel {
     ) -> Option<Time> {
         let mut cursor: Option<QueueKey> = None;
         let mut deferred = 0;
-        while self.running() < self.opts.max_concurrent_jobs as usize && !self.queue.is_empty() {
-            if let Some(open) = self.quota_opening(now) {
-                return Some(open);
-            }
+        self.held = None;
+        loop {
             let next = match cursor {
                 None => self.queue.first_key_value(),
                 Some(k) => self
@@ -587,13 +897,45 @@ impl Channel {
                     .range((Bound::Excluded(k), Bound::Unbounded))
                     .next(),
             };
-            let Some((&key, uid)) = next else { break };
+            let Some((&key, uid)) = next else {
+                if cursor.is_some() {
+                    self.held = Some(HeldBy::Policy);
+                }
+                break;
+            };
             let uid = uid.clone();
+            // Head of line: the job offered next is granted or nothing behind it is (unless a
+            // policy defers it), so lighter jobs never starve a heavy one by overtaking it.
+            let cost = self.jobs.get(&uid).map_or(1, |j| j.cost);
+            if let Some(w) = self.windows.iter().find(|w| !w.admits_ever(cost)) {
+                // Waits for a reload to raise the window's limit above its cost.
+                self.held = Some(HeldBy::Quota(w.spec.name.clone()));
+                break;
+            }
+            if !self.has_units(cost) {
+                // Waits for running jobs to end, or for a limit raised above its cost.
+                self.held = Some(match self.opts.max_concurrent_jobs {
+                    0 => HeldBy::Paused,
+                    _ => HeldBy::Concurrency,
+                });
+                break;
+            }
+            if let Some(open) = self.quota_opening(now, cost) {
+                let name = self
+                    .windows
+                    .iter()
+                    .find(|w| w.blocked_until(now, cost) == Some(open))
+                    .map(|w| w.spec.name.clone())
+                    .unwrap_or_default();
+                self.held = Some(HeldBy::Quota(name));
+                return Some(open);
+            }
             match self.consult(now, hooks, &uid) {
                 Decision::Grant => {}
                 Decision::Defer => {
                     deferred += 1;
                     if deferred >= MAX_DEFERRALS {
+                        self.held = Some(HeldBy::Policy);
                         break;
                     }
                     cursor = Some(key);
@@ -601,7 +943,9 @@ impl Channel {
                 }
                 Decision::Veto(reason) => {
                     self.dequeue(&key);
-                    self.jobs.remove(&uid);
+                    if let Some(job) = self.jobs.remove(&uid) {
+                        self.unwatch(&uid, &job);
+                    }
                     log.push(|| self.removed(&uid, Exit::Rejected));
                     out.extend([self.policy_rejection(uid, reason)]);
                     continue;
@@ -644,8 +988,13 @@ impl Channel {
         job.granted_at = Some(now);
         job.delivered = false;
         job.token = token;
-        let (seq, reply) = (job.seq, job.reply);
+        let (seq, reply, cost) = (job.seq, job.reply, job.cost);
+        if job.progress {
+            self.watchers = self.watchers.saturating_sub(1);
+            self.told.remove(&uid);
+        }
         self.leases.insert((deadline, seq), uid.clone());
+        self.running_units += u64::from(cost);
         log.push(|| Change::GrantedWithToken {
             channel: self.name.clone(),
             uid: uid.clone(),
@@ -654,7 +1003,7 @@ impl Channel {
             token,
         });
         for w in &mut self.windows {
-            w.record(now, &self.name);
+            w.record(now, cost, &self.name);
         }
         if let Some(job) = self.jobs.get(&uid) {
             self.notify(now, hooks, JobEvent::Granted, &uid, job);
@@ -675,11 +1024,12 @@ impl Channel {
         }]);
     }
 
-    /// When the last full window reopens, if any window is full at `now`.
-    fn quota_opening(&self, now: Time) -> Option<Time> {
+    /// When the last window without room for `cost` units reopens enough, if any lacks room
+    /// at `now`.
+    fn quota_opening(&self, now: Time, cost: u32) -> Option<Time> {
         let mut opening = None;
         for w in &self.windows {
-            if let Some(t) = w.blocked_until(now) {
+            if let Some(t) = w.blocked_until(now, cost) {
                 if w.spec.log != super::QuotaLog::Quiet {
                     tracing::info!(channel = %self.name, quota = %w.spec.name, until = t.0, "quota holds a job back");
                 }
@@ -693,10 +1043,10 @@ impl Channel {
     /// keeps a waiting job from a free slot.
     pub(crate) fn next_deadline(&self, quota_open: Option<Time>) -> Option<Time> {
         let lease = self.leases.first_key_value().map(|((t, _), _)| *t);
-        match (lease, quota_open) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [lease, quota_open, self.sweep_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub(crate) fn state(&self, now: Time) -> ChannelState {
@@ -708,7 +1058,7 @@ impl Channel {
                 interval_ms: w.spec.interval.0,
                 limit: w.spec.limit,
                 used: w.used(now),
-                next_opening: w.blocked_until(now),
+                next_opening: w.blocked_until(now, 1),
             })
             .collect();
         let next_window_opening = quotas.iter().filter_map(|q| q.next_opening).max();
@@ -718,6 +1068,8 @@ impl Channel {
             timeout_offset_ms: self.opts.timeout_offset.0,
             running: self.leases.values().map(|u| u.to_string()).collect(),
             running_count: self.running(),
+            running_units: (self.running_units != self.running() as u64)
+                .then_some(self.running_units),
             running_jobs: self
                 .leases
                 .iter()
@@ -725,6 +1077,7 @@ impl Channel {
                     uid: uid.to_string(),
                     token: self.jobs.get(uid).map_or(0, |j| j.token),
                     deadline: deadline.0,
+                    cost: self.jobs.get(uid).map_or(1, |j| j.cost),
                 })
                 .collect(),
             waiting: self.waiting(),
@@ -733,6 +1086,7 @@ impl Channel {
             policy: self.opts.policy.as_ref().map(|p| p.display().to_string()),
             quota_held_ms: self.quota_held(now).0,
             now,
+            waiting_jobs: None,
         }
     }
 
@@ -821,13 +1175,15 @@ impl Channel {
                     delivered: job.delivered,
                     token: job.token,
                     reply: job.reply,
+                    cost: job.cost,
+                    progress: job.progress,
                 };
                 (job.seq, snap)
             })
             .collect();
         // Every window records every grant (newer windows from a reload hold fewer), so the
         // longest history holds all the others.
-        let grants: Vec<Time> = self
+        let grants: Vec<(Time, u32)> = self
             .windows
             .iter()
             .max_by_key(|w| w.grants().len())
@@ -858,8 +1214,8 @@ impl Channel {
             }
         }
         for w in &mut self.windows {
-            for &t in &snap.grants {
-                w.record(t, &self.name);
+            for &(t, units) in &snap.grants {
+                w.record(t, units, &self.name);
             }
         }
         let mut live = Vec::new();
@@ -869,7 +1225,8 @@ impl Channel {
             }
             match job.deadline {
                 None => {
-                    let bytes = job_bytes(&job.uid, job.meta.as_deref());
+                    let progress_bytes = if job.progress { PROGRESS_BYTES } else { 0 };
+                    let bytes = job_bytes(&job.uid, job.meta.as_deref()) + progress_bytes;
                     self.enqueue((Reverse(job.priority), seq), job.uid.clone(), bytes);
                 }
                 Some(deadline) => {
@@ -877,6 +1234,7 @@ impl Channel {
                         live.push((job.uid.clone(), seq));
                     }
                     self.leases.insert((deadline, seq), job.uid.clone());
+                    self.running_units += u64::from(job.cost.max(1));
                 }
             }
             self.next_seq = self.next_seq.max(seq.saturating_add(1));
@@ -892,7 +1250,14 @@ impl Channel {
                 delivered: job.delivered,
                 token: job.token,
                 reply: job.reply,
+                cost: job.cost.max(1),
+                // Told again by the next sweep (not all at once: the cap applies).
+                progress: job.progress,
             };
+            if job.progress && job.deadline.is_none() {
+                self.watchers += 1;
+                self.sweep_at = Some(now);
+            }
             // A snapshot the engine wrote never holds a token above its channel's last one;
             // a hand-edited or damaged one must still not make tokens go back.
             self.last_token = self.last_token.max(job.token);

@@ -161,6 +161,18 @@ pub enum Change {
         /// Whether a policy decided admission and order.
         policy: bool,
     },
+    /// The job just queued costs more than one unit or asked for progress (journal format 5;
+    /// written only then, right after its `Queued`, and after its `Reply` if it has one).
+    JobOptions {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Job id.
+        uid: Arc<str>,
+        /// Units of concurrency and quota it takes when granted.
+        cost: u32,
+        /// Whether it is told its position while it waits.
+        progress: bool,
+    },
 }
 
 /// How a job left its channel ([`Change::Left`]).
@@ -195,8 +207,9 @@ pub struct ChannelSnapshot {
     pub concurrency: Option<(u32, u32)>,
     /// Waiting and running jobs by registration sequence number.
     pub jobs: BTreeMap<u64, JobSnapshot>,
-    /// Recent grant times, oldest first; every quota window counts the most recent of them.
-    pub grants: Vec<Time>,
+    /// Recent grants as `(time, units)`, oldest first; every quota window counts the most
+    /// recent of them (units: format 5; older formats' grants count one each).
+    pub grants: Vec<(Time, u32)>,
     /// The token of the channel's latest grant, or the floor it started from (format 3): the
     /// next grant's token is greater.
     pub last_token: u64,
@@ -233,6 +246,10 @@ pub struct JobSnapshot {
     pub token: u64,
     /// How its `go` is published (format 3; `Plain` in older formats).
     pub reply: Reply,
+    /// Units of concurrency and quota it takes (format 5; 1 in older formats).
+    pub cost: u32,
+    /// Whether it is told its position while it waits (format 5; `false` in older formats).
+    pub progress: bool,
 }
 
 impl ChannelSnapshot {
@@ -240,7 +257,7 @@ impl ChannelSnapshot {
     pub fn new(
         concurrency: Option<(u32, u32)>,
         jobs: BTreeMap<u64, JobSnapshot>,
-        grants: Vec<Time>,
+        grants: Vec<(Time, u32)>,
     ) -> ChannelSnapshot {
         let index = jobs.iter().map(|(seq, j)| (j.uid.clone(), *seq)).collect();
         let next_seq = jobs.keys().next_back().map_or(0, |s| s.saturating_add(1));
@@ -291,6 +308,8 @@ impl Snapshot {
                         delivered: false,
                         token: 0,
                         reply: Reply::Plain,
+                        cost: 1,
+                        progress: false,
                     },
                 );
             }
@@ -323,6 +342,17 @@ impl Snapshot {
             } => {
                 if let Some(job) = self.job(&channel, &uid) {
                     job.reply = reply;
+                }
+            }
+            Change::JobOptions {
+                channel,
+                uid,
+                cost,
+                progress,
+            } => {
+                if let Some(job) = self.job(&channel, &uid) {
+                    job.cost = cost.max(1);
+                    job.progress = progress;
                 }
             }
             Change::Renewed {
@@ -366,14 +396,16 @@ impl Snapshot {
 
     /// A grant of `uid` with `token` (0: a format-2 grant, which had none).
     fn granted(&mut self, channel: &str, uid: &str, at: Time, deadline: Time, token: u64) {
+        let mut units = 1;
         if let Some(job) = self.job(channel, uid) {
             job.deadline = Some(deadline);
             job.granted_at = Some(at);
             job.delivered = false;
             job.token = token;
+            units = job.cost;
         }
         if let Some(ch) = self.channels.get_mut(channel) {
-            ch.grants.push(at);
+            ch.grants.push((at, units));
             ch.last_token = ch.last_token.max(token);
         }
     }
@@ -398,12 +430,24 @@ impl Snapshot {
         }
     }
 
-    /// Keeps, per channel, only the most recent `keep(channel)` grants (the largest quota limit
-    /// the channel has: no window counts more), and drops channels left with nothing, keeping
-    /// their last fencing tokens in the floor.
+    /// Keeps, per channel, only the most recent grants that hold `keep(channel)` units (the
+    /// largest quota limit the channel has: no window counts more), and drops channels left
+    /// with nothing, keeping their last fencing tokens in the floor.
     pub fn trim(&mut self, keep: impl Fn(&str) -> usize) {
         for (name, ch) in &mut self.channels {
-            let excess = ch.grants.len().saturating_sub(keep(name));
+            let keep = keep(name) as u64;
+            let mut held = 0u64;
+            let kept = ch
+                .grants
+                .iter()
+                .rev()
+                .take_while(|(_, units)| {
+                    let before = held;
+                    held += u64::from(*units);
+                    before < keep
+                })
+                .count();
+            let excess = ch.grants.len() - kept;
             ch.grants.drain(..excess);
         }
         let floor = &mut self.token_floor;

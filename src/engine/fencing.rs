@@ -47,4 +47,12 @@ pub struct RunningJob {
     pub token: u64,
     /// When the lease ends (ms since the Unix epoch).
     pub deadline: u64,
+    /// The units it holds ([job cost](crate::engine::Registration::cost)); left out of the
+    /// JSON when 1.
+    #[serde(skip_serializing_if = "is_one")]
+    pub cost: u32,
+}
+
+fn is_one(cost: &u32) -> bool {
+    *cost == 1
 }

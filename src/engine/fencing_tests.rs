@@ -22,6 +22,8 @@ fn register(e: &mut Engine, at: Time, channel: &str, uid: &str, reply: Reply) {
         priority: 0,
         meta: None,
         reply,
+        cost: 1,
+        progress: false,
     };
     e.handle(at, Input::Register(reg));
 }

@@ -38,6 +38,8 @@ fn register(e: &mut Engine, at: Time, channel: &str, uid: &str, timeout_ms: u64)
             priority: 0,
             meta: None,
             reply: Default::default(),
+            cost: 1,
+            progress: false,
         }),
     );
 }

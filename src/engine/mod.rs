@@ -18,6 +18,7 @@ mod durable;
 mod fencing;
 mod options;
 mod policy;
+mod progress;
 mod quota;
 mod time;
 
@@ -25,13 +26,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
-pub use channel::{job_bytes, JOB_OVERHEAD_BYTES};
+pub use channel::{job_bytes, JOB_OVERHEAD_BYTES, PROGRESS_BYTES};
 use channel::{Channel, Room};
 use durable::ChangeLog;
 pub use durable::{Change, ChannelSnapshot, Exit, JobSnapshot, Snapshot};
 pub use fencing::{Reply, RunningJob, StaleAction};
 pub use options::{ChannelOptions, OnPolicyError, QuotaLog, QuotaSpec};
 pub use policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, NoPolicies, Policies};
+pub use progress::{
+    HeldBy, Position, ETA_HORIZON, HEAD_POSITIONS, LISTED_JOBS, MAX_POSITIONS_PER_EVENT,
+    PROGRESS_INTERVAL,
+};
 pub use time::{Millis, Time};
 
 /// A new job asking to run.
@@ -49,6 +54,11 @@ pub struct Registration {
     pub meta: Option<Box<str>>,
     /// How its `go` is to be published.
     pub reply: Reply,
+    /// Units of the channel's concurrency it holds while running, and counts in each quota
+    /// window (`"cost"`, default 1). A cost the channel's limits could never admit is rejected.
+    pub cost: u32,
+    /// Whether the job is told its queue position while it waits (`"progress": true`).
+    pub progress: bool,
 }
 
 /// An event for the engine.
@@ -98,6 +108,12 @@ pub enum Input {
         /// Channel name.
         channel: String,
     },
+    /// `infos` with `{"jobs": true}`: report the channel's state with its first waiting jobs
+    /// ([`ChannelState::waiting_jobs`]).
+    InfosJobs {
+        /// Channel name.
+        channel: String,
+    },
     /// `PREFIX/infos`: report the state of every channel (at most once per
     /// [`ALL_STATES_INTERVAL`]; requests in between share the next report).
     InfosAll,
@@ -122,7 +138,8 @@ impl Input {
             | Input::Aborted { channel, .. }
             | Input::SetConcurrency { channel, .. }
             | Input::Renew { channel, .. }
-            | Input::Infos { channel } => Some(channel),
+            | Input::Infos { channel }
+            | Input::InfosJobs { channel } => Some(channel),
             Input::Delivered { channel, .. } => Some(channel),
             Input::InfosAll => None,
         }
@@ -138,7 +155,8 @@ impl Output {
             | Output::Expired { channel, .. }
             | Output::Rejected { channel, .. }
             | Output::Stale { channel, .. }
-            | Output::Ended { channel, .. } => Some(channel),
+            | Output::Ended { channel, .. }
+            | Output::Position { channel, .. } => Some(channel),
             Output::State(s) => Some(&s.channel),
             Output::AllStates(_) => None,
         }
@@ -242,6 +260,14 @@ pub enum Output {
         /// The live grant's token; `None` if the uid is waiting (registered again, not granted).
         live: Option<u64>,
     },
+    /// A waiting job that asked for progress is told where it stands (publish
+    /// `position/{uid}`); at most once a second per job, see [`PROGRESS_INTERVAL`].
+    Position {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The job's place.
+        position: Position,
+    },
     /// Reply to `infos` (publish on `state`).
     State(ChannelState),
     /// Reply to the daemon-wide `infos` (publish on `PREFIX/state`), channels by name.
@@ -302,6 +328,11 @@ pub struct ChannelState {
     pub running: Vec<String>,
     /// `running.len()`.
     pub running_count: usize,
+    /// Units of concurrency the running jobs hold (the sum of their costs), what
+    /// `max_concurrent_jobs` bounds; `None` (and left out of the JSON, as for clients of the
+    /// original protocol) when it equals `running_count`, every running job costing 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_units: Option<u64>,
     /// The running jobs with their fencing tokens and lease ends, in the order of `running`.
     pub running_jobs: Vec<RunningJob>,
     /// Jobs waiting for a slot.
@@ -316,6 +347,10 @@ pub struct ChannelState {
     pub quota_held_ms: u64,
     /// The engine time of this report (ms since the Unix epoch).
     pub now: Time,
+    /// The first [`LISTED_JOBS`] waiting jobs in grant order, with their positions; only in a
+    /// reply to `{"jobs": true}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_jobs: Option<Vec<Position>>,
 }
 
 /// Index of a channel in the engine's slab.
@@ -604,7 +639,8 @@ impl Engine {
                 timeout,
                 token,
             } => self.handle_renew(now, &channel, &uid, timeout, token, hooks),
-            Input::Infos { channel } => self.handle_infos(now, &channel),
+            Input::Infos { channel } => self.handle_infos(now, &channel, false),
+            Input::InfosJobs { channel } => self.handle_infos(now, &channel, true),
             Input::Delivered { channel, uid, seq } => {
                 if let Some(&id) = self.by_name.get(&channel) {
                     self.channels[id as usize].mark_delivered(&uid, seq, &mut self.log);
@@ -936,12 +972,16 @@ impl Engine {
         true
     }
 
-    fn handle_infos(&mut self, now: Time, channel: &str) {
-        let state = match self.by_name.get(channel) {
+    fn handle_infos(&mut self, now: Time, channel: &str, jobs: bool) {
+        let mut state = match self.by_name.get(channel) {
             Some(id) => self.channels[*id as usize].state(now),
             // Report what the channel would be without creating it: `infos` must not grow state.
             None => Channel::new(channel.into(), (self.resolver)(channel)).state(now),
         };
+        if jobs {
+            let listed = self.channel(channel).map(|c| c.waiting_jobs(now));
+            state.waiting_jobs = Some(listed.unwrap_or_default());
+        }
         self.outputs.push_back(Output::State(state));
     }
 
@@ -1013,3 +1053,9 @@ mod infos_tests;
 
 #[cfg(test)]
 mod fencing_tests;
+
+#[cfg(test)]
+mod cost_tests;
+
+#[cfg(test)]
+mod progress_tests;

@@ -55,6 +55,8 @@ fn reg(channel: &str, uid: &str) -> Input {
         priority: 0,
         meta: None,
         reply: Default::default(),
+        cost: 1,
+        progress: false,
     })
 }
 

@@ -59,6 +59,8 @@ impl Harness {
             priority: 0,
             meta: None,
             reply: Default::default(),
+            cost: 1,
+            progress: false,
         }));
     }
 
@@ -459,6 +461,8 @@ fn priority_orders_the_queue_fifo_among_equals() {
             priority,
             meta: None,
             reply: Default::default(),
+            cost: 1,
+            progress: false,
         })
     };
     h.input(reg("first", 0));
@@ -724,6 +728,8 @@ fn restore_redelivers_go_only_to_jobs_still_running_under_the_same_grant() {
             priority: 0,
             meta: None,
             reply: Default::default(),
+            cost: 1,
+            progress: false,
         }),
     );
     let _: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();

@@ -414,6 +414,8 @@ fn channel_state(name: &str, running: &[String]) -> crate::engine::ChannelState 
         timeout_offset_ms: 0,
         running: running.to_vec(),
         running_count: running.len(),
+        running_units: None,
+        waiting_jobs: None,
         running_jobs: running
             .iter()
             .enumerate()
@@ -421,6 +423,7 @@ fn channel_state(name: &str, running: &[String]) -> crate::engine::ChannelState 
                 uid: uid.clone(),
                 token: i as u64 + 1,
                 deadline: 1_795_000_060_000,
+                cost: 1,
             })
             .collect(),
         waiting: 0,

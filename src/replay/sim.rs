@@ -317,6 +317,9 @@ impl Sim<'_, '_> {
                     priority: 0,
                     meta: job.meta.as_deref().map(Box::from),
                     reply: job.reply,
+                    // The recorded cost; progress is no decision, so the replay asks for none.
+                    cost: job.cost,
+                    progress: false,
                 })
             }
             Event::Renew(i, timeout) => {

@@ -121,6 +121,8 @@ fn record_with_outage(
                         priority: 0,
                         meta: Some(format!("{{\"p\":{}}}", w(i).priority).into()),
                         reply: Reply::Plain,
+                        cost: 1,
+                        progress: false,
                     })),
                     Ev::GiveUp(i) if granted[i].is_none() => Some(Input::Aborted {
                         channel: w(i).channel.into(),

@@ -41,6 +41,8 @@ pub struct Job {
     pub meta: Option<Arc<str>>,
     /// How it asked for its `go`.
     pub reply: Reply,
+    /// Its units of concurrency and quota (journal format 5; 1 before).
+    pub cost: u32,
     /// Whether it was already waiting or running when the period began (in the snapshot).
     pub preexisting: bool,
     /// Whether it was already running when the period began.
@@ -131,6 +133,7 @@ impl Builder {
                     timeout: job.timeout,
                     meta: job.meta.clone(),
                     reply: job.reply,
+                    cost: job.cost.max(1),
                     preexisting: true,
                     running_at_start: job.deadline.is_some(),
                     granted: job.deadline.map(|d| job.granted_at.unwrap_or(d)),
@@ -190,6 +193,7 @@ impl Builder {
                 timeout,
                 meta,
                 reply: Reply::Plain,
+                cost: 1,
                 preexisting: false,
                 running_at_start: false,
                 granted: None,
@@ -277,6 +281,13 @@ impl Builder {
                         channel,
                         LimitEvent::Limits(limits),
                     )),
+                }
+            }
+            Change::JobOptions {
+                channel, uid, cost, ..
+            } => {
+                if let Some(job) = self.job(&channel, &uid) {
+                    job.cost = cost.max(1);
                 }
             }
             Change::Reprioritized { .. } | Change::Delivered { .. } => {}

@@ -22,8 +22,13 @@
 //!   left, finished, aborted, cancelled, expired or rejected) and `Change::Limits` (a channel's
 //!   limits when created, restored or reloaded), all appended, so older journal records decode
 //!   unchanged. Snapshots are as in format 3; only their magic changes.
+//! - Format 5: job cost and progress and progress. `Change::JobOptions` (appended, written right after a
+//!   `Queued` whose job costs more than one unit or asked for progress, so journal records of
+//!   formats 1 to 4 decode unchanged and their jobs cost 1 without progress); in snapshots each
+//!   job's `cost` and `progress`, and each grant in a channel's `grants` is `(time, units)`
+//!   (format-3 and -4 snapshots, alike, are read through [`v3`]: cost 1, one unit a grant).
 //!
-//! This build writes format 4 and reads 1 to 4; a file of a newer format is refused with an
+//! This build writes format 5 and reads 1 to 5; a file of a newer format is refused with an
 //! error naming both, never read as damage (which would fall back to older state).
 
 use std::collections::BTreeMap;
@@ -31,11 +36,11 @@ use std::collections::BTreeMap;
 use crate::engine::{Change, ChannelSnapshot, JobSnapshot, Reply, Snapshot};
 
 /// The format this build writes.
-pub(crate) const FORMAT: u8 = 4;
+pub(crate) const FORMAT: u8 = 5;
 /// First bytes of a journal file (the digit is the format).
-pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"CDJRNL4\n";
+pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"CDJRNL5\n";
 /// First bytes of a snapshot file (the digit is the format).
-pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP4\n";
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP5\n";
 /// Magic prefixes, before the format digit.
 const JOURNAL_KIND: &[u8; 6] = b"CDJRNL";
 const SNAPSHOT_KIND: &[u8; 6] = b"CDSNAP";
@@ -213,6 +218,9 @@ fn decode_snapshot_body(body: &[u8], format: u8) -> Result<Snapshot, String> {
         2 => postcard::from_bytes::<v2::Snapshot>(payload)
             .map_err(undecodable)?
             .into(),
+        3 | 4 => postcard::from_bytes::<v3::Snapshot>(payload)
+            .map_err(undecodable)?
+            .into(),
         _ => postcard::from_bytes(payload).map_err(undecodable)?,
     };
     snapshot.reindex();
@@ -272,11 +280,16 @@ impl From<v1::Snapshot> for Snapshot {
                             delivered: false,
                             token: 0,
                             reply: Reply::Plain,
+                            cost: 1,
+                            progress: false,
                         };
                         (seq, job)
                     })
                     .collect();
-                (name, ChannelSnapshot::new(ch.concurrency, jobs, ch.grants))
+                (
+                    name,
+                    ChannelSnapshot::new(ch.concurrency, jobs, one_unit_each(ch.grants)),
+                )
             })
             .collect();
         Snapshot {
@@ -343,16 +356,106 @@ impl From<v2::Snapshot> for Snapshot {
                             delivered: j.delivered,
                             token: 0,
                             reply: Reply::Plain,
+                            cost: 1,
+                            progress: false,
                         };
                         (seq, job)
                     })
                     .collect();
-                (name, ChannelSnapshot::new(ch.concurrency, jobs, ch.grants))
+                (
+                    name,
+                    ChannelSnapshot::new(ch.concurrency, jobs, one_unit_each(ch.grants)),
+                )
             })
             .collect();
         Snapshot {
             channels,
             token_floor: 0,
+        }
+    }
+}
+
+/// Grants of a format before 4: each counted one unit.
+fn one_unit_each(grants: Vec<crate::engine::Time>) -> Vec<(crate::engine::Time, u32)> {
+    grants.into_iter().map(|t| (t, 1)).collect()
+}
+
+/// Format 3 snapshots, as they were written, and their conversion.
+mod v3 {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde::Deserialize;
+
+    use crate::engine::{Millis, Reply, Time};
+
+    #[derive(Deserialize)]
+    pub(super) struct Snapshot {
+        pub(super) channels: BTreeMap<Arc<str>, ChannelSnapshot>,
+        pub(super) token_floor: u64,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct ChannelSnapshot {
+        pub(super) concurrency: Option<(u32, u32)>,
+        pub(super) jobs: BTreeMap<u64, JobSnapshot>,
+        pub(super) grants: Vec<Time>,
+        pub(super) last_token: u64,
+        pub(super) next_seq: u64,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct JobSnapshot {
+        pub(super) uid: Arc<str>,
+        pub(super) priority: i64,
+        pub(super) timeout: Millis,
+        pub(super) registered_at: Time,
+        pub(super) deadline: Option<Time>,
+        pub(super) meta: Option<Box<str>>,
+        pub(super) granted_at: Option<Time>,
+        pub(super) delivered: bool,
+        pub(super) token: u64,
+        pub(super) reply: Reply,
+    }
+}
+
+/// Jobs of a format-3 snapshot cost one unit, and so did each of its grants.
+impl From<v3::Snapshot> for Snapshot {
+    fn from(old: v3::Snapshot) -> Snapshot {
+        let channels = old
+            .channels
+            .into_iter()
+            .map(|(name, ch)| {
+                let jobs: BTreeMap<u64, JobSnapshot> = ch
+                    .jobs
+                    .into_iter()
+                    .map(|(seq, j)| {
+                        let job = JobSnapshot {
+                            uid: j.uid,
+                            priority: j.priority,
+                            timeout: j.timeout,
+                            registered_at: j.registered_at,
+                            deadline: j.deadline,
+                            meta: j.meta.map(std::sync::Arc::from),
+                            granted_at: j.granted_at,
+                            delivered: j.delivered,
+                            token: j.token,
+                            reply: j.reply,
+                            cost: 1,
+                            progress: false,
+                        };
+                        (seq, job)
+                    })
+                    .collect();
+                let mut snap = ChannelSnapshot::new(ch.concurrency, jobs, one_unit_each(ch.grants))
+                    .with_last_token(ch.last_token);
+                snap.next_seq = ch.next_seq;
+                (name, snap)
+            })
+            .collect();
+        Snapshot {
+            channels,
+            token_floor: old.token_floor,
         }
     }
 }
@@ -514,8 +617,8 @@ mod golden {
         ]
     }
 
-    /// Format 2's changes, then the two format 3 appended. Format 3 writes `GrantedWithToken`
-    /// where format 2 wrote `Granted`; both are pinned.
+    /// Format 2's changes, then the two format 3 appended. Format 3 writes
+    /// `GrantedWithToken` where format 2 wrote `Granted`; both are pinned.
     fn format_3_changes() -> Vec<Change> {
         let (channel, uid): (Arc<str>, Arc<str>) = ("ch".into(), "u1".into());
         let mut all = format_2_changes();
@@ -536,9 +639,9 @@ mod golden {
         all
     }
 
-    /// Every change: format 3's, then the four format 4 appended. Format 4 writes `Left`
-    /// where older formats wrote `Removed`; both are pinned.
-    fn every_change() -> Vec<Change> {
+    /// Format 3's changes, then the four format 4 appended. Format 4 writes `Left` where older
+    /// formats wrote `Removed`; both are pinned.
+    fn format_4_changes() -> Vec<Change> {
         let (channel, uid): (Arc<str>, Arc<str>) = ("ch".into(), "u1".into());
         let mut all = format_3_changes();
         all.extend([
@@ -562,13 +665,41 @@ mod golden {
         all
     }
 
+    /// Every change: format 4's, then the one format 5 appended.
+    fn every_change() -> Vec<Change> {
+        let mut all = format_4_changes();
+        all.push(Change::JobOptions {
+            channel: "ch".into(),
+            uid: "u1".into(),
+            cost: 3,
+            progress: true,
+        });
+        all
+    }
+
     /// A snapshot with every format-3 field set: a job queued with a JSON reply, granted with
     /// token 300, renewed and delivered; a floor from a dropped channel.
+    fn a_format_3_snapshot() -> Snapshot {
+        let changes = format_3_changes();
+        let mut snap = Snapshot::default();
+        snap.apply(changes[0].clone()); // Queued
+        snap.apply(changes[8].clone()); // Reply
+        snap.apply(changes[1].clone()); // Reprioritized
+        snap.apply(changes[7].clone()); // GrantedWithToken
+        snap.apply(changes[3].clone()); // Renewed
+        snap.apply(changes[4].clone()); // Delivered
+        snap.token_floor = 4_000;
+        snap
+    }
+
+    /// A snapshot with every format-5 field set: as format 3's, the job costing 3 units (so its
+    /// grant counts 3) and asking for progress.
     fn a_snapshot() -> Snapshot {
         let changes = every_change();
         let mut snap = Snapshot::default();
         snap.apply(changes[0].clone()); // Queued
         snap.apply(changes[8].clone()); // Reply
+        snap.apply(changes[13].clone()); // JobOptions
         snap.apply(changes[1].clone()); // Reprioritized
         snap.apply(changes[7].clone()); // GrantedWithToken
         snap.apply(changes[3].clone()); // Renewed
@@ -592,45 +723,66 @@ mod golden {
     const BATCH_3: &str = "79000000ce07541f09000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac020802636802753101";
     /// `a_format_2_snapshot()` as a format-2 snapshot file.
     const SNAPSHOT_2: &str = "4344534e4150320a32000000239096e8010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01e4d095ffbc310101e4d095ffbc31";
-    /// `a_snapshot()` as a format-3 snapshot file.
+    /// `a_format_3_snapshot()` as a format-3 snapshot file.
     const SNAPSHOT_3: &str = "4344534e4150330a3a0000004aa58ec4010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac0208a01f";
-    /// `every_change()` as one format-4 journal batch.
-    const BATCH: &str = "9d000000f838f8500d000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac0208026368027531010990d395ffbc310a0b026368027531030c02636802e80701066d696e757465e0d4030f01";
-    /// `a_snapshot()` as a format-4 snapshot file: format 3's, with the new magic.
-    const SNAPSHOT: &str = "4344534e4150340a3a0000004aa58ec4010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac0208a01f";
+    /// `format_4_changes()` as one format-4 journal batch (and still format 5's encoding).
+    const BATCH_4: &str = "9d000000f838f8500d000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac0208026368027531010990d395ffbc310a0b026368027531030c02636802e80701066d696e757465e0d4030f01";
+    /// `a_format_3_snapshot()` as a format-4 snapshot file: format 3's, with the new magic.
+    const SNAPSHOT_4: &str = "4344534e4150340a3a0000004aa58ec4010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac0208a01f";
+    /// `every_change()` as one format-5 journal batch.
+    const BATCH: &str = "a6000000df39a3050e000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac0208026368027531010990d395ffbc310a0b026368027531030c02636802e80701066d696e757465e0d4030f010d0263680275310301";
+    /// `a_snapshot()` as a format-5 snapshot file.
+    const SNAPSHOT: &str = "4344534e4150350a3d00000056ddd0dc010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac0201030101acd295ffbc3103ac0208a01f";
 
     #[test]
-    fn a_journal_batch_is_encoded_as_format_4_says() {
+    fn a_journal_batch_is_encoded_as_format_5_says() {
         let bytes = encode_batch(&every_change());
         assert_eq!(hex(&bytes), BATCH);
         let recs = records(&bytes);
         assert_eq!(decode_batch(recs.payloads[0]).unwrap(), every_change());
     }
 
-    /// Format 4 only appended variants: a format-3 batch decodes to the same changes.
+    /// Formats 4 and 5 only appended variants: a format-3 batch decodes to the same changes, and
+    /// its jobs cost one unit.
     #[test]
     fn a_format_3_journal_batch_still_decodes() {
         assert_eq!(hex(&encode_batch(&format_3_changes())), BATCH_3);
         let bytes = unhex(BATCH_3);
         let changes = decode_batch(records(&bytes).payloads[0]).unwrap();
         assert_eq!(changes, format_3_changes());
+        let ch = &a_format_3_snapshot().channels["ch"];
+        assert_eq!(ch.jobs[&7].cost, 1);
+        assert_eq!(ch.grants, [(Time(1_700_000_000_300), 1)]);
     }
 
     /// A format-4 `Left` folds as `Removed` did; `Clock` and `Limits` fold into nothing.
     #[test]
     fn format_4_changes_fold_like_removed() {
-        let mut snap = a_snapshot();
-        for c in every_change().into_iter().skip(9) {
+        let mut snap = a_format_3_snapshot();
+        for c in format_4_changes().into_iter().skip(9) {
             snap.apply(c);
         }
         assert!(snap.channels["ch"].jobs.is_empty());
         assert_eq!(snap.channels["ch"].grants.len(), 1);
     }
 
-    /// A format-3 snapshot reads as the same snapshot: format 4 changed only its magic.
+    /// Format 5 only appended `JobOptions`: a format-4 batch decodes to the same changes.
     #[test]
-    fn a_format_3_snapshot_still_reads() {
-        assert_eq!(decode_snapshot(&unhex(SNAPSHOT_3)).unwrap(), a_snapshot());
+    fn a_format_4_journal_batch_still_decodes() {
+        assert_eq!(hex(&encode_batch(&format_4_changes())), BATCH_4);
+        let bytes = unhex(BATCH_4);
+        let changes = decode_batch(records(&bytes).payloads[0]).unwrap();
+        assert_eq!(changes, format_4_changes());
+    }
+
+    /// A format-4 snapshot (format 3's layout, with its own magic) reads as format 3's does:
+    /// every job and grant one unit.
+    #[test]
+    fn a_format_4_snapshot_is_read_and_converted() {
+        assert_eq!(
+            decode_snapshot(&unhex(SNAPSHOT_4)).unwrap(),
+            a_format_3_snapshot()
+        );
     }
 
     /// Format 3 only appended variants: a format-2 batch decodes to the same changes, and its
@@ -646,7 +798,7 @@ mod golden {
     }
 
     #[test]
-    fn a_snapshot_is_encoded_as_format_4_says() {
+    fn a_snapshot_is_encoded_as_format_5_says() {
         let bytes = encode_snapshot(&a_snapshot());
         assert_eq!(hex(&bytes), SNAPSHOT);
         assert_eq!(decode_snapshot(&bytes).unwrap(), a_snapshot());
@@ -656,6 +808,18 @@ mod golden {
             (300, 300, 8)
         );
         assert_eq!(ch.jobs[&7].reply, Reply::Json);
+        assert_eq!((ch.jobs[&7].cost, ch.jobs[&7].progress), (3, true));
+        assert_eq!(ch.grants, [(Time(1_700_000_000_300), 3)]);
+    }
+
+    /// A format-3 snapshot (jobs without cost, grants without units) reads as format 4 with
+    /// every job and grant one unit, tokens and sequence numbers as they were.
+    #[test]
+    fn a_format_3_snapshot_is_read_and_converted() {
+        assert_eq!(
+            decode_snapshot(&unhex(SNAPSHOT_3)).unwrap(),
+            a_format_3_snapshot()
+        );
     }
 
     /// A format-2 snapshot (jobs without token and reply, channels without a last token) reads
@@ -714,16 +878,17 @@ mod golden {
 
     #[test]
     fn files_of_a_newer_format_are_refused_by_name_not_taken_for_damage() {
-        for bytes in [&b"CDSNAP5\n"[..], b"CDSNAP9\nanything"] {
+        for bytes in [&b"CDSNAP6\n"[..], b"CDSNAP9\nanything"] {
             match decode_snapshot(bytes) {
                 Err(FormatError::Newer(e)) => assert!(e.contains("newer coordinosaur"), "{e}"),
                 other => panic!("{other:?}"),
             }
         }
         assert!(matches!(
-            journal_body(b"CDJRNL5\n"),
+            journal_body(b"CDJRNL6\n"),
             Err(FormatError::Newer(_))
         ));
+        assert_eq!(journal_body(b"CDJRNL5\n"), Ok(Some(&b""[..])));
         assert_eq!(journal_body(b"CDJRNL1\nbody"), Ok(Some(&b"body"[..])));
         assert_eq!(journal_body(b"CDJRNL2\n"), Ok(Some(&b""[..])));
         assert_eq!(journal_body(b"CDJRNL3\n"), Ok(Some(&b""[..])));

@@ -283,8 +283,8 @@ fn a_newer_format_is_refused_by_name_not_fallen_back_from() {
         run_once(tmp.path(), &[queued_c("a", 0)]);
         run_once(tmp.path(), &[queued_c("b", 1)]);
         let (path, magic) = match newer {
-            "snapshot" => (snapshot_path(tmp.path(), 1), b"CDSNAP5\n"),
-            _ => (journal_path(tmp.path(), 1), b"CDJRNL5\n"),
+            "snapshot" => (snapshot_path(tmp.path(), 1), b"CDSNAP6\n"),
+            _ => (journal_path(tmp.path(), 1), b"CDJRNL6\n"),
         };
         let mut bytes = fs::read(&path).unwrap();
         bytes[..8].copy_from_slice(magic);
@@ -430,7 +430,7 @@ fn a_format_2_journal_is_restored_with_untokened_grants() {
         &fs::read(newest_journal(dir)).unwrap()[..8],
         format::JOURNAL_MAGIC
     );
-    assert_eq!(&format::JOURNAL_MAGIC[..], b"CDJRNL4\n");
+    assert_eq!(&format::JOURNAL_MAGIC[..], b"CDJRNL5\n");
 }
 
 /// A batch of only acknowledgements is committed without a sync of its own, and is durable

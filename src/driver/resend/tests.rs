@@ -23,6 +23,8 @@ fn register(e: &mut Engine, now: Time, uid: &str) {
             priority: 0,
             meta: None,
             reply: Default::default(),
+            cost: 1,
+            progress: false,
         }),
     );
 }
