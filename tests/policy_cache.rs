@@ -68,6 +68,8 @@ fn grant_order(compiler: &Compiler, compiled: CompiledPolicy) -> Vec<String> {
                 priority: 0,
                 meta: Some(format!(r#"{{"priority":{priority}}}"#).into()),
                 reply: Default::default(),
+                cost: 1,
+                progress: false,
             }),
         ));
     }
