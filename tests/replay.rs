@@ -192,7 +192,13 @@ async fn a_candidate_policy_file_runs_on_the_recorded_jobs() {
     );
     let report: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(report["reproduced"], serde_json::json!([3, 3]), "{report}");
-    assert!(grant_of(&report, "low", "recorded") < grant_of(&report, "high", "recorded"));
+    // Recorded FIFO (the worker saw low's go first). Engine time has whole milliseconds, and
+    // high's grant follows low's `finished` by one MQTT round trip: the two may share one
+    // millisecond. This assertion failed 2 full-suite runs in 3 with `<` (never alone).
+    assert!(
+        grant_of(&report, "low", "recorded") <= grant_of(&report, "high", "recorded"),
+        "{report}"
+    );
     assert!(
         grant_of(&report, "high", "candidate") < grant_of(&report, "low", "candidate"),
         "{report}"
