@@ -274,6 +274,26 @@ fn ha_spec() -> FleetSpec {
     }
 }
 
+/// A formed 3-node cluster, Mosquitto for the requests (see the module doc), `n` coordinators
+/// with `js_extra` in `[state.jetstream]`, and the fault load of `spec` with every
+/// coordinator's log read for grant times.
+async fn start_under_load(
+    n: usize,
+    js_extra: &str,
+    spec: FleetSpec,
+) -> (NatsCluster, Mosquitto, Coordinators, Run) {
+    let cluster = NatsCluster::start(3);
+    cluster.wait_formed().await;
+    let mosquitto = Mosquitto::start();
+    let ports = [mosquitto.port()];
+    let coordinators =
+        Coordinators::start_on(&cluster, &ports, n, js_extra, &spec.daemon_toml()).await;
+    let mut run = Run::start_on(&ports, spec).await;
+    run.daemon_log = Some(coordinators.daemons[0].log_path());
+    run.more_logs = coordinators.logs()[1..].to_vec();
+    (cluster, mosquitto, coordinators, run)
+}
+
 /// p-th percentile (0-100) of sorted durations.
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
@@ -286,17 +306,8 @@ async fn leader_kill_9_twenty_times_under_load_fails_over_within_twice_the_lease
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let cluster = NatsCluster::start(3);
-    cluster.wait_formed().await;
-    let spec = ha_spec();
-    // The shipped default lease (2 s); requests through Mosquitto (see the module doc).
-    let mosquitto = Mosquitto::start();
-    let ports = [mosquitto.port()];
-    let mut coordinators =
-        Coordinators::start_on(&cluster, &ports, 3, "", &spec.daemon_toml()).await;
-    let mut run = Run::start_on(&ports, spec).await;
-    run.daemon_log = Some(coordinators.daemons[0].log_path());
-    run.more_logs = coordinators.logs()[1..].to_vec();
+    // The shipped default lease (2 s).
+    let (cluster, _mosquitto, mut coordinators, mut run) = start_under_load(3, "", ha_spec()).await;
     let epoch = run.monitor.epoch_wall_ms();
     let mut kills = Vec::new();
     let mut failovers = Vec::new();
@@ -377,22 +388,8 @@ async fn leader_kill_9_twenty_times_under_load_fails_over_within_twice_the_lease
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_grants_nothing_after_it_resumes() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let cluster = NatsCluster::start(3);
-    cluster.wait_formed().await;
-    let spec = ha_spec();
-    let mosquitto = Mosquitto::start();
-    let ports = [mosquitto.port()];
-    let mut coordinators = Coordinators::start_on(
-        &cluster,
-        &ports,
-        2,
-        "leader_lease = \"1s\"",
-        &spec.daemon_toml(),
-    )
-    .await;
-    let mut run = Run::start_on(&ports, spec).await;
-    run.daemon_log = Some(coordinators.daemons[0].log_path());
-    run.more_logs = coordinators.logs()[1..].to_vec();
+    let (cluster, _mosquitto, mut coordinators, mut run) =
+        start_under_load(2, "leader_lease = \"1s\"", ha_spec()).await;
     let old = coordinators.wait_leader(None).await;
     run.wait_until("the leader grants", Duration::from_secs(30), |m| {
         m.records()
@@ -456,25 +453,11 @@ async fn a_paused_leader_grants_nothing_after_it_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_one_nats_node_under_load_keeps_deciding_and_it_rejoins() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let mut cluster = NatsCluster::start(3);
-    cluster.wait_formed().await;
-    let spec = ha_spec();
-    let mosquitto = Mosquitto::start();
-    let ports = [mosquitto.port()];
     // A lease longer than a JetStream raft election (2-5 s on nats-server 2.9), so that losing
     // the node that led the lease bucket's group does not cost the leadership (README "High
     // availability" explains the trade-off).
-    let mut coordinators = Coordinators::start_on(
-        &cluster,
-        &ports,
-        2,
-        "leader_lease = \"8s\"",
-        &spec.daemon_toml(),
-    )
-    .await;
-    let mut run = Run::start_on(&ports, spec).await;
-    run.daemon_log = Some(coordinators.daemons[0].log_path());
-    run.more_logs = coordinators.logs()[1..].to_vec();
+    let (mut cluster, _mosquitto, mut coordinators, mut run) =
+        start_under_load(2, "leader_lease = \"8s\"", ha_spec()).await;
     let leader = coordinators.wait_leader(None).await;
     run.wait_until("grants flow", Duration::from_secs(30), |m| {
         m.records()
