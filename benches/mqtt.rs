@@ -35,6 +35,16 @@
 //! `RUST_LOG=warn`, every register carrying a `priority` field), same rounds and load; then the
 //! end-to-end hot reload latency (rename `deny` over `priority`, poll with registrations of a
 //! denied tenant until the first `rejected`, and back). See [`policy_bench`].
+//!
+//! `cargo bench --bench mqtt -- --ha` measures the high-availability backend instead: a 3-node
+//! NATS cluster (the tests' [`common::nats::NatsCluster`]: JetStream R=3, an MQTT listener on each
+//! node, `mqtt { ack_wait: "1s" }`) replaces Mosquitto, and the null responder, the daemon with
+//! `[state] backend = "jetstream"` (shipped defaults: a leader plus one standby) and the daemon with
+//! the shipped file journal all go through node 0's MQTT listener, with a bounded load
+//! ([`HA_WORKERS`] workers); a second null responder, also subscribed to `finished`, is the
+//! control for the broker's cost of the message the daemon reads and the null responder does
+//! not. Lost cycles (no reply within [`REPLY_TIMEOUT`]) are counted, not waited for. See
+//! [`ha_bench`].
 
 use std::fmt::Write as _;
 use std::fs;
@@ -50,12 +60,9 @@ use tokio::sync::{mpsc, oneshot, Barrier};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-#[path = "../tests/common/policies.rs"]
-#[allow(
-    dead_code,
-    reason = "shared with the tests; the bench uses only policy_wasm"
-)]
-mod policies;
+/// The tests' harness: the guest policies (`policies::policy_wasm`) and the NATS cluster.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 /// Rounds: in each, every responder is measured once, one after the other.
 const ROUNDS: usize = 5;
@@ -72,6 +79,12 @@ const TP_MEASURE: Duration = Duration::from_secs(2);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The whole bench is killed after this long.
 const WATCHDOG: Duration = Duration::from_secs(300);
+/// The same for `--ha` (cluster start-up and slower MQTT sessions on nats-server).
+const HA_WATCHDOG: Duration = Duration::from_secs(600);
+/// Workers of the throughput test with `--ha`: a bounded load, since nats-server 2.9.10's MQTT
+/// listener loses QoS 1 messages at high rates to subscribers that acknowledge late (the daemon
+/// acknowledges a request after its journal commit; see tests/ha.rs).
+const HA_WORKERS: usize = 16;
 /// Job timeout in every register, in seconds: no lease ever expires during a run.
 const JOB_TIMEOUT_S: u64 = 600;
 
@@ -87,18 +100,29 @@ fn main() {
             .expect("--null-responder PORT PREFIX");
         let prefix = args.get(i + 2).expect("--null-responder PORT PREFIX");
         let multi_thread = args.get(i + 3).is_some_and(|a| a == "mt");
-        null_responder(port, prefix, multi_thread);
+        let finished = args.get(i + 4).is_some_and(|a| a == "fin");
+        null_responder(port, prefix, multi_thread, finished);
         return;
     }
     // `cargo bench --bench mqtt -- --policies`: the policy comparison instead of the default run.
     let policy_mode = args.iter().any(|a| a == "--policies");
-    let Some(mosquitto_exe) = find_mosquitto() else {
+    // `cargo bench --bench mqtt -- --ha`: the JetStream backend on a NATS cluster.
+    let ha_mode = args.iter().any(|a| a == "--ha");
+    let mosquitto_exe = find_mosquitto();
+    if ha_mode && common::nats::executable().is_none() {
+        println!(
+            "nats-server not found (apt-get install -y nats-server); skipping the HA benchmark"
+        );
+        return;
+    }
+    if !ha_mode && mosquitto_exe.is_none() {
         println!("mosquitto not found (apt-get install -y mosquitto); skipping the MQTT benchmark");
         return;
-    };
-    std::thread::spawn(|| {
-        std::thread::sleep(WATCHDOG);
-        eprintln!("watchdog: the benchmark ran over {WATCHDOG:?}; killing children and exiting");
+    }
+    let watchdog = if ha_mode { HA_WATCHDOG } else { WATCHDOG };
+    std::thread::spawn(move || {
+        std::thread::sleep(watchdog);
+        eprintln!("watchdog: the benchmark ran over {watchdog:?}; killing children and exiting");
         kill_children();
         std::process::exit(1);
     });
@@ -113,11 +137,15 @@ fn main() {
         .prefix("coordinosaur-bench-")
         .tempdir()
         .expect("temp dir");
-    let broker = Proc::mosquitto(&mosquitto_exe, dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if ha_mode {
+        ha_bench(&rt, dir.path());
+        return;
+    }
+    let broker = Proc::mosquitto(&mosquitto_exe.expect("checked above"), dir.path());
 
     if policy_mode {
         policy_bench(&rt, broker, dir.path());
@@ -132,7 +160,7 @@ fn main() {
                 durability: "fsync",
             },
         ];
-        let (results, procs) = compare(&rt, &broker, dir.path(), &responders);
+        let (results, procs) = compare(&rt, &broker.as_broker(), dir.path(), &responders, WORKERS);
         drop(procs);
         drop(broker);
         print_report(&results);
@@ -148,7 +176,7 @@ fn main() {
         Responder::Daemon { log: "warn" },
         Responder::Null { multi_thread: true },
     ];
-    let (results, procs) = compare(&rt, &broker, dir.path(), &responders);
+    let (results, procs) = compare(&rt, &broker.as_broker(), dir.path(), &responders, WORKERS);
     drop(procs);
     drop(broker);
     print_report(&results);
@@ -179,22 +207,21 @@ fn fdatasync_latency(dir: &Path) -> Vec<Duration> {
 }
 
 /// Spawns `responders`, waits until each is ready, and measures them in interleaved rounds
-/// (latency then throughput, one responder after the other). Returns the outcomes and the
-/// still-running responder processes (their logs' sizes are already in the outcomes).
+/// (latency then throughput with `workers` workers, one responder after the other). Returns the
+/// outcomes and the still-running responder processes (their logs' sizes are already in the
+/// outcomes).
 fn compare(
     rt: &tokio::runtime::Runtime,
-    broker: &Proc,
+    broker: &Broker,
     dir: &Path,
     responders: &[Responder],
+    workers: usize,
 ) -> (Vec<Outcome>, Vec<Proc>) {
     let port = broker.port;
-    let procs: Vec<Proc> = responders
+    // Each responder's processes (a leader and a standby for the JetStream backend).
+    let procs: Vec<Vec<Proc>> = responders
         .iter()
-        .map(|r| {
-            let mut proc = r.spawn(port, dir);
-            rt.block_on(wait_ready(port, r, &mut proc));
-            proc
-        })
+        .map(|r| rt.block_on(r.start(port, dir)))
         .collect();
     let mut results: Vec<Outcome> = responders
         .iter()
@@ -202,10 +229,12 @@ fn compare(
             name: r.name(),
             latency: Latency {
                 samples: Vec::new(),
+                lost: 0,
             },
             throughput: Throughput::default(),
             rounds: Vec::new(),
             log_bytes: 0,
+            workers,
         })
         .collect();
     let mut lat_conns: Vec<(Job, Conn)> = responders
@@ -220,21 +249,34 @@ fn compare(
             (job, conn)
         })
         .collect();
-    for (job, conn) in &mut lat_conns {
-        rt.block_on(latency_run(job, conn, LAT_WARMUP, &mut Vec::new()));
+    for (i, (job, conn)) in lat_conns.iter_mut().enumerate() {
+        let mut warm_up = Latency {
+            samples: Vec::new(),
+            lost: 0,
+        };
+        rt.block_on(latency_run(job, conn, LAT_WARMUP, &mut warm_up));
+        if warm_up.lost > 0 {
+            eprintln!(
+                "{}: {} cycles lost in the warm-up",
+                results[i].name, warm_up.lost
+            );
+        }
     }
     for round in 0..ROUNDS {
         for (i, r) in responders.iter().enumerate() {
             let (job, conn) = &mut lat_conns[i];
-            rt.block_on(latency_run(
-                job,
-                conn,
-                LAT_SAMPLES,
-                &mut results[i].latency.samples,
+            rt.block_on(latency_run(job, conn, LAT_SAMPLES, &mut results[i].latency));
+            let responder_pids: Vec<u32> = procs[i].iter().map(Proc::pid).collect();
+            let tp = rt.block_on(throughput_run(
+                port,
+                r,
+                round,
+                workers,
+                &broker.pids,
+                &responder_pids,
             ));
-            let tp = rt.block_on(throughput_run(port, r, round, broker.pid(), procs[i].pid()));
             eprintln!(
-                "round {round} {}: {:.0} cycles/s, {} errors",
+                "round {round} {}: {:.0} cycles/s, {} lost cycles",
                 r.name(),
                 tp.cycles as f64 / tp.secs,
                 tp.errors
@@ -244,10 +286,17 @@ fn compare(
         }
     }
     drop(lat_conns);
-    for (i, proc) in procs.iter().enumerate() {
-        results[i].log_bytes = proc.log_len();
+    for (i, group) in procs.iter().enumerate() {
+        results[i].log_bytes = group.iter().map(Proc::log_len).sum();
     }
-    (results, procs)
+    (results, procs.into_iter().flatten().collect())
+}
+
+/// The MQTT broker the responders and the load generator use: its port, and the processes whose
+/// CPU time counts as the broker's (one Mosquitto, or every node of the NATS cluster).
+struct Broker {
+    port: u16,
+    pids: Vec<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,6 +306,10 @@ enum Responder {
     /// The null responder, on a current-thread (`false`) or multi-thread (`true`, like the
     /// daemon's) tokio runtime.
     Null { multi_thread: bool },
+    /// The current-thread null responder also subscribed to `PREFIX/+/finished` (and ignoring
+    /// it), so that the broker delivers as many messages per cycle as to the daemon; a control
+    /// for `--ha`, where the broker's cost per message dominates.
+    NullFinished,
     /// The daemon as shipped: fsync journal, default log level.
     Shipped,
     /// The daemon with durable state off, at log level `log`.
@@ -267,6 +320,9 @@ enum Responder {
     /// The daemon at `RUST_LOG=warn` with durable state: `"off"` (`dir = ""`), `"os"` or
     /// `"fsync"`; see `--durability`.
     StateDaemon { durability: &'static str },
+    /// The daemon with `[state] backend = "jetstream"` on the NATS cluster `servers` (a TOML
+    /// array), shipped defaults otherwise: two processes, a leader and a standby; see `--ha`.
+    JetStream { servers: String },
 }
 
 impl Responder {
@@ -277,6 +333,7 @@ impl Responder {
                 multi_thread: false,
             } => "cdnull",
             Responder::Null { multi_thread: true } => "cdnmtr",
+            Responder::NullFinished => "cdnfin",
             Responder::Shipped => "cdship",
             Responder::Daemon { log: "info" } => "cdinfo",
             Responder::Daemon { .. } => "cdwarn",
@@ -285,6 +342,7 @@ impl Responder {
             Responder::StateDaemon { durability: "off" } => "cdsoff",
             Responder::StateDaemon { durability: "os" } => "cdstos",
             Responder::StateDaemon { .. } => "cdsync",
+            Responder::JetStream { .. } => "cdjets",
         }
     }
 
@@ -294,11 +352,15 @@ impl Responder {
                 multi_thread: false,
             } => "null responder".into(),
             Responder::Null { multi_thread: true } => "null responder (multi-thread rt)".into(),
+            Responder::NullFinished => "null responder subscribed to finished (control)".into(),
             Responder::Shipped => "daemon, shipped defaults (fsync, info)".into(),
             Responder::Daemon { log } => format!("daemon, state off (log={log})"),
             Responder::PolicyDaemon { policy: true } => "daemon, policy priority".into(),
             Responder::PolicyDaemon { policy: false } => "daemon, no policy".into(),
             Responder::StateDaemon { durability } => format!("daemon, state {durability}"),
+            Responder::JetStream { .. } => {
+                "daemon, jetstream backend (leader + standby, shipped defaults)".into()
+            }
         }
     }
 
@@ -311,30 +373,75 @@ impl Responder {
         }
     }
 
-    fn spawn(&self, broker_port: u16, dir: &Path) -> Proc {
+    /// Spawns the responder's processes and waits until they are ready: one, or for
+    /// [`Responder::JetStream`] a leader (ready when it answers on MQTT) and then a standby
+    /// (ready when it follows the journal).
+    async fn start(&self, broker_port: u16, dir: &Path) -> Vec<Proc> {
+        let mut leader = self.spawn(broker_port, dir, 0);
+        wait_ready(broker_port, self, &mut leader).await;
+        let mut procs = vec![leader];
+        if let Responder::JetStream { .. } = self {
+            let mut standby = self.spawn(broker_port, dir, 1);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !fs::read_to_string(&standby.log)
+                .unwrap_or_default()
+                .contains("standby: following the journal")
+            {
+                assert!(
+                    standby.running() && Instant::now() < deadline,
+                    "the standby did not follow the journal within 30 s:\n{}",
+                    fs::read_to_string(&standby.log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            procs.push(standby);
+        }
+        procs
+    }
+
+    /// Spawns process `node` of the responder (0 unless it has a standby).
+    fn spawn(&self, broker_port: u16, dir: &Path, node: usize) -> Proc {
         let run = self.prefix();
-        let log = dir.join(format!("responder-{run}.log"));
+        let log = dir.join(format!("responder-{run}-{node}.log"));
         let out = fs::File::create(&log).expect("responder log");
         let mut cmd = match self {
-            Responder::Null { multi_thread } => {
+            Responder::Null { .. } | Responder::NullFinished => {
+                let multi_thread = matches!(self, Responder::Null { multi_thread: true });
                 let mut c = Command::new(std::env::current_exe().expect("current exe"));
                 c.arg("--null-responder")
                     .arg(broker_port.to_string())
                     .arg(self.prefix())
-                    .arg(if *multi_thread { "mt" } else { "ct" });
+                    .arg(if multi_thread { "mt" } else { "ct" });
+                if let Responder::NullFinished = self {
+                    c.arg("fin");
+                }
                 c
             }
             Responder::Shipped => daemon_command(
                 dir,
                 broker_port,
                 run,
+                node,
                 &format!("dir = \"state-{run}\""),
+                "",
+                "info",
+            ),
+            // Only what the backend needs: lease, replicas and log level as shipped.
+            Responder::JetStream { servers } => daemon_command(
+                dir,
+                broker_port,
+                run,
+                node,
+                &format!(
+                    "backend = \"jetstream\"\n\n[state.jetstream]\nservers = {servers}\n\
+                     stream = \"{run}\"\nnode_id = \"c{node}\""
+                ),
                 "",
                 "info",
             ),
             // State off: these runs measure the engine and MQTT; `--durability` adds the journal.
             Responder::Daemon { log } => {
-                daemon_command(dir, broker_port, run, "dir = \"\"", "", log)
+                daemon_command(dir, broker_port, run, node, "dir = \"\"", "", log)
             }
             Responder::PolicyDaemon { policy } => {
                 let policy_lines = if *policy {
@@ -347,14 +454,22 @@ impl Responder {
                 } else {
                     String::new()
                 };
-                daemon_command(dir, broker_port, run, "dir = \"\"", &policy_lines, "warn")
+                daemon_command(
+                    dir,
+                    broker_port,
+                    run,
+                    node,
+                    "dir = \"\"",
+                    &policy_lines,
+                    "warn",
+                )
             }
             Responder::StateDaemon { durability } => {
                 let state = match *durability {
                     "off" => "dir = \"\"".to_owned(),
                     d => format!("dir = \"state-{run}\"\ndurability = \"{d}\""),
                 };
-                daemon_command(dir, broker_port, run, &state, "", "warn")
+                daemon_command(dir, broker_port, run, node, &state, "", "warn")
             }
         };
         let child = cmd
@@ -368,18 +483,20 @@ impl Responder {
     }
 }
 
-/// The release daemon with its own config in `dir`: topic prefix and client id from `run`, the
-/// given `[state]` lines, `[defaults] max_concurrent_jobs = 1000000` followed by `defaults_extra`
-/// (more keys and tables), and `RUST_LOG=log` (`info`: unset, the daemon's default).
+/// The release daemon with its own config in `dir` (one per `run` and `node`): topic prefix and
+/// client id from `run` (shared by a leader and its standbys), the given `[state]` lines,
+/// `[defaults] max_concurrent_jobs = 1000000` followed by `defaults_extra` (more keys and
+/// tables), and `RUST_LOG=log` (`info`: unset, the daemon's default).
 fn daemon_command(
     dir: &Path,
     broker_port: u16,
     run: &str,
+    node: usize,
     state: &str,
     defaults_extra: &str,
     log: &str,
 ) -> Command {
-    let config = dir.join(format!("coordinosaur-{run}.toml"));
+    let config = dir.join(format!("coordinosaur-{run}-{node}.toml"));
     fs::write(
         &config,
         format!(
@@ -459,6 +576,14 @@ impl Proc {
 
     fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// This process as the bench's broker.
+    fn as_broker(&self) -> Broker {
+        Broker {
+            port: self.port,
+            pids: vec![self.pid()],
+        }
     }
 
     fn running(&mut self) -> bool {
@@ -605,6 +730,15 @@ impl Job {
         }
     }
 
+    /// After a lost cycle: `finished` for the uid, which ends the job if only its `go` was lost
+    /// (the daemon ignores a register for a uid it runs) and is ignored otherwise.
+    async fn abandon(&self, conn: &mut Conn) {
+        let _ = conn
+            .client
+            .publish(&self.finished, QoS::AtLeastOnce, false, self.uid.clone())
+            .await;
+    }
+
     /// register -> go -> finished; returns the register -> go latency.
     async fn cycle(&self, conn: &mut Conn) -> Result<Duration, String> {
         let t0 = Instant::now();
@@ -632,12 +766,13 @@ async fn wait_ready(port: u16, responder: &Responder, proc: &mut Proc) {
         Responder::Shipped
         | Responder::Daemon { .. }
         | Responder::PolicyDaemon { .. }
-        | Responder::StateDaemon { .. } => (
+        | Responder::StateDaemon { .. }
+        | Responder::JetStream { .. } => (
             format!("{prefix}/__ready/state"),
             format!("{prefix}/__ready/infos"),
             String::new(),
         ),
-        Responder::Null { .. } => (
+        Responder::Null { .. } | Responder::NullFinished => (
             format!("{prefix}/__ready/go/probe"),
             format!("{prefix}/__ready/register"),
             format!("{{\"uid\":\"probe\",\"timeout\":{JOB_TIMEOUT_S}}}"),
@@ -670,6 +805,8 @@ async fn wait_ready(port: u16, responder: &Responder, proc: &mut Proc) {
 
 struct Latency {
     samples: Vec<Duration>,
+    /// Cycles whose reply did not come within [`REPLY_TIMEOUT`].
+    lost: u64,
 }
 
 impl Latency {
@@ -689,10 +826,18 @@ fn percentile(samples: &[Duration], q: f64) -> f64 {
     v[i].as_secs_f64() * 1e6
 }
 
-/// `n` sequential cycles; their register -> go latencies are appended to `samples`.
-async fn latency_run(job: &Job, conn: &mut Conn, n: usize, samples: &mut Vec<Duration>) {
+/// `n` sequential cycles; their register -> go latencies are appended to `latency`, lost ones
+/// counted there.
+async fn latency_run(job: &Job, conn: &mut Conn, n: usize, latency: &mut Latency) {
     for _ in 0..n {
-        samples.push(job.cycle(conn).await.expect("latency cycle"));
+        match job.cycle(conn).await {
+            Ok(l) => latency.samples.push(l),
+            Err(e) => {
+                eprintln!("latency worker: {e}");
+                latency.lost += 1;
+                job.abandon(conn).await;
+            }
+        }
     }
 }
 
@@ -756,18 +901,21 @@ struct Shared {
     stop: AtomicBool,
 }
 
+/// One throughput window with `n_workers` workers; the CPU of `broker_pids` and
+/// `responder_pids` is sampled over it.
 async fn throughput_run(
     port: u16,
     responder: &Responder,
     round: usize,
-    broker_pid: u32,
-    responder_pid: u32,
+    n_workers: usize,
+    broker_pids: &[u32],
+    responder_pids: &[u32],
 ) -> Throughput {
     let prefix = responder.prefix();
     let shared = Arc::new(Shared::default());
-    let barrier = Arc::new(Barrier::new(WORKERS + 1));
+    let barrier = Arc::new(Barrier::new(n_workers + 1));
     let mut workers = Vec::new();
-    for k in 0..WORKERS {
+    for k in 0..n_workers {
         let shared = shared.clone();
         let barrier = barrier.clone();
         let prefix = prefix.to_owned();
@@ -793,7 +941,7 @@ async fn throughput_run(
                     Err(e) => {
                         eprintln!("worker {k}: {e}");
                         errors += 1;
-                        break;
+                        job.abandon(&mut conn).await;
                     }
                 }
             }
@@ -803,14 +951,14 @@ async fn throughput_run(
     barrier.wait().await;
     tokio::time::sleep(TP_WARMUP).await;
     let c0 = shared.cycles.load(Ordering::Relaxed);
-    let cpu0 = CpuSample::take(broker_pid, responder_pid);
+    let cpu0 = CpuSample::take(broker_pids, responder_pids);
     let t0 = Instant::now();
     shared.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(TP_MEASURE).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let c1 = shared.cycles.load(Ordering::Relaxed);
     let elapsed = t0.elapsed();
-    let cpu1 = CpuSample::take(broker_pid, responder_pid);
+    let cpu1 = CpuSample::take(broker_pids, responder_pids);
     shared.stop.store(true, Ordering::Relaxed);
 
     let mut latency = Vec::new();
@@ -858,10 +1006,16 @@ struct CpuSample {
 }
 
 impl CpuSample {
-    fn take(broker: u32, responder: u32) -> CpuSample {
+    /// Sums over `broker` and over `responder`.
+    fn take(broker: &[u32], responder: &[u32]) -> CpuSample {
+        let sum = |pids: &[u32]| {
+            pids.iter()
+                .map(|p| proc_ticks(&format!("/proc/{p}/stat")))
+                .sum::<Option<u64>>()
+        };
         CpuSample {
-            broker: proc_ticks(&format!("/proc/{broker}/stat")),
-            responder: proc_ticks(&format!("/proc/{responder}/stat")),
+            broker: sum(broker),
+            responder: sum(responder),
             bench: proc_ticks("/proc/self/stat"),
             machine: machine_ticks(),
         }
@@ -894,8 +1048,9 @@ fn machine_ticks() -> Option<(u64, u64)> {
 // ---------------------------------------------------------------------------------------------
 // Null responder (a child process)
 
-/// Answers every `PREFIX/+/register` with `PREFIX/{channel}/go/{uid}` at QoS 1. Runs until killed.
-fn null_responder(port: u16, prefix: &str, multi_thread: bool) {
+/// Answers every `PREFIX/+/register` with `PREFIX/{channel}/go/{uid}` at QoS 1; with `finished`
+/// also subscribed to `PREFIX/+/finished`, which it ignores. Runs until killed.
+fn null_responder(port: u16, prefix: &str, multi_thread: bool, finished: bool) {
     let rt = if multi_thread {
         tokio::runtime::Builder::new_multi_thread()
     } else {
@@ -922,11 +1077,16 @@ fn null_responder(port: u16, prefix: &str, multi_thread: bool) {
             }
         });
         let filter = format!("{prefix}/+/register");
+        let finished_filter = format!("{prefix}/+/finished");
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     let _ = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce);
+                    if finished {
+                        let _ = client.try_subscribe(finished_filter.as_str(), QoS::AtLeastOnce);
+                    }
                 }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/finished") => {}
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let Some(channel) = p.topic.split('/').nth(1) else {
                         continue;
@@ -959,6 +1119,44 @@ fn parse_uid(payload: &[u8]) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// High availability: `--ha`
+
+/// The null responder (and its control subscribed to `finished`), the daemon on the JetStream
+/// backend (a leader and a standby, shipped defaults) and the daemon with the shipped file
+/// journal (`fsync`), all through node 0's MQTT listener of one 3-node NATS cluster, in
+/// interleaved rounds with [`HA_WORKERS`] workers.
+fn ha_bench(rt: &tokio::runtime::Runtime, dir: &Path) {
+    let version = common::nats::executable()
+        .and_then(|exe| Command::new(exe).arg("--version").output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cluster = common::nats::NatsCluster::start(3);
+    let pids = cluster.pids();
+    CHILDREN.lock().expect("lock").extend(&pids);
+    rt.block_on(cluster.wait_formed());
+    let broker = Broker {
+        port: cluster.mqtt_ports()[0],
+        pids: pids.clone(),
+    };
+    let responders = [
+        Responder::Null {
+            multi_thread: false,
+        },
+        Responder::NullFinished,
+        Responder::JetStream {
+            servers: cluster.servers_toml(),
+        },
+        Responder::Shipped,
+    ];
+    let (results, procs) = compare(rt, &broker, dir, &responders, HA_WORKERS);
+    drop(procs);
+    drop(cluster);
+    CHILDREN.lock().expect("lock").retain(|p| !pids.contains(p));
+    println!("\nBroker: a 3-node NATS cluster ({version}), JetStream R=3, MQTT on node 0");
+    print_report(&results);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Policies: `--policies`
 
 /// Tries of the reload latency measurement (alternately deny over priority and back).
@@ -978,13 +1176,17 @@ fn policy_bench(rt: &tokio::runtime::Runtime, broker: Proc, dir: &Path) {
         ("reload", "deny.wasm", "deny"),
     ] {
         fs::create_dir_all(dir.join(folder)).expect("policy folder");
-        fs::copy(policies::policy_wasm(krate), dir.join(folder).join(file)).expect("copy policy");
+        fs::copy(
+            common::policies::policy_wasm(krate),
+            dir.join(folder).join(file),
+        )
+        .expect("copy policy");
     }
     let responders = [
         Responder::PolicyDaemon { policy: false },
         Responder::PolicyDaemon { policy: true },
     ];
-    let (results, mut procs) = compare(rt, &broker, dir, &responders);
+    let (results, mut procs) = compare(rt, &broker.as_broker(), dir, &responders, WORKERS);
     let reload = rt.block_on(reload_latency(broker.port, dir));
     for p in &mut procs {
         p.stop();
@@ -1148,6 +1350,8 @@ struct Outcome {
     /// cycles/s of each round.
     rounds: Vec<f64>,
     log_bytes: u64,
+    /// Workers of the throughput test.
+    workers: usize,
 }
 
 fn print_report(results: &[Outcome]) {
@@ -1166,9 +1370,9 @@ fn print_report(results: &[Outcome]) {
     );
     let _ = writeln!(
         s,
-        "| responder | p50 us | p99 us | max us | p99 per round, min-max us |"
+        "| responder | p50 us | p99 us | max us | p99 per round, min-max us | lost cycles |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
     for r in results {
         let (lo, hi) = min_max(
             r.latency
@@ -1178,22 +1382,24 @@ fn print_report(results: &[Outcome]) {
         );
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {:.0} | {lo:.0}-{hi:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {lo:.0}-{hi:.0} | {} |",
             r.name,
             r.latency.pct(0.5),
             r.latency.pct(0.99),
-            r.latency.pct(1.0)
+            r.latency.pct(1.0),
+            r.latency.lost
         );
     }
     let _ = writeln!(
         s,
-        "\n## Full-cycle throughput ({WORKERS} workers, one connection each, {CHANNELS} channels; {ROUNDS} rounds x {}s after {}s warm-up)",
+        "\n## Full-cycle throughput ({} workers, one connection each, {CHANNELS} channels; {ROUNDS} rounds x {}s after {}s warm-up)",
+        results.first().map_or(WORKERS, |r| r.workers),
         TP_MEASURE.as_secs(),
         TP_WARMUP.as_secs()
     );
     let _ = writeln!(
         s,
-        "| responder | cycles/s | per round, min-max | errors | reg->go p50 us | p99 us | CPU% mosquitto | CPU% responder | CPU% load gen | CPU% other processes | machine busy % | CPU us/cycle: mosquitto | responder | load gen | responder log bytes |"
+        "| responder | cycles/s | per round, min-max | lost cycles | reg->go p50 us | p99 us | CPU% broker | CPU% responder | CPU% load gen | CPU% other processes | machine busy % | CPU us/cycle: broker | responder | load gen | responder log bytes |"
     );
     let _ = writeln!(
         s,

@@ -202,6 +202,11 @@ impl NatsCluster {
         &self.nodes
     }
 
+    /// The process ids of the running nodes (for CPU accounting and a watchdog).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(Child::id).collect()
+    }
+
     /// The MQTT ports of every node.
     pub fn mqtt_ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|p| p.mqtt).collect()
