@@ -5,11 +5,12 @@
 //! one grant per job, every job ended), with grant times from every coordinator's log.
 //!
 //! The fault runs under load (hundreds of jobs a second) take requests through Mosquitto, with
-//! the journal and the lease in JetStream: Debian's nats-server 2.9.10 loses QoS 1 messages to
-//! a subscriber that acknowledges late (as the daemon does, after the journal commit) at that
-//! rate even with no fault at all (1 to 4 jobs of 1,640 per run, measured), a broker defect
-//! fixed upstream in 2026 (nats-server #8358, packet identifiers reused within a delivery burst)
-//! that no coordinator can make up for. The failover over the nodes' own MQTT listeners, with
+//! the journal and the lease in JetStream: Debian's nats-server 2.9.10 MQTT listener loses QoS 1
+//! messages at that rate even with no fault at all (1 to 4 jobs of 1,640 per run reached no
+//! coordinator; the benchmark saw null responders that acknowledge at once lose `go`s too), a
+//! broker defect (nats-server #8358, packet identifiers reused within a delivery burst, fixed
+//! upstream in 2026) that no coordinator can make up for. The failover over the nodes' own MQTT
+//! listeners, with
 //! the broker session moving between nodes, runs at a rate 2.9.10 carries.
 
 mod common;
