@@ -294,6 +294,19 @@ async fn start_under_load(
     (cluster, mosquitto, coordinators, run)
 }
 
+/// Waits (up to `within`) until `n` grants arrived after the monitor's first `since` records.
+async fn wait_for_grants(run: &mut Run, what: &str, since: usize, n: usize, within: Duration) {
+    run.wait_until(what, within, |m| {
+        m.records()
+            .iter()
+            .skip(since)
+            .filter(|r| r.topic.contains("/go/"))
+            .count()
+            >= n
+    })
+    .await;
+}
+
 /// p-th percentile (0-100) of sorted durations.
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
@@ -314,25 +327,24 @@ async fn leader_kill_9_twenty_times_under_load_fails_over_within_twice_the_lease
     let mut leader = coordinators.wait_leader(None).await;
     // Past the fleet's start-up (every connection's first QoS 1 traffic makes nats-server
     // create JetStream assets), see RELIABILITY.md.
-    run.wait_until("warmed up: 200 grants", Duration::from_secs(60), |m| {
-        m.records()
-            .iter()
-            .filter(|r| r.topic.contains("/go/"))
-            .count()
-            >= 200
-    })
+    wait_for_grants(
+        &mut run,
+        "warmed up: 200 grants",
+        0,
+        200,
+        Duration::from_secs(60),
+    )
     .await;
     for k in 0..kills_wanted {
         // Mid-burst: the leader is granting (20 grants since it took over).
         let grants_before = run.monitor.len();
-        run.wait_until("the leader grants", Duration::from_secs(30), |m| {
-            m.records()
-                .iter()
-                .skip(grants_before)
-                .filter(|r| r.topic.contains("/go/"))
-                .count()
-                >= 20
-        })
+        wait_for_grants(
+            &mut run,
+            "the leader grants",
+            grants_before,
+            20,
+            Duration::from_secs(30),
+        )
         .await;
         if run.fleet.all_done() {
             break;
@@ -391,13 +403,13 @@ async fn a_paused_leader_grants_nothing_after_it_resumes() {
     let (cluster, _mosquitto, mut coordinators, mut run) =
         start_under_load(2, "leader_lease = \"1s\"", ha_spec()).await;
     let old = coordinators.wait_leader(None).await;
-    run.wait_until("the leader grants", Duration::from_secs(30), |m| {
-        m.records()
-            .iter()
-            .filter(|r| r.topic.contains("/go/"))
-            .count()
-            >= 30
-    })
+    wait_for_grants(
+        &mut run,
+        "the leader grants",
+        0,
+        30,
+        Duration::from_secs(30),
+    )
     .await;
     coordinators.daemons[old].signal("STOP");
     let stopped_at = run.monitor.now();
@@ -459,14 +471,7 @@ async fn losing_one_nats_node_under_load_keeps_deciding_and_it_rejoins() {
     let (mut cluster, _mosquitto, mut coordinators, mut run) =
         start_under_load(2, "leader_lease = \"8s\"", ha_spec()).await;
     let leader = coordinators.wait_leader(None).await;
-    run.wait_until("grants flow", Duration::from_secs(30), |m| {
-        m.records()
-            .iter()
-            .filter(|r| r.topic.contains("/go/"))
-            .count()
-            >= 30
-    })
-    .await;
+    wait_for_grants(&mut run, "grants flow", 0, 30, Duration::from_secs(30)).await;
     // Not the node holding the journal stream's leadership alone: any one node of three.
     cluster.kill(2);
     run.note("NATS node 2 killed (SIGKILL)");
@@ -629,14 +634,13 @@ async fn failover_through_the_nodes_mqtt_listeners_moves_the_broker_session() {
     let mut leader = coordinators.wait_leader(None).await;
     for k in 0..2 {
         let before = run.monitor.len();
-        run.wait_until("the leader grants", Duration::from_secs(30), |m| {
-            m.records()
-                .iter()
-                .skip(before)
-                .filter(|r| r.topic.contains("/go/"))
-                .count()
-                >= 10
-        })
+        wait_for_grants(
+            &mut run,
+            "the leader grants",
+            before,
+            10,
+            Duration::from_secs(30),
+        )
         .await;
         coordinators.daemons[leader].kill();
         kills.push(run.monitor.now());
