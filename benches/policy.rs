@@ -294,16 +294,25 @@ fn engine_cycles(compiler: &Compiler, priority: &Path) {
     let path = priority.to_owned();
     let mut with = Engine::new(Box::new(move |_| options(Some(&path), 64, "{}")));
     let mut without = Engine::new(Box::new(|_| options(None, 64, "{}")));
+    // The same policy as its own shadow: every call made twice, every answer compared.
+    let path = priority.to_owned();
+    let mut shadowed = Engine::new(Box::new(move |_| ChannelOptions {
+        policy_shadow: Some(Arc::from(path.as_path())),
+        ..options(Some(&path), 64, "{}")
+    }));
     let mut host = host(compiler, &[priority]);
-    let (mut t_with, mut t_without) = (Vec::new(), Vec::new());
+    let mut shadow_host = self::host(compiler, &[priority]);
+    let (mut t_with, mut t_without, mut t_shadowed) = (Vec::new(), Vec::new(), Vec::new());
     // Warm-up round, not recorded.
     run_cycles(&mut with, &mut host, 0, CYCLES / 10);
     run_cycles(&mut without, &mut NoPolicies, 0, CYCLES / 10);
+    run_cycles(&mut shadowed, &mut shadow_host, 0, CYCLES / 10);
     let calls0 = host.stats().calls;
     for round in 0..ROUNDS {
         let first = (round as u64 + 1) * 10 * CYCLES;
         t_with.push(run_cycles(&mut with, &mut host, first, CYCLES));
         t_without.push(run_cycles(&mut without, &mut NoPolicies, first, CYCLES));
+        t_shadowed.push(run_cycles(&mut shadowed, &mut shadow_host, first, CYCLES));
     }
     let stats = host.stats();
     let rate = |d: &Duration| CYCLES as f64 / d.as_secs_f64();
@@ -317,6 +326,7 @@ fn engine_cycles(compiler: &Compiler, priority: &Path) {
     };
     let (w, wlo, whi) = summary(&t_with);
     let (n, nlo, nhi) = summary(&t_without);
+    let (sh, shlo, shhi) = summary(&t_shadowed);
     println!("| hooks | cycles/s | per round, min-max | us/cycle | hook calls/cycle |");
     println!("|---|---:|---:|---:|---:|");
     // Includes each round's 64 extra registers and finishes (0.1 % of the calls).
@@ -324,6 +334,11 @@ fn engine_cycles(compiler: &Compiler, priority: &Path) {
     println!(
         "| priority (PolicyHost) | {w:.0} | {wlo:.0}-{whi:.0} | {:.2} | {calls_per_cycle:.1} |",
         1e6 / w
+    );
+    println!(
+        "| priority + priority as policy_shadow | {sh:.0} | {shlo:.0}-{shhi:.0} | {:.2} | {:.1} |",
+        1e6 / sh,
+        2.0 * calls_per_cycle
     );
     println!(
         "| NoPolicies | {n:.0} | {nlo:.0}-{nhi:.0} | {:.2} | 0 |",
@@ -420,7 +435,7 @@ fn reload(compiler: &Compiler) {
         let t0 = Instant::now();
         let compiled = compiler.compile(&active).expect("compile");
         let t1 = Instant::now();
-        let moved = host.swap(compiled);
+        let moved = host.swap(compiled, now(WAITING as u64 + n as u64));
         let t2 = Instant::now();
         let p = active.clone();
         engine.readmit(

@@ -248,6 +248,7 @@ async fn start_policies(
     let sandbox = config.policy_sandbox.clone();
     let preload = paths.clone();
     let cache = config.policy_cache.clone();
+    let rollback = config.policy_rollback;
     let (host, compiler) = tokio::task::spawn_blocking(move || {
         // No policy, no cache folder: the state dir stays as the journal left it.
         let compiler = if preload.is_empty() {
@@ -256,6 +257,7 @@ async fn start_policies(
             with_cache(policy::Compiler::new()?, &cache)
         };
         let mut host = policy::PolicyHost::new(compiler.clone(), &sandbox);
+        host.set_rollback(rollback);
         host.preload(&preload)?;
         Ok::<_, policy::PolicyError>((host, compiler))
     })

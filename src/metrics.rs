@@ -96,6 +96,22 @@ fn describe() {
         "coordinosaur_policy_reloads_total",
         "Policy files swapped in (result=ok) or refused (result=error)."
     );
+    describe_counter!(
+        "coordinosaur_policy_rollbacks_total",
+        "Swapped-in policy versions rolled back to the previous one after failing too often."
+    );
+    describe_counter!(
+        "coordinosaur_shadow_calls_total",
+        "Shadow policy answers compared with the deciding policy's, by policy and hook."
+    );
+    describe_counter!(
+        "coordinosaur_shadow_disagreements_total",
+        "Compared shadow policy answers that differed from the deciding policy's."
+    );
+    describe_counter!(
+        "coordinosaur_shadow_failures_total",
+        "Shadow policy calls that failed (the channel is not affected)."
+    );
     describe_gauge!(
         "coordinosaur_waiting_bytes",
         Unit::Bytes,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::policies::{language_policy_wasm, policy_wasm, Language};
+use common::policies::{language_policy_wasm, policy_wasm, policy_wasm_wasip2, Language};
 use common::{
     free_port, topic, unique_id, Client, Daemon, DaemonOptions, TestBroker, DEFAULT_TIMEOUT,
 };
@@ -580,6 +580,70 @@ async fn a_swap_refused_by_init_keeps_the_old_policy() {
     let reason = s.rejected("prio", "bad").await;
     assert!(reason.contains("\"priority\""), "{reason}");
     s.client.finished("prio", &running).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shadow policies and automatic rollback
+
+#[tokio::test]
+async fn a_shadow_policy_is_compared_and_shown_by_status_but_never_decides() {
+    // FIFO decides; priority runs beside it as the candidate.
+    let toml = "[[channels]]\npattern = \"shad\"\nmax_concurrent_jobs = 1\npolicy_shadow = \"{dir}/candidate.wasm\"\n";
+    let mut s = Setup::start(&[("candidate.wasm", "priority")], toml, &["shad"]).await;
+    s.register("shad", "hold", json!({})).await;
+    assert_eq!(s.next_go("shad").await, "hold");
+    for (uid, p) in [("low", 1), ("high", 9), ("plain", 0)] {
+        s.register("shad", uid, json!({ "priority": p })).await;
+    }
+    s.wait_waiting("shad", 3).await;
+    let order = s.drain_one_by_one("shad", "hold".into(), 3).await;
+    assert_eq!(order, ["low", "high", "plain"], "the shadow never decides");
+    let state = s.client.state("shad").await;
+    let shadow = &state["shadow"];
+    assert_eq!(
+        shadow["admit"],
+        json!({"compared": 4, "disagreed": 2}),
+        "{state}"
+    );
+    assert_eq!(shadow["before_grant"]["disagreed"], 0, "{state}");
+    assert_eq!(shadow["failures"], 0, "{state}");
+    let broker = format!("127.0.0.1:{}", s.daemon.broker_port());
+    let (code, out, err) = common::run_binary(&["status", "--broker", &broker, "shad"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    // 4 admits (2 agree) and 4 before-grants (all agree): 6 of 8.
+    assert!(
+        out.contains("built-in (shadow candidate.wasm: 75.0% of 8 agree)"),
+        "{out}"
+    );
+    s.client.finished("shad", "plain").await;
+}
+
+#[tokio::test]
+async fn a_hot_swapped_policy_that_keeps_failing_is_rolled_back_and_not_retried() {
+    let mut s = priority_channel().await;
+    let path = s.path("policy.wasm");
+    replace_atomically(&path, "trap");
+    s.wait_log_count("policy swapped", 0).await;
+    // Every admit of the new version traps: the fallback accepts at 0 (FIFO). The third failure
+    // within 60 s of the swap ([policy_rollback] defaults) brings priority back, which re-ranks
+    // the queue.
+    for (uid, p) in [("a", 1), ("b", 5), ("c", 9)] {
+        s.register("prio", uid, json!({ "priority": p })).await;
+    }
+    s.wait_log_count("policy rolled back", 0).await;
+    s.wait_waiting("prio", 3).await;
+    let order = s.drain_one_by_one("prio", "hold".into(), 3).await;
+    assert_eq!(order, ["c", "b", "a"], "priority's order again");
+    let running = assert_priority_still_decides(&mut s, "a", 0).await;
+    // The failed content copied again is not tried; a changed file is.
+    replace_atomically(&path, "trap");
+    s.wait_log_count("unchanged since its version was rolled back", 0)
+        .await;
+    let running = assert_priority_still_decides(&mut s, &running, 1).await;
+    replace_with(&path, &policy_wasm_wasip2("priority"));
+    s.wait_log_count("policy swapped", 1).await;
+    assert_priority_still_decides(&mut s, &running, 2).await;
+    assert_eq!(s.log_count("policy rolled back"), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

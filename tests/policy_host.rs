@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::policies::{policy_crates_on_disk, policy_wasm, policy_wasm_wasip2, POLICY_CRATES};
-use coordinosaur::config::PolicySandbox;
+use coordinosaur::config::{PolicyRollback, PolicySandbox};
 use coordinosaur::engine::{
-    ChannelOptions, Engine, Input, Millis, OnPolicyError, Output, Registration, Time,
+    ChannelOptions, Engine, Input, Millis, OnPolicyError, Output, Registration, ShadowReport, Time,
 };
 use coordinosaur::policy::{Compiler, PolicyError, PolicyHost};
 use serde_json::json;
@@ -61,18 +61,20 @@ fn every_policy_crate_has_a_test() {
 /// One channel rule for the resolver.
 #[derive(Clone)]
 struct Rule {
-    policy: PathBuf,
+    policy: Option<PathBuf>,
     config: serde_json::Value,
     on_error: OnPolicyError,
     max: u32,
+    shadow: Option<PathBuf>,
 }
 
 fn rule(policy: &Path, config: serde_json::Value) -> Rule {
     Rule {
-        policy: policy.to_owned(),
+        policy: Some(policy.to_owned()),
         config,
         on_error: OnPolicyError::Open,
         max: 1,
+        shadow: None,
     }
 }
 
@@ -87,14 +89,37 @@ impl Rule {
         self
     }
 
+    /// `shadow` as the channel's `policy_shadow`.
+    fn shadow(mut self, shadow: &Path) -> Rule {
+        self.shadow = Some(shadow.to_owned());
+        self
+    }
+
+    /// No deciding policy (the built-in decisions), e.g. beside a shadow.
+    fn without_policy(mut self) -> Rule {
+        self.policy = None;
+        self
+    }
+
     fn options(&self) -> ChannelOptions {
+        let path = |p: &Option<PathBuf>| p.as_deref().map(Arc::<Path>::from);
         ChannelOptions {
             max_concurrent_jobs: self.max,
-            policy: Some(Arc::from(self.policy.as_path())),
+            policy: path(&self.policy),
             policy_config: Arc::from(self.config.to_string().as_str()),
             on_policy_error: self.on_error,
+            policy_shadow: path(&self.shadow),
             ..ChannelOptions::default()
         }
+    }
+
+    /// Every file the rule names, for `preload`.
+    fn files(&self) -> Vec<Arc<Path>> {
+        [&self.policy, &self.shadow]
+            .into_iter()
+            .flatten()
+            .map(|p| Arc::from(p.as_path()))
+            .collect()
     }
 }
 
@@ -121,8 +146,7 @@ impl Rig {
     fn with_sandbox(rule: Rule, sandbox: PolicySandbox) -> Rig {
         let compiler = Compiler::new().expect("policy runtime");
         let mut host = PolicyHost::new(compiler.clone(), &sandbox);
-        host.preload(&[Arc::from(rule.policy.as_path())])
-            .expect("preload the policy");
+        host.preload(&rule.files()).expect("preload the policy");
         let engine = Engine::new(Box::new(move |_| rule.options()));
         Rig {
             engine,
@@ -540,7 +564,7 @@ fn swap_keeps_every_queued_job_and_changes_behaviour() {
     std::fs::copy(policy_wasm("deny"), &path).expect("replace the policy file");
     let compiled = rig.compiler.compile(&path).expect("deny compiles");
     let started = Instant::now();
-    let moved = rig.host.swap(compiled);
+    let moved = rig.host.swap(compiled, Time(rig.now));
     assert_eq!(moved, [Arc::<str>::from("ch")]);
     rig.now += 1;
     let target = path.clone();
@@ -588,7 +612,10 @@ fn swap_whose_init_fails_keeps_the_old_policy() {
     assert_eq!(rig.register("ch", "hold", json!({})), ["go hold"]);
     std::fs::copy(policy_wasm("deny"), &path).expect("replace the policy file");
     let compiled = rig.compiler.compile(&path).expect("deny compiles");
-    assert!(rig.host.swap(compiled).is_empty(), "init must refuse");
+    assert!(
+        rig.host.swap(compiled, Time(rig.now)).is_empty(),
+        "init must refuse"
+    );
     // priority still decides, on every later call.
     for (uid, p) in [("low", 1), ("high", 9), ("mid", 5)] {
         assert!(rig.register("ch", uid, json!({"priority": p})).is_empty());
@@ -761,9 +788,207 @@ fn random_is_seeded_per_channel_and_replays() {
         format!("rejected x: {first}")
     );
     let compiled = rig.compiler.compile(&wasm).expect("random compiles");
-    assert_eq!(rig.host.swap(compiled), [Arc::<str>::from("a")]);
+    assert_eq!(
+        rig.host.swap(compiled, Time(rig.now)),
+        [Arc::<str>::from("a")]
+    );
     assert_eq!(
         numbers(&rig.register("a", "y", json!({}))[0]),
         format!("rejected y: {first}")
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shadow policies and automatic rollback
+
+impl Rig {
+    /// The channel's shadow report, from a `state` reply as clients get it.
+    fn shadow_report(&mut self, channel: &str) -> ShadowReport {
+        self.now += 1;
+        let input = Input::Infos {
+            channel: channel.into(),
+        };
+        self.engine
+            .handle_with(Time(self.now), input, &mut self.host);
+        std::iter::from_fn(|| self.engine.poll_output())
+            .find_map(|o| match o {
+                Output::State(state) => state.shadow.map(|report| *report),
+                _ => None,
+            })
+            .expect("a state reply with a shadow report")
+    }
+
+    /// What the driver does after each event: re-rank the queues of rolled-back channels.
+    fn readmit_rolled_back(&mut self) -> Vec<Arc<str>> {
+        let moved = self.host.take_rolled_back();
+        self.engine
+            .readmit_channels(Time(self.now), &moved, &mut self.host);
+        moved
+    }
+
+    /// Replaces the channel's policy file with `component` and swaps it in, as a reload does.
+    fn swap_file(&mut self, path: &Path, component: &Path) -> Vec<Arc<str>> {
+        std::fs::copy(component, path).expect("replace the policy file");
+        let compiled = self
+            .compiler
+            .compile(path)
+            .expect("the new version compiles");
+        self.host.swap(compiled, Time(self.now))
+    }
+}
+
+#[test]
+fn a_shadow_gets_every_call_and_never_decides() {
+    // Built-in FIFO decides; `priority` watches as the candidate.
+    let shadow = policy_wasm("priority");
+    let mut rig = Rig::new(rule(&shadow, json!({})).without_policy().shadow(&shadow));
+    assert_eq!(rig.register("ch", "hold", json!({})), ["go hold"]);
+    for (uid, p) in [("low", json!(1)), ("zero", json!(0)), ("high", json!(9))] {
+        assert!(rig.register("ch", uid, json!({ "priority": p })).is_empty());
+    }
+    // The shadow would reject this one; the built-in behaviour accepts it.
+    assert!(rig
+        .register("ch", "bad", json!({"priority": "x"}))
+        .is_empty());
+    assert_eq!(rig.waiting("ch"), ["low", "zero", "high", "bad"], "FIFO");
+    let report = rig.shadow_report("ch");
+    assert_eq!(report.policy, shadow.display().to_string());
+    // hold and zero agree (priority 0); low, high (other priorities) and bad (reject) do not.
+    assert_eq!((report.admit.compared, report.admit.disagreed), (5, 3));
+    // priority declares only `admit`: its built-in `grant` agrees with the channel's.
+    assert_eq!(
+        (report.before_grant.compared, report.before_grant.disagreed),
+        (1, 0)
+    );
+    assert_eq!(report.failures, 0);
+    assert_eq!(report.agreement_rate(), Some(3.0 / 6.0));
+    assert_eq!(rig.finish("ch", "hold"), ["go low"]);
+    assert_eq!(rig.shadow_report("ch").before_grant.compared, 2);
+    assert_eq!(rig.host.stats().failures, 0);
+}
+
+#[test]
+fn a_shadow_beside_a_policy_is_compared_with_the_policys_answers() {
+    // The same file on both sides agrees on everything.
+    let priority = policy_wasm("priority");
+    let mut rig = Rig::new(rule(&priority, json!({})).shadow(&priority));
+    rig.register("ch", "hold", json!({}));
+    for (uid, p) in [("a", 3), ("b", 7)] {
+        rig.register("ch", uid, json!({ "priority": p }));
+    }
+    assert_eq!(rig.waiting("ch"), ["b", "a"], "priority decides");
+    let report = rig.shadow_report("ch");
+    assert_eq!((report.admit.compared, report.admit.disagreed), (3, 0));
+    assert_eq!(report.agreement_rate(), Some(1.0));
+}
+
+#[test]
+fn a_failing_shadow_never_affects_the_channel_and_is_suspended() {
+    let (_dir, shadow) = policy_copy(&policy_wasm("trap"));
+    let mut rig = Rig::new(rule(&policy_wasm("priority"), json!({})).shadow(&shadow));
+    // trap fails `admit` and `before-grant`: two failures for hold, one for low.
+    assert_eq!(rig.register("ch", "hold", json!({})), ["go hold"]);
+    assert!(rig.register("ch", "low", json!({"priority": 1})).is_empty());
+    let report = rig.shadow_report("ch");
+    assert_eq!(report.failures, 3);
+    assert_eq!(report.admit.compared, 0, "a failed call is not compared");
+    let reason = report
+        .suspended
+        .expect("three failures within 60 s suspend it");
+    assert!(reason.contains("suspended until its file"), "{reason}");
+    // From now on the shadow is not called: no more failures, and the policy decides alone.
+    for (uid, p) in [("high", 9), ("mid", 5)] {
+        assert!(rig.register("ch", uid, json!({ "priority": p })).is_empty());
+    }
+    assert_eq!(rig.waiting("ch"), ["high", "mid", "low"]);
+    assert_eq!(rig.finish("ch", "hold"), ["go high"]);
+    assert_eq!(rig.shadow_report("ch").failures, 3);
+    assert_eq!(
+        rig.host.stats().failures,
+        3,
+        "only the shadow's calls failed"
+    );
+    // A new version of the shadow file runs again, with fresh counts.
+    assert!(
+        rig.swap_file(&shadow, &policy_wasm("priority")).is_empty(),
+        "no channel decides with it"
+    );
+    let report = rig.shadow_report("ch");
+    assert_eq!((report.failures, report.suspended), (0, None));
+    assert!(rig
+        .register("ch", "again", json!({"priority": 2}))
+        .is_empty());
+    let report = rig.shadow_report("ch");
+    assert_eq!((report.admit.compared, report.admit.disagreed), (1, 0));
+}
+
+#[test]
+fn a_swapped_version_that_keeps_failing_is_rolled_back_and_not_retried() {
+    let (dir, mut rig) = trap_swapped_in(PolicyRollback::default());
+    let path = dir.path().join("policy.wasm");
+    // Each admit traps: the fallback accepts at 0 (FIFO). The third failure within the
+    // default 60 s of the swap brings priority back.
+    for (uid, p) in [("a", 1), ("b", 5)] {
+        assert!(rig.register("ch", uid, json!({ "priority": p })).is_empty());
+        assert!(rig.host.take_rolled_back().is_empty(), "not yet");
+    }
+    assert!(rig.register("ch", "c", json!({"priority": 9})).is_empty());
+    assert_eq!(rig.host.stats().rollbacks, 1);
+    assert_eq!(rig.host.stats().failures, 3);
+    assert_eq!(rig.waiting("ch"), ["a", "b", "c"], "the fallback's FIFO");
+    // The driver re-ranks the rolled-back channel with the restored version.
+    assert_eq!(rig.readmit_rolled_back(), [Arc::<str>::from("ch")]);
+    assert_eq!(rig.waiting("ch"), ["c", "b", "a"]);
+    assert!(rig.register("ch", "d", json!({"priority": 7})).is_empty());
+    assert_eq!(rig.waiting("ch"), ["c", "d", "b", "a"]);
+    // The same failed content again (a touch, a re-copy): not tried.
+    assert!(rig.swap_file(&path, &policy_wasm("trap")).is_empty());
+    assert!(rig.register("ch", "e", json!({"priority": 8})).is_empty());
+    assert_eq!(rig.waiting("ch"), ["c", "e", "d", "b", "a"]);
+    assert_eq!(rig.host.stats().failures, 3);
+    // A changed file is swapped in again.
+    let moved = rig.swap_file(&path, &policy_wasm_wasip2("priority"));
+    assert_eq!(moved, [Arc::<str>::from("ch")]);
+    assert_eq!(rig.host.stats().rollbacks, 1);
+}
+
+/// A `priority` channel with `hold` running, then `trap` swapped in under `rollback`.
+fn trap_swapped_in(rollback: PolicyRollback) -> (tempfile::TempDir, Rig) {
+    let (dir, path) = policy_copy(&policy_wasm("priority"));
+    let mut rig = Rig::new(rule(&path, json!({})));
+    rig.host.set_rollback(rollback);
+    assert_eq!(rig.register("ch", "hold", json!({})), ["go hold"]);
+    let moved = rig.swap_file(&path, &policy_wasm("trap"));
+    assert_eq!(moved, [Arc::<str>::from("ch")]);
+    (dir, rig)
+}
+
+#[test]
+fn failures_after_the_probation_do_not_roll_back() {
+    let (_dir, mut rig) = trap_swapped_in(PolicyRollback {
+        failures: 2,
+        window: Millis(1_000),
+    });
+    assert!(rig.register("ch", "a", json!({})).is_empty(), "failure 1");
+    rig.now += 1_000;
+    // Past the window: the version is trusted, its failures are only fallbacks.
+    for uid in ["b", "c", "d"] {
+        assert!(rig.register("ch", uid, json!({})).is_empty());
+    }
+    assert_eq!(rig.host.stats().failures, 4);
+    assert_eq!(rig.host.stats().rollbacks, 0);
+    assert!(rig.host.take_rolled_back().is_empty());
+}
+
+#[test]
+fn rollback_off_keeps_a_failing_version() {
+    let (_dir, mut rig) = trap_swapped_in(PolicyRollback {
+        failures: 0,
+        ..PolicyRollback::default()
+    });
+    for uid in ["a", "b", "c", "d", "e"] {
+        rig.register("ch", uid, json!({}));
+    }
+    assert_eq!(rig.host.stats().failures, 5);
+    assert_eq!(rig.host.stats().rollbacks, 0);
 }

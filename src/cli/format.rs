@@ -45,6 +45,9 @@ pub struct StateView {
     /// The first waiting jobs, when asked for with `{"jobs": true}`.
     #[serde(default)]
     pub waiting_jobs: Option<Vec<JobView>>,
+    /// The shadow policy's agreement with the deciding one, if the channel has one.
+    #[serde(default)]
+    pub shadow: Option<crate::engine::ShadowReport>,
 }
 
 /// `rows` as lines of left-aligned columns two spaces apart, without trailing spaces.
@@ -155,13 +158,31 @@ impl StateView {
 
     /// The policy's file name, or `built-in` when only the semaphore and quotas decide.
     pub fn policy(&self) -> String {
-        match &self.policy {
+        let policy = match &self.policy {
             None => "built-in".into(),
-            Some(path) => std::path::Path::new(path)
-                .file_name()
-                .map_or_else(|| path.clone(), |n| n.to_string_lossy().into_owned()),
-        }
+            Some(path) => file_name(path),
+        };
+        let Some(shadow) = &self.shadow else {
+            return policy;
+        };
+        let compared = shadow.admit.compared + shadow.before_grant.compared;
+        let agreement = match (&shadow.suspended, shadow.agreement_rate()) {
+            (Some(_), _) => format!("suspended after {} failures", shadow.failures),
+            (None, None) => "no calls yet".into(),
+            (None, Some(rate)) => format!("{:.1}% of {compared} agree", rate * 100.0),
+        };
+        format!(
+            "{policy} (shadow {}: {agreement})",
+            file_name(&shadow.policy)
+        )
     }
+}
+
+/// The last component of a path as the daemon reported it.
+fn file_name(path: &str) -> String {
+    std::path::Path::new(path)
+        .file_name()
+        .map_or_else(|| path.to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
 /// A compact duration: `850ms`, `12s`, `2m05s`, `1h02m`, `3d04h`.

@@ -309,6 +309,35 @@ mod tests {
     }
 
     #[test]
+    fn a_shadow_policy_shows_its_agreement_rate_or_its_suspension() {
+        let state = |shadow: Value| {
+            json!({"channel": "c", "max_concurrent_jobs": 1, "running_count": 0, "waiting": 0,
+                   "policy": "/p/priority.wasm", "now": 1_000, "shadow": shadow})
+        };
+        let agreeing = state(json!({"policy": "/p/cand.wasm",
+            "admit": {"compared": 6, "disagreed": 1},
+            "before_grant": {"compared": 2, "disagreed": 0}, "failures": 0}));
+        let text = render(&agreeing, false);
+        assert!(
+            text.contains("priority.wasm (shadow cand.wasm: 87.5% of 8 agree)"),
+            "{text}"
+        );
+        let fresh = state(json!({"policy": "/p/cand.wasm"}));
+        assert!(
+            render(&fresh, false).contains("(shadow cand.wasm: no calls yet)"),
+            "{}",
+            render(&fresh, false)
+        );
+        let suspended = state(json!({"policy": "/p/cand.wasm", "failures": 3,
+            "suspended": "failed 3 times within 60s"}));
+        assert!(
+            render(&suspended, false).contains("(shadow cand.wasm: suspended after 3 failures)"),
+            "{}",
+            render(&suspended, false)
+        );
+    }
+
+    #[test]
     fn pages_of_one_report_make_one_array_and_a_partial_report_is_ignored() {
         let page = |now: u64, page: u64, names: &[&str]| {
             let channels: Vec<Value> = names.iter().map(|n| json!({"channel": n})).collect();

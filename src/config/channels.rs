@@ -51,18 +51,33 @@ struct PolicyKeys {
     policy: Option<Option<Arc<Path>>>,
     policy_config: Option<Arc<str>>,
     on_policy_error: Option<OnPolicyError>,
+    /// `Some(None)`: `policy_shadow = ""` turns an inherited shadow off.
+    policy_shadow: Option<Option<Arc<Path>>>,
+}
+
+/// The policy keys as written, before paths are resolved.
+#[derive(Debug)]
+struct RawPolicyKeys {
+    policy: Option<String>,
+    config: Option<toml::Table>,
+    on_error: Option<RawOnPolicyError>,
+    shadow: Option<String>,
 }
 
 impl PolicyKeys {
-    fn resolve(
-        policy: Option<String>,
-        config: Option<toml::Table>,
-        on_error: Option<RawOnPolicyError>,
-        base: &Path,
-    ) -> PolicyKeys {
+    fn resolve(raw: RawPolicyKeys, base: &Path) -> PolicyKeys {
+        let RawPolicyKeys {
+            policy,
+            config,
+            on_error,
+            shadow,
+        } = raw;
+        // A relative path is relative to the config file's folder, not the working directory;
+        // an empty one turns an inherited file off.
+        let path = |p: String| (!p.is_empty()).then(|| Arc::from(base.join(p).as_path()));
         PolicyKeys {
-            // A relative path is relative to the config file's folder, not the working directory.
-            policy: policy.map(|p| (!p.is_empty()).then(|| Arc::from(base.join(p).as_path()))),
+            policy: policy.map(path),
+            policy_shadow: shadow.map(path),
             // A TOML table always has a JSON form (serializing it cannot fail).
             policy_config: config.map(|t| Arc::from(serde_json::to_string(&t).unwrap_or_default())),
             on_policy_error: on_error.map(Into::into),
@@ -79,6 +94,16 @@ impl PolicyKeys {
         if let Some(on_error) = self.on_policy_error {
             options.on_policy_error = on_error;
         }
+        if let Some(shadow) = &self.policy_shadow {
+            options.policy_shadow.clone_from(shadow);
+        }
+    }
+
+    /// The policy files these keys name (live and shadow).
+    fn paths(&self) -> impl Iterator<Item = Arc<Path>> + '_ {
+        [&self.policy, &self.policy_shadow]
+            .into_iter()
+            .filter_map(|p| p.clone().flatten())
     }
 }
 
@@ -93,6 +118,7 @@ pub(super) struct RawDefaults {
     policy: Option<String>,
     policy_config: Option<toml::Table>,
     on_policy_error: Option<RawOnPolicyError>,
+    policy_shadow: Option<String>,
 }
 
 impl Default for RawDefaults {
@@ -105,6 +131,7 @@ impl Default for RawDefaults {
             policy: None,
             policy_config: None,
             on_policy_error: None,
+            policy_shadow: None,
         }
     }
 }
@@ -119,8 +146,13 @@ impl RawDefaults {
             quotas: resolve_quotas(self.quotas, text)?,
             ..ChannelOptions::default()
         };
-        PolicyKeys::resolve(self.policy, self.policy_config, self.on_policy_error, base)
-            .apply(&mut options);
+        let keys = RawPolicyKeys {
+            policy: self.policy,
+            config: self.policy_config,
+            on_error: self.on_policy_error,
+            shadow: self.policy_shadow,
+        };
+        PolicyKeys::resolve(keys, base).apply(&mut options);
         Ok(options)
     }
 }
@@ -142,6 +174,8 @@ pub(super) struct RawChannel {
     policy_config: Option<toml::Table>,
     #[serde(default)]
     on_policy_error: Option<RawOnPolicyError>,
+    #[serde(default)]
+    policy_shadow: Option<String>,
 }
 
 impl RawChannel {
@@ -154,9 +188,12 @@ impl RawChannel {
             max_concurrent_jobs: self.max_concurrent_jobs,
             quotas: self.quotas.map(|q| resolve_quotas(q, text)).transpose()?,
             policy: PolicyKeys::resolve(
-                self.policy,
-                self.policy_config,
-                self.on_policy_error,
+                RawPolicyKeys {
+                    policy: self.policy,
+                    config: self.policy_config,
+                    on_error: self.on_policy_error,
+                    shadow: self.policy_shadow,
+                },
                 base,
             ),
         })
@@ -213,7 +250,8 @@ pub struct ChannelRule {
     pub max_concurrent_jobs: Option<u32>,
     /// Replaces the whole quota set when set (an empty list removes all quotas).
     pub quotas: Option<Vec<QuotaSpec>>,
-    /// `policy`, `policy_config` and `on_policy_error`, each overriding when set.
+    /// `policy`, `policy_config`, `on_policy_error` and `policy_shadow`, each overriding when
+    /// set.
     policy: PolicyKeys,
 }
 
@@ -232,9 +270,9 @@ impl ChannelRule {
         self.policy.apply(options);
     }
 
-    /// The policy file this entry names, if any.
-    pub fn policy_path(&self) -> Option<Arc<Path>> {
-        self.policy.policy.clone().flatten()
+    /// The policy files this entry names (`policy` and `policy_shadow`).
+    pub fn policy_paths(&self) -> impl Iterator<Item = Arc<Path>> + '_ {
+        self.policy.paths()
     }
 
     /// The keys this entry sets, in schema order.
@@ -257,6 +295,9 @@ impl ChannelRule {
         }
         if self.policy.on_policy_error.is_some() {
             keys.push("on_policy_error");
+        }
+        if self.policy.policy_shadow.is_some() {
+            keys.push("policy_shadow");
         }
         keys
     }

@@ -59,6 +59,13 @@ impl fmt::Display for Explanation {
             )?,
             None => writeln!(f, "  policy: none")?,
         }
+        if let Some(shadow) = &options.policy_shadow {
+            writeln!(
+                f,
+                "  policy_shadow = {} (decides nothing)",
+                shadow.display()
+            )?;
+        }
         if options.quotas.is_empty() {
             return writeln!(f, "  quotas: none");
         }

@@ -34,7 +34,8 @@ pub use explain::{Explanation, MatchedRule};
 pub use jetstream::{Backend, JetStreamConfig};
 pub use policy_cache::PolicyCacheConfig;
 pub use settings::{
-    host_port, EmbeddedBrokerConfig, Limits, MetricsConfig, MqttConfig, PolicySandbox, StateConfig,
+    host_port, EmbeddedBrokerConfig, Limits, MetricsConfig, MqttConfig, PolicyRollback,
+    PolicySandbox, StateConfig,
 };
 pub use tls::{ClientAuth, TlsConfig};
 pub use values::ChannelPattern;
@@ -88,6 +89,8 @@ pub struct Config {
     pub policy_sandbox: PolicySandbox,
     /// `[policy_cache]`: compiled policies on disk (its `dir` is absolute once loaded).
     pub policy_cache: PolicyCacheConfig,
+    /// `[policy_rollback]`: rollback of failing swapped policies, suspension of failing shadows.
+    pub policy_rollback: PolicyRollback,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
     /// `[state]`: the journal (its `dir` is absolute once loaded from a file).
@@ -112,6 +115,8 @@ struct RawConfig {
     policy_sandbox: PolicySandbox,
     #[serde(default)]
     policy_cache: PolicyCacheConfig,
+    #[serde(default)]
+    policy_rollback: PolicyRollback,
     #[serde(default)]
     metrics: MetricsConfig,
     #[serde(default)]
@@ -177,6 +182,7 @@ impl Config {
             embedded_broker: raw.embedded_broker,
             limits: raw.limits,
             policy_sandbox: raw.policy_sandbox,
+            policy_rollback: raw.policy_rollback,
             metrics: raw.metrics,
             state: StateConfig {
                 // Relative to the config file, like policy paths; "" stays "" (off).
@@ -249,9 +255,11 @@ impl Config {
 
     /// Every policy file named anywhere in the config, once each.
     pub fn policy_paths(&self) -> Vec<std::sync::Arc<Path>> {
-        let mut paths: Vec<_> = std::iter::once(self.defaults.policy.clone())
-            .chain(self.channels.iter().map(|c| c.policy_path()))
-            .flatten()
+        let defaults = [&self.defaults.policy, &self.defaults.policy_shadow];
+        let mut paths: Vec<_> = defaults
+            .into_iter()
+            .filter_map(Clone::clone)
+            .chain(self.channels.iter().flat_map(|c| c.policy_paths()))
             .collect();
         paths.sort();
         paths.dedup();

@@ -166,6 +166,29 @@ impl Default for PolicySandbox {
     }
 }
 
+/// `[policy_rollback]`: when a hot-swapped policy goes back to its previous version, and when a
+/// failing shadow policy is suspended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyRollback {
+    /// Failed calls (traps, budget or memory overruns, no usable instance) that roll a swapped
+    /// version back when they happen within `window` after the swap; 0 turns rollback off (3).
+    pub failures: u32,
+    /// How long after a swap its failures count (60 s). A shadow policy failing `failures`
+    /// times within any such span is suspended until its file or the channel's options change.
+    #[serde(deserialize_with = "duration::millis")]
+    pub window: Millis,
+}
+
+impl Default for PolicyRollback {
+    fn default() -> Self {
+        PolicyRollback {
+            failures: 3,
+            window: Millis(60_000),
+        }
+    }
+}
+
 /// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

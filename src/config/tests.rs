@@ -640,6 +640,76 @@ policy = ""
 }
 
 #[test]
+fn policy_shadow_resolves_per_channel_and_every_file_is_compiled() {
+    let text = r#"
+[defaults]
+policy = "live.wasm"
+policy_shadow = "candidate.wasm"
+
+[[channels]]
+pattern = "own"
+policy_shadow = "other.wasm"
+
+[[channels]]
+pattern = "none"
+policy_shadow = ""
+
+[policy_rollback]
+failures = 5
+window = "2m"
+"#;
+    let cfg = Config::parse(text, Path::new("/etc/c/coordinosaur.toml")).expect("valid");
+    let shadow = |ch: &str| cfg.channel_options(ch).policy_shadow;
+    assert_eq!(
+        shadow("x").as_deref(),
+        Some(Path::new("/etc/c/candidate.wasm"))
+    );
+    assert_eq!(
+        shadow("own").as_deref(),
+        Some(Path::new("/etc/c/other.wasm"))
+    );
+    assert_eq!(shadow("none"), None, "policy_shadow = \"\" turns it off");
+    let paths: Vec<_> = cfg
+        .policy_paths()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/etc/c/candidate.wasm",
+            "/etc/c/live.wasm",
+            "/etc/c/other.wasm"
+        ],
+        "shadows are compiled and watched like policies"
+    );
+    assert_eq!(cfg.explain("own").matched[0].keys, vec!["policy_shadow"]);
+    let explained = cfg.explain("own").to_string();
+    assert!(
+        explained.contains("policy_shadow = /etc/c/other.wasm (decides nothing)"),
+        "{explained}"
+    );
+    assert_eq!(
+        cfg.policy_rollback,
+        PolicyRollback {
+            failures: 5,
+            window: Millis(120_000)
+        }
+    );
+    let default = Config::parse("", Path::new("c.toml")).expect("valid");
+    assert_eq!(default.policy_rollback, PolicyRollback::default());
+    let err = Config::parse(
+        "[policy_rollback]
+after = 3
+",
+        Path::new("c.toml"),
+    )
+    .expect_err("unknown key")
+    .to_string();
+    assert!(err.contains("after"), "{err}");
+}
+
+#[test]
 fn bad_on_policy_error_names_the_line() {
     let text = "[defaults]\npolicy = \"p.wasm\"\non_policy_error = \"ajar\"\n";
     let err = Config::parse(text, Path::new("c.toml"))

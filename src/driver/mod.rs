@@ -180,6 +180,7 @@ impl<S: Sink> Driver<S> {
         if let Some(rt) = self.policies.as_mut() {
             // Compiled by the config task: nothing is compiled on this thread.
             rt.host.install(policies);
+            rt.host.set_rollback(config.policy_rollback);
         }
         let now = self.clock.now();
         let limits = config.limits.engine();
@@ -207,9 +208,12 @@ impl<S: Sink> Driver<S> {
         };
         let path = update.path;
         match update.result {
+            Ok(compiled) if rt.host.rolled_back_version(&compiled) => {
+                info!(policy = %path.display(), "policy file unchanged since its version was rolled back; not tried again until it changes");
+            }
             Ok(compiled) => {
                 let compile_ms = compiled.compile_time.as_millis();
-                let moved = rt.host.swap(compiled);
+                let moved = rt.host.swap(compiled, now);
                 // Only channels that took the new version: one whose init refused it keeps its old
                 // instance, and asking that one again would double-count in stateful policies.
                 self.engine.readmit_channels(now, &moved, &mut rt.host);
@@ -231,6 +235,19 @@ impl<S: Sink> Driver<S> {
         }
     }
 
+    /// Re-ranks the queues of channels whose policy the host rolled back during the last event
+    /// (a swapped-in version that failed too often): the restored version sets the priorities.
+    fn readmit_rolled_back(&mut self) {
+        let Some(rt) = self.policies.as_mut() else {
+            return;
+        };
+        let moved = rt.host.take_rolled_back();
+        if !moved.is_empty() {
+            let now = self.clock.now();
+            self.engine.readmit_channels(now, &moved, &mut rt.host);
+        }
+    }
+
     fn split(&mut self) -> (&mut Engine, &mut dyn Policies) {
         let hooks: &mut dyn Policies = match &mut self.policies {
             Some(rt) => &mut rt.host,
@@ -243,6 +260,7 @@ impl<S: Sink> Driver<S> {
     /// decision and acknowledgement the gate lets through (the rest waits for its batch); then
     /// refreshes the gauges of the channels involved.
     async fn flush(&mut self) {
+        self.readmit_rolled_back();
         self.submit_changes();
         while let Some(out) = self.engine.poll_output() {
             if let Some(channel) = out.channel() {

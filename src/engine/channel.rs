@@ -317,7 +317,7 @@ impl Channel {
             return false;
         }
         let mut priority = reg.priority;
-        if self.opts.policy.is_some() {
+        if self.consults_hooks() {
             let job = JobInfo {
                 uid: &reg.uid,
                 timeout: reg.timeout,
@@ -487,7 +487,7 @@ impl Channel {
 
     /// Tells the policy, if any, what happened to a job.
     fn notify(&self, now: Time, hooks: &mut dyn Policies, event: JobEvent, uid: &str, job: &Job) {
-        if self.opts.policy.is_some() {
+        if self.consults_hooks() {
             hooks.on_event(&self.view(now), event, &job.info(uid));
         }
     }
@@ -600,6 +600,9 @@ impl Channel {
             || opts.on_policy_error != self.opts.on_policy_error
         {
             changed.push("policy");
+        }
+        if opts.policy_shadow != self.opts.policy_shadow {
+            changed.push("policy_shadow");
         }
         self.opts = opts;
         changed
@@ -959,10 +962,18 @@ impl Channel {
 
     /// The policy's decision on granting `uid` now (always `Grant` without a policy).
     fn consult(&self, now: Time, hooks: &mut dyn Policies, uid: &str) -> Decision {
-        match (&self.opts.policy, self.jobs.get(uid)) {
-            (Some(_), Some(job)) => hooks.before_grant(&self.view(now), &job.info(uid)),
+        match self.jobs.get(uid) {
+            Some(job) if self.consults_hooks() => {
+                hooks.before_grant(&self.view(now), &job.info(uid))
+            }
             _ => Decision::Grant,
         }
+    }
+
+    /// Whether the hooks are called: the channel has a policy, or a shadow policy that sees
+    /// the same calls (a channel with only a shadow gets the built-in decisions).
+    fn consults_hooks(&self) -> bool {
+        self.opts.policy.is_some() || self.opts.policy_shadow.is_some()
     }
 
     /// Gives a dequeued job its lease and counts it in every window.
@@ -1049,7 +1060,7 @@ impl Channel {
             .min()
     }
 
-    pub(crate) fn state(&self, now: Time) -> ChannelState {
+    pub(crate) fn state(&self, now: Time, hooks: &dyn Policies) -> ChannelState {
         let quotas: Vec<QuotaState> = self
             .windows
             .iter()
@@ -1087,6 +1098,9 @@ impl Channel {
             quota_held_ms: self.quota_held(now).0,
             now,
             waiting_jobs: None,
+            shadow: (self.opts.policy_shadow.as_ref())
+                .and_then(|shadow| hooks.shadow_report(&self.name, shadow))
+                .map(Box::new),
         }
     }
 

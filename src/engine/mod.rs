@@ -32,7 +32,10 @@ use durable::ChangeLog;
 pub use durable::{Change, ChannelSnapshot, Exit, JobSnapshot, Snapshot};
 pub use fencing::{Reply, RunningJob, StaleAction};
 pub use options::{ChannelOptions, OnPolicyError, QuotaLog, QuotaSpec};
-pub use policy::{Admission, ChannelView, Decision, JobEvent, JobInfo, NoPolicies, Policies};
+pub use policy::{
+    Admission, Agreement, ChannelView, Decision, JobEvent, JobInfo, NoPolicies, Policies,
+    ShadowReport,
+};
 pub use progress::{
     HeldBy, Position, ETA_HORIZON, HEAD_POSITIONS, LISTED_JOBS, MAX_POSITIONS_PER_EVENT,
     PROGRESS_INTERVAL,
@@ -351,6 +354,11 @@ pub struct ChannelState {
     /// reply to `{"jobs": true}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_jobs: Option<Vec<Position>>,
+    /// How the channel's shadow policy (`policy_shadow`) compares with the deciding one; only
+    /// for a channel that has one.
+    /// (Boxed: most channels have none, and a state is part of every [`Output`].)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Box<ShadowReport>>,
 }
 
 /// Index of a channel in the engine's slab.
@@ -639,14 +647,14 @@ impl Engine {
                 timeout,
                 token,
             } => self.handle_renew(now, &channel, &uid, timeout, token, hooks),
-            Input::Infos { channel } => self.handle_infos(now, &channel, false),
-            Input::InfosJobs { channel } => self.handle_infos(now, &channel, true),
+            Input::Infos { channel } => self.handle_infos(now, &channel, false, hooks),
+            Input::InfosJobs { channel } => self.handle_infos(now, &channel, true, hooks),
             Input::Delivered { channel, uid, seq } => {
                 if let Some(&id) = self.by_name.get(&channel) {
                     self.channels[id as usize].mark_delivered(&uid, seq, &mut self.log);
                 }
             }
-            Input::InfosAll => self.handle_infos_all(now),
+            Input::InfosAll => self.handle_infos_all(now, hooks),
         }
     }
 
@@ -672,7 +680,7 @@ impl Engine {
             self.settle(id, now, hooks);
         }
         if self.all_states.due().is_some_and(|t| t <= now) {
-            self.report_all_states(now);
+            self.report_all_states(now, hooks);
         }
     }
 
@@ -767,7 +775,7 @@ impl Engine {
     /// The state of `channel` at the engine's current time (`None` if it was never seen).
     pub fn channel_state(&self, channel: &str) -> Option<ChannelState> {
         let id = *self.by_name.get(channel)?;
-        Some(self.channels[id as usize].state(self.now))
+        Some(self.channels[id as usize].state(self.now, &NoPolicies))
     }
 
     /// Waiting uids of `channel` in the order they will be granted.
@@ -907,20 +915,21 @@ impl Engine {
     /// `PREFIX/infos`: a report now if none went out in the last interval; otherwise the
     /// request waits for the report at the interval's end (one report for all of them). A
     /// report sent at this very time already answers it.
-    fn handle_infos_all(&mut self, now: Time) {
+    fn handle_infos_all(&mut self, now: Time, hooks: &dyn Policies) {
         match self.all_states.last {
             Some(last) if now < last + ALL_STATES_INTERVAL => {
                 if last < now {
                     self.all_states.pending = true;
                 }
             }
-            _ => self.report_all_states(now),
+            _ => self.report_all_states(now, hooks),
         }
     }
 
     /// Every channel's state, by name.
-    fn report_all_states(&mut self, now: Time) {
-        let mut all: Vec<ChannelState> = self.channels.iter().map(|c| c.state(now)).collect();
+    fn report_all_states(&mut self, now: Time, hooks: &dyn Policies) {
+        let mut all: Vec<ChannelState> =
+            self.channels.iter().map(|c| c.state(now, hooks)).collect();
         all.sort_by(|a, b| a.channel.cmp(&b.channel));
         self.outputs.push_back(Output::AllStates(all));
         self.all_states = AllStatesLimit {
@@ -972,11 +981,11 @@ impl Engine {
         true
     }
 
-    fn handle_infos(&mut self, now: Time, channel: &str, jobs: bool) {
+    fn handle_infos(&mut self, now: Time, channel: &str, jobs: bool, hooks: &dyn Policies) {
         let mut state = match self.by_name.get(channel) {
-            Some(id) => self.channels[*id as usize].state(now),
+            Some(id) => self.channels[*id as usize].state(now, hooks),
             // Report what the channel would be without creating it: `infos` must not grow state.
-            None => Channel::new(channel.into(), (self.resolver)(channel)).state(now),
+            None => Channel::new(channel.into(), (self.resolver)(channel)).state(now, hooks),
         };
         if jobs {
             let listed = self.channel(channel).map(|c| c.waiting_jobs(now));

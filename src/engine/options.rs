@@ -47,6 +47,9 @@ pub struct ChannelOptions {
     pub policy_config: Arc<str>,
     /// Fallback when the policy fails.
     pub on_policy_error: OnPolicyError,
+    /// A candidate policy that gets the same hook calls as `policy` (with the same
+    /// `policy_config`) on its own instance and never decides: its disagreements are counted.
+    pub policy_shadow: Option<Arc<Path>>,
 }
 
 impl Default for ChannelOptions {
@@ -58,6 +61,7 @@ impl Default for ChannelOptions {
             policy: None,
             policy_config: Arc::from("{}"),
             on_policy_error: OnPolicyError::Open,
+            policy_shadow: None,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! synchronously at the points where it decides; what runs behind them (a wasm component, a test
 //! double) is the caller's business, so the engine stays free of wasmtime types and I/O.
 
+use std::path::Path;
+
 use super::{ChannelOptions, Millis, Time};
 
 /// A job as shown to a policy.
@@ -67,7 +69,45 @@ pub enum JobEvent {
     Cancelled,
 }
 
-/// Per-channel policy hooks. Only called for channels whose options name a policy.
+/// How often a channel's shadow policy agreed with the deciding one, for `state` replies.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ShadowReport {
+    /// The shadow policy file.
+    pub policy: String,
+    /// `admit` answers compared (verdict and priority).
+    pub admit: Agreement,
+    /// `before-grant` answers compared (grant, defer or veto).
+    pub before_grant: Agreement,
+    /// Shadow calls that failed (never compared, never affecting the channel).
+    pub failures: u64,
+    /// Why the shadow is not called any more (it failed too often), until its file or the
+    /// channel's options change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<String>,
+}
+
+/// Answers of one hook compared between the deciding policy and its shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Agreement {
+    /// Calls whose answers were compared.
+    pub compared: u64,
+    /// Compared calls whose answers differed.
+    pub disagreed: u64,
+}
+
+impl ShadowReport {
+    /// Agreed answers over compared ones, both hooks together; `None` before any comparison.
+    pub fn agreement_rate(&self) -> Option<f64> {
+        let compared = self.admit.compared + self.before_grant.compared;
+        let disagreed = self.admit.disagreed + self.before_grant.disagreed;
+        (compared > 0).then(|| (compared - disagreed) as f64 / compared as f64)
+    }
+}
+
+/// Per-channel policy hooks. Only called for channels whose options name a policy (or a
+/// shadow policy).
 pub trait Policies {
     /// On register.
     fn admit(&mut self, channel: &ChannelView<'_>, job: &JobInfo<'_>) -> Admission;
@@ -75,6 +115,11 @@ pub trait Policies {
     fn before_grant(&mut self, channel: &ChannelView<'_>, job: &JobInfo<'_>) -> Decision;
     /// After something happened to a job.
     fn on_event(&mut self, channel: &ChannelView<'_>, event: JobEvent, job: &JobInfo<'_>);
+    /// How `channel`'s shadow policy `shadow` compares with the deciding one so far; shown in
+    /// `state` replies. `None` where nothing runs shadows.
+    fn shadow_report(&self, _channel: &str, _shadow: &Path) -> Option<ShadowReport> {
+        None
+    }
 }
 
 /// The built-in behaviour: accept at priority 0, always grant.

@@ -202,6 +202,9 @@ pub struct CompiledPolicy {
     pub from_cache: bool,
     /// The file's size in bytes.
     pub size: u64,
+    /// SHA-256 of the file: tells a rewritten file from an unchanged one (a version rolled
+    /// back is not tried again until its file changes).
+    pub digest: [u8; 32],
 }
 
 impl std::fmt::Debug for CompiledPolicy {
@@ -328,6 +331,7 @@ impl Compiler {
             compile_time: started.elapsed(),
             from_cache,
             size: bytes.len() as u64,
+            digest: <sha2::Sha256 as sha2::Digest>::digest(&bytes).into(),
         })
     }
 

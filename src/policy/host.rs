@@ -6,15 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::ResourceTable;
 
 use super::compile::{v2, Bindings, CompiledPolicy, Compiler, Pre, StoreState, EPOCH_TICK};
 use super::hooks::Hook;
+use super::rollback::Breaker;
 use super::PolicyError;
-use crate::config::PolicySandbox;
-use crate::engine::ChannelView;
+use crate::config::{PolicyRollback, PolicySandbox};
+use crate::engine::{ChannelView, ShadowReport, Time};
 
 /// Counters of what the policies did, for logs and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,6 +28,44 @@ pub struct PolicyStats {
     pub instantiations: u64,
     /// Policy files swapped in by a reload.
     pub swaps: u64,
+    /// Swapped-in versions rolled back to the previous one after failing too often.
+    pub rollbacks: u64,
+}
+
+/// Which instance of a channel a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// The channel's `policy`: its answers decide.
+    Live = 0,
+    /// The channel's `policy_shadow`: same calls, answers only compared.
+    Shadow = 1,
+}
+
+impl Role {
+    /// The file this role runs for a channel with `options`.
+    fn path<'v>(self, view: &ChannelView<'v>) -> Option<&'v Arc<Path>> {
+        match self {
+            Role::Live => view.options.policy.as_ref(),
+            Role::Shadow => view.options.policy_shadow.as_ref(),
+        }
+    }
+}
+
+/// A swapped-in version on probation: failing too often soon after the swap brings `previous`
+/// back.
+struct Probation {
+    new: Arc<CompiledPolicy>,
+    previous: Arc<CompiledPolicy>,
+    breaker: Breaker,
+}
+
+/// A channel's shadow policy: what it agreed with, and whether it still runs.
+struct Shadow {
+    /// The file and config the counts are about; other ones start from zero.
+    path: Arc<Path>,
+    config: Arc<str>,
+    report: ShadowReport,
+    breaker: Breaker,
 }
 
 /// A channel's instance of its policy.
@@ -91,8 +130,19 @@ pub struct PolicyHost {
     /// `preload`, `install` and `swap` with policies compiled elsewhere: the host runs on the
     /// driver's thread and never compiles.
     compiled: HashMap<Arc<Path>, Arc<CompiledPolicy>>,
-    /// Instances by channel name.
-    slots: HashMap<Arc<str>, Slot>,
+    /// Instances by channel name: `[Role::Live]` decides, `[Role::Shadow]` is compared.
+    slots: [HashMap<Arc<str>, Slot>; 2],
+    /// Comparison counts of each channel with a shadow policy.
+    shadows: HashMap<Arc<str>, Shadow>,
+    /// `[policy_rollback]`.
+    rollback: PolicyRollback,
+    /// Versions swapped in recently, by file.
+    probation: HashMap<Arc<Path>, Probation>,
+    /// Files rolled back, with the digest of the version that failed: not tried again until
+    /// the file changes.
+    rejected: HashMap<Arc<Path>, [u8; 32]>,
+    /// Channels moved back to a previous version, for the driver to re-rank their queues.
+    rolled_back: Vec<Arc<str>>,
     /// Epoch ticks one call may take.
     deadline_ticks: u64,
     /// CPU time one call may use.
@@ -108,7 +158,8 @@ impl std::fmt::Debug for PolicyHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyHost")
             .field("policies", &self.compiled.len())
-            .field("instances", &self.slots.len())
+            .field("instances", &self.slots[Role::Live as usize].len())
+            .field("shadows", &self.slots[Role::Shadow as usize].len())
             .field("stats", &self.stats)
             .finish()
     }
@@ -121,7 +172,12 @@ impl PolicyHost {
         PolicyHost {
             compiler,
             compiled: HashMap::new(),
-            slots: HashMap::new(),
+            slots: [HashMap::new(), HashMap::new()],
+            shadows: HashMap::new(),
+            rollback: PolicyRollback::default(),
+            probation: HashMap::new(),
+            rejected: HashMap::new(),
+            rolled_back: Vec::new(),
             // +1: the current tick may be nearly over when the call starts.
             deadline_ticks: sandbox.call_timeout.0.div_ceil(tick) + 1,
             max_memory: sandbox.max_memory,
@@ -129,6 +185,17 @@ impl PolicyHost {
             clock: Arc::new(AtomicU64::new(0)),
             stats: PolicyStats::default(),
         }
+    }
+
+    /// Uses `rollback` for versions swapped in from now on and for shadows' suspension.
+    pub fn set_rollback(&mut self, rollback: PolicyRollback) {
+        self.rollback = rollback;
+    }
+
+    /// Channels whose policy was rolled back since the last call: their waiting jobs need the
+    /// restored version's priorities (`Engine::readmit_channels`).
+    pub fn take_rolled_back(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.rolled_back)
     }
 
     /// Compiles every file in `paths` now, so that a bad policy stops start-up with its reason.
@@ -156,13 +223,21 @@ impl PolicyHost {
     /// as the first hook call would; `Err` with the reason the daemon would log. For `policy
     /// check`.
     pub fn init_channel(&mut self, channel: &str, path: &Path, config: &str) -> Result<(), String> {
-        self.prepare(&Arc::from(channel), &Arc::from(path), &Arc::from(config))
+        self.prepare(
+            Role::Live,
+            &Arc::from(channel),
+            &Arc::from(path),
+            &Arc::from(config),
+        )
     }
 
     /// The hooks `channel`'s instance gets called, by WIT name: all three for a 0.1.0 policy,
     /// those its `init` declared for 0.2.0; `None` without a live instance. For `policy check`.
     pub fn called_hooks(&self, channel: &str) -> Option<Vec<&'static str>> {
-        let live = self.slots.get(channel)?.live.as_ref()?;
+        let live = self.slots[Role::Live as usize]
+            .get(channel)?
+            .live
+            .as_ref()?;
         let hooks = [Hook::Admit, Hook::BeforeGrant, Hook::OnEvent];
         Some(
             hooks
@@ -175,47 +250,147 @@ impl PolicyHost {
 
     /// Lets channels that refused (a version of) `path` try it again on their next call.
     fn forget_refusals(&mut self, path: &Path) {
-        for slot in self.slots.values_mut() {
+        for slot in self.slots.iter_mut().flat_map(|s| s.values_mut()) {
             if slot.refused.as_ref().is_some_and(|(p, _)| **p == *path) {
                 slot.refused = None;
             }
         }
     }
 
-    /// Swaps in a newly compiled version of a file. Channels using it get a new instance
-    /// (with `init` run) right away; a channel whose `init` fails keeps its old instance.
-    /// Returns the channels now running the new version.
-    pub fn swap(&mut self, compiled: CompiledPolicy) -> Vec<Arc<str>> {
+    /// Swaps in a newly compiled version of a file at engine time `now`. Channels using it get
+    /// a new instance (with `init` run) right away; a channel whose `init` fails keeps its old
+    /// instance. The version is then on probation (`[policy_rollback]`). A file whose content
+    /// is the version rolled back last time is not tried again. Returns the channels whose
+    /// deciding policy is now the new version.
+    pub fn swap(&mut self, compiled: CompiledPolicy, now: Time) -> Vec<Arc<str>> {
         let path: Arc<Path> = Arc::from(compiled.path.as_path());
+        if self.rolled_back_version(&compiled) {
+            return Vec::new();
+        }
+        self.rejected.remove(&path);
         let compiled = Arc::new(compiled);
-        self.compiled.insert(path.clone(), compiled.clone());
+        let previous = self.compiled.insert(path.clone(), compiled.clone());
         self.stats.swaps += 1;
+        self.probation.remove(&path);
+        if let Some(previous) = previous.filter(|_| self.rollback.failures > 0) {
+            let breaker = Breaker::probation(self.rollback, now);
+            let new = compiled.clone();
+            let probation = Probation {
+                new,
+                previous,
+                breaker,
+            };
+            self.probation.insert(path.clone(), probation);
+        }
         // A config that this file's old version refused gets another try on the next call.
         self.forget_refusals(&path);
+        // A new version of a candidate: its counts start again, and a suspended one runs again
+        // (its instance is created on the next call).
+        self.shadows.retain(|_, s| *s.path != *path);
         let mut moved = Vec::new();
-        let channels: Vec<Arc<str>> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| *s.compiled.path == *path)
-            .map(|(c, _)| c.clone())
-            .collect();
-        for channel in channels {
-            let Some(slot) = self.slots.get(&channel) else {
-                continue;
-            };
-            let config = slot.config.clone();
-            match self.instantiate(&compiled, &channel, &config) {
-                Ok(live) => {
-                    self.slots
-                        .insert(channel.clone(), Slot::live(compiled.clone(), config, live));
-                    moved.push(channel);
-                }
-                Err(cause) => {
-                    warn!(%channel, policy = %path.display(), cause, "new policy refused; channel keeps the old one");
+        for role in [Role::Live, Role::Shadow] {
+            let channels: Vec<(Arc<str>, Arc<str>)> = self.slots[role as usize]
+                .iter()
+                .filter(|(_, s)| *s.compiled.path == *path)
+                .map(|(c, s)| (c.clone(), s.config.clone()))
+                .collect();
+            for (channel, config) in channels {
+                match self.instantiate(&compiled, &channel, &config) {
+                    Ok(live) => {
+                        let slot = Slot::live(compiled.clone(), config, live);
+                        self.slots[role as usize].insert(channel.clone(), slot);
+                        if role == Role::Live {
+                            moved.push(channel);
+                        }
+                    }
+                    Err(cause) => {
+                        warn!(%channel, policy = %path.display(), ?role, cause, "new policy refused; channel keeps the old one");
+                    }
                 }
             }
         }
         moved
+    }
+
+    /// Whether `compiled` is the content of its file that was rolled back last: [`swap`] does
+    /// not try it again until the file changes.
+    ///
+    /// [`swap`]: PolicyHost::swap
+    pub fn rolled_back_version(&self, compiled: &CompiledPolicy) -> bool {
+        self.rejected.get(compiled.path.as_path()) == Some(&compiled.digest)
+    }
+
+    /// Brings back the version `path` had before its swap, after it failed too often on
+    /// probation: every channel on the failed version gets an instance of the previous one
+    /// on its next call, and the failed content is not tried again until the file changes.
+    fn roll_back(&mut self, path: &Arc<Path>) {
+        let Some(probation) = self.probation.remove(path) else {
+            return;
+        };
+        let Probation { new, previous, .. } = probation;
+        self.rejected.insert(path.clone(), new.digest);
+        self.compiled.insert(path.clone(), previous.clone());
+        self.stats.rollbacks += 1;
+        metrics::counter!("coordinosaur_policy_rollbacks_total", "policy" => path.display().to_string())
+            .increment(1);
+        for role in [Role::Live, Role::Shadow] {
+            for (channel, slot) in &mut self.slots[role as usize] {
+                if Arc::ptr_eq(&slot.compiled, &new) {
+                    *slot = Slot {
+                        compiled: previous.clone(),
+                        config: slot.config.clone(),
+                        live: None,
+                        broken: None,
+                        refused: None,
+                    };
+                    if role == Role::Live {
+                        self.rolled_back.push(channel.clone());
+                    }
+                }
+            }
+        }
+        warn!(
+            policy = %path.display(),
+            failures = self.rollback.failures,
+            window_ms = self.rollback.window.0,
+            channels = self.rolled_back.len(),
+            "policy rolled back to its previous version: the swapped-in version failed too often after the swap; the file is not tried again until it changes"
+        );
+    }
+
+    /// How `channel`'s shadow `path` compares so far (zero counts before its first call).
+    pub fn shadow(&self, channel: &str, path: &Path) -> ShadowReport {
+        match self.shadows.get(channel) {
+            Some(s) if *s.path == *path => s.report.clone(),
+            _ => ShadowReport {
+                policy: path.display().to_string(),
+                ..ShadowReport::default()
+            },
+        }
+    }
+
+    /// The comparison record of `channel`'s shadow as the view's options name it, started
+    /// afresh when the file or config changed; `None` without a shadow.
+    fn shadow_mut(&mut self, view: &ChannelView<'_>) -> Option<&mut Shadow> {
+        let path = view.options.policy_shadow.as_ref()?;
+        let config = &view.options.policy_config;
+        let fresh = !self
+            .shadows
+            .get(view.channel)
+            .is_some_and(|s| s.path == *path && s.config == *config);
+        if fresh {
+            let shadow = Shadow {
+                path: path.clone(),
+                config: config.clone(),
+                report: ShadowReport {
+                    policy: path.display().to_string(),
+                    ..ShadowReport::default()
+                },
+                breaker: Breaker::sliding(self.rollback),
+            };
+            self.shadows.insert(Arc::from(view.channel), shadow);
+        }
+        self.shadows.get_mut(view.channel)
     }
 
     /// The counters so far.
@@ -277,40 +452,45 @@ impl PolicyHost {
         }
     }
 
-    /// Runs `f` on the channel's instance, creating it if needed. [`Call::Skipped`] when the
-    /// policy declared (0.2.0 `init`) that it does not implement `hook`: nothing is called;
-    /// [`Call::Failed`] when there is no usable instance or the call failed (already logged and
-    /// counted; the instance is dropped).
-    pub(super) fn call<R>(
+    /// Runs `f` on the channel's instance for `role`, creating it if needed. [`Call::Skipped`]
+    /// when the channel has no policy for that role or the policy declared (0.2.0 `init`) that
+    /// it does not implement `hook`: nothing is called; [`Call::Failed`] when there is no
+    /// usable instance or the call failed (already logged and counted; the instance is
+    /// dropped).
+    pub(super) fn call_as<R>(
         &mut self,
+        role: Role,
         view: &ChannelView<'_>,
         hook: Hook,
         f: impl FnOnce(&Bindings, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Call<R> {
-        let Some(path) = view.options.policy.as_ref() else {
+        let Some(path) = role.path(view) else {
             return Call::Skipped;
         };
+        if !self.probation.is_empty() {
+            self.probation.retain(|_, p| !p.breaker.expired(view.now));
+        }
         self.clock.store(view.now.0, Ordering::Relaxed);
+        let slots = &self.slots[role as usize];
         // The common case (a working instance of this file and config) looks the slot up by
         // name without allocating; first use, a new config or a rebuild goes through `prepare`.
-        let ready = self.slots.get(view.channel).is_some_and(|s| {
+        let ready = slots.get(view.channel).is_some_and(|s| {
             s.live.is_some() && s.broken.is_none() && s.settled(path, &view.options.policy_config)
         });
         if !ready {
             let (channel, path) = (Arc::from(view.channel), path.clone());
-            if let Err(cause) = self.prepare(&channel, &path, &view.options.policy_config) {
+            if let Err(cause) = self.prepare(role, &channel, &path, &view.options.policy_config) {
                 self.stats.calls += 1;
-                return self.failed(view, hook, &cause);
+                return self.failed(role, view, hook, &cause);
             }
         }
         let ticks = self.deadline_ticks;
-        let Some(live) = self
-            .slots
+        let Some(live) = self.slots[role as usize]
             .get_mut(view.channel)
             .and_then(|s| s.live.as_mut())
         else {
             self.stats.calls += 1;
-            return self.failed(view, hook, "no policy instance");
+            return self.failed(role, view, hook, "no policy instance");
         };
         if !hook.declared_by(&live.bindings) {
             return Call::Skipped;
@@ -320,17 +500,19 @@ impl PolicyHost {
         live.store.data_mut().start_call();
         let started = std::time::Instant::now();
         let result = f(&live.bindings, &mut live.store);
-        metrics::histogram!("coordinosaur_policy_call_seconds", "hook" => hook.as_str())
-            .record(started.elapsed().as_secs_f64());
+        if role == Role::Live {
+            metrics::histogram!("coordinosaur_policy_call_seconds", "hook" => hook.as_str())
+                .record(started.elapsed().as_secs_f64());
+        }
         match result {
             Ok(r) => Call::Done(r),
             Err(e) => {
                 // A trapped instance cannot be entered again: drop it, rebuild on the next call.
-                if let Some(slot) = self.slots.get_mut(view.channel) {
+                if let Some(slot) = self.slots[role as usize].get_mut(view.channel) {
                     slot.live = None;
                 }
                 let cause = name_memory_cap(format!("{e:#}"), self.max_memory);
-                self.failed(view, hook, &cause)
+                self.failed(role, view, hook, &cause)
             }
         }
     }
@@ -339,6 +521,7 @@ impl PolicyHost {
     /// previous one when they are refused. `Err` when there is no usable instance.
     fn prepare(
         &mut self,
+        role: Role,
         channel: &Arc<str>,
         path: &Arc<Path>,
         config: &Arc<str>,
@@ -346,15 +529,13 @@ impl PolicyHost {
         // Same file and config: keep the slot even if it holds an older version of the file.
         // `swap` moves every slot it can to a new version; a slot still on the old one is a
         // channel whose `init` refused the new version, and it keeps its previous policy.
-        if !self
-            .slots
+        if !self.slots[role as usize]
             .get(channel)
             .is_some_and(|s| s.settled(path, config))
         {
-            self.switch(channel, path, config)?;
+            self.switch(role, channel, path, config)?;
         }
-        let slot = self
-            .slots
+        let slot = self.slots[role as usize]
             .get(channel)
             .ok_or_else(|| "no policy instance".to_owned())?;
         if let Some(reason) = &slot.broken {
@@ -364,8 +545,7 @@ impl PolicyHost {
             // Rebuild from the slot's own version, which may be older than the file's latest.
             let (compiled, config) = (slot.compiled.clone(), slot.config.clone());
             let rebuilt = self.instantiate(&compiled, channel, &config);
-            let slot = self
-                .slots
+            let slot = self.slots[role as usize]
                 .get_mut(channel)
                 .ok_or_else(|| "no policy instance".to_owned())?;
             match rebuilt {
@@ -384,6 +564,7 @@ impl PolicyHost {
     /// fails while the channel has a working policy, the channel keeps it, with its config.
     fn switch(
         &mut self,
+        role: Role,
         channel: &Arc<str>,
         path: &Arc<Path>,
         config: &Arc<str>,
@@ -395,16 +576,17 @@ impl PolicyHost {
         let cause = match attempt {
             Ok((compiled, Ok(live))) => {
                 let slot = Slot::live(compiled, config.clone(), live);
-                self.slots.insert(channel.clone(), slot);
+                self.slots[role as usize].insert(channel.clone(), slot);
                 return Ok(());
             }
             Ok((_, Err(cause))) | Err(cause) => cause,
         };
-        if let Some(previous) = self.slots.get_mut(channel) {
+        if let Some(previous) = self.slots[role as usize].get_mut(channel) {
             if previous.broken.is_none() {
                 warn!(
                     %channel,
                     policy = %path.display(),
+                    ?role,
                     cause,
                     kept = %previous.compiled.path.display(),
                     "new policy config refused; the channel keeps its previous policy"
@@ -422,7 +604,7 @@ impl PolicyHost {
                 broken: Some(cause.clone()),
                 refused: None,
             };
-            self.slots.insert(channel.clone(), slot);
+            self.slots[role as usize].insert(channel.clone(), slot);
         }
         Err(cause)
     }
@@ -438,12 +620,121 @@ impl PolicyHost {
         })
     }
 
-    fn failed<R>(&mut self, view: &ChannelView<'_>, hook: Hook, cause: &str) -> Call<R> {
+    fn failed<R>(
+        &mut self,
+        role: Role,
+        view: &ChannelView<'_>,
+        hook: Hook,
+        cause: &str,
+    ) -> Call<R> {
         self.stats.failures += 1;
-        metrics::counter!("coordinosaur_policy_failures_total", "hook" => hook.as_str())
-            .increment(1);
-        warn!(channel = view.channel, ?hook, cause, fallback = ?view.options.on_policy_error, "policy call failed");
+        match role {
+            Role::Live => {
+                metrics::counter!("coordinosaur_policy_failures_total", "hook" => hook.as_str())
+                    .increment(1);
+                warn!(channel = view.channel, ?hook, cause, fallback = ?view.options.on_policy_error, "policy call failed");
+                self.count_probation_failure(view);
+            }
+            Role::Shadow => self.shadow_failed(view, hook, cause),
+        }
         Call::Failed
+    }
+
+    /// A failed call of `view`'s deciding policy: rolls its file back if that version is on
+    /// probation and has now failed too often.
+    fn count_probation_failure(&mut self, view: &ChannelView<'_>) {
+        let Some(slot) = self.slots[Role::Live as usize].get(view.channel) else {
+            return;
+        };
+        let path: Arc<Path> = Arc::from(slot.compiled.path.as_path());
+        let Some(probation) = self.probation.get_mut(&path) else {
+            return;
+        };
+        if Arc::ptr_eq(&probation.new, &slot.compiled) && probation.breaker.record(view.now) {
+            self.roll_back(&path);
+        }
+    }
+
+    /// A failed shadow call: counted, logged, and the shadow suspended when it fails too often.
+    /// Nothing reaches the channel.
+    fn shadow_failed(&mut self, view: &ChannelView<'_>, hook: Hook, cause: &str) {
+        let rollback = self.rollback;
+        let Some(shadow) = self.shadow_mut(view) else {
+            return;
+        };
+        shadow.report.failures += 1;
+        let policy = shadow.report.policy.clone();
+        metrics::counter!("coordinosaur_shadow_failures_total", "policy" => policy.clone())
+            .increment(1);
+        if shadow.breaker.record(view.now) {
+            let reason = format!(
+                "failed {} times within {}: suspended until its file or the channel's options change",
+                rollback.failures, rollback.window
+            );
+            warn!(
+                channel = view.channel,
+                policy,
+                ?hook,
+                cause,
+                reason,
+                "shadow policy suspended"
+            );
+            shadow.report.suspended = Some(reason);
+            // Its instance is not needed until then.
+            self.slots[Role::Shadow as usize].remove(view.channel);
+        } else {
+            debug!(
+                channel = view.channel,
+                policy,
+                ?hook,
+                cause,
+                "shadow policy call failed; the channel is not affected"
+            );
+        }
+    }
+
+    /// Records one compared answer of `view`'s shadow; `agreed` or not.
+    pub(super) fn shadow_compared(
+        &mut self,
+        view: &ChannelView<'_>,
+        hook: Hook,
+        uid: &str,
+        agreed: bool,
+        answers: impl FnOnce() -> (String, String),
+    ) {
+        let Some(shadow) = self.shadow_mut(view) else {
+            return;
+        };
+        let counts = match hook {
+            Hook::Admit => &mut shadow.report.admit,
+            Hook::BeforeGrant => &mut shadow.report.before_grant,
+            Hook::OnEvent => return,
+        };
+        counts.compared += 1;
+        let policy = shadow.report.policy.clone();
+        metrics::counter!("coordinosaur_shadow_calls_total", "policy" => policy.clone(), "hook" => hook.as_str())
+            .increment(1);
+        if !agreed {
+            counts.disagreed += 1;
+            metrics::counter!("coordinosaur_shadow_disagreements_total", "policy" => policy.clone(), "hook" => hook.as_str())
+                .increment(1);
+            let (live, candidate) = answers();
+            debug!(
+                channel = view.channel,
+                uid,
+                ?hook,
+                live,
+                shadow = candidate,
+                policy,
+                "shadow policy disagrees"
+            );
+        }
+    }
+
+    /// Whether `view`'s shadow was suspended for failing too often.
+    pub(super) fn shadow_suspended(&mut self, view: &ChannelView<'_>) -> bool {
+        self.shadow_mut(view)
+            .is_some_and(|s| s.report.suspended.is_some())
     }
 }
 

@@ -13,6 +13,10 @@
 //!   restart or a swap back to a known version does not recompile.
 //! - `wasi`: what WASI gives a guest: engine-time clocks and `wasi:random` seeded per channel,
 //!   nothing of the host.
+//! - `rollback`: when a hot-swapped version goes back to the previous one (too many failed
+//!   calls soon after the swap) and when a shadow policy is suspended; pure, in engine time.
+//! - Shadow policies (`policy_shadow`): a second instance per channel that gets the same calls
+//!   and is only compared (`hooks`).
 //! - [`reload`]: a notify watcher on the policy folders that recompiles a changed file off the
 //!   async runtime and hands it to the driver, which swaps it in between two events.
 
@@ -22,6 +26,7 @@ mod hooks;
 mod host;
 mod meta;
 pub mod reload;
+mod rollback;
 mod wasi;
 
 pub use cache::PolicyCache;

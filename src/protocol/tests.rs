@@ -416,6 +416,7 @@ fn channel_state(name: &str, running: &[String]) -> crate::engine::ChannelState 
         running_count: running.len(),
         running_units: None,
         waiting_jobs: None,
+        shadow: None,
         running_jobs: running
             .iter()
             .enumerate()
