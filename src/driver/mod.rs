@@ -383,7 +383,7 @@ pub async fn run(
     };
     if let Some((journal, snapshot, recent)) = state {
         d.journal = Some(journal);
-        d.redelivery = RedeliveryGuard::new(recent);
+        d.redelivery = RedeliveryGuard::new(recent, d.clock.now());
         d.engine.record_changes(true);
         let now = d.clock.now();
         let (engine, hooks) = d.split();
@@ -414,9 +414,14 @@ pub async fn run(
                 Some(Inbound::Input(input, ack)) => {
                     let redelivered = ack.as_ref().is_some_and(Ack::redelivered);
                     d.acks.extend(ack);
+                    let now = d.clock.now();
                     match input {
-                        Input::Register(reg) if d.redelivery.is_repeat(&reg, redelivered) => {
-                            info!(channel = reg.channel, uid = reg.uid, "register delivered again by the broker after a restart; the journal already has it: ignored");
+                        Input::Register(reg) if d.redelivery.is_repeat(&reg, redelivered, now) => {
+                            info!(channel = reg.channel, uid = reg.uid, "register delivered again by the broker; already applied: ignored");
+                        }
+                        Input::Register(reg) => {
+                            d.redelivery.applied(&reg, now);
+                            d.input(Input::Register(reg));
                         }
                         input => d.input(input),
                     }
@@ -437,7 +442,6 @@ pub async fn run(
                 Some(Inbound::Synced(ack)) => {
                     d.acks.extend(ack);
                     d.resend.handle_synced();
-                    d.redelivery.handle_synced();
                     debug!("synced: every request the broker queued for us has been read");
                 }
                 None => break,

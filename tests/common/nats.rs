@@ -10,7 +10,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,8 +25,18 @@ const LISTEN_WITHIN: Duration = Duration::from_secs(10);
 /// JetStream).
 const FORMED_WITHIN: Duration = Duration::from_secs(30);
 
-/// The `nats-server` executable, if installed (Debian puts it in /usr/sbin).
+/// The `nats-server` the HA tests run: `COORDINOSAUR_NATS_SERVER` if set, else the pinned one
+/// `tools/nats-server/install.sh` puts in the repository (scripts/test.sh runs it), else the
+/// first on `PATH` or in /usr/sbin.
 pub fn executable() -> Option<PathBuf> {
+    if let Some(exe) = std::env::var_os("COORDINOSAUR_NATS_SERVER") {
+        return Some(PathBuf::from(exe));
+    }
+    let pinned =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/nats-server/.venv/bin/nats-server");
+    if pinned.is_file() {
+        return Some(pinned);
+    }
     std::env::var_os("PATH")
         .map(|p| {
             std::env::split_paths(&p)
@@ -37,6 +47,33 @@ pub fn executable() -> Option<PathBuf> {
         .into_iter()
         .chain(["/usr/sbin/nats-server", "/usr/bin/nats-server"].map(PathBuf::from))
         .find(|p| p.is_file())
+}
+
+/// Debian's packaged `nats-server` (2.9.10 on this distribution), if installed: the oldest
+/// server the daemon supports.
+pub fn debian_executable() -> Option<PathBuf> {
+    Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file())
+}
+
+/// `exe --version` as (major, minor, patch), e.g. `nats-server: v2.15.1` -> (2, 15, 1).
+pub fn version(exe: &Path) -> (u32, u32, u32) {
+    let out = Command::new(exe)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("run {} --version: {e}", exe.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let numbers: Vec<u32> = text
+        .trim()
+        .rsplit('v')
+        .next()
+        .unwrap_or_default()
+        .split('.')
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    match numbers[..] {
+        [major, minor, patch, ..] => (major, minor, patch),
+        _ => panic!("unexpected {} --version output: {text}", exe.display()),
+    }
 }
 
 /// One node's ports.
@@ -59,11 +96,18 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts `n` nodes and waits until they accept connections and JetStream answers.
+    /// Starts `n` nodes of [`executable`] and waits until they accept connections and
+    /// JetStream answers.
     pub fn start(n: usize) -> NatsCluster {
         let exe = executable().unwrap_or_else(|| {
-            panic!("nats-server is not installed: run scripts/test.sh (it installs it), or apt-get install -y nats-server")
+            panic!("nats-server is not installed: run scripts/test.sh (it installs it), or tools/nats-server/install.sh")
         });
+        NatsCluster::start_with(&exe, n)
+    }
+
+    /// [`NatsCluster::start`] with the server at `exe`.
+    pub fn start_with(exe: &Path, n: usize) -> NatsCluster {
+        let exe = exe.to_owned();
         let dir = tempfile::Builder::new()
             .prefix("coordinosaur-nats-")
             .tempdir()
