@@ -36,6 +36,9 @@
 //! end-to-end hot reload latency (rename `deny` over `priority`, poll with registrations of a
 //! denied tenant until the first `rejected`, and back). See [`policy_bench`].
 //!
+//! `cargo bench --bench mqtt -- --progress` measures what `"progress": true` costs with 10,000
+//! waiting jobs under churn (see [`progress`]).
+//!
 //! `cargo bench --bench mqtt -- --ha` measures the high-availability backend instead: a 3-node
 //! NATS cluster (the tests' [`common::nats::NatsCluster`]: JetStream R=3, an MQTT listener on each
 //! node, `mqtt { ack_wait: "1s" }`) replaces Mosquitto, and the null responder, the daemon with
@@ -63,6 +66,8 @@ use tokio::time::timeout;
 /// The tests' harness: the guest policies (`policies::policy_wasm`) and the NATS cluster.
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "mqtt/progress.rs"]
+mod progress;
 
 /// Rounds: in each, every responder is measured once, one after the other.
 const ROUNDS: usize = 5;
@@ -149,6 +154,11 @@ fn main() {
 
     if policy_mode {
         policy_bench(&rt, broker, dir.path());
+        return;
+    }
+    // `cargo bench --bench mqtt -- --progress`: position messages with a long queue.
+    if args.iter().any(|a| a == "--progress") {
+        progress::run(&rt, broker, dir.path());
         return;
     }
     // `cargo bench --bench mqtt -- --durability`: what the journal costs, per setting.

@@ -97,6 +97,10 @@ fn describe() {
         "Policy files swapped in (result=ok) or refused (result=error)."
     );
     describe_counter!(
+        "coordinosaur_position_messages_total",
+        "Queue position messages published to jobs registered with \"progress\": true."
+    );
+    describe_counter!(
         "coordinosaur_policy_rollbacks_total",
         "Swapped-in policy versions rolled back to the previous one after failing too often."
     );
@@ -243,7 +247,11 @@ impl Recorder {
             } => {
                 counter!("coordinosaur_stale_tokens_total", "channel" => self.label_text(channel), "action" => action.as_str()).increment(1);
             }
-            Output::State(_) | Output::AllStates(_) | Output::Position { .. } => {}
+            Output::Position { channel, .. } => {
+                counter!("coordinosaur_position_messages_total", "channel" => self.label_text(channel))
+                    .increment(1);
+            }
+            Output::State(_) | Output::AllStates(_) => {}
         }
     }
 

@@ -536,8 +536,20 @@ async fn losing_one_nats_node_under_load_keeps_deciding_and_it_rejoins() {
     // A lease longer than a JetStream raft election (2-5 s on nats-server 2.9), so that losing
     // the node that led the lease bucket's group does not cost the leadership (README "High
     // availability" explains the trade-off).
-    let (mut cluster, _mosquitto, mut coordinators, mut run) =
-        start_under_load(2, "leader_lease = \"8s\"", ha_spec()).await;
+    // Requests through Mosquitto: what is tested is the journal and the lease across the loss.
+    // Through the nodes' listeners, workers connected to the killed node reconnect to it once
+    // it is back, and nats-server 2.15.1 then lost some `go`s published to their resumed
+    // sessions (7 of 1,640 jobs in 1 run of 2, the other nodes' clients unaffected): README
+    // "High availability" tells workers to fail over to another node.
+    let exe = nats::executable().expect("nats-server: run scripts/test.sh");
+    let (mut cluster, _mosquitto, mut coordinators, mut run) = start_load(
+        &exe,
+        Requests::Mosquitto,
+        2,
+        "leader_lease = \"8s\"",
+        ha_spec(),
+    )
+    .await;
     let leader = coordinators.wait_leader(None).await;
     wait_for_grants(&mut run, "grants flow", 0, 30, Duration::from_secs(30)).await;
     // Not the node holding the journal stream's leadership alone: any one node of three.

@@ -65,6 +65,13 @@ async fn metrics_match_what_happened() {
         .expect(&topic("jobs", "expired/b"), Duration::from_secs(5))
         .await;
     assert_eq!(client.next_go("jobs").await, "c");
+    // Waits behind c and asks for its place: one position message.
+    client
+        .publish(
+            &topic("jobs", "register"),
+            r#"{"uid": "d", "timeout": 60, "progress": true}"#,
+        )
+        .await;
     client.register("jobs", "bad", -1.0).await;
     client.publish(&topic("jobs", "register"), "not json").await;
 
@@ -96,7 +103,15 @@ async fn metrics_match_what_happened() {
     );
     assert_eq!(
         sample(&text, "coordinosaur_waiting{channel=\"jobs\"}"),
-        Some(0.0)
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "coordinosaur_position_messages_total{channel=\"jobs\"}"
+        ),
+        Some(1.0),
+        "{text}"
     );
     assert_eq!(
         sample(
