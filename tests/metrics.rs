@@ -75,6 +75,14 @@ async fn metrics_match_what_happened() {
     client.register("jobs", "bad", -1.0).await;
     client.publish(&topic("jobs", "register"), "not json").await;
 
+    // Outputs are counted when they are published (after the journal), invalid messages when
+    // they are decoded: wait for both.
+    wait_for(
+        port,
+        "coordinosaur_position_messages_total{channel=\"jobs\"}",
+        1.0,
+    )
+    .await;
     let text = wait_for(
         port,
         "coordinosaur_rejections_total{channel=\"jobs\",reason=\"invalid\"}",
