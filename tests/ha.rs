@@ -642,6 +642,9 @@ async fn a_standby_started_late_catches_up_from_snapshot_and_tail() {
         "the standby did not start from a snapshot:\n{}",
         late.log()
     );
+    // The fencing token of the running job (j01), granted by the first leader.
+    let token = |state: serde_json::Value| state["running_jobs"][0]["token"].as_u64();
+    let first_token = token(worker.state("late").await).expect("j01 runs with a token");
     coordinators.daemons[0].kill();
     coordinators.daemons.push(late);
     coordinators.wait_leader(Some(0)).await;
@@ -659,11 +662,21 @@ async fn a_standby_started_late_catches_up_from_snapshot_and_tail() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The new leader has every waiting job in order.
+    // The new leader has every waiting job in order, and its fencing tokens continue above the
+    // first leader's.
     worker.finished("late", "j01").await;
+    let mut last_token = first_token;
     for j in 2..jobs {
         let uid = worker.next_go("late").await;
         assert_eq!(uid, format!("j{j:02}"));
+        if j == 2 || j == jobs - 1 {
+            let t = token(worker.state("late").await).expect("a token");
+            assert!(
+                t > last_token,
+                "{uid}'s token {t} after the failover is not above {last_token}"
+            );
+            last_token = t;
+        }
         worker.finished("late", &uid).await;
     }
 }
