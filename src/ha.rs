@@ -114,6 +114,9 @@ pub async fn standby(
     }
 }
 
+/// Pause between two attempts of a take-over step that failed.
+const TAKEOVER_RETRY: Duration = Duration::from_millis(100);
+
 /// Reads the stream to its end, appends the leader marker right after it, and starts the
 /// journal there.
 async fn take_over(
@@ -131,7 +134,17 @@ async fn take_over(
         {
             anyhow::bail!("lost the leader lease before taking over: {reason}");
         }
-        let last = cluster.last_sequence().await?;
+        // Errors here are retried while the lease holds: on nats-server 2.9 a stream created a
+        // moment ago can still be unknown to the node we talk to ("no stream found for given
+        // subject"), and giving up would leave no leader until a supervisor restarts us.
+        let last = match cluster.last_sequence().await {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!(cause = %e, "take-over: cannot read the journal's end yet; retrying while the lease holds");
+                tokio::time::sleep(TAKEOVER_RETRY).await;
+                continue;
+            }
+        };
         while follower.replica.applied() < last || follower.replica.mid_batch() {
             tokio::time::timeout(Duration::from_secs(1), follower.step(&cluster))
                 .await
@@ -140,11 +153,18 @@ async fn take_over(
                 anyhow::bail!("lost the leader lease while catching up with the journal");
             }
         }
-        if let Some(seq) = cluster.mark_leader(node, last).await? {
-            follower.replica.apply(seq, false, &[])?;
-            break seq;
+        match cluster.mark_leader(node, last).await {
+            Ok(Some(seq)) => {
+                follower.replica.apply(seq, false, &[])?;
+                break seq;
+            }
+            // A deposed leader appended after we read the end: read it too, then mark again.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(cause = %e, "take-over: cannot append the leader marker yet; retrying while the lease holds");
+                tokio::time::sleep(TAKEOVER_RETRY).await;
+            }
         }
-        // A deposed leader appended after we read the end: read it too, then mark again.
     };
     let caught_up_from = follower.replica.changes();
     let (snapshot, recent) = follower.replica.into_parts();

@@ -300,9 +300,12 @@ impl Fleet {
         let mut conns = Vec::new();
         let mut loops = Vec::new();
         for i in 0..spec.connections {
-            let port = ports[i % ports.len()];
+            // Connection i starts on node i and fails over to the next one when it loses it.
+            let nodes: Vec<u16> = (0..ports.len())
+                .map(|k| ports[(i + k) % ports.len()])
+                .collect();
             let (conn, task) = Conn::connect(
-                port,
+                nodes,
                 &unique_id(&format!("fleet{i}")),
                 &stats,
                 spec.wildcard_subscriptions,
@@ -409,16 +412,17 @@ fn wildcard_filters() -> Vec<SubscribeFilter> {
 impl Conn {
     /// Connects with a persistent session and waits (up to 10 s) for the first CONNACK.
     async fn connect(
-        port: u16,
+        nodes: Vec<u16>,
         id: &str,
         stats: &Arc<FleetStats>,
         wildcard: bool,
     ) -> (Conn, JoinHandle<()>) {
-        let (client, eventloop) = persistent_client(port, id);
+        let (client, eventloop) = persistent_client(nodes[0], id);
         let routes: Routes = Arc::default();
         let (up_tx, mut up) = watch::channel(false);
         let task = tokio::spawn(conn_loop(
             eventloop,
+            nodes,
             client.clone(),
             Arc::clone(&routes),
             Arc::clone(stats),
@@ -447,12 +451,18 @@ impl Conn {
     }
 }
 
-/// A rumqttc client with a fixed id and a persistent session, TCP_NODELAY on.
-fn persistent_client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
+/// The options of a fleet connection to `port`: a fixed id and a persistent session.
+fn persistent_options(port: u16, id: &str) -> MqttOptions {
     let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options
         .set_keep_alive(Duration::from_secs(5))
         .set_clean_session(false);
+    options
+}
+
+/// A rumqttc client with a fixed id and a persistent session, TCP_NODELAY on.
+fn persistent_client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
+    let options = persistent_options(port, id);
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let mut network = eventloop.network_options();
     network.set_tcp_nodelay(true);
@@ -462,9 +472,12 @@ fn persistent_client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
 }
 
 /// Polls a fleet connection forever: routes each PUBLISH to the job waiting on its topic and,
-/// after every reconnect, subscribes again to the topics of the jobs still waiting.
+/// after every reconnect, subscribes again to the topics of the jobs still waiting. A lost
+/// connection is tried again on the next of `nodes` (a clustered broker's nodes; the session
+/// is the cluster's), as a worker given every node's address would.
 async fn conn_loop(
     mut eventloop: EventLoop,
+    nodes: Vec<u16>,
     client: AsyncClient,
     routes: Routes,
     stats: Arc<FleetStats>,
@@ -508,6 +521,12 @@ async fn conn_loop(
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(_) => {
                 up.send_replace(false);
+                if nodes.len() > 1 {
+                    let id = eventloop.mqtt_options.client_id();
+                    let (_, port) = eventloop.mqtt_options.broker_address();
+                    let at = nodes.iter().position(|&p| p == port).unwrap_or(0);
+                    eventloop.mqtt_options = persistent_options(nodes[(at + 1) % nodes.len()], &id);
+                }
                 tokio::time::sleep(RECONNECT_BACKOFF).await;
             }
         }
