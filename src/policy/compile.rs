@@ -9,6 +9,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, StoreLimits, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
+use super::budget::{thread_cpu_time, CallStart};
 use super::cache::{Lookup, PolicyCache};
 use super::PolicyError;
 
@@ -59,8 +60,8 @@ pub(crate) struct StoreState {
     pub(crate) channel: Arc<str>,
     /// The call budget, in CPU time of the calling thread.
     pub(crate) budget: Duration,
-    /// When the current call started: thread CPU time and wall clock.
-    pub(crate) call_started: (Duration, Instant),
+    /// When the current call started, for its CPU-time budget.
+    pub(crate) call_started: CallStart,
     /// The registration fields of the current call's job (JSON object text), read by a 0.2.0
     /// policy through `job-meta`; empty outside a call. A reused buffer: no allocation per
     /// call once it has grown to the largest registration seen.
@@ -70,7 +71,7 @@ pub(crate) struct StoreState {
 impl StoreState {
     /// Marks the start of a call (or of instantiation) for the deadline check.
     pub(crate) fn start_call(&mut self) {
-        self.call_started = (thread_cpu_time(), Instant::now());
+        self.call_started = CallStart::now();
     }
 
     /// Called by wasmtime when the epoch deadline passes. The epoch ticks in wall-clock time, so
@@ -78,21 +79,14 @@ impl StoreState {
     /// almost no CPU: only CPU time the call really used counts against the budget, up to a hard
     /// wall-clock cap of ten budgets.
     pub(crate) fn deadline_reached(&self) -> UpdateDeadline {
-        let (cpu_start, wall_start) = self.call_started;
-        let cpu_used = thread_cpu_time().saturating_sub(cpu_start);
-        if cpu_used < self.budget && wall_start.elapsed() < self.budget * 10 {
+        let start = &self.call_started;
+        let cpu_used = start.cpu_used(thread_cpu_time());
+        if cpu_used < self.budget && start.elapsed() < self.budget * 10 {
             UpdateDeadline::Continue(1)
         } else {
             UpdateDeadline::Interrupt
         }
     }
-}
-
-/// CPU time used by the current thread (zero where the clock is unavailable, which leaves only
-/// the wall-clock cap).
-fn thread_cpu_time() -> Duration {
-    use nix::time::{clock_gettime, ClockId};
-    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
 }
 
 impl WasiView for StoreState {

@@ -417,7 +417,7 @@ impl PolicyHost {
             limits,
             channel: channel.clone(),
             budget: self.budget,
-            call_started: (Duration::ZERO, std::time::Instant::now()),
+            call_started: super::budget::CallStart::now(),
             meta: String::new(),
         };
         let mut store = Store::new(&self.compiler.engine, state);

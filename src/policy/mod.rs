@@ -13,6 +13,8 @@
 //!   restart or a swap back to a known version does not recompile.
 //! - `wasi`: what WASI gives a guest: engine-time clocks and `wasi:random` seeded per channel,
 //!   nothing of the host.
+//! - `budget`: the CPU-time budget of a call from a per-thread sample of the CPU clock, so a
+//!   call makes no system call for it.
 //! - `rollback`: when a hot-swapped version goes back to the previous one (too many failed
 //!   calls soon after the swap) and when a shadow policy is suspended; pure, in engine time.
 //! - Shadow policies (`policy_shadow`): a second instance per channel that gets the same calls
@@ -20,6 +22,7 @@
 //! - [`reload`]: a notify watcher on the policy folders that recompiles a changed file off the
 //!   async runtime and hands it to the driver, which swaps it in between two events.
 
+mod budget;
 mod cache;
 mod compile;
 mod hooks;
