@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use metrics::{counter, gauge, histogram};
@@ -29,6 +30,15 @@ pub enum MetricsError {
         /// What went wrong.
         cause: String,
     },
+}
+
+/// Whether [`install`] set the recorder: measurements that cost something to take (a clock
+/// pair per policy call) are skipped until then.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether metrics are exported (`[metrics] listen`).
+pub fn installed() -> bool {
+    INSTALLED.load(Ordering::Relaxed)
 }
 
 /// Serves Prometheus text on `http://addr/metrics` from the current tokio runtime.
@@ -56,6 +66,7 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
             cause: e.to_string(),
         })?;
     describe();
+    INSTALLED.store(true, Ordering::Relaxed);
     Ok(())
 }
 
