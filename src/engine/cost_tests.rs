@@ -1,27 +1,9 @@
 //! Job cost (units of concurrency and quota), driven with injected time.
 
+use super::test_support::engine;
 use super::*;
 
 const T: Time = Time(1_000_000);
-
-fn engine(max: u32, quotas: &[(u64, u32)]) -> Engine {
-    let o = ChannelOptions {
-        max_concurrent_jobs: max,
-        quotas: quotas
-            .iter()
-            .map(|&(interval, limit)| QuotaSpec {
-                name: format!("q{interval}"),
-                interval: Millis(interval),
-                limit,
-                log: QuotaLog::Quiet,
-            })
-            .collect(),
-        ..ChannelOptions::default()
-    };
-    let mut e = Engine::new(Box::new(move |_| o.clone()));
-    e.record_changes(true);
-    e
-}
 
 fn register(e: &mut Engine, at: Time, uid: &str, cost: u32) {
     let reg = Registration {

@@ -1065,6 +1065,8 @@ mod fencing_tests;
 
 #[cfg(test)]
 mod cost_tests;
+#[cfg(test)]
+mod test_support;
 
 #[cfg(test)]
 mod progress_tests;
