@@ -97,13 +97,20 @@ impl Slot {
         }
     }
 
+    /// The working instance, if the slot has one and runs `path` with `config` (or already
+    /// refused to move to them).
+    fn ready(&self, path: &Path, config: &str) -> Option<&Live> {
+        let live = self.live.as_ref()?;
+        (self.broken.is_none() && self.settled(path, config)).then_some(live)
+    }
+
     /// Whether the slot runs `path` with `config`, or already refused to move to them.
     fn settled(&self, path: &Path, config: &str) -> bool {
-        let runs = *self.compiled.path == *path && *self.config == *config;
+        let runs = same_path(&self.compiled.path, path) && *self.config == *config;
         runs || self
             .refused
             .as_ref()
-            .is_some_and(|(p, c)| **p == *path && **c == *config)
+            .is_some_and(|(p, c)| same_path(p, path) && **c == *config)
     }
 }
 
@@ -471,17 +478,21 @@ impl PolicyHost {
             self.probation.retain(|_, p| !p.breaker.expired(view.now));
         }
         self.clock.store(view.now.0, Ordering::Relaxed);
-        let slots = &self.slots[role as usize];
-        // The common case (a working instance of this file and config) looks the slot up by
-        // name without allocating; first use, a new config or a rebuild goes through `prepare`.
-        let ready = slots.get(view.channel).is_some_and(|s| {
-            s.live.is_some() && s.broken.is_none() && s.settled(path, &view.options.policy_config)
-        });
-        if !ready {
-            let (channel, path) = (Arc::from(view.channel), path.clone());
-            if let Err(cause) = self.prepare(role, &channel, &path, &view.options.policy_config) {
-                self.stats.calls += 1;
-                return self.failed(role, view, hook, &cause);
+        // The common case (a working instance of this file and config) is one lookup by name,
+        // without allocating; first use, a new config or a rebuild goes through `prepare`.
+        let config = &view.options.policy_config;
+        let ready =
+            (self.slots[role as usize].get(view.channel)).and_then(|s| s.ready(path, config));
+        match ready {
+            // A hook the policy does not implement costs this one lookup.
+            Some(live) if !hook.declared_by(&live.bindings) => return Call::Skipped,
+            Some(_) => {}
+            None => {
+                let (channel, path) = (Arc::from(view.channel), path.clone());
+                if let Err(cause) = self.prepare(role, &channel, &path, config) {
+                    self.stats.calls += 1;
+                    return self.failed(role, view, hook, &cause);
+                }
             }
         }
         let ticks = self.deadline_ticks;
@@ -738,6 +749,12 @@ impl PolicyHost {
         self.shadow_mut(view)
             .is_some_and(|s| s.report.suspended.is_some())
     }
+}
+
+/// Whether two policy paths name the same file: the same bytes (one `memcmp`, the usual case
+/// on every call), else `Path`'s own component-wise comparison.
+fn same_path(a: &Path, b: &Path) -> bool {
+    a.as_os_str() == b.as_os_str() || a == b
 }
 
 /// `cause`, plus the setting to raise when the guest was stopped by the memory cap: large
