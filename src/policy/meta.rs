@@ -1,14 +1,16 @@
 //! Reading one registration field for a 0.2.0 policy's `job-meta.field`: a single streaming
-//! pass over the job's JSON object that neither allocates its keys nor builds values other than
-//! the one asked for.
+//! pass over the job's JSON object that neither allocates its keys nor builds any value: the
+//! answer is the value's own text, copied once.
 
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The field `name` of the JSON object `meta` as JSON text; `None` when absent (or when `meta`
-/// is empty or not an object, which the engine never hands over). A repeated key gives its
+/// is empty or not an object, which the engine never hands over). The text is the value's own
+/// slice of `meta`, which the decoder wrote compactly with serde_json, so it reads exactly as
+/// that value serialised on its own would. A repeated key gives its
 /// last value, as serde_json's own parse into a map does.
 pub(crate) fn field(meta: &str, name: &str) -> Option<String> {
     if meta.is_empty() {
@@ -16,24 +18,24 @@ pub(crate) fn field(meta: &str, name: &str) -> Option<String> {
     }
     let mut de = serde_json::Deserializer::from_str(meta);
     let found = de.deserialize_map(Seek(name)).ok()?;
-    found.map(|v| v.to_string())
+    found.map(|v| v.get().to_owned())
 }
 
 /// Walks an object, keeping the value of key `.0`.
 struct Seek<'n>(&'n str);
 
 impl<'de> Visitor<'de> for Seek<'_> {
-    type Value = Option<Value>;
+    type Value = Option<&'de RawValue>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<&'de RawValue>, A::Error> {
         let mut found = None;
         while let Some(matches) = map.next_key_seed(KeyIs(self.0))? {
             if matches {
-                found = Some(map.next_value::<Value>()?);
+                found = Some(map.next_value::<&RawValue>()?);
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
