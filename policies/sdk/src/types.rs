@@ -192,6 +192,15 @@ impl Job {
     /// or `null`, an error when it is anything but an integer in `i64` range
     /// (`5.0` and `"5"` are errors).
     pub fn meta_i64(&self, key: &str) -> Result<Option<i64>, MetaError> {
+        if let Meta::Host { call } = &self.meta {
+            // The usual answer is a plain integer: read it without building a JSON value.
+            let Some(text) = host_field(*call, key) else {
+                return Ok(None);
+            };
+            if let Some(n) = plain_i64(&text) {
+                return Ok(Some(n));
+            }
+        }
         match self.meta_field(key) {
             None => Ok(None),
             Some(v) => v
@@ -244,6 +253,16 @@ fn host_all(_call: u64) -> String {
     unreachable!("host fields exist only in a wasm instance")
 }
 
+/// `text` as an `i64` when it is JSON's text of an integer in range, as serde_json reads it;
+/// `None` for anything else (left to the full parse). The host's texts are valid JSON, so
+/// Rust's own parse accepts exactly the integers, except `-0`, a float to serde_json.
+fn plain_i64(text: &str) -> Option<i64> {
+    if text == "-0" {
+        return None;
+    }
+    text.parse().ok()
+}
+
 fn meta_error(field: &str, expected: &'static str, found: &Value) -> MetaError {
     MetaError {
         field: field.to_owned(),
@@ -271,6 +290,36 @@ mod tests {
         assert!(Job::new("a", r#"{"p":18446744073709551615}"#)
             .meta_i64("p")
             .is_err());
+    }
+
+    #[test]
+    fn the_plain_integer_path_agrees_with_serde_json() {
+        for text in [
+            "0",
+            "-0",
+            "5",
+            "-3",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775808",
+            "18446744073709551615",
+            "1.5",
+            "1e3",
+            "-1.0",
+            "\"5\"",
+            "null",
+            "true",
+            "[1]",
+            "{}",
+        ] {
+            let full = serde_json::from_str::<Value>(text)
+                .ok()
+                .and_then(|v| v.as_i64());
+            if let Some(n) = plain_i64(text) {
+                assert_eq!(Some(n), full, "{text}");
+            }
+            assert_eq!(plain_i64(text).is_some(), full.is_some(), "{text}");
+        }
     }
 
     #[test]
