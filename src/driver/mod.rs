@@ -127,6 +127,9 @@ pub enum Stopped {
 /// window between journal and broker; unset in any real deployment.
 pub const ABORT_BEFORE_GO: &str = "COORDINOSAUR_FAULT_ABORT_BEFORE_GO";
 
+/// At most this many queued messages are handled as one event (one journal batch).
+const INBOUND_BATCH: usize = 64;
+
 impl<S: Sink> Driver<S> {
     fn input(&mut self, input: Input) {
         // A delivery changes no gauge; it comes once per grant.
@@ -164,6 +167,57 @@ impl<S: Sink> Driver<S> {
             warn!(unacknowledged, grants_lost, "the broker lost our session (restarted without persistence?): go will be said again to running jobs whose go it never acknowledged, once the backlog is read and workers had {RESUBSCRIBE_GRACE} to subscribe again");
         }
         self.sink.mark().await;
+    }
+
+    /// One message from the MQTT adapter. Requests only feed the engine; what else comes
+    /// (a connection, the sync marker, a refused message) first flushes what earlier messages
+    /// of the same event decided, so it is handled in the order it arrived.
+    async fn inbound(&mut self, msg: Inbound) {
+        match msg {
+            Inbound::Input(input, ack) => {
+                let redelivered = ack.as_ref().is_some_and(Ack::redelivered);
+                self.acks.extend(ack);
+                let now = self.clock.now();
+                match input {
+                    Input::Register(reg) if self.redelivery.is_repeat(&reg, redelivered, now) => {
+                        info!(channel = reg.channel, uid = reg.uid, "register delivered again by the broker; already applied: ignored");
+                    }
+                    Input::Register(reg) => {
+                        self.redelivery.applied(&reg, now);
+                        self.input(Input::Register(reg));
+                    }
+                    input => self.input(input),
+                }
+            }
+            Inbound::Ignored(ack) => self.acks.push(ack),
+            Inbound::Delivered(grant) => self.input(Input::Delivered {
+                channel: grant.channel,
+                uid: grant.uid,
+                seq: grant.seq,
+            }),
+            Inbound::Rejected {
+                topic,
+                rejection,
+                ack,
+            } => {
+                self.flush().await;
+                self.acks.extend(ack);
+                self.refused(topic, rejection).await;
+            }
+            Inbound::Connected {
+                session_present,
+                grants_lost,
+            } => {
+                self.flush().await;
+                self.connected(session_present, grants_lost).await;
+            }
+            Inbound::Synced(ack) => {
+                self.flush().await;
+                self.acks.extend(ack);
+                self.resend.handle_synced();
+                debug!("synced: every request the broker queued for us has been read");
+            }
+        }
     }
 
     async fn refused(&mut self, topic: String, rejection: Rejection) {
@@ -397,6 +451,7 @@ pub async fn run(
     let sleep = tokio::time::sleep(far);
     tokio::pin!(sleep);
     let mut armed: Option<Time> = None;
+    let mut received = Vec::with_capacity(INBOUND_BATCH);
     loop {
         let next = earliest(
             earliest(d.engine.next_deadline(), d.resend.next_deadline(&d.engine)),
@@ -410,42 +465,16 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            msg = inbound.recv() => match msg {
-                Some(Inbound::Input(input, ack)) => {
-                    let redelivered = ack.as_ref().is_some_and(Ack::redelivered);
-                    d.acks.extend(ack);
-                    let now = d.clock.now();
-                    match input {
-                        Input::Register(reg) if d.redelivery.is_repeat(&reg, redelivered, now) => {
-                            info!(channel = reg.channel, uid = reg.uid, "register delivered again by the broker; already applied: ignored");
-                        }
-                        Input::Register(reg) => {
-                            d.redelivery.applied(&reg, now);
-                            d.input(Input::Register(reg));
-                        }
-                        input => d.input(input),
-                    }
+            // Every request already queued, up to a bound, makes one event: one journal batch
+            // and one wake of its writer for them all, instead of one each.
+            n = inbound.recv_many(&mut received, INBOUND_BATCH) => {
+                if n == 0 {
+                    break;
                 }
-                Some(Inbound::Rejected { topic, rejection, ack }) => {
-                    d.acks.extend(ack);
-                    d.refused(topic, rejection).await;
+                for msg in received.drain(..) {
+                    d.inbound(msg).await;
                 }
-                Some(Inbound::Ignored(ack)) => d.acks.push(ack),
-                Some(Inbound::Delivered(grant)) => d.input(Input::Delivered {
-                    channel: grant.channel,
-                    uid: grant.uid,
-                    seq: grant.seq,
-                }),
-                Some(Inbound::Connected { session_present, grants_lost }) => {
-                    d.connected(session_present, grants_lost).await;
-                }
-                Some(Inbound::Synced(ack)) => {
-                    d.acks.extend(ack);
-                    d.resend.handle_synced();
-                    debug!("synced: every request the broker queued for us has been read");
-                }
-                None => break,
-            },
+            }
             _ = &mut sleep, if armed.is_some() => {
                 armed = None;
                 d.timeout();
