@@ -25,14 +25,8 @@ fn engine(max: u32, max_waiting_bytes: usize) -> Engine {
 
 fn reg(channel: &str, uid: &str, meta: Option<&str>) -> Input {
     Input::Register(Registration {
-        channel: channel.into(),
-        uid: uid.into(),
-        timeout: Millis(1_000),
-        priority: 0,
         meta: meta.map(Into::into),
-        reply: Default::default(),
-        cost: 1,
-        progress: false,
+        ..Registration::new(channel, uid, Millis(1_000))
     })
 }
 

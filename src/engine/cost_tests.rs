@@ -7,14 +7,8 @@ const T: Time = Time(1_000_000);
 
 fn register(e: &mut Engine, at: Time, uid: &str, cost: u32) {
     let reg = Registration {
-        channel: "c".into(),
-        uid: uid.into(),
-        timeout: Millis(10_000),
-        priority: 0,
-        meta: None,
-        reply: Reply::Plain,
         cost,
-        progress: false,
+        ..Registration::new("c", uid, Millis(10_000))
     };
     e.handle(at, Input::Register(reg));
 }

@@ -16,14 +16,8 @@ fn engine(max: u32) -> Engine {
 
 fn register(e: &mut Engine, at: Time, channel: &str, uid: &str, reply: Reply) {
     let reg = Registration {
-        channel: channel.into(),
-        uid: uid.into(),
-        timeout: Millis(1_000),
-        priority: 0,
-        meta: None,
         reply,
-        cost: 1,
-        progress: false,
+        ..Registration::new(channel, uid, Millis(1_000))
     };
     e.handle(at, Input::Register(reg));
 }

@@ -31,16 +31,7 @@ fn reports(e: &mut Engine) -> Vec<u64> {
 fn register(e: &mut Engine, at: Time, channel: &str, uid: &str, timeout_ms: u64) {
     e.handle(
         at,
-        Input::Register(Registration {
-            channel: channel.into(),
-            uid: uid.into(),
-            timeout: Millis(timeout_ms),
-            priority: 0,
-            meta: None,
-            reply: Default::default(),
-            cost: 1,
-            progress: false,
-        }),
+        Input::Register(Registration::new(channel, uid, Millis(timeout_ms))),
     );
 }
 

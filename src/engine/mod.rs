@@ -64,6 +64,24 @@ pub struct Registration {
     pub progress: bool,
 }
 
+impl Registration {
+    /// A registration with every optional field at its protocol default: priority 0, no extra
+    /// fields, a plain `go`, cost 1, no progress reports. Set the others with struct update
+    /// syntax (`Registration { cost: 2, ..Registration::new(..) }`).
+    pub fn new(channel: impl Into<String>, uid: impl Into<String>, timeout: Millis) -> Self {
+        Registration {
+            channel: channel.into(),
+            uid: uid.into(),
+            timeout,
+            priority: 0,
+            meta: None,
+            reply: Reply::Plain,
+            cost: 1,
+            progress: false,
+        }
+    }
+}
+
 /// An event for the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {

@@ -48,16 +48,7 @@ fn engine(max: u32) -> Engine {
 }
 
 fn reg(channel: &str, uid: &str) -> Input {
-    Input::Register(Registration {
-        channel: channel.into(),
-        uid: uid.into(),
-        timeout: Millis(1_000),
-        priority: 0,
-        meta: None,
-        reply: Default::default(),
-        cost: 1,
-        progress: false,
-    })
+    Input::Register(Registration::new(channel, uid, Millis(1_000)))
 }
 
 fn drain(e: &mut Engine) -> Vec<String> {

@@ -9,14 +9,8 @@ const T: Time = Time(1_000_000);
 
 fn register(e: &mut Engine, at: Time, uid: &str, progress: bool) {
     let reg = Registration {
-        channel: "c".into(),
-        uid: uid.into(),
-        timeout: Millis(10_000),
-        priority: 0,
-        meta: None,
-        reply: Reply::Plain,
-        cost: 1,
         progress,
+        ..Registration::new("c", uid, Millis(10_000))
     };
     e.handle(at, Input::Register(reg));
 }
@@ -249,14 +243,8 @@ fn a_deferring_policy_holds_the_queue() {
         ..ChannelOptions::default()
     }));
     let reg = Registration {
-        channel: "c".into(),
-        uid: "a".into(),
-        timeout: Millis(1_000),
-        priority: 0,
-        meta: None,
-        reply: Reply::Plain,
-        cost: 1,
         progress: true,
+        ..Registration::new("c", "a", Millis(1_000))
     };
     e.handle_with(T, Input::Register(reg), &mut Never);
     assert_eq!(

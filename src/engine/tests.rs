@@ -52,16 +52,11 @@ impl Harness {
     }
 
     fn register_in(&mut self, channel: &str, uid: &str, timeout_ms: u64) {
-        self.input(Input::Register(Registration {
-            channel: channel.into(),
-            uid: uid.into(),
-            timeout: Millis(timeout_ms),
-            priority: 0,
-            meta: None,
-            reply: Default::default(),
-            cost: 1,
-            progress: false,
-        }));
+        self.input(Input::Register(Registration::new(
+            channel,
+            uid,
+            Millis(timeout_ms),
+        )));
     }
 
     fn finish(&mut self, uid: &str) {
@@ -455,14 +450,8 @@ fn priority_orders_the_queue_fifo_among_equals() {
     let mut h = Harness::new(opts(1, 0, &[]));
     let reg = |uid: &str, priority| {
         Input::Register(Registration {
-            channel: "c".into(),
-            uid: uid.into(),
-            timeout: Millis(1_000),
             priority,
-            meta: None,
-            reply: Default::default(),
-            cost: 1,
-            progress: false,
+            ..Registration::new("c", uid, Millis(1_000))
         })
     };
     h.input(reg("first", 0));
@@ -721,16 +710,7 @@ fn restore_redelivers_go_only_to_jobs_still_running_under_the_same_grant() {
     );
     r.handle(
         Time(1_005_002),
-        Input::Register(Registration {
-            channel: "c".into(),
-            uid: "b".into(),
-            timeout: Millis(1_000),
-            priority: 0,
-            meta: None,
-            reply: Default::default(),
-            cost: 1,
-            progress: false,
-        }),
+        Input::Register(Registration::new("c", "b", Millis(1_000))),
     );
     let _: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
     r.redeliver();
