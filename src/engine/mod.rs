@@ -379,8 +379,11 @@ pub struct ChannelState {
     pub shadow: Option<Box<ShadowReport>>,
 }
 
-/// Index of a channel in the engine's slab.
-type ChannelId = u32;
+/// Index of a channel in `Engine::channels`: a plain `usize`, so every index of that `Vec` is
+/// an id and no conversion can fail or alias another channel, however many channels exist
+/// (`max_channels` bounds those clients create; a restore may add more). It costs no memory
+/// over a `u32`: every place that stores one pads it to eight bytes anyway.
+type ChannelId = usize;
 
 /// Shortest time between two daemon-wide state reports ([`Output::AllStates`]).
 pub const ALL_STATES_INTERVAL: Millis = Millis(1_000);
@@ -530,7 +533,7 @@ impl Engine {
     /// second `go`. Later calls do nothing until jobs are marked again.
     pub fn redeliver(&mut self) {
         for (id, uid, seq) in std::mem::take(&mut self.redeliveries) {
-            let ch = &self.channels[id as usize];
+            let ch = &self.channels[id];
             if let Some(again) = ch.go_again(uid, seq, self.now) {
                 self.outputs.push_back(again);
             }
@@ -543,9 +546,8 @@ impl Engine {
     pub fn redeliver_running(&mut self) -> usize {
         self.redeliveries.clear();
         for (index, ch) in self.channels.iter().enumerate() {
-            let id = ChannelId::try_from(index).unwrap_or(ChannelId::MAX);
             self.redeliveries
-                .extend(ch.undelivered_jobs().map(|(uid, seq)| (id, uid, seq)));
+                .extend(ch.undelivered_jobs().map(|(uid, seq)| (index, uid, seq)));
         }
         self.redeliveries.len()
     }
@@ -593,8 +595,8 @@ impl Engine {
                 Some(id) => *id,
                 None => self.insert_channel(&name, 0),
             };
-            let live = self.channels[id as usize].restore(snap, now);
-            let ch = &self.channels[id as usize];
+            let live = self.channels[id].restore(snap, now);
+            let ch = &self.channels[id];
             self.log.push(|| ch.limits_change());
             self.redeliveries
                 .extend(live.into_iter().map(|(uid, seq)| (id, uid, seq)));
@@ -602,7 +604,7 @@ impl Engine {
         }
         self.token_floor = self.token_floor.max(snapshot.token_floor);
         for id in restored {
-            let ch = &mut self.channels[id as usize];
+            let ch = &mut self.channels[id];
             ch.expire(now, hooks, &mut self.outputs, &mut self.log);
             self.settle(id, now, hooks);
         }
@@ -650,7 +652,7 @@ impl Engine {
                     );
                     return;
                 };
-                let ch = &mut self.channels[id as usize];
+                let ch = &mut self.channels[id];
                 ch.set_max(max);
                 self.log.push(|| Change::Concurrency {
                     channel: ch.name.clone(),
@@ -669,7 +671,7 @@ impl Engine {
             Input::InfosJobs { channel } => self.handle_infos(now, &channel, true, hooks),
             Input::Delivered { channel, uid, seq } => {
                 if let Some(&id) = self.by_name.get(&channel) {
-                    self.channels[id as usize].mark_delivered(&uid, seq, &mut self.log);
+                    self.channels[id].mark_delivered(&uid, seq, &mut self.log);
                 }
             }
             Input::InfosAll => self.handle_infos_all(now, hooks),
@@ -693,8 +695,8 @@ impl Engine {
                 break;
             }
             self.timers.pop_first();
-            self.channels[id as usize].timer = None;
-            self.channels[id as usize].expire(now, hooks, &mut self.outputs, &mut self.log);
+            self.channels[id].timer = None;
+            self.channels[id].expire(now, hooks, &mut self.outputs, &mut self.log);
             self.settle(id, now, hooks);
         }
         if self.all_states.due().is_some_and(|t| t <= now) {
@@ -716,8 +718,7 @@ impl Engine {
             let ch = &mut self.channels[index];
             if uses(ch.options()) {
                 ch.readmit(now, hooks, &mut self.outputs, &mut self.log);
-                let id = ChannelId::try_from(index).unwrap_or(ChannelId::MAX);
-                self.settle(id, now, hooks);
+                self.settle(index, now, hooks);
             }
         }
     }
@@ -729,7 +730,7 @@ impl Engine {
         let now = self.now;
         for name in channels {
             if let Some(&id) = self.by_name.get(name) {
-                self.channels[id as usize].readmit(now, hooks, &mut self.outputs, &mut self.log);
+                self.channels[id].readmit(now, hooks, &mut self.outputs, &mut self.log);
                 self.settle(id, now, hooks);
             }
         }
@@ -761,8 +762,7 @@ impl Engine {
             }
             self.log.push(|| ch.limits_change());
             report.push((ch.name.clone(), changed));
-            let id = ChannelId::try_from(index).unwrap_or(ChannelId::MAX);
-            self.settle(id, now, hooks);
+            self.settle(index, now, hooks);
         }
         report
     }
@@ -793,7 +793,7 @@ impl Engine {
     /// The state of `channel` at the engine's current time (`None` if it was never seen).
     pub fn channel_state(&self, channel: &str) -> Option<ChannelState> {
         let id = *self.by_name.get(channel)?;
-        Some(self.channels[id as usize].state(self.now, &NoPolicies))
+        Some(self.channels[id].state(self.now, &NoPolicies))
     }
 
     /// Waiting uids of `channel` in the order they will be granted.
@@ -836,9 +836,7 @@ impl Engine {
     }
 
     fn channel(&self, name: &str) -> Option<&Channel> {
-        self.by_name
-            .get(name)
-            .map(|id| &self.channels[*id as usize])
+        self.by_name.get(name).map(|id| &self.channels[*id])
     }
 
     fn handle_register(&mut self, now: Time, reg: Registration, hooks: &mut dyn Policies) {
@@ -860,7 +858,7 @@ impl Engine {
             max_bytes: self.limits.max_waiting_bytes,
             used_bytes: self.waiting_bytes,
         };
-        let channel = &mut self.channels[id as usize];
+        let channel = &mut self.channels[id];
         if channel.register(reg, now, room, hooks, &mut self.outputs, &mut self.log) {
             self.settle(id, now, hooks);
         }
@@ -886,7 +884,7 @@ impl Engine {
         if self.fenced_off(id, uid, token, action) {
             return;
         }
-        let ch = &mut self.channels[id as usize];
+        let ch = &mut self.channels[id];
         let Some(was_running) =
             ch.remove(uid, reason == EndReason::Aborted, now, hooks, &mut self.log)
         else {
@@ -917,7 +915,7 @@ impl Engine {
             if self.fenced_off(id, uid, token, StaleAction::Renew) {
                 return;
             }
-            if self.channels[id as usize].renew(uid, timeout, now, &mut self.log) {
+            if self.channels[id].renew(uid, timeout, now, &mut self.log) {
                 self.settle(id, now, hooks);
                 return;
             }
@@ -966,7 +964,7 @@ impl Engine {
         token: Option<u64>,
         action: StaleAction,
     ) -> bool {
-        let ch = &self.channels[id as usize];
+        let ch = &self.channels[id];
         let Some((token, live)) = token.and_then(|t| Some((t, ch.stale(uid, t)?))) else {
             return false;
         };
@@ -1001,7 +999,7 @@ impl Engine {
 
     fn handle_infos(&mut self, now: Time, channel: &str, jobs: bool, hooks: &dyn Policies) {
         let mut state = match self.by_name.get(channel) {
-            Some(id) => self.channels[*id as usize].state(now, hooks),
+            Some(id) => self.channels[*id].state(now, hooks),
             // Report what the channel would be without creating it: `infos` must not grow state.
             None => Channel::new(channel.into(), (self.resolver)(channel)).state(now, hooks),
         };
@@ -1027,7 +1025,7 @@ impl Engine {
     /// Creates a channel with its resolved options, its fencing tokens above the floor.
     fn create_channel(&mut self, name: &str) -> ChannelId {
         let id = self.insert_channel(name, self.token_floor);
-        let ch = &self.channels[id as usize];
+        let ch = &self.channels[id];
         self.log.push(|| ch.limits_change());
         id
     }
@@ -1036,7 +1034,7 @@ impl Engine {
     fn insert_channel(&mut self, name: &str, last_token: u64) -> ChannelId {
         let opts = (self.resolver)(name);
         let name: Arc<str> = name.into();
-        let id = ChannelId::try_from(self.channels.len()).unwrap_or(ChannelId::MAX);
+        let id = self.channels.len();
         tracing::debug!(channel = %name, ?opts, "new channel");
         self.channels
             .push(Channel::new(name.clone(), opts).with_last_token(last_token));
@@ -1047,7 +1045,7 @@ impl Engine {
     /// Grants what the channel now allows, re-arms its timer and brings the daemon-wide count
     /// of waiting bytes up to date. Every path that changes a queue ends here.
     fn settle(&mut self, id: ChannelId, now: Time, hooks: &mut dyn Policies) {
-        let ch = &mut self.channels[id as usize];
+        let ch = &mut self.channels[id];
         let quota_open = ch.grant(now, hooks, &mut self.outputs, &mut self.log);
         let bytes = ch.queued_bytes();
         // Invariant: `waiting_bytes` is the sum of every `counted_bytes`, so this cannot wrap.
