@@ -17,6 +17,99 @@ use crate::engine::{ChannelState, Input, Millis, Output, Registration, Reply};
 /// topics are capped at 64 KiB.
 pub const DEFAULT_MAX_UID_LEN: usize = 1024;
 
+/// A request's action: the last level(s) of `PREFIX/CHANNEL/ACTION`. The one list of the names
+/// a client publishes to; the daemon decodes them and `coordinosaur run` and `status` send them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `register`: ask for a slot.
+    Register,
+    /// `finished`: the job ended well; frees its slot.
+    Finished,
+    /// `aborted`: the job failed or was cancelled; frees its slot or its place in the queue.
+    Aborted,
+    /// `renew`: extend a running job's lease.
+    Renew,
+    /// `infos`: publish the channel's `state` (`PREFIX/infos`: every channel's).
+    Infos,
+    /// `concurrency/set`: change the channel's `max_concurrent_jobs`.
+    SetConcurrency,
+}
+
+impl Action {
+    /// Every action, in the order the protocol reference lists them.
+    pub const ALL: [Action; 6] = [
+        Action::Register,
+        Action::Finished,
+        Action::Aborted,
+        Action::Renew,
+        Action::Infos,
+        Action::SetConcurrency,
+    ];
+
+    /// The topic level(s) it is published on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Register => "register",
+            Action::Finished => "finished",
+            Action::Aborted => "aborted",
+            Action::Renew => "renew",
+            Action::Infos => "infos",
+            Action::SetConcurrency => "concurrency/set",
+        }
+    }
+
+    /// The action published on `level(s)`, if it is one.
+    pub fn parse(levels: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == levels)
+    }
+}
+
+/// What the daemon publishes about one job, on `PREFIX/CHANNEL/ANSWER/UID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `go/{uid}`: the job may run.
+    Go,
+    /// `expired/{uid}`: its lease ran out; the slot went to another job.
+    Expired,
+    /// `rejected/{uid}`: a request about it was refused (JSON `{"uid", "reason"}`).
+    Rejected,
+    /// `position/{uid}`: where it waits, and why (jobs registered with `"progress": true`).
+    Position,
+}
+
+impl Answer {
+    /// Every answer.
+    pub const ALL: [Answer; 4] = [
+        Answer::Go,
+        Answer::Expired,
+        Answer::Rejected,
+        Answer::Position,
+    ];
+
+    /// The topic level before the uid.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::Go => "go",
+            Answer::Expired => "expired",
+            Answer::Rejected => "rejected",
+            Answer::Position => "position",
+        }
+    }
+}
+
+/// The topic level of a channel's `state` (and, under the prefix alone, of every channel's).
+pub const STATE: &str = "state";
+
+/// `PREFIX/CHANNEL/state`, where a channel's state is published.
+pub fn state_topic(prefix: &str, channel: &str) -> String {
+    format!("{prefix}/{channel}/{STATE}")
+}
+
+/// `PREFIX/CHANNEL/ANSWER/UID`.
+pub fn answer_topic(prefix: &str, channel: &str, answer: Answer, uid: &str) -> String {
+    format!("{prefix}/{channel}/{}/{uid}", answer.as_str())
+}
+
 /// Limits applied while decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
@@ -161,8 +254,8 @@ pub fn retained(input: &Input) -> Rejection {
 pub fn subscriptions(prefix: &str) -> [String; 3] {
     [
         format!("{prefix}/+/+"),
-        format!("{prefix}/+/concurrency/set"),
-        format!("{prefix}/infos"),
+        format!("{prefix}/+/{}", Action::SetConcurrency.as_str()),
+        format!("{prefix}/{}", Action::Infos.as_str()),
     ]
 }
 
@@ -189,116 +282,131 @@ pub fn decode(
     limits: &DecodeLimits,
 ) -> Result<Option<Input>, Rejection> {
     let rest = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'));
-    if rest == Some("infos") {
+    if rest == Some(Action::Infos.as_str()) {
         // Daemon-wide: every channel's state on PREFIX/state.
         return Ok(Some(Input::InfosAll));
     }
-    let rest = rest.ok_or_else(|| Rejection::new(None, None, ProtocolError::BadTopic))?;
     let (channel, action) = rest
-        .split_once('/')
+        .and_then(|rest| rest.split_once('/'))
         .filter(|(c, a)| !c.is_empty() && !a.is_empty())
         .ok_or_else(|| Rejection::new(None, None, ProtocolError::BadTopic))?;
-    let reject = |uid: Option<&str>, e| Rejection::new(Some(channel), uid, e);
     if is_own_output(action) || channel == INTERNAL {
         return Ok(None);
     }
-    if !matches!(
-        action,
-        "register" | "finished" | "aborted" | "concurrency/set" | "renew" | "infos"
-    ) {
-        return Err(reject(
-            None,
-            ProtocolError::UnknownAction(action.to_owned()),
-        ));
-    }
+    let reject = |error| Rejection::new(Some(channel), None, error);
+    let action = Action::parse(action)
+        .ok_or_else(|| reject(ProtocolError::UnknownAction(action.to_owned())))?;
     if payload.len() > limits.max_payload {
         let size = payload.len();
-        return Err(reject(
-            None,
-            ProtocolError::TooLarge {
-                size,
-                limit: limits.max_payload,
-            },
-        ));
+        let limit = limits.max_payload;
+        return Err(reject(ProtocolError::TooLarge { size, limit }));
     }
-    if action == "infos" {
-        // Anything goes, as in the original; `{"jobs": true}` asks for the waiting jobs too.
-        let channel = channel.to_owned();
-        return Ok(Some(match wants_jobs(payload) {
-            true => Input::InfosJobs { channel },
-            false => Input::Infos { channel },
-        }));
-    }
-    let text = std::str::from_utf8(payload).map_err(|_| reject(None, ProtocolError::NotUtf8))?;
-    let channel_s = channel.to_owned();
+    let text = || std::str::from_utf8(payload).map_err(|_| reject(ProtocolError::NotUtf8));
     let input = match action {
-        "register" => {
-            let mut job = decode_job(text, limits).map_err(|(uid, e)| reject(uid.as_deref(), e))?;
-            let reply = take_reply(&mut job.rest).map_err(|e| reject(Some(&job.uid), e))?;
-            let cost = read_cost(&job.rest).map_err(|e| reject(Some(&job.uid), e))?;
-            let progress = take_progress(&mut job.rest).map_err(|e| reject(Some(&job.uid), e))?;
-            // What is left is the policies' business; `reply` is the protocol's, not theirs.
-            // `cost` stays: policies see it there (the WIT `job` has no field of its own).
-            let meta = (!job.rest.is_empty())
-                .then(|| Value::Object(job.rest).to_string().into_boxed_str());
-            Input::Register(Registration {
-                channel: channel_s,
-                uid: job.uid,
-                timeout: job.timeout,
-                priority: 0,
-                meta,
-                reply,
-                cost,
-                progress,
-            })
-        }
-        "renew" => {
-            let mut job = decode_job(text, limits).map_err(|(uid, e)| reject(uid.as_deref(), e))?;
-            let token = take_token(&mut job.rest).map_err(|e| reject(Some(&job.uid), e))?;
-            Input::Renew {
-                channel: channel_s,
-                uid: job.uid,
-                timeout: job.timeout,
-                token,
-            }
-        }
-        "finished" | "aborted" => {
-            let (uid, token) =
-                decode_end(text, limits).map_err(|(uid, e)| reject(uid.as_deref(), e))?;
-            if action == "finished" {
-                Input::Finished {
-                    channel: channel_s,
-                    uid,
-                    token,
-                }
-            } else {
-                Input::Aborted {
-                    channel: channel_s,
-                    uid,
-                    token,
-                }
-            }
-        }
-        // "concurrency/set"
-        _ => {
-            let max = text
-                .trim()
-                .parse::<u32>()
-                .map_err(|_| reject(None, ProtocolError::BadConcurrency(shorten(text))))?;
-            Input::SetConcurrency {
-                channel: channel_s,
-                max,
-            }
-        }
+        Action::Infos => decode_infos(channel, payload),
+        Action::Register => decode_register(channel, text()?, limits)?,
+        Action::Renew => decode_renew(channel, text()?, limits)?,
+        Action::Finished | Action::Aborted => decode_end(action, channel, text()?, limits)?,
+        Action::SetConcurrency => decode_concurrency(channel, text()?)?,
     };
     Ok(Some(input))
 }
 
+/// A channel's `infos`: anything goes, as in the original; `{"jobs": true}` asks for the
+/// waiting jobs too.
+fn decode_infos(channel: &str, payload: &[u8]) -> Input {
+    let channel = channel.to_owned();
+    match wants_jobs(payload) {
+        true => Input::InfosJobs { channel },
+        false => Input::Infos { channel },
+    }
+}
+
+/// A `register` payload: `{"uid", "timeout", "reply"?, "cost"?, "progress"?, ...}`.
+fn decode_register(channel: &str, text: &str, limits: &DecodeLimits) -> Result<Input, Rejection> {
+    let mut job =
+        decode_job(text, limits).map_err(|(uid, e)| reject(channel, uid.as_deref(), e))?;
+    let reject_job = |e| reject(channel, Some(&job.uid), e);
+    let reply = take_reply(&mut job.rest).map_err(reject_job)?;
+    let cost = read_cost(&job.rest).map_err(reject_job)?;
+    let progress = take_progress(&mut job.rest).map_err(reject_job)?;
+    // What is left is the policies' business; `reply` is the protocol's, not theirs.
+    // `cost` stays: policies see it there (the WIT `job` has no field of its own).
+    let meta = (!job.rest.is_empty()).then(|| Value::Object(job.rest).to_string().into_boxed_str());
+    Ok(Input::Register(Registration {
+        channel: channel.to_owned(),
+        uid: job.uid,
+        timeout: job.timeout,
+        priority: 0,
+        meta,
+        reply,
+        cost,
+        progress,
+    }))
+}
+
+/// A `renew` payload: `{"uid", "timeout", "token"?}`.
+fn decode_renew(channel: &str, text: &str, limits: &DecodeLimits) -> Result<Input, Rejection> {
+    let mut job =
+        decode_job(text, limits).map_err(|(uid, e)| reject(channel, uid.as_deref(), e))?;
+    let token = take_token(&mut job.rest).map_err(|e| reject(channel, Some(&job.uid), e))?;
+    Ok(Input::Renew {
+        channel: channel.to_owned(),
+        uid: job.uid,
+        timeout: job.timeout,
+        token,
+    })
+}
+
+/// A `finished` or `aborted` payload (see [`decode_end_fields`]).
+fn decode_end(
+    action: Action,
+    channel: &str,
+    text: &str,
+    limits: &DecodeLimits,
+) -> Result<Input, Rejection> {
+    let (uid, token) =
+        decode_end_fields(text, limits).map_err(|(uid, e)| reject(channel, uid.as_deref(), e))?;
+    let channel = channel.to_owned();
+    Ok(match action {
+        Action::Finished => Input::Finished {
+            channel,
+            uid,
+            token,
+        },
+        _ => Input::Aborted {
+            channel,
+            uid,
+            token,
+        },
+    })
+}
+
+/// A `concurrency/set` payload: a non-negative integer.
+fn decode_concurrency(channel: &str, text: &str) -> Result<Input, Rejection> {
+    let max = text
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| reject(channel, None, ProtocolError::BadConcurrency(shorten(text))))?;
+    Ok(Input::SetConcurrency {
+        channel: channel.to_owned(),
+        max,
+    })
+}
+
+/// The refusal of a message on `channel`, about `uid` when it is known.
+fn reject(channel: &str, uid: Option<&str>, error: ProtocolError) -> Rejection {
+    Rejection::new(Some(channel), uid, error)
+}
+
+/// Whether `action` is a topic the daemon publishes itself (`state`, `go/{uid}`, ...).
 fn is_own_output(action: &str) -> bool {
-    action == "state"
-        || ["go/", "expired/", "rejected/", "position/"]
-            .iter()
-            .any(|p| action.starts_with(p))
+    action == STATE
+        || Answer::ALL.iter().any(|answer| {
+            action
+                .strip_prefix(answer.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
 }
 
 /// The fields of a `register` or `renew` payload.
@@ -384,7 +492,7 @@ fn take_token(obj: &mut Map<String, Value>) -> Result<Option<u64>, ProtocolError
 /// A `finished` or `aborted` payload: the plain uid, as in the original protocol, or a JSON
 /// object with `uid` and an optional `token`. Text that is not a JSON object with a `uid`
 /// member is a plain uid. On error, returns the uid too when it was usable.
-fn decode_end(
+fn decode_end_fields(
     text: &str,
     limits: &DecodeLimits,
 ) -> Result<(String, Option<u64>), (Option<String>, ProtocolError)> {
@@ -489,7 +597,7 @@ pub fn encode(prefix: &str, output: &Output) -> Vec<(String, Vec<u8>)> {
             reply,
             ..
         } => vec![(
-            format!("{prefix}/{channel}/go/{uid}"),
+            answer_topic(prefix, channel, Answer::Go, uid),
             go_payload(uid, *reply, *token, *deadline - *at, *deadline),
         )],
         Output::GoAgain {
@@ -501,11 +609,11 @@ pub fn encode(prefix: &str, output: &Output) -> Vec<(String, Vec<u8>)> {
             reply,
             ..
         } => vec![(
-            format!("{prefix}/{channel}/go/{uid}"),
+            answer_topic(prefix, channel, Answer::Go, uid),
             go_payload(uid, *reply, *token, *remaining, *deadline),
         )],
         Output::Expired { channel, uid } => vec![(
-            format!("{prefix}/{channel}/expired/{uid}"),
+            answer_topic(prefix, channel, Answer::Expired, uid),
             uid.as_bytes().to_vec(),
         )],
         Output::Rejected {
@@ -516,17 +624,17 @@ pub fn encode(prefix: &str, output: &Output) -> Vec<(String, Vec<u8>)> {
         } => {
             let body = serde_json::json!({ "uid": &**uid, "reason": reason });
             vec![(
-                format!("{prefix}/{channel}/rejected/{uid}"),
+                answer_topic(prefix, channel, Answer::Rejected, uid),
                 body.to_string().into_bytes(),
             )]
         }
         Output::State(state) => vec![(
-            format!("{prefix}/{}/state", state.channel),
+            state_topic(prefix, &state.channel),
             state_json(state, MAX_STATE_MESSAGE),
         )],
         Output::AllStates(states) => encode_all_states(prefix, states, MAX_STATE_MESSAGE),
         Output::Position { channel, position } => vec![(
-            format!("{prefix}/{channel}/position/{}", position.uid),
+            answer_topic(prefix, channel, Answer::Position, &position.uid),
             // Strings, numbers and null: always serializes.
             serde_json::to_vec(position).unwrap_or_default(),
         )],
@@ -550,7 +658,7 @@ pub fn encode_all_states(
     states: &[ChannelState],
     max: usize,
 ) -> Vec<(String, Vec<u8>)> {
-    let topic = format!("{prefix}/state");
+    let topic = format!("{prefix}/{STATE}");
     let entries: Vec<Vec<u8>> = states
         .iter()
         .map(|s| state_json(s, max.saturating_sub(PAGE_WRAPPER)))

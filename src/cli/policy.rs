@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::config::PolicySandbox;
 use crate::engine::{ChannelOptions, Engine, Input, Millis, Output, Time};
 use crate::policy::{Compiler, PolicyHost};
-use crate::protocol::{self, DecodeLimits};
+use crate::protocol::{self, Action, DecodeLimits};
 
 /// Exit code of a policy the daemon would refuse, or of a bad jobs file.
 pub const REFUSED: u8 = 2;
@@ -27,6 +27,14 @@ pub const REFUSED: u8 = 2;
 const MAX_LINE: usize = 1 << 20;
 /// Topic prefix of the requests built from a jobs file (never shown).
 const PREFIX: &str = "try";
+/// The actions a line of a `policy try` job file may hold: every request but `infos`.
+const TRY_ACTIONS: [Action; 5] = [
+    Action::Register,
+    Action::Finished,
+    Action::Aborted,
+    Action::Renew,
+    Action::SetConcurrency,
+];
 
 /// `coordinosaur policy ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -208,12 +216,11 @@ fn parse_line(line: &str, limits: &DecodeLimits) -> Result<Step, String> {
             "one action per line, found {action:?} and {other:?}"
         ));
     }
-    if !matches!(
-        action.as_str(),
-        "register" | "finished" | "aborted" | "renew" | "concurrency/set"
-    ) {
+    if !TRY_ACTIONS.iter().any(|a| a.as_str() == action) {
+        let names: Vec<_> = TRY_ACTIONS.iter().map(|a| a.as_str()).collect();
         return Err(format!(
-            "unknown key {action:?} (expected at, channel, and one of register, finished, aborted, renew, concurrency/set)"
+            "unknown key {action:?} (expected at, channel, and one of {})",
+            names.join(", ")
         ));
     }
     let payload = match payload {

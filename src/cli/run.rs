@@ -27,7 +27,7 @@ use super::endpoint::client_config;
 use super::format::{short, StateView};
 use super::session::{Message, Session};
 use super::{exit, parse_duration, random_u32, CliError, Endpoint};
-use crate::protocol;
+use crate::protocol::{self, Action, Answer};
 
 /// How long the final `finished`/`aborted` may wait for its PUBACK, and DISCONNECT to go out.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,12 +99,19 @@ struct Job {
 }
 
 impl Job {
-    fn topic(&self, action: &str) -> String {
-        self.endpoint.topic(&format!("{}/{action}", self.channel))
+    /// Where this job's `action` requests go.
+    fn request(&self, action: Action) -> String {
+        protocol::request_topic(&self.endpoint.prefix, &self.channel, action.as_str())
     }
 
-    fn reply(&self, action: &str) -> String {
-        self.topic(&format!("{action}/{}", self.uid))
+    /// Where the daemon publishes `answer` about this job.
+    fn answer(&self, answer: Answer) -> String {
+        protocol::answer_topic(&self.endpoint.prefix, &self.channel, answer, &self.uid)
+    }
+
+    /// Where the daemon publishes the channel's state.
+    fn state(&self) -> String {
+        protocol::state_topic(&self.endpoint.prefix, &self.channel)
     }
 
     /// `{"uid", "timeout"}`: a whole number of seconds as an integer, as the original expects.
@@ -157,7 +164,7 @@ async fn run(config: Option<&Path>, args: RunArgs, here: &RunThread) -> Result<u
     // Installed first: from now on SIGINT/SIGTERM are ours to handle, not fatal.
     let mut signals = Signals::new()?;
     let will = LastWill::new(
-        job.topic("aborted"),
+        job.request(Action::Aborted),
         job.uid.clone(),
         QoS::AtLeastOnce,
         false,
@@ -165,12 +172,19 @@ async fn run(config: Option<&Path>, args: RunArgs, here: &RunThread) -> Result<u
     let client_id = format!("coordinosaur-run-{}", job.uid);
     let mut session = Session::connect(&job.endpoint, &client_id, Some(will)).await?;
     let tty = std::io::stderr().is_terminal();
-    let mut filters = vec![job.reply("go"), job.reply("rejected"), job.reply("expired")];
+    let mut filters = vec![
+        job.answer(Answer::Go),
+        job.answer(Answer::Rejected),
+        job.answer(Answer::Expired),
+    ];
     if tty {
-        filters.push(job.topic("state"));
+        filters.push(job.state());
     }
     session.subscribe(&filters).await?;
-    session.publish(&job.topic("register"), Value::Object(register).to_string())?;
+    session.publish(
+        &job.request(Action::Register),
+        Value::Object(register).to_string(),
+    )?;
 
     let deadline = args.wait_timeout.map(|d| Instant::now() + d);
     let gate = wait_for_go(&mut session, &job, &mut signals, deadline, tty).await?;
@@ -196,7 +210,7 @@ async fn run(config: Option<&Path>, args: RunArgs, here: &RunThread) -> Result<u
         Gate::Signalled(sig) => 128 + sig as u8,
     };
     // Cancel the registration; `aborted` also frees the slot should `go` cross it.
-    session.publish(&job.topic("aborted"), job.uid.clone())?;
+    session.publish(&job.request(Action::Aborted), job.uid.clone())?;
     finish(session).await;
     Ok(code)
 }
@@ -210,7 +224,11 @@ async fn wait_for_go(
     deadline: Option<Instant>,
     tty: bool,
 ) -> Result<Gate, CliError> {
-    let (go, rejected, state) = (job.reply("go"), job.reply("rejected"), job.topic("state"));
+    let (go, rejected, state) = (
+        job.answer(Answer::Go),
+        job.answer(Answer::Rejected),
+        job.state(),
+    );
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -238,7 +256,7 @@ async fn wait_for_go(
             sig = signals.recv() => break Gate::Signalled(sig),
             () = &mut until_deadline => break Gate::TimedOut,
             _ = tick.tick(), if tty => {
-                session.publish_qos0(&job.topic("infos"), Vec::new())?;
+                session.publish_qos0(&job.request(Action::Infos), Vec::new())?;
                 draw_status(job, started, counts.as_ref());
             }
         }
@@ -279,7 +297,7 @@ async fn run_command(
         Err(e) => {
             let shown = command[0].to_string_lossy();
             eprintln!("coordinosaur run: cannot run {shown}: {e}");
-            session.publish(&job.topic("aborted"), job.uid.clone())?;
+            session.publish(&job.request(Action::Aborted), job.uid.clone())?;
             finish(session).await;
             return Ok(match e.kind() {
                 std::io::ErrorKind::NotFound => exit::NOT_FOUND,
@@ -290,14 +308,14 @@ async fn run_command(
     let half = (job.timeout / 2).max(Duration::from_millis(10));
     let mut renew = interval_at(Instant::now() + half, half);
     renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let (expired, rejected) = (job.reply("expired"), job.reply("rejected"));
+    let (expired, rejected) = (job.answer(Answer::Expired), job.answer(Answer::Rejected));
     let renew_body = Value::Object(job.lease_body()).to_string();
     let end = loop {
         tokio::select! {
             status = child.wait() => break Running::Exited(status),
             sig = signals.recv() => forward(&child, sig),
             _ = renew.tick() => {
-                if let Err(e) = session.publish(&job.topic("renew"), renew_body.clone()) {
+                if let Err(e) = session.publish(&job.request(Action::Renew), renew_body.clone()) {
                     break Running::Lost(e);
                 }
             }
@@ -346,8 +364,12 @@ async fn run_command(
             exit::UNREACHABLE
         }
     };
-    let action = if code == 0 { "finished" } else { "aborted" };
-    session.publish(&job.topic(action), job.uid.clone())?;
+    let action = if code == 0 {
+        Action::Finished
+    } else {
+        Action::Aborted
+    };
+    session.publish(&job.request(action), job.uid.clone())?;
     finish(session).await;
     Ok(code)
 }

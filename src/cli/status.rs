@@ -17,6 +17,7 @@ use tokio::time::{sleep, timeout_at, Instant};
 use super::format::StateView;
 use super::session::Session;
 use super::{exit, random_u32, CliError, Endpoint};
+use crate::protocol::{self, Action};
 
 /// How long DISCONNECT may take to go out.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -72,10 +73,13 @@ async fn status(config: Option<&Path>, args: &StatusArgs) -> Result<u8, CliError
     }
     let (infos, state) = match &args.channel {
         Some(c) => (
-            endpoint.topic(&format!("{c}/infos")),
-            endpoint.topic(&format!("{c}/state")),
+            protocol::request_topic(&endpoint.prefix, c, Action::Infos.as_str()),
+            protocol::state_topic(&endpoint.prefix, c),
         ),
-        None => (endpoint.topic("infos"), endpoint.topic("state")),
+        None => (
+            endpoint.topic(Action::Infos.as_str()),
+            endpoint.topic(protocol::STATE),
+        ),
     };
     // Installed before anything else, so Ctrl-C in --watch always ends cleanly with 0.
     let mut interrupt = signal(SignalKind::interrupt())
@@ -87,7 +91,7 @@ async fn status(config: Option<&Path>, args: &StatusArgs) -> Result<u8, CliError
     );
     let mut session = Session::connect(&endpoint, &client_id, None).await?;
     // The leader record (JetStream backend) is retained: it arrives right after subscribing.
-    let leader_topic = endpoint.topic(&format!("{}/leader", crate::protocol::INTERNAL));
+    let leader_topic = protocol::leader_topic(&endpoint.prefix);
     session
         .subscribe(&[state.clone(), leader_topic.clone()])
         .await?;
