@@ -8,7 +8,7 @@
 //! 2. engine-only grant cycles (register -> go -> finished) through `Engine::handle_with` with
 //!    the `priority` policy against `NoPolicies`;
 //! 3. hot reload: `Compiler::compile` of each example component, and `PolicyHost::swap` +
-//!    `Engine::readmit` with 1,000 waiting jobs,
+//!    `Engine::readmit_channels` with 1,000 waiting jobs (the driver's reload path),
 //!    and (3c) cold vs cached loads through the on-disk [`PolicyCache`] (compile + write the
 //!    entry, then verify + deserialize it), for each example component and, when they are
 //!    built, the JavaScript and Python policies (`policies/js`, `policies/python`);
@@ -442,12 +442,7 @@ fn reload(compiler: &Compiler) {
         let t1 = Instant::now();
         let moved = host.swap(compiled, now(WAITING as u64 + n as u64));
         let t2 = Instant::now();
-        let p = active.clone();
-        engine.readmit(
-            now(WAITING as u64 + n as u64),
-            |o| o.policy.as_deref() == Some(p.as_path()),
-            &mut host,
-        );
+        engine.readmit_channels(now(WAITING as u64 + n as u64), &moved, &mut host);
         let t3 = Instant::now();
         assert_eq!(moved.len(), 1, "the channel moved to the new version");
         assert!(
@@ -469,7 +464,10 @@ fn reload(compiler: &Compiler) {
     for (name, mut v) in [
         ("Compiler::compile (off the driver, in the daemon)", compile),
         ("PolicyHost::swap (instantiate + init)", swap),
-        ("Engine::readmit (1,000 admit calls + re-rank)", readmit),
+        (
+            "Engine::readmit_channels (1,000 admit calls + re-rank)",
+            readmit,
+        ),
         ("swap + readmit (the driver's pause)", total),
     ] {
         v.sort_unstable();

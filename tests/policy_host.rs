@@ -567,12 +567,8 @@ fn swap_keeps_every_queued_job_and_changes_behaviour() {
     let moved = rig.host.swap(compiled, Time(rig.now));
     assert_eq!(moved, [Arc::<str>::from("ch")]);
     rig.now += 1;
-    let target = path.clone();
-    rig.engine.readmit(
-        Time(rig.now),
-        |o| o.policy.as_deref() == Some(target.as_path()),
-        &mut rig.host,
-    );
+    rig.engine
+        .readmit_channels(Time(rig.now), &moved, &mut rig.host);
     eprintln!(
         "swap priority -> deny + readmit of {JOBS} waiting jobs: {:?}",
         started.elapsed()

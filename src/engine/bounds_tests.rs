@@ -45,7 +45,7 @@ fn recount(e: &Engine, channels: &[&str]) -> usize {
         .flat_map(|c| {
             e.waiting(c)
                 .into_iter()
-                .map(move |uid| job_bytes(&uid, e.job_meta(c, &uid)))
+                .map(move |uid| job_bytes(&uid, e.channel(c).and_then(|ch| ch.meta(&uid))))
         })
         .sum()
 }
@@ -172,7 +172,7 @@ fn policy_vetoes_and_rejections_on_readmission_release_their_bytes() {
     }
     assert_eq!(e.waiting_bytes(), recount(&e, &["p"]));
     p.readmitting = true;
-    e.readmit(T0, |o| o.policy.is_some(), &mut p);
+    e.readmit_channels(T0, &["p".into()], &mut p);
     assert_eq!(e.waiting("p").len(), 3, "bad1 left on re-admission");
     assert_eq!(e.waiting_bytes(), recount(&e, &["p"]));
     e.handle_with(

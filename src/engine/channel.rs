@@ -270,10 +270,6 @@ impl Channel {
         ))
     }
 
-    pub(crate) fn options(&self) -> &ChannelOptions {
-        &self.opts
-    }
-
     /// The limits in force, as journaled for `replay`.
     pub(crate) fn limits_change(&self) -> Change {
         Change::Limits {
@@ -1104,7 +1100,8 @@ impl Channel {
         }
     }
 
-    /// Extra registration fields of a known job.
+    /// Extra registration fields of a known job (the tests recount waiting bytes with it).
+    #[cfg(test)]
     pub(crate) fn meta(&self, uid: &str) -> Option<&str> {
         self.jobs.get(uid)?.meta.as_deref()
     }

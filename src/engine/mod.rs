@@ -704,27 +704,9 @@ impl Engine {
         }
     }
 
-    /// After a policy changed: asks it again for the priority of every waiting job in each
-    /// channel whose options satisfy `uses`, then grants what the new order allows.
-    pub fn readmit(
-        &mut self,
-        now: Time,
-        uses: impl Fn(&ChannelOptions) -> bool,
-        hooks: &mut dyn Policies,
-    ) {
-        self.handle_timeout_with(now, hooks);
-        let now = self.now;
-        for index in 0..self.channels.len() {
-            let ch = &mut self.channels[index];
-            if uses(ch.options()) {
-                ch.readmit(now, hooks, &mut self.outputs, &mut self.log);
-                self.settle(index, now, hooks);
-            }
-        }
-    }
-
-    /// Like [`Engine::readmit`], for the named channels only (those whose policy instance was
-    /// actually replaced).
+    /// After a policy changed: asks it again for the priority of every waiting job in the named
+    /// channels (those whose policy instance was actually replaced: what `PolicyHost::swap`
+    /// returns), then grants what the new order allows. Unknown names are skipped.
     pub fn readmit_channels(&mut self, now: Time, channels: &[Arc<str>], hooks: &mut dyn Policies) {
         self.handle_timeout_with(now, hooks);
         let now = self.now;
@@ -767,15 +749,6 @@ impl Engine {
         report
     }
 
-    /// Names of the channels whose options satisfy `pred`.
-    pub fn channels_where(&self, pred: impl Fn(&ChannelOptions) -> bool) -> Vec<Arc<str>> {
-        self.channels
-            .iter()
-            .filter(|c| pred(c.options()))
-            .map(|c| c.name.clone())
-            .collect()
-    }
-
     /// The earliest time at which `handle_timeout` has work to do.
     pub fn next_deadline(&self) -> Option<Time> {
         let channels = self.timers.first().map(|(t, _)| *t);
@@ -808,11 +781,6 @@ impl Engine {
         self.channel(channel)
             .map(|c| c.leases().map(|(u, t)| (u.clone(), t)).collect())
             .unwrap_or_default()
-    }
-
-    /// The extra registration fields of a known job (JSON object text), if it had any.
-    pub fn job_meta(&self, channel: &str, uid: &str) -> Option<&str> {
-        self.channel(channel)?.meta(uid)
     }
 
     /// `(running, waiting)` of a known channel, cheaply (for gauges).

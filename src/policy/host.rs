@@ -17,7 +17,9 @@ use super::PolicyError;
 use crate::config::{PolicyRollback, PolicySandbox};
 use crate::engine::{ChannelView, ShadowReport, Time};
 
-/// Counters of what the policies did, for logs and metrics.
+/// Counters of what the policies did, read through [`PolicyHost::stats`] by the integration
+/// tests and benchmarks (and shown in the host's `Debug`). The daemon's metrics do not read
+/// them: they are the `coordinosaur_policy_*` counters, emitted where these are counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PolicyStats {
     /// Hook calls made.
