@@ -14,11 +14,12 @@
 //!   deadline, with its decisions in pure parts (the commit gate, the `go`-again schedule, the
 //!   activity summary).
 //! - [`state`]: the journal and snapshots (group commit, recovery, format versions, the lock).
-//! - [`policy`]: the wasmtime host behind the engine's `Policies` trait, and policy hot reload.
+//! - [`policy`]: the wasmtime host behind the engine's `Policies` trait, and policy hot reload
+//!   ([`policy::hot_reload`]).
 //!   The engine calls policies synchronously through a trait it defines, as quinn-proto calls
 //!   its crypto session: a hook costs microseconds, and the engine stays free of wasmtime.
-//! - [`reload`], [`watch`]: live config reload (SIGHUP, file changes) and the settled file
-//!   watching it shares with policy hot reload.
+//! - [`config_reload`], [`watch`]: live config reload (SIGHUP, file changes) and the settled
+//!   file watching it shares with policy hot reload.
 //! - [`metrics`]: Prometheus metric names and the bounded channel label.
 //! - [`cli`]: the client commands `run` (gate a command behind a channel) and `status`, which
 //!   talk to a running daemon over MQTT like any worker.
@@ -28,6 +29,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod config_reload;
 pub mod driver;
 pub mod engine;
 pub mod ha;
@@ -35,7 +37,6 @@ pub mod metrics;
 pub mod mqtt;
 pub mod policy;
 pub mod protocol;
-pub mod reload;
 pub mod replay;
 pub mod state;
 pub mod watch;
@@ -53,7 +54,7 @@ use tokio::sync::mpsc;
 use config::Config;
 
 /// Runs the daemon with `config` until `shutdown` completes, then disconnects cleanly. With
-/// `config_path`, the file is re-read on SIGHUP or when it changes (see [`reload`]).
+/// `config_path`, the file is re-read on SIGHUP or when it changes (see [`config_reload`]).
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
@@ -92,7 +93,7 @@ pub async fn run(
         state = Some((takeover.journal, takeover.snapshot, takeover.recent));
         leader = Some((takeover.cluster, takeover.guard, node));
     }
-    let (config_tx, mut reloaded) = mpsc::unbounded_channel::<reload::NewConfig>();
+    let (config_tx, mut reloaded) = mpsc::unbounded_channel::<config_reload::NewConfig>();
     let (to_driver, configs) = mpsc::unbounded_channel();
     // A reloaded config's message limits apply in the MQTT task at once; the rest in the driver.
     tokio::spawn(async move {
@@ -108,7 +109,7 @@ pub async fn run(
         }
     });
     if let Some(path) = config_path {
-        tokio::spawn(reload::run(path, policy_watch, config_tx));
+        tokio::spawn(config_reload::run(path, policy_watch, config_tx));
     } else {
         // No file to re-read: keep watching the policies for as long as the daemon runs.
         tokio::spawn(async move {
@@ -243,7 +244,7 @@ async fn open_state(
 /// Compiles every configured policy (a bad one stops start-up) and starts watching their files.
 async fn start_policies(
     config: &Config,
-) -> anyhow::Result<(driver::PolicyRuntime, reload::PolicyWatch)> {
+) -> anyhow::Result<(driver::PolicyRuntime, config_reload::PolicyWatch)> {
     let paths = config.policy_paths();
     let sandbox = config.policy_sandbox.clone();
     let preload = paths.clone();
@@ -264,7 +265,7 @@ async fn start_policies(
     .await
     .context("policy start-up")??;
     let (tx, updates) = mpsc::unbounded_channel();
-    let mut watch = reload::PolicyWatch {
+    let mut watch = config_reload::PolicyWatch {
         compiler,
         updates: tx,
         watcher: None,

@@ -23,14 +23,14 @@ pub use redelivery::RedeliveryGuard;
 pub use resend::{LostSession, Resend, Resent, RESUBSCRIBE_GRACE, SYNC_PATIENCE};
 pub use summary::{Report, Summary, SUMMARY_EVERY};
 
+use crate::config_reload::NewConfig;
 use crate::engine::Input;
 use crate::engine::{Change, Engine, NoPolicies, Output, Policies, Snapshot, Time};
 use crate::metrics::Recorder;
 use crate::mqtt::{Ack, Inbound};
-use crate::policy::reload::Update;
+use crate::policy::hot_reload::Update;
 use crate::policy::PolicyHost;
 use crate::protocol::Rejection;
-use crate::reload::NewConfig;
 use crate::state::{Journal, Registered};
 
 /// The policy host and the stream of reloaded policy files, when any channel uses a policy.

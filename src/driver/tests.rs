@@ -56,7 +56,7 @@ struct Running {
     sink: Collect,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<super::Stopped>,
-    _configs: mpsc::UnboundedSender<crate::reload::NewConfig>,
+    _configs: mpsc::UnboundedSender<crate::config_reload::NewConfig>,
 }
 
 impl Running {

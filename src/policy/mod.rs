@@ -19,7 +19,7 @@
 //!   calls soon after the swap) and when a shadow policy is suspended; pure, in engine time.
 //! - Shadow policies (`policy_shadow`): a second instance per channel that gets the same calls
 //!   and is only compared (`hooks`).
-//! - [`reload`]: a notify watcher on the policy folders that recompiles a changed file off the
+//! - [`hot_reload`]: a notify watcher on the policy folders that recompiles a changed file off the
 //!   async runtime and hands it to the driver, which swaps it in between two events.
 
 mod budget;
@@ -28,7 +28,7 @@ mod compile;
 mod hooks;
 mod host;
 mod meta;
-pub mod reload;
+pub mod hot_reload;
 mod rollback;
 mod wasi;
 

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::policy::reload::{self as policy_reload, Update};
+use crate::policy::hot_reload::{self, Update};
 use crate::policy::{CompiledPolicy, Compiler, PolicyError};
 use crate::watch::{self, FileWatcher};
 
@@ -47,7 +47,7 @@ impl PolicyWatch {
         }
         self.watcher = None;
         if !paths.is_empty() {
-            match policy_reload::watch(&paths, self.compiler.clone(), self.updates.clone()) {
+            match hot_reload::watch(&paths, self.compiler.clone(), self.updates.clone()) {
                 Ok(w) => self.watcher = Some(w),
                 Err(e) => warn!(cause = %e, "cannot watch policy files; they will not hot-reload"),
             }
@@ -63,7 +63,7 @@ impl PolicyWatch {
             .into_iter()
             .filter(|p| !self.paths.contains(p))
             .collect();
-        policy_reload::compile_off_thread(self.compiler.clone(), new).await
+        hot_reload::compile_off_thread(self.compiler.clone(), new).await
     }
 }
 
