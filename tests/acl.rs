@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{topic, unique_id, Client, Daemon, DaemonOptions, Mosquitto, DEFAULT_TIMEOUT};
+use common::{topic, unique_id, worker, Client, Daemon, DaemonOptions, Mosquitto, DEFAULT_TIMEOUT};
 
 /// The ACL of README.md's "Securing it" section, for prefix `coordinosaur` and coordinator
 /// user `coordinosaur`; `acl_in_readme_is_the_tested_one` keeps the two equal.
@@ -101,18 +101,18 @@ async fn coordinator(broker: &Mosquitto) -> Daemon {
     Daemon::start_with_options(broker.port(), "", options).await
 }
 
-async fn worker(broker: &Mosquitto, name: &str) -> Client {
-    Client::connect_as(broker.port(), &unique_id(name), WORKER.0, WORKER.1).await
-}
-
 #[tokio::test]
 async fn worker_gets_go_from_a_coordinator_logged_in_through_the_environment() {
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = secured_broker(dir.path());
     let daemon = coordinator(&broker).await;
-    let mut w = worker(&broker, "worker").await;
-    w.subscribe(&topic("ch", "go/+")).await;
-    w.subscribe(&topic("ch", "rejected/+")).await;
+    let mut w = worker(
+        broker.port(),
+        Some(WORKER),
+        &["ch"],
+        &["go/+", "rejected/+"],
+    )
+    .await;
     w.register("ch", "job-1", 60.0).await;
     assert_eq!(w.next_go("ch").await, "job-1");
     // The other requests and answers a worker needs pass the ACL too.
@@ -132,11 +132,15 @@ async fn forged_go_from_a_worker_is_not_delivered() {
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = secured_broker(dir.path());
     let _daemon = coordinator(&broker).await;
-    let mut watcher = worker(&broker, "watcher").await;
-    watcher.subscribe(&topic("ch", "go/#")).await;
-    watcher.subscribe(&topic("ch", "rejected/#")).await;
-    let forger = worker(&broker, "forger").await;
-    let w = worker(&broker, "worker").await;
+    let mut watcher = worker(
+        broker.port(),
+        Some(WORKER),
+        &["ch"],
+        &["go/#", "rejected/#"],
+    )
+    .await;
+    let forger = worker(broker.port(), Some(WORKER), &[], &[]).await;
+    let w = worker(broker.port(), Some(WORKER), &[], &[]).await;
 
     forger.publish(&topic("ch", "go/forged"), "forged").await;
     forger.publish(&topic("ch", "rejected/real"), "{}").await;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{topic, unique_id, Client, Daemon, TestBroker};
+use common::{setup, topic, Daemon};
 
 /// Span of every "nothing arrives" check.
 const QUIET: Duration = Duration::from_millis(400);
@@ -21,17 +21,10 @@ fn rewrite(daemon: &Daemon, extra_toml: &str) {
     std::fs::rename(&tmp, &path).expect("rename config");
 }
 
-async fn worker(broker: &TestBroker, channel: &str) -> Client {
-    let client = Client::connect(broker.port(), &unique_id("worker")).await;
-    client.subscribe(&topic(channel, "go/+")).await;
-    client
-}
-
 #[tokio::test]
 async fn raising_a_limit_in_the_file_releases_queued_jobs() {
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 1\n").await;
-    let mut client = worker(&broker, "ch").await;
+    let (_broker, daemon, mut client) =
+        setup("[defaults]\nmax_concurrent_jobs = 1\n", &["ch"], &["go/+"]).await;
     for uid in ["a", "b", "c"] {
         client.register("ch", uid, 60.0).await;
     }
@@ -53,9 +46,8 @@ async fn raising_a_limit_in_the_file_releases_queued_jobs() {
 
 #[tokio::test]
 async fn an_invalid_file_keeps_the_old_config() {
-    let broker = TestBroker::start();
-    let mut daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 1\n").await;
-    let mut client = worker(&broker, "ch").await;
+    let (_broker, mut daemon, mut client) =
+        setup("[defaults]\nmax_concurrent_jobs = 1\n", &["ch"], &["go/+"]).await;
 
     rewrite(&daemon, "[defaults]\nmax_concurrent_jobs = -4\n");
     daemon.wait_log("config reload failed").await;
@@ -73,12 +65,10 @@ async fn an_invalid_file_keeps_the_old_config() {
 
 #[tokio::test]
 async fn sighup_rereads_the_file_and_quota_history_is_kept() {
-    let broker = TestBroker::start();
     let quota = |limit: u32| {
         format!("[defaults]\nmax_concurrent_jobs = 10\nquotas = [{{ interval = \"1h\", name = \"hourly\", limit = {limit} }}]\n")
     };
-    let daemon = Daemon::start(broker.port(), &quota(2)).await;
-    let mut client = worker(&broker, "ch").await;
+    let (_broker, daemon, mut client) = setup(&quota(2), &["ch"], &["go/+"]).await;
     for uid in ["a", "b", "c", "d"] {
         client.register("ch", uid, 60.0).await;
     }
@@ -102,9 +92,8 @@ async fn sighup_rereads_the_file_and_quota_history_is_kept() {
 /// at once).
 #[tokio::test]
 async fn lowered_message_limits_apply_to_the_next_message() {
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 5\n").await;
-    let mut client = worker(&broker, "ch").await;
+    let (_broker, daemon, mut client) =
+        setup("[defaults]\nmax_concurrent_jobs = 5\n", &["ch"], &["go/+"]).await;
     client.subscribe(&topic("ch", "rejected/+")).await;
     let long_uid = "u".repeat(40);
     client.register("ch", &long_uid, 60.0).await;

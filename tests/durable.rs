@@ -18,7 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::policies::policy_wasm;
 use common::DEFAULT_TIMEOUT;
-use common::{free_port, run_to_exit, topic, unique_id, Client, Daemon, TestBroker};
+use common::{
+    free_port, run_to_exit, setup, topic, unique_id, Client, Daemon, TestBroker, ANSWERS,
+};
 use coordinosaur::driver::ABORT_BEFORE_GO;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -29,18 +31,6 @@ const QUIET: Duration = Duration::from_millis(400);
 
 /// The line the harness writes into the daemon log before each start.
 const START_MARK: &str = "--- harness: starting coordinosaur ---";
-
-/// A broker, a daemon with `extra_toml` (its state in `state/` of its folder, the default), and a
-/// client subscribed to `go/+`, `expired/+` and `rejected/+` of `ch`.
-async fn setup(extra_toml: &str) -> (TestBroker, Daemon, Client) {
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(broker.port(), extra_toml).await;
-    let client = Client::connect(broker.port(), &unique_id("worker")).await;
-    for action in ["go/+", "expired/+", "rejected/+"] {
-        client.subscribe(&topic("ch", action)).await;
-    }
-    (broker, daemon, client)
-}
 
 /// The default state dir of a daemon started by the harness.
 fn state_dir(daemon: &Daemon) -> PathBuf {
@@ -194,7 +184,8 @@ async fn drain(c: &mut Client, channel: &str, mut running: String, n: usize) -> 
 
 #[tokio::test]
 async fn kill_9_then_restart_keeps_waiting_jobs_in_fifo_order_and_running_jobs_in_their_slots() {
-    let (_broker, mut daemon, mut c) = setup("[defaults]\nmax_concurrent_jobs = 2\n").await;
+    let (_broker, mut daemon, mut c) =
+        setup("[defaults]\nmax_concurrent_jobs = 2\n", &["ch"], ANSWERS).await;
     for uid in ["r1", "r2", "w1", "w2", "w3", "w4"] {
         c.register("ch", uid, 300.0).await;
     }
@@ -236,7 +227,7 @@ async fn kill_9_then_restart_keeps_a_full_quota_window_full_until_it_opens() {
         "[defaults]\nmax_concurrent_jobs = 5\nquotas = [{{ interval = \"{}s\", limit = 2, name = \"w\" }}]\n",
         window.as_secs()
     );
-    let (_broker, mut daemon, mut c) = setup(&toml).await;
+    let (_broker, mut daemon, mut c) = setup(&toml, &["ch"], ANSWERS).await;
     for uid in ["a", "b", "c"] {
         c.register("ch", uid, 300.0).await;
     }
@@ -276,7 +267,8 @@ async fn kill_9_then_restart_keeps_a_full_quota_window_full_until_it_opens() {
 
 #[tokio::test]
 async fn kill_9_then_restart_keeps_a_runtime_concurrency_set_unless_the_config_changed_it() {
-    let (_broker, mut daemon, mut c) = setup("[defaults]\nmax_concurrent_jobs = 1\n").await;
+    let (_broker, mut daemon, mut c) =
+        setup("[defaults]\nmax_concurrent_jobs = 1\n", &["ch"], ANSWERS).await;
     c.set_concurrency("ch", 3).await;
     c.register("ch", "a", 300.0).await;
     assert_eq!(c.next_go("ch").await, "a");
@@ -320,7 +312,7 @@ async fn kill_9_then_restart_keeps_policy_priorities_of_waiting_jobs() {
         "[policy_sandbox]\ncall_timeout = \"5s\"\n\n[[channels]]\npattern = \"ch\"\nmax_concurrent_jobs = 1\npolicy = \"{}\"\n",
         policy.display()
     );
-    let (_broker, mut daemon, mut c) = setup(&toml).await;
+    let (_broker, mut daemon, mut c) = setup(&toml, &["ch"], ANSWERS).await;
     let register = |uid: &str, priority: i64| {
         let body = json!({"uid": uid, "timeout": 300, "priority": priority}).to_string();
         (topic("ch", "register"), body)
@@ -347,7 +339,7 @@ async fn kill_9_then_restart_keeps_policy_priorities_of_waiting_jobs() {
 #[tokio::test]
 async fn restarts_do_not_pile_up_grant_times_that_no_quota_window_counts() {
     let toml = "[[channels]]\npattern = \"q\"\nquotas = [{ interval = \"1h\", limit = 2 }]\n";
-    let (_broker, mut daemon, mut c) = setup(toml).await;
+    let (_broker, mut daemon, mut c) = setup(toml, &["ch"], ANSWERS).await;
     c.subscribe(&topic("q", "go/+")).await;
     let dir = state_dir(&daemon);
     let mut snapshots = Vec::new();
@@ -380,7 +372,7 @@ async fn restarts_do_not_pile_up_grant_times_that_no_quota_window_counts() {
 #[tokio::test]
 async fn lease_that_ran_out_while_the_daemon_was_down_expires_at_restart_and_frees_its_slot() {
     let lease = Duration::from_secs(3);
-    let (_broker, mut daemon, mut c) = setup("").await;
+    let (_broker, mut daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     c.register("ch", "short", lease.as_secs_f64()).await;
     c.register("ch", "next", 300.0).await;
     assert_eq!(c.next_go("ch").await, "short");
@@ -454,7 +446,7 @@ async fn a_register_redelivered_after_its_job_expired_during_a_crash_starts_noth
 
 #[tokio::test]
 async fn kill_9_after_the_broker_acknowledged_go_says_no_second_go_and_keeps_the_slot() {
-    let (_broker, mut daemon, mut c) = setup("").await;
+    let (_broker, mut daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     c.register("ch", "a", 300.0).await;
     c.register("ch", "b", 300.0).await;
     assert_eq!(c.next_go("ch").await, "a");
@@ -506,7 +498,7 @@ async fn crash_between_journal_and_publish_gives_exactly_one_go_after_restart() 
 
 #[tokio::test]
 async fn second_daemon_on_the_same_state_dir_exits_non_zero_naming_the_dir_and_the_pid() {
-    let (_broker, daemon, mut c) = setup("").await;
+    let (_broker, daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     let pid = daemon.pid().expect("the first daemon runs");
     let second = daemon.run_to_exit();
     assert!(!second.status.success(), "{second:?}");
@@ -573,7 +565,7 @@ async fn state_dir_that_is_a_regular_file_refuses_to_start_naming_the_path() {
 
 #[tokio::test]
 async fn torn_journal_tail_after_kill_9_is_dropped_with_a_warning_and_state_is_intact() {
-    let (_broker, mut daemon, mut c) = setup("").await;
+    let (_broker, mut daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     for uid in ["a", "b", "c"] {
         c.register("ch", uid, 300.0).await;
     }
@@ -637,7 +629,7 @@ async fn expect_b_running_c_waiting(c: &mut Client, daemon: &Daemon) {
 #[tokio::test]
 async fn damaged_newest_snapshot_falls_back_to_the_generation_before_with_a_warning_and_state_intact(
 ) {
-    let (_broker, mut daemon, mut c) = setup("").await;
+    let (_broker, mut daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     two_generations(&mut daemon, &mut c).await;
     let dir = state_dir(&daemon);
     flip_last_byte(&dir.join("snapshot.1"));
@@ -656,7 +648,7 @@ async fn damaged_newest_snapshot_falls_back_to_the_generation_before_with_a_warn
 
 #[tokio::test]
 async fn torn_tail_then_damaged_newest_snapshot_still_restores_everything() {
-    let (_broker, mut daemon, mut c) = setup("").await;
+    let (_broker, mut daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     c.register("ch", "a", 300.0).await;
     c.register("ch", "b", 300.0).await;
     assert_eq!(c.next_go("ch").await, "a");
@@ -689,7 +681,7 @@ async fn torn_tail_then_damaged_newest_snapshot_still_restores_everything() {
 
 #[tokio::test]
 async fn every_snapshot_damaged_refuses_to_start_with_cannot_restore_and_leaves_the_files() {
-    let (_broker, mut daemon, mut c) = setup("").await;
+    let (_broker, mut daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     two_generations(&mut daemon, &mut c).await;
     let dir = state_dir(&daemon);
 
@@ -809,7 +801,7 @@ fn fill(path: &Path) -> u64 {
 async fn full_disk_holds_the_go_until_space_is_freed_and_logs_the_write_failure() {
     let tmpfs = Tmpfs::mount("1m");
     let toml = format!("[state]\ndir = \"{}\"\n", tmpfs.path().display());
-    let (_broker, mut daemon, mut c) = setup(&toml).await;
+    let (_broker, mut daemon, mut c) = setup(&toml, &["ch"], ANSWERS).await;
     c.register("ch", "before", 300.0).await;
     assert_eq!(c.next_go("ch").await, "before");
     c.finished("ch", "before").await;
@@ -847,7 +839,7 @@ async fn full_disk_holds_the_go_until_space_is_freed_and_logs_the_write_failure(
 
 #[tokio::test]
 async fn empty_state_dir_turns_persistence_off_with_a_warning_and_jobs_still_work() {
-    let (_broker, mut daemon, mut c) = setup("[state]\ndir = \"\"\n").await;
+    let (_broker, mut daemon, mut c) = setup("[state]\ndir = \"\"\n", &["ch"], ANSWERS).await;
     daemon.wait_log("persistence is off").await;
     assert!(daemon.log().contains("WARN"), "{}", daemon.log());
     c.register("ch", "a", 300.0).await;
@@ -876,7 +868,8 @@ async fn empty_state_dir_turns_persistence_off_with_a_warning_and_jobs_still_wor
 
 #[tokio::test]
 async fn durability_os_restores_after_kill_9() {
-    let (_broker, mut daemon, mut c) = setup("[state]\ndurability = \"os\"\n").await;
+    let (_broker, mut daemon, mut c) =
+        setup("[state]\ndurability = \"os\"\n", &["ch"], ANSWERS).await;
     c.register("ch", "a", 300.0).await;
     c.register("ch", "b", 300.0).await;
     assert_eq!(c.next_go("ch").await, "a");

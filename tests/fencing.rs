@@ -5,28 +5,16 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
+use common::{setup, topic, Client, ANSWERS, DEFAULT_TIMEOUT};
 use serde_json::{json, Value};
 
 /// Span of every "nothing arrives" check.
 const QUIET: Duration = Duration::from_millis(400);
 
-/// A broker, a daemon with `extra_toml`, and a client subscribed to `go/+`, `expired/+` and
-/// `rejected/+` of channel `ch`.
-async fn setup(extra_toml: &str) -> (TestBroker, Daemon, Client) {
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(broker.port(), extra_toml).await;
-    let client = Client::connect(broker.port(), &unique_id("worker")).await;
-    for action in ["go/+", "expired/+", "rejected/+"] {
-        client.subscribe(&topic("ch", action)).await;
-    }
-    (broker, daemon, client)
-}
-
 /// Registers `uid` on `ch` asking for a JSON `go`.
 async fn register_json(c: &Client, uid: &str, timeout_secs: f64) {
-    let body = json!({"uid": uid, "timeout": timeout_secs, "reply": "json"});
-    c.publish(&topic("ch", "register"), body.to_string()).await;
+    c.register_with("ch", uid, timeout_secs, json!({ "reply": "json" }))
+        .await;
 }
 
 /// The JSON `go` of `uid`.
@@ -77,7 +65,7 @@ fn now_ms() -> u64 {
 /// its old token, must not touch the second run: the job waiting behind it stays waiting.
 #[tokio::test]
 async fn a_late_finished_with_an_expired_token_leaves_the_next_holder_its_slot() {
-    let (_broker, daemon, mut c) = setup("").await;
+    let (_broker, daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     register_json(&c, "backup", 0.3).await;
     let first = token_of(&go_json(&mut c, "backup").await);
     c.expect(&topic("ch", "expired/backup"), DEFAULT_TIMEOUT)
@@ -106,12 +94,8 @@ async fn a_late_finished_with_an_expired_token_leaves_the_next_holder_its_slot()
 
     let renew = json!({"uid": "backup", "timeout": 600, "token": first});
     c.publish(&topic("ch", "renew"), renew.to_string()).await;
-    let rejected = c
-        .expect(&topic("ch", "rejected/backup"), DEFAULT_TIMEOUT)
-        .await;
-    let rejected: Value = serde_json::from_slice(&rejected).unwrap_or_default();
-    let reason = rejected["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains(&format!("token {first}")), "{rejected}");
+    let reason = c.rejection_reason("ch", "backup").await;
+    assert!(reason.contains(&format!("token {first}")), "{reason}");
 
     let state = c.state("ch").await;
     assert_eq!(running_tokens(&state), [("backup".to_owned(), second)]);
@@ -127,8 +111,12 @@ async fn a_late_finished_with_an_expired_token_leaves_the_next_holder_its_slot()
 /// lists the tokens next to the unchanged `running` list.
 #[tokio::test]
 async fn a_json_reply_carries_token_lease_and_deadline_and_plain_stays_plain() {
-    let (_broker, _daemon, mut c) =
-        setup("[defaults]\nmax_concurrent_jobs = 2\ntimeout_offset = \"500ms\"\n").await;
+    let (_broker, _daemon, mut c) = setup(
+        "[defaults]\nmax_concurrent_jobs = 2\ntimeout_offset = \"500ms\"\n",
+        &["ch"],
+        ANSWERS,
+    )
+    .await;
     let before = now_ms();
     register_json(&c, "j", 30.0).await;
     let go = go_json(&mut c, "j").await;
@@ -169,7 +157,7 @@ async fn a_json_reply_carries_token_lease_and_deadline_and_plain_stays_plain() {
 /// left with nothing, so the snapshot of the next start dropped it.
 #[tokio::test]
 async fn tokens_keep_increasing_across_kill_9_and_restart() {
-    let (_broker, mut daemon, mut c) = setup("").await;
+    let (_broker, mut daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     register_json(&c, "a", 60.0).await;
     let a = token_of(&go_json(&mut c, "a").await);
     with_token(&c, "finished", "a", a).await;

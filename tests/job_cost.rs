@@ -5,28 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
-use serde_json::{json, Value};
+use common::{setup, topic, Client, DEFAULT_TIMEOUT};
+use serde_json::json;
 
 /// Span of every "nothing arrives" check.
 const QUIET: Duration = Duration::from_millis(400);
 
-/// A broker, a daemon with `extra_toml`, and a client subscribed to `go/+` and `rejected/+` of
-/// channel `ch`.
-async fn setup(extra_toml: &str) -> (TestBroker, Daemon, Client) {
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(broker.port(), extra_toml).await;
-    let client = Client::connect(broker.port(), &unique_id("worker")).await;
-    for action in ["go/+", "rejected/+"] {
-        client.subscribe(&topic("ch", action)).await;
-    }
-    (broker, daemon, client)
-}
-
 /// Registers `uid` on `ch` at `cost` units.
 async fn register_cost(c: &Client, uid: &str, cost: u32) {
-    let body = json!({"uid": uid, "timeout": 600, "cost": cost});
-    c.publish(&topic("ch", "register"), body.to_string()).await;
+    c.register_with("ch", uid, 600.0, json!({ "cost": cost }))
+        .await;
 }
 
 async fn expect_go(c: &mut Client, uid: &str) {
@@ -36,20 +24,16 @@ async fn expect_go(c: &mut Client, uid: &str) {
     assert_eq!(payload, uid.as_bytes(), "a plain go: the uid");
 }
 
-/// The reason of `rejected/{uid}`.
-async fn rejection(c: &mut Client, uid: &str) -> String {
-    let payload = c
-        .expect(&topic("ch", &format!("rejected/{uid}")), DEFAULT_TIMEOUT)
-        .await;
-    let v: Value = serde_json::from_slice(&payload).unwrap_or_default();
-    v["reason"].as_str().unwrap_or_default().to_owned()
-}
-
 /// Four units: a job of 3 and one of 1 run; the next job, of 2, waits at the head, and the
 /// light jobs registered behind it do not overtake it when one unit frees. `state` shows units.
 #[tokio::test]
 async fn a_heavy_job_holds_its_units_and_light_ones_do_not_overtake_it() {
-    let (_broker, _daemon, mut c) = setup("[defaults]\nmax_concurrent_jobs = 4\n").await;
+    let (_broker, _daemon, mut c) = setup(
+        "[defaults]\nmax_concurrent_jobs = 4\n",
+        &["ch"],
+        &["go/+", "rejected/+"],
+    )
+    .await;
     register_cost(&c, "heavy", 3).await;
     expect_go(&mut c, "heavy").await;
     c.register("ch", "one", 600.0).await;
@@ -82,16 +66,16 @@ async fn a_heavy_job_holds_its_units_and_light_ones_do_not_overtake_it() {
 async fn a_cost_that_could_never_run_is_rejected_with_the_reason() {
     let config = "[defaults]\nmax_concurrent_jobs = 4\n\
                   quotas = [{ interval = 60, limit = 3, name = \"minute\" }]\n";
-    let (_broker, daemon, mut c) = setup(config).await;
+    let (_broker, daemon, mut c) = setup(config, &["ch"], &["go/+", "rejected/+"]).await;
     register_cost(&c, "big", 5).await;
-    let reason = rejection(&mut c, "big").await;
+    let reason = c.rejection_reason("ch", "big").await;
     assert!(reason.contains("max_concurrent_jobs (4)"), "{reason}");
     register_cost(&c, "quota", 4).await;
-    let reason = rejection(&mut c, "quota").await;
+    let reason = c.rejection_reason("ch", "quota").await;
     assert!(reason.contains("quota `minute`"), "{reason}");
     let body = json!({"uid": "zero", "timeout": 1, "cost": 0});
     c.publish(&topic("ch", "register"), body.to_string()).await;
-    let reason = rejection(&mut c, "zero").await;
+    let reason = c.rejection_reason("ch", "zero").await;
     assert!(reason.contains("`cost` must be an integer"), "{reason}");
     daemon.wait_log("coordinosaur/ch/register").await;
     register_cost(&c, "fits", 3).await;
@@ -104,7 +88,7 @@ async fn a_cost_that_could_never_run_is_rejected_with_the_reason() {
 async fn costs_survive_kill_9_and_restart() {
     let config = "[defaults]\nmax_concurrent_jobs = 5\n\
                   quotas = [{ interval = 3600, limit = 7, name = \"hour\" }]\n";
-    let (_broker, mut daemon, mut c) = setup(config).await;
+    let (_broker, mut daemon, mut c) = setup(config, &["ch"], &["go/+", "rejected/+"]).await;
     register_cost(&c, "a", 4).await;
     expect_go(&mut c, "a").await;
     register_cost(&c, "b", 3).await;

@@ -5,18 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
+use common::{topic, unique_id, Client, Daemon, TestBroker};
 use serde_json::Value;
-
-/// The `reason` of the `rejected/{uid}` message on `channel`.
-async fn rejection_reason(c: &mut Client, channel: &str, uid: &str) -> String {
-    let payload = c
-        .expect(&topic(channel, &format!("rejected/{uid}")), DEFAULT_TIMEOUT)
-        .await;
-    let body: Value = serde_json::from_slice(&payload).expect("rejected payload is JSON");
-    assert_eq!(body["uid"], uid, "{body}");
-    body["reason"].as_str().expect("reason").to_owned()
-}
 
 #[tokio::test]
 async fn fourth_waiting_job_is_rejected_at_max_waiting_per_channel_and_daemon_keeps_serving() {
@@ -34,7 +24,7 @@ async fn fourth_waiting_job_is_rejected_at_max_waiting_per_channel_and_daemon_ke
     for uid in ["w1", "w2", "w3", "w4"] {
         c.register("ch", uid, 60.0).await;
     }
-    let reason = rejection_reason(&mut c, "ch", "w4").await;
+    let reason = c.rejection_reason("ch", "w4").await;
     assert!(reason.contains("max_waiting_per_channel"), "{reason}");
     c.expect_none(&topic("ch", "rejected/+"), Duration::from_millis(200))
         .await;
@@ -66,7 +56,7 @@ async fn third_channel_is_rejected_at_max_channels() {
     assert_eq!(c.next_go("one").await, "a");
     assert_eq!(c.next_go("two").await, "b");
     c.register("three", "c", 60.0).await;
-    let reason = rejection_reason(&mut c, "three", "c").await;
+    let reason = c.rejection_reason("three", "c").await;
     assert!(reason.contains("max_channels"), "{reason}");
     c.expect_none(&topic("three", "go/+"), Duration::from_millis(200))
         .await;

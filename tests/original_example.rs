@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{topic, unique_id, Client, Daemon, TestBroker};
+use common::{setup, topic};
 use serde_json::{json, Value};
 
 /// The shipped `coordinosaur.toml` from `[limits]` on (its `[limits]`, `[defaults]` and the
@@ -20,16 +20,6 @@ fn shipped_example() -> String {
     text[start..].to_owned()
 }
 
-async fn setup(extra_toml: &str, channels: &[&str]) -> (TestBroker, Daemon, Client) {
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(broker.port(), extra_toml).await;
-    let client = Client::connect(broker.port(), &unique_id("worker")).await;
-    for channel in channels {
-        client.subscribe(&topic(channel, "go/+")).await;
-    }
-    (broker, daemon, client)
-}
-
 fn quota<'a>(state: &'a Value, name: &str) -> &'a Value {
     state["quotas"]
         .as_array()
@@ -39,7 +29,7 @@ fn quota<'a>(state: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test]
 async fn matching_channel_runs_two_at_once_until_the_minute_quota_holds_the_16th() {
-    let (_broker, daemon, mut c) = setup(&shipped_example(), &["testA"]).await;
+    let (_broker, daemon, mut c) = setup(&shipped_example(), &["testA"], &["go/+"]).await;
     let uids: Vec<String> = (1..=20).map(|i| format!("job-{i:02}")).collect();
     for uid in &uids {
         c.register("testA", uid, 600.0).await;
@@ -100,7 +90,7 @@ async fn matching_channel_runs_two_at_once_until_the_minute_quota_holds_the_16th
 
 #[tokio::test]
 async fn non_matching_channels_use_the_defaults() {
-    let (_broker, _daemon, mut c) = setup(&shipped_example(), &["test", "other"]).await;
+    let (_broker, _daemon, mut c) = setup(&shipped_example(), &["test", "other"], &["go/+"]).await;
     for channel in ["test", "other"] {
         for uid in ["a", "b", "c"] {
             c.register(channel, uid, 600.0).await;
@@ -144,7 +134,7 @@ max_concurrent_jobs = 4
 "#,
         channels = &example[entries..]
     );
-    let (_broker, _daemon, mut c) = setup(&config, &["other"]).await;
+    let (_broker, _daemon, mut c) = setup(&config, &["other"], &["go/+"]).await;
     for uid in ["a", "b", "c", "d"] {
         c.register("other", uid, 600.0).await;
     }

@@ -88,13 +88,7 @@ impl Setup {
 
     /// `register` with extra registration fields (`priority`, `tenant`, ...).
     async fn register(&self, channel: &str, uid: &str, fields: Value) {
-        let mut body = json!({"uid": uid, "timeout": 300});
-        if let (Some(body), Some(fields)) = (body.as_object_mut(), fields.as_object()) {
-            body.extend(fields.clone());
-        }
-        self.client
-            .publish(&topic(channel, "register"), body.to_string())
-            .await;
+        self.client.register_with(channel, uid, 300.0, fields).await;
     }
 
     async fn next_go(&mut self, channel: &str) -> String {
@@ -103,12 +97,7 @@ impl Setup {
 
     /// The reason of the next `rejected/{uid}`.
     async fn rejected(&mut self, channel: &str, uid: &str) -> String {
-        let payload = self
-            .client
-            .expect(&topic(channel, &format!("rejected/{uid}")), DEFAULT_TIMEOUT)
-            .await;
-        let body: Value = serde_json::from_slice(&payload).expect("rejected payload is JSON");
-        body["reason"].as_str().unwrap_or_default().to_owned()
+        self.client.rejection_reason(channel, uid).await
     }
 
     /// Polls `infos` until `channel` has `waiting` queued jobs.

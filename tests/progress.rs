@@ -5,27 +5,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{run_binary, topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
+use common::{run_binary, setup, topic, Client, DEFAULT_TIMEOUT};
 use serde_json::{json, Value};
 
 /// Span of every "nothing arrives" check.
 const QUIET: Duration = Duration::from_millis(400);
 
-/// A broker, a daemon with `extra_toml`, and a client subscribed to `go/+` and `position/+` of
-/// channel `ch`.
-async fn setup(extra_toml: &str) -> (TestBroker, Daemon, Client) {
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(broker.port(), extra_toml).await;
-    let client = Client::connect(broker.port(), &unique_id("worker")).await;
-    for action in ["go/+", "position/+"] {
-        client.subscribe(&topic("ch", action)).await;
-    }
-    (broker, daemon, client)
-}
-
 async fn register_progress(c: &Client, uid: &str) {
-    let body = json!({"uid": uid, "timeout": 60, "progress": true});
-    c.publish(&topic("ch", "register"), body.to_string()).await;
+    c.register_with("ch", uid, 60.0, json!({ "progress": true }))
+        .await;
 }
 
 /// The next `position/{uid}` message, as JSON.
@@ -43,7 +31,7 @@ async fn position(c: &mut Client, uid: &str) -> Value {
 /// without `progress` hears nothing, as in the original protocol.
 #[tokio::test]
 async fn a_waiting_job_hears_its_position_and_when_it_moves() {
-    let (_broker, _daemon, mut c) = setup("").await;
+    let (_broker, _daemon, mut c) = setup("", &["ch"], &["go/+", "position/+"]).await;
     c.register("ch", "run", 60.0).await;
     c.next_go("ch").await;
     c.register("ch", "plain", 60.0).await;
@@ -76,7 +64,7 @@ async fn a_waiting_job_hears_its_position_and_when_it_moves() {
 async fn a_quota_bound_eta_is_the_instant_the_window_opens() {
     let config = "[defaults]\nmax_concurrent_jobs = 5\n\
                   quotas = [{ interval = \"1500ms\", limit = 1, name = \"window\" }]\n";
-    let (_broker, _daemon, mut c) = setup(config).await;
+    let (_broker, _daemon, mut c) = setup(config, &["ch"], &["go/+", "position/+"]).await;
     let body = json!({"uid": "first", "timeout": 60, "reply": "json"});
     c.publish(&topic("ch", "register"), body.to_string()).await;
     let go = c.expect(&topic("ch", "go/first"), DEFAULT_TIMEOUT).await;
@@ -92,7 +80,7 @@ async fn a_quota_bound_eta_is_the_instant_the_window_opens() {
 /// `status CH --jobs` lists the waiting jobs with the same fields, as a table and as JSON.
 #[tokio::test]
 async fn status_jobs_lists_the_waiting_jobs() {
-    let (broker, _daemon, mut c) = setup("").await;
+    let (broker, _daemon, mut c) = setup("", &["ch"], &["go/+", "position/+"]).await;
     c.register("ch", "run", 60.0).await;
     c.next_go("ch").await;
     c.register("ch", "w1", 60.0).await;

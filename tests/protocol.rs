@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
+use common::{setup, topic, unique_id, Client, Daemon, TestBroker, ANSWERS, DEFAULT_TIMEOUT};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -15,20 +15,6 @@ const QUIET: Duration = Duration::from_millis(400);
 /// Upper bound for an event-driven reaction seen through the broker (the original polled every
 /// 0.5 s; ours reacts at once, but the machine may be loaded).
 const PROMPT: Duration = Duration::from_millis(500);
-
-/// A broker, a daemon with `extra_toml`, and a client subscribed to `go/+`, `expired/+` and
-/// `rejected/+` of every channel in `channels`.
-async fn setup(extra_toml: &str, channels: &[&str]) -> (TestBroker, Daemon, Client) {
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(broker.port(), extra_toml).await;
-    let client = Client::connect(broker.port(), &unique_id("worker")).await;
-    for channel in channels {
-        for action in ["go/+", "expired/+", "rejected/+"] {
-            client.subscribe(&topic(channel, action)).await;
-        }
-    }
-    (broker, daemon, client)
-}
 
 /// The next `go` on `channel` must be for `uid`.
 async fn expect_go(client: &mut Client, channel: &str, uid: &str) {
@@ -42,7 +28,8 @@ fn ms(d: Duration) -> u128 {
 
 #[tokio::test]
 async fn grants_in_fifo_order_up_to_max_concurrent_jobs() {
-    let (_broker, _daemon, mut c) = setup("[defaults]\nmax_concurrent_jobs = 2\n", &["ch"]).await;
+    let (_broker, _daemon, mut c) =
+        setup("[defaults]\nmax_concurrent_jobs = 2\n", &["ch"], ANSWERS).await;
     for uid in ["a", "b", "c", "d"] {
         c.register("ch", uid, 30.0).await;
     }
@@ -61,7 +48,7 @@ async fn grants_in_fifo_order_up_to_max_concurrent_jobs() {
 
 #[tokio::test]
 async fn finished_frees_the_slot_and_the_next_job_gets_go_promptly() {
-    let (_broker, _daemon, mut c) = setup("", &["ch"]).await;
+    let (_broker, _daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     c.register("ch", "a", 30.0).await;
     c.register("ch", "b", 30.0).await;
     expect_go(&mut c, "ch", "a").await;
@@ -76,7 +63,7 @@ async fn finished_frees_the_slot_and_the_next_job_gets_go_promptly() {
 
 #[tokio::test]
 async fn aborted_frees_the_slot_like_finished() {
-    let (_broker, _daemon, mut c) = setup("", &["ch"]).await;
+    let (_broker, _daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     c.register("ch", "a", 30.0).await;
     c.register("ch", "b", 30.0).await;
     expect_go(&mut c, "ch", "a").await;
@@ -91,7 +78,7 @@ async fn aborted_frees_the_slot_like_finished() {
 
 #[tokio::test]
 async fn finished_or_aborted_cancels_a_waiting_job_and_a_new_register_joins_the_back() {
-    let (_broker, _daemon, mut c) = setup("", &["ch"]).await;
+    let (_broker, _daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     for uid in ["a", "b", "c", "d"] {
         c.register("ch", uid, 30.0).await;
     }
@@ -118,7 +105,8 @@ async fn finished_or_aborted_cancels_a_waiting_job_and_a_new_register_joins_the_
 
 #[tokio::test]
 async fn duplicate_register_is_ignored() {
-    let (_broker, _daemon, mut c) = setup("[defaults]\nmax_concurrent_jobs = 3\n", &["ch"]).await;
+    let (_broker, _daemon, mut c) =
+        setup("[defaults]\nmax_concurrent_jobs = 3\n", &["ch"], ANSWERS).await;
     c.register("ch", "a", 30.0).await;
     c.register("ch", "a", 30.0).await;
     expect_go(&mut c, "ch", "a").await;
@@ -137,7 +125,7 @@ async fn duplicate_register_is_ignored() {
 
 #[tokio::test]
 async fn finished_for_an_unknown_uid_is_ignored() {
-    let (_broker, _daemon, mut c) = setup("", &["ch", "nowhere"]).await;
+    let (_broker, _daemon, mut c) = setup("", &["ch", "nowhere"], ANSWERS).await;
     c.register("ch", "a", 30.0).await;
     c.register("ch", "b", 30.0).await;
     expect_go(&mut c, "ch", "a").await;
@@ -154,7 +142,7 @@ async fn finished_for_an_unknown_uid_is_ignored() {
 
 #[tokio::test]
 async fn integer_uid_becomes_its_decimal_text() {
-    let (_broker, _daemon, mut c) = setup("", &["ch"]).await;
+    let (_broker, _daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     c.publish(&topic("ch", "register"), r#"{"uid": 42, "timeout": 30}"#)
         .await;
     assert_eq!(
@@ -180,7 +168,8 @@ async fn integer_uid_becomes_its_decimal_text() {
 #[tokio::test]
 async fn lease_expiry_publishes_expired_and_frees_the_slot() {
     // Lease = 0.3 s timeout + 0.2 s offset.
-    let (_broker, _daemon, mut c) = setup("[defaults]\ntimeout_offset = 0.2\n", &["ch"]).await;
+    let (_broker, _daemon, mut c) =
+        setup("[defaults]\ntimeout_offset = 0.2\n", &["ch"], ANSWERS).await;
     let sent = Instant::now();
     c.register("ch", "a", 0.3).await;
     c.register("ch", "b", 30.0).await;
@@ -216,7 +205,7 @@ async fn lease_expiry_publishes_expired_and_frees_the_slot() {
 
 #[tokio::test]
 async fn renew_extends_a_running_lease() {
-    let (_broker, _daemon, mut c) = setup("", &["ch"]).await;
+    let (_broker, _daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     c.register("ch", "a", 0.4).await;
     expect_go(&mut c, "ch", "a").await;
     let renewed = Instant::now();
@@ -239,15 +228,10 @@ async fn renew_extends_a_running_lease() {
 
 #[tokio::test]
 async fn renew_of_an_unknown_uid_is_rejected() {
-    let (_broker, _daemon, mut c) = setup("", &["ch"]).await;
+    let (_broker, _daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     c.renew("ch", "ghost", 5.0).await;
-    let payload = c
-        .expect(&topic("ch", "rejected/ghost"), DEFAULT_TIMEOUT)
-        .await;
-    let body: Value = serde_json::from_slice(&payload).unwrap();
-    assert_eq!(body["uid"], "ghost", "{body}");
-    let reason = body["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("no such job"), "{body}");
+    let reason = c.rejection_reason("ch", "ghost").await;
+    assert!(reason.contains("no such job"), "{reason}");
     // A renew after the lease expired is rejected the same way.
     c.register("ch", "a", 0.1).await;
     expect_go(&mut c, "ch", "a").await;
@@ -258,7 +242,7 @@ async fn renew_of_an_unknown_uid_is_rejected() {
 
 #[tokio::test]
 async fn raising_concurrency_grants_waiting_jobs_at_once() {
-    let (_broker, _daemon, mut c) = setup("", &["ch"]).await;
+    let (_broker, _daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     for uid in ["a", "b", "c", "d"] {
         c.register("ch", uid, 30.0).await;
     }
@@ -275,7 +259,8 @@ async fn raising_concurrency_grants_waiting_jobs_at_once() {
 
 #[tokio::test]
 async fn lowering_concurrency_revokes_nothing() {
-    let (_broker, _daemon, mut c) = setup("[defaults]\nmax_concurrent_jobs = 3\n", &["ch"]).await;
+    let (_broker, _daemon, mut c) =
+        setup("[defaults]\nmax_concurrent_jobs = 3\n", &["ch"], ANSWERS).await;
     for uid in ["a", "b", "c", "d"] {
         c.register("ch", uid, 30.0).await;
     }
@@ -299,7 +284,7 @@ async fn lowering_concurrency_revokes_nothing() {
 
 #[tokio::test]
 async fn concurrency_zero_pauses_and_raising_resumes() {
-    let (_broker, _daemon, mut c) = setup("", &["ch"]).await;
+    let (_broker, _daemon, mut c) = setup("", &["ch"], ANSWERS).await;
     c.set_concurrency("ch", 0).await;
     c.register("ch", "a", 30.0).await;
     c.register("ch", "b", 30.0).await;
@@ -326,7 +311,7 @@ max_concurrent_jobs = 1
 timeout_offset = "250ms"
 quotas = [{ interval = "1m", limit = 10, name = "per-minute" }]
 "#;
-    let (_broker, _daemon, mut c) = setup(config, &["ch"]).await;
+    let (_broker, _daemon, mut c) = setup(config, &["ch"], ANSWERS).await;
     // A channel never seen: its would-be state, and nothing is created.
     let fresh = c.state("fresh").await;
     assert_eq!(fresh["channel"], "fresh");
@@ -388,7 +373,7 @@ async fn quota_holds_the_third_job_until_the_window_reopens() {
 max_concurrent_jobs = 10
 quotas = [{ interval = "1s", limit = 2 }]
 "#;
-    let (_broker, _daemon, mut c) = setup(config, &["ch"]).await;
+    let (_broker, _daemon, mut c) = setup(config, &["ch"], ANSWERS).await;
     let sent = Instant::now();
     for uid in ["j1", "j2", "j3", "j4", "j5"] {
         c.register("ch", uid, 30.0).await;
@@ -448,7 +433,7 @@ quotas = [
   { interval = "2s", limit = 4, name = "long" },
 ]
 "#;
-    let (_broker, _daemon, mut c) = setup(config, &["ch"]).await;
+    let (_broker, _daemon, mut c) = setup(config, &["ch"], ANSWERS).await;
     let sent = Instant::now();
     for uid in ["j1", "j2", "j3", "j4", "j5"] {
         c.register("ch", uid, 30.0).await;
@@ -523,7 +508,7 @@ pattern = "slow-[0-9]+"
 max_concurrent_jobs = 1
 timeout_offset = 2
 "#;
-    let (_broker, _daemon, mut c) = setup(config, &["fast-1", "slow-1"]).await;
+    let (_broker, _daemon, mut c) = setup(config, &["fast-1", "slow-1"], ANSWERS).await;
     for uid in ["a", "b", "c", "d"] {
         c.register("fast-1", uid, 30.0).await;
         c.register("slow-1", uid, 30.0).await;

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{free_port, topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
+use common::{free_port, setup, topic, Client, DEFAULT_TIMEOUT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -30,6 +30,12 @@ fn spawn_run(port: u16, args: &[&str]) -> Child {
         .expect("spawn coordinosaur run")
 }
 
+/// `coordinosaur run --channel ch --timeout 60 --uid UID -- COMMAND...`, as [`spawn_run`].
+fn spawn_job(port: u16, uid: &str, command: &[&str]) -> Child {
+    let options = ["--channel", "ch", "--timeout", "60", "--uid", uid, "--"];
+    spawn_run(port, &[&options[..], command].concat())
+}
+
 /// Waits (bounded) for `run` to exit; returns its exit code and stderr.
 async fn finish(child: Child) -> (Option<i32>, String) {
     let out: Output = timeout(DEFAULT_TIMEOUT, child.wait_with_output())
@@ -42,23 +48,15 @@ async fn finish(child: Child) -> (Option<i32>, String) {
     )
 }
 
-/// A daemon and a watcher subscribed to everything on `ch` (go, finished, aborted, renew, expired).
-async fn setup(extra_toml: &str) -> (TestBroker, Daemon, Client) {
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(broker.port(), extra_toml).await;
-    let watcher = Client::connect(broker.port(), &unique_id("watcher")).await;
-    for action in [
-        "go/+",
-        "finished",
-        "aborted",
-        "renew",
-        "expired/+",
-        "rejected/+",
-    ] {
-        watcher.subscribe(&topic("ch", action)).await;
-    }
-    (broker, daemon, watcher)
-}
+/// What the test's watcher sees on `ch`: the daemon's answers and the requests `run` sends.
+const WATCHED: &[&str] = &[
+    "go/+",
+    "finished",
+    "aborted",
+    "renew",
+    "expired/+",
+    "rejected/+",
+];
 
 fn payload_text(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
@@ -66,20 +64,8 @@ fn payload_text(p: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_command_that_succeeds_exits_0_quietly_and_frees_the_slot() {
-    let (broker, _daemon, mut w) = setup("").await;
-    let run = spawn_run(
-        broker.port(),
-        &[
-            "--channel",
-            "ch",
-            "--timeout",
-            "60",
-            "--uid",
-            "ok-1",
-            "--",
-            "true",
-        ],
-    );
+    let (broker, _daemon, mut w) = setup("", &["ch"], WATCHED).await;
+    let run = spawn_job(broker.port(), "ok-1", &["true"]);
     let (code, stderr) = finish(run).await;
     assert_eq!(code, Some(0), "stderr: {stderr}");
     assert_eq!(stderr, "", "quiet on success when not a terminal");
@@ -96,7 +82,7 @@ async fn a_command_that_succeeds_exits_0_quietly_and_frees_the_slot() {
 
 #[tokio::test]
 async fn a_failing_command_gives_its_exit_code_and_publishes_aborted() {
-    let (broker, _daemon, mut w) = setup("").await;
+    let (broker, _daemon, mut w) = setup("", &["ch"], WATCHED).await;
     let run = spawn_run(
         broker.port(),
         &[
@@ -128,7 +114,7 @@ async fn a_failing_command_gives_its_exit_code_and_publishes_aborted() {
 
 #[tokio::test]
 async fn a_command_past_half_its_timeout_is_renewed_and_never_expires() {
-    let (broker, _daemon, mut w) = setup("").await;
+    let (broker, _daemon, mut w) = setup("", &["ch"], WATCHED).await;
     let run = spawn_run(
         broker.port(),
         &[
@@ -157,21 +143,8 @@ async fn a_command_past_half_its_timeout_is_renewed_and_never_expires() {
 
 #[tokio::test]
 async fn sigint_goes_to_the_command_and_run_exits_130() {
-    let (broker, _daemon, mut w) = setup("").await;
-    let run = spawn_run(
-        broker.port(),
-        &[
-            "--channel",
-            "ch",
-            "--timeout",
-            "60",
-            "--uid",
-            "int-1",
-            "--",
-            "sleep",
-            "30",
-        ],
-    );
+    let (broker, _daemon, mut w) = setup("", &["ch"], WATCHED).await;
+    let run = spawn_job(broker.port(), "int-1", &["sleep", "30"]);
     w.expect(&topic("ch", "go/int-1"), DEFAULT_TIMEOUT).await;
     let started = Instant::now();
     let pid = Pid::from_raw(run.id().expect("pid of run") as i32);
@@ -188,21 +161,8 @@ async fn sigint_goes_to_the_command_and_run_exits_130() {
 
 #[tokio::test]
 async fn a_killed_run_frees_its_slot_at_once_through_its_will() {
-    let (broker, _daemon, mut w) = setup("").await;
-    let mut run = spawn_run(
-        broker.port(),
-        &[
-            "--channel",
-            "ch",
-            "--timeout",
-            "60",
-            "--uid",
-            "dead-1",
-            "--",
-            "sleep",
-            "30",
-        ],
-    );
+    let (broker, _daemon, mut w) = setup("", &["ch"], WATCHED).await;
+    let mut run = spawn_job(broker.port(), "dead-1", &["sleep", "30"]);
     w.expect(&topic("ch", "go/dead-1"), DEFAULT_TIMEOUT).await;
     w.register("ch", "second", 60.0).await;
     // Kill run once its command runs (the command dies with it: see the next test).
@@ -224,44 +184,16 @@ async fn a_killed_run_frees_its_slot_at_once_through_its_will() {
 /// the wall clock, when the first command is seen dead and when the second one starts.
 #[tokio::test]
 async fn a_killed_run_takes_its_command_down_before_the_next_job_starts() {
-    let (broker, _daemon, mut w) = setup("").await;
+    let (broker, _daemon, mut w) = setup("", &["ch"], WATCHED).await;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("first.pid");
     let started = dir.path().join("second.start");
     let first_cmd = format!("echo $$ > {}; exec sleep 30", pidfile.display());
-    let mut first = spawn_run(
-        broker.port(),
-        &[
-            "--channel",
-            "ch",
-            "--timeout",
-            "60",
-            "--uid",
-            "first",
-            "--",
-            "sh",
-            "-c",
-            &first_cmd,
-        ],
-    );
+    let mut first = spawn_job(broker.port(), "first", &["sh", "-c", &first_cmd]);
     w.expect(&topic("ch", "go/first"), DEFAULT_TIMEOUT).await;
     let command = Pid::from_raw(read_pid(&pidfile).await);
     let second_cmd = format!("date +%s.%N > {}", started.display());
-    let second = spawn_run(
-        broker.port(),
-        &[
-            "--channel",
-            "ch",
-            "--timeout",
-            "60",
-            "--uid",
-            "second",
-            "--",
-            "sh",
-            "-c",
-            &second_cmd,
-        ],
-    );
+    let second = spawn_job(broker.port(), "second", &["sh", "-c", &second_cmd]);
     // Queued behind `first` before the kill, so it starts as soon as the slot is free.
     let state = wait_waiting(&mut w, 1).await;
     assert_eq!(state["running"], json!(["first"]), "{state}");
@@ -375,7 +307,7 @@ async fn wait_for_children(pid: u32) {
 
 #[tokio::test]
 async fn giving_up_the_wait_exits_124_and_leaves_the_queue() {
-    let (broker, _daemon, mut w) = setup("").await;
+    let (broker, _daemon, mut w) = setup("", &["ch"], WATCHED).await;
     w.register("ch", "holder", 60.0).await;
     assert_eq!(w.next_go("ch").await, "holder");
     let started = Instant::now();
@@ -414,20 +346,8 @@ async fn giving_up_the_wait_exits_124_and_leaves_the_queue() {
 
 #[tokio::test]
 async fn a_rejected_registration_exits_122_with_the_reason() {
-    let (broker, _daemon, _w) = setup("[limits]\nmax_timeout = 10\n").await;
-    let run = spawn_run(
-        broker.port(),
-        &[
-            "--channel",
-            "ch",
-            "--timeout",
-            "60",
-            "--uid",
-            "greedy-1",
-            "--",
-            "true",
-        ],
-    );
+    let (broker, _daemon, _w) = setup("[limits]\nmax_timeout = 10\n", &["ch"], WATCHED).await;
+    let run = spawn_job(broker.port(), "greedy-1", &["true"]);
     let (code, stderr) = finish(run).await;
     assert_eq!(code, Some(122), "stderr: {stderr}");
     assert!(stderr.contains("rejected on channel ch"), "{stderr}");
@@ -479,7 +399,7 @@ async fn usage_errors_exit_125() {
 #[tokio::test]
 async fn the_uid_limit_comes_from_the_config() {
     let dir = tempfile::tempdir().unwrap();
-    let (broker, _daemon, mut w) = setup("[limits]\nmax_uid_len = 4096\n").await;
+    let (broker, _daemon, mut w) = setup("[limits]\nmax_uid_len = 4096\n", &["ch"], WATCHED).await;
     let roomy = dir.path().join("roomy.toml");
     std::fs::write(&roomy, "[limits]\nmax_uid_len = 4096\n").unwrap();
     let uid = "u".repeat(2000);
@@ -523,20 +443,8 @@ async fn the_uid_limit_comes_from_the_config() {
 
 #[tokio::test]
 async fn a_missing_command_exits_127_and_aborts() {
-    let (broker, _daemon, mut w) = setup("").await;
-    let run = spawn_run(
-        broker.port(),
-        &[
-            "--channel",
-            "ch",
-            "--timeout",
-            "60",
-            "--uid",
-            "nope-1",
-            "--",
-            "/nonexistent/cmd",
-        ],
-    );
+    let (broker, _daemon, mut w) = setup("", &["ch"], WATCHED).await;
+    let run = spawn_job(broker.port(), "nope-1", &["/nonexistent/cmd"]);
     let (code, stderr) = finish(run).await;
     assert_eq!(code, Some(127), "stderr: {stderr}");
     assert!(stderr.contains("cannot run /nonexistent/cmd"), "{stderr}");
@@ -548,21 +456,8 @@ async fn a_missing_command_exits_127_and_aborts() {
 
 #[tokio::test]
 async fn an_expired_lease_stops_the_command_and_exits_123() {
-    let (broker, _daemon, mut w) = setup("").await;
-    let run = spawn_run(
-        broker.port(),
-        &[
-            "--channel",
-            "ch",
-            "--timeout",
-            "60",
-            "--uid",
-            "exp-1",
-            "--",
-            "sleep",
-            "30",
-        ],
-    );
+    let (broker, _daemon, mut w) = setup("", &["ch"], WATCHED).await;
+    let run = spawn_job(broker.port(), "exp-1", &["sleep", "30"]);
     w.expect(&topic("ch", "go/exp-1"), DEFAULT_TIMEOUT).await;
     let started = Instant::now();
     // Someone shortens the lease to 50 ms: it expires long before run's next renew (30 s).

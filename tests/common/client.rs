@@ -247,7 +247,23 @@ impl Client {
     /// `PREFIX/channel/register` with `{"uid": uid, "timeout": timeout_secs}`; a whole number of
     /// seconds is sent as a JSON integer, as the original protocol expects.
     pub async fn register(&self, channel: &str, uid: &str, timeout_secs: f64) {
-        let body = serde_json::json!({ "uid": uid, "timeout": seconds_json(timeout_secs) });
+        self.register_with(channel, uid, timeout_secs, serde_json::json!({}))
+            .await;
+    }
+
+    /// [`Client::register`] with the extra registration fields of the JSON object `fields`
+    /// (`cost`, `progress`, `reply`, `priority`, ...).
+    pub async fn register_with(
+        &self,
+        channel: &str,
+        uid: &str,
+        timeout_secs: f64,
+        fields: serde_json::Value,
+    ) {
+        let mut body = serde_json::json!({ "uid": uid, "timeout": seconds_json(timeout_secs) });
+        if let (Some(body), Some(fields)) = (body.as_object_mut(), fields.as_object()) {
+            body.extend(fields.clone());
+        }
         self.publish(&topic(channel, "register"), body.to_string())
             .await;
     }
@@ -324,6 +340,21 @@ impl Client {
                 message.0,
                 String::from_utf8_lossy(&message.1)
             );
+        }
+    }
+
+    /// The `reason` of the next `PREFIX/channel/rejected/{uid}` message (waits up to 10 s).
+    /// Panics unless it is a JSON object naming `uid`, with a string `reason`.
+    pub async fn rejection_reason(&mut self, channel: &str, uid: &str) -> String {
+        let payload = self
+            .expect(&topic(channel, &format!("rejected/{uid}")), DEFAULT_TIMEOUT)
+            .await;
+        let body: serde_json::Value = serde_json::from_slice(&payload)
+            .unwrap_or_else(|e| panic!("{}: rejected/{uid} is not JSON ({e})", self.id));
+        assert_eq!(body["uid"], uid, "{}: {body}", self.id);
+        match body["reason"].as_str() {
+            Some(reason) => reason.to_owned(),
+            None => panic!("{}: rejected/{uid} has no reason: {body}", self.id),
         }
     }
 

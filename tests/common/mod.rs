@@ -42,6 +42,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First topic level of every coordinosaur topic.
 pub const PREFIX: &str = "coordinosaur";
 
+/// The daemon's answers on a channel: what a worker of the original protocol subscribes to.
+pub const ANSWERS: &[&str] = &["go/+", "expired/+", "rejected/+"];
+
 /// A loopback TCP port that was free a moment ago (bind `127.0.0.1:0`, read the port, drop).
 ///
 /// Another process may take it before it is used again; callers that bind it retry with a new one.
@@ -51,6 +54,36 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("local address of a bound listener")
         .port()
+}
+
+/// A client `worker-PID-N` on the broker at `port` (logged in with `login`, user and password,
+/// when given), subscribed to each of `actions` (e.g. `"go/+"`) on each channel in `channels`.
+pub async fn worker(
+    port: u16,
+    login: Option<(&str, &str)>,
+    channels: &[&str],
+    actions: &[&str],
+) -> Client {
+    let client = Client::connect_with(port, &unique_id("worker"), login).await;
+    for channel in channels {
+        for action in actions {
+            client.subscribe(&topic(channel, action)).await;
+        }
+    }
+    client
+}
+
+/// A broker, a daemon with `extra_toml` (see [`Daemon::start`]) and a [`worker`] subscribed to
+/// `actions` on each of `channels`: the set-up of most end-to-end tests.
+pub async fn setup(
+    extra_toml: &str,
+    channels: &[&str],
+    actions: &[&str],
+) -> (TestBroker, Daemon, Client) {
+    let broker = TestBroker::start();
+    let daemon = Daemon::start(broker.port(), extra_toml).await;
+    let client = worker(broker.port(), None, channels, actions).await;
+    (broker, daemon, client)
 }
 
 /// An id that is unique within this machine for the life of the test run: `PREFIX-PID-N`.
