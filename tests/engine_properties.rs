@@ -159,14 +159,10 @@ fn to_input(op: &Op, n: usize) -> Input {
             cost,
             progress,
         } => Input::Register(Registration {
-            channel: channel_name(ch % n),
-            uid: uid_name(uid),
-            timeout: Millis(timeout),
-            priority: 0,
             meta: meta_text(meta).map(Into::into),
-            reply: Default::default(),
             cost,
             progress,
+            ..Registration::new(channel_name(ch % n), uid_name(uid), Millis(timeout))
         }),
         Op::Finished { ch, uid, token } => Input::Finished {
             channel: channel_name(ch % n),
@@ -1178,16 +1174,7 @@ proptest! {
 fn register(engine: &mut Engine, now: Time, uid: &str, timeout: u64) {
     engine.handle(
         now,
-        Input::Register(Registration {
-            channel: "c0".into(),
-            uid: uid.into(),
-            timeout: Millis(timeout),
-            priority: 0,
-            meta: None,
-            reply: Default::default(),
-            cost: 1,
-            progress: false,
-        }),
+        Input::Register(Registration::new("c0", uid, Millis(timeout))),
     );
 }
 

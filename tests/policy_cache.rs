@@ -62,14 +62,8 @@ fn grant_order(compiler: &Compiler, compiled: CompiledPolicy) -> Vec<String> {
         order.extend(step(
             &mut engine,
             Input::Register(Registration {
-                channel: "c".into(),
-                uid: uid.into(),
-                timeout: Millis(60_000),
-                priority: 0,
                 meta: Some(format!(r#"{{"priority":{priority}}}"#).into()),
-                reply: Default::default(),
-                cost: 1,
-                progress: false,
+                ..Registration::new("c", uid, Millis(60_000))
             }),
         ));
     }
