@@ -31,7 +31,7 @@ use crate::mqtt::{Ack, Inbound};
 use crate::policy::hot_reload::Update;
 use crate::policy::PolicyHost;
 use crate::protocol::Rejection;
-use crate::state::{Journal, Registered};
+use crate::state::{Journal, Registered, Urgency};
 
 /// The policy host and the stream of reloaded policy files, when any channel uses a policy.
 #[derive(Debug)]
@@ -105,6 +105,8 @@ struct Driver<S> {
     acks: Vec<Ack>,
     /// Reused buffer for the engine's changes.
     changes: Vec<Change>,
+    /// Reused buffer for the engine's outputs of the current event.
+    outs: Vec<Output>,
     /// Test-only fault point ([`ABORT_BEFORE_GO`]): the uid whose first `go` ends the process.
     abort_before_go: Option<String>,
     /// The topic prefix, for log lines.
@@ -315,8 +317,15 @@ impl<S: Sink> Driver<S> {
     /// refreshes the gauges of the channels involved.
     async fn flush(&mut self) {
         self.readmit_rolled_back();
-        self.submit_changes();
-        while let Some(out) = self.engine.poll_output() {
+        self.outs.extend(std::iter::from_fn(|| self.engine.poll_output()));
+        // A batch behind which nothing is published (only acknowledgements wait for it) may
+        // wait a moment for the next one to share its sync.
+        self.submit_changes(match self.outs.is_empty() {
+            true => Urgency::Soon,
+            false => Urgency::Now,
+        });
+        let mut outs = std::mem::take(&mut self.outs);
+        for out in outs.drain(..) {
             if let Some(channel) = out.channel() {
                 if self.touched.last().map(String::as_str) != Some(channel) {
                     self.touched.push(channel.to_owned());
@@ -326,6 +335,7 @@ impl<S: Sink> Driver<S> {
                 self.let_go(held).await;
             }
         }
+        self.outs = outs;
         for ack in std::mem::take(&mut self.acks) {
             if let Some(held) = self.gate.handle_item(Held::Ack(ack)) {
                 self.let_go(held).await;
@@ -339,7 +349,7 @@ impl<S: Sink> Driver<S> {
     }
 
     /// Hands the engine's new changes to the journal as one batch, if there are any.
-    fn submit_changes(&mut self) {
+    fn submit_changes(&mut self, urgency: Urgency) {
         let Some(journal) = self.journal.as_mut() else {
             return;
         };
@@ -347,7 +357,7 @@ impl<S: Sink> Driver<S> {
         if self.changes.is_empty() {
             return;
         }
-        let id = journal.submit(&self.changes);
+        let id = journal.submit_with(&self.changes, urgency);
         self.changes.clear();
         self.gate.handle_submitted(id);
         if journal.wants_compaction() {
@@ -431,6 +441,7 @@ pub async fn run(
         redelivery: RedeliveryGuard::default(),
         acks: Vec::new(),
         changes: Vec::new(),
+        outs: Vec::new(),
         abort_before_go: std::env::var(ABORT_BEFORE_GO).ok(),
         prefix,
         deposed: None,

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::group::Urgency;
 use super::jetstream::StreamJournal;
 use super::FileJournal;
 use crate::engine::{Change, Snapshot};
@@ -18,10 +19,17 @@ pub enum Journal {
 }
 
 impl Journal {
-    /// Queues one batch; returns its id.
+    /// Queues one batch that a decision to publish waits for; returns its id.
     pub fn submit(&mut self, changes: &[Change]) -> u64 {
+        self.submit_with(changes, Urgency::Now)
+    }
+
+    /// Queues one batch; `urgency` says who waits for it. The file journal lets a batch that
+    /// only acknowledgements wait for share the next sync ([`Urgency::Soon`]); the stream
+    /// appends every batch at once (its appends are pipelined, not synced one by one).
+    pub fn submit_with(&mut self, changes: &[Change], urgency: Urgency) -> u64 {
         match self {
-            Journal::File(j) => j.submit(changes),
+            Journal::File(j) => j.submit_with(changes, urgency),
             Journal::Stream(j) => j.submit(changes),
         }
     }

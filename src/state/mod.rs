@@ -14,6 +14,7 @@
 //! and sync. The driver publishes a batch's effects only once the thread reports it committed.
 
 mod format;
+mod group;
 pub mod jetstream;
 mod journal;
 pub mod read;
@@ -31,6 +32,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::engine::{Change, Millis, Snapshot};
+pub use group::Urgency;
 pub use journal::Journal;
 pub use writer::FileJournal;
 

@@ -454,3 +454,27 @@ fn lazy_acknowledgement_batches_ride_along_with_the_next_sync() {
     assert_eq!(recovery.changes, 3, "{:?}", recovery.warnings);
     assert_eq!(uids(&snapshot), ["a", "b"]);
 }
+
+/// A batch that only acknowledgements wait for is held for the next batch's sync, and synced on
+/// its own once [`DEFER_MAX`] has passed; both are durable after a restart, and a batch behind
+/// a held one is committed after it, never before.
+#[test]
+fn a_soon_batch_shares_the_next_sync_or_is_synced_at_its_deadline() {
+    use super::group::{Urgency, DEFER_MAX};
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, _, mut journal) = open(tmp.path(), Durability::Fsync, |_| usize::MAX).unwrap();
+    let started = std::time::Instant::now();
+    let alone = journal.submit_with(&[queued_c("a", 0)], Urgency::Soon);
+    assert_eq!(journal.close_wait(alone), alone);
+    assert!(started.elapsed() >= DEFER_MAX, "synced before its deadline");
+    let soon = journal.submit_with(&[queued_c("b", 1)], Urgency::Soon);
+    let now = journal.submit(&[queued_c("c", 2)]);
+    assert!(now > soon);
+    assert_eq!(journal.close_wait(now), now);
+    // Held at close: still written and synced.
+    let last = journal.submit_with(&[queued_c("d", 3)], Urgency::Soon);
+    assert_eq!(journal.close(Duration::from_secs(5)), last);
+    let (snapshot, recovery) = run_once(tmp.path(), &[]);
+    assert_eq!(recovery.changes, 4, "{:?}", recovery.warnings);
+    assert_eq!(uids(&snapshot), ["a", "b", "c", "d"]);
+}

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::format::{self, JOURNAL_MAGIC};
+use super::group::{Flush, Grouping, Urgency};
 use super::{journal_path, snapshot_path, Durability, Store};
 use crate::engine::{Change, Snapshot};
 
@@ -30,9 +31,13 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// What the driver asks the writer thread to do, in order.
 enum Cmd {
-    /// Append one framed batch; `id` is reported committed once it is durable. A `lazy` batch
-    /// is reported committed once written: it is synced with the next batch that is not.
-    Batch { id: u64, bytes: Vec<u8>, lazy: bool },
+    /// Append one framed batch; `id` is reported committed once it is durable, or for a
+    /// [`Urgency::Lazy`] one once written (see [`super::group`]).
+    Batch {
+        id: u64,
+        bytes: Vec<u8>,
+        urgency: Urgency,
+    },
     /// Start generation `generation` from `snapshot` (the state after every earlier batch),
     /// encoded on the writer thread.
     Rotate {
@@ -175,23 +180,31 @@ impl FileJournal {
         self.reclaim = false;
     }
 
-    /// Hands a batch of changes to the writer; returns its id.
+    /// Hands a batch of changes that a decision to publish waits for to the writer; returns
+    /// its id.
+    pub fn submit(&mut self, changes: &[Change]) -> u64 {
+        self.submit_with(changes, Urgency::Now)
+    }
+
+    /// Hands a batch of changes to the writer; returns its id. `urgency` says who waits for it
+    /// ([`Urgency::Now`]: something to publish; [`Urgency::Soon`]: only acknowledgements).
     ///
     /// A batch of nothing but the broker's acknowledgements of `go`s ([`Change::Delivered`]) is
-    /// lazy: written, but not synced on its own (the next batch that is synced takes it along).
-    /// Nothing waits on it, and losing it to a power cut only means a repeated `go`; syncing it
-    /// cost an `fdatasync` per grant that the next decision had to wait behind.
-    pub fn submit(&mut self, changes: &[Change]) -> u64 {
+    /// [`Urgency::Lazy`] whatever the caller says: written, but not synced on its own. Nothing
+    /// waits on it, and losing it to a power cut only means a repeated `go`; syncing it cost an
+    /// `fdatasync` per grant that the next decision had to wait behind.
+    pub fn submit_with(&mut self, changes: &[Change], urgency: Urgency) -> u64 {
         self.reclaim_writer();
         let lazy = changes
             .iter()
             .all(|c| matches!(c, Change::Delivered { .. }));
+        let urgency = if lazy { Urgency::Lazy } else { urgency };
         let bytes = format::encode_batch(changes);
         self.bytes_since_snapshot += bytes.len() as u64;
         self.last_id += 1;
         let id = self.last_id;
         if let Some(writer) = self.inline.as_mut() {
-            match writer.write(&bytes, !lazy) {
+            match writer.write(&bytes, urgency != Urgency::Lazy) {
                 Ok(()) => return id,
                 Err(e) => {
                     // Hand over to a thread that retries, so the caller never blocks on a
@@ -208,7 +221,7 @@ impl FileJournal {
                 }
             }
         }
-        self.send(Cmd::Batch { id, bytes, lazy });
+        self.send(Cmd::Batch { id, bytes, urgency });
         id
     }
 
@@ -342,28 +355,36 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut group = Vec::new();
         let mut last_id = 0;
-        // Whether the group holds a batch that must be synced (not only lazy ones).
-        let mut sync = false;
-        while let Ok(first) = rx.recv() {
-            let mut next = Some(first);
+        let mut grouping = Grouping::default();
+        loop {
+            // Sleep until a batch comes, or until a held batch is due for its sync.
+            let first = match grouping.deadline() {
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+            };
+            let mut next = match first {
+                Ok(cmd) => Some(cmd),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Cmd::Batch { id, bytes, lazy } => {
+                    Cmd::Batch { id, bytes, urgency } => {
                         group.extend_from_slice(&bytes);
                         last_id = id;
-                        sync |= !lazy;
+                        grouping.handle_batch(urgency, Instant::now());
                     }
                     Cmd::Rotate {
                         generation,
                         snapshot,
                     } => {
-                        if !self.commit(&mut group, last_id, std::mem::take(&mut sync)) {
+                        if !self.commit(&mut group, last_id, grouping.poll_all()) {
                             return;
                         }
                         self.rotate(generation, &snapshot);
                     }
                     Cmd::HandBack(back) => {
-                        if !self.commit(&mut group, last_id, std::mem::take(&mut sync)) {
+                        if !self.commit(&mut group, last_id, grouping.poll_all()) {
                             return;
                         }
                         let _ = back.send(self);
@@ -374,10 +395,17 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            if !self.commit(&mut group, last_id, std::mem::take(&mut sync)) {
+            let flush = match group.len() < GROUP_MAX {
+                true => grouping.poll(Instant::now()),
+                false => grouping.poll_all(),
+            };
+            if !self.commit(&mut group, last_id, flush) {
                 return;
             }
         }
+        // The driver is gone (closed, or dropped): what it submitted is still written.
+        let flush = grouping.poll_all();
+        self.commit(&mut group, last_id, flush);
     }
 
     /// One attempt to write `bytes` at the end of the journal, and sync it (with `fsync`
@@ -394,7 +422,12 @@ impl Writer {
 
     /// Writes (and syncs) `group`, retrying until it works or the daemon stops; then reports
     /// `id` committed. Returns false if it gave up.
-    fn commit(&mut self, group: &mut Vec<u8>, id: u64, sync: bool) -> bool {
+    fn commit(&mut self, group: &mut Vec<u8>, id: u64, flush: Flush) -> bool {
+        let sync = match flush {
+            Flush::Hold => return true,
+            Flush::Write => false,
+            Flush::Sync => true,
+        };
         if group.is_empty() {
             return true;
         }

@@ -1,0 +1,176 @@
+//! Group commit with `durability = "fsync"`: which queued batches the writer thread writes, and
+//! when it syncs them. A pure part with the engine's shape: batches in ([`Grouping::handle_batch`]),
+//! what to do out ([`Grouping::poll`]), and the time to wake up ([`Grouping::deadline`]); the
+//! thread in [`super::writer`] does the I/O.
+//!
+//! Batches differ in who waits for them:
+//! - [`Urgency::Now`]: a decision will be published once the batch is durable, so the writer
+//!   syncs as soon as it has read what is queued (every batch queued beside it shares the sync);
+//! - [`Urgency::Soon`]: only the broker's acknowledgements of the batch's requests wait for it
+//!   (a `finished` that freed nothing, a `register` that queued): it is held, unwritten, for at
+//!   most [`DEFER_MAX`] so that the next `Now` batch syncs it too. A worker that reports
+//!   `finished` and registers again at once then pays one `fdatasync` for the pair, not two in a
+//!   row. Its requests stay unacknowledged until it is synced: a crash loses nothing;
+//! - [`Urgency::Lazy`]: nothing waits and losing it costs at most a repeated `go` (only the
+//!   broker's acknowledgements of `go`s): committed once written, synced with the next sync.
+//!
+//! Batches commit in order, so a `Lazy` batch behind a held `Soon` batch waits with it.
+
+use std::time::{Duration, Instant};
+
+/// Longest time a [`Urgency::Soon`] batch waits for a [`Urgency::Now`] batch to share its sync.
+pub const DEFER_MAX: Duration = Duration::from_millis(2);
+
+/// How soon a batch must be durable (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// Outputs wait for it: synced at once.
+    Now,
+    /// Only acknowledgements wait for it: synced with the next `Now` batch, within [`DEFER_MAX`].
+    Soon,
+    /// Nothing waits for it: committed once written, synced along with a later batch.
+    Lazy,
+}
+
+/// What the writer does with the batches it has read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Keep them queued (a `Soon` batch waits for company), or there is nothing to write.
+    Hold,
+    /// Write them without a sync (only `Lazy` batches), and report them committed.
+    Write,
+    /// Write and sync them, and report them committed.
+    Sync,
+}
+
+/// The batches read but not yet written, by urgency.
+#[derive(Debug, Default)]
+pub struct Grouping {
+    /// Any batch read since the last flush.
+    pending: bool,
+    /// A `Now` batch is among them.
+    now: bool,
+    /// When the oldest held `Soon` batch was read.
+    soon_since: Option<Instant>,
+}
+
+impl Grouping {
+    /// The writer read a batch of `urgency` at `now`.
+    pub fn handle_batch(&mut self, urgency: Urgency, now: Instant) {
+        self.pending = true;
+        match urgency {
+            Urgency::Now => self.now = true,
+            Urgency::Soon => {
+                self.soon_since.get_or_insert(now);
+            }
+            Urgency::Lazy => {}
+        }
+    }
+
+    /// What to do with what was read, once nothing more is queued (or the group is full, or the
+    /// deadline passed): hold, write, or write and sync.
+    pub fn poll(&mut self, now: Instant) -> Flush {
+        let due = self.deadline().is_some_and(|d| now >= d);
+        let flush = match (self.pending, self.now || due, self.soon_since) {
+            (false, _, _) => Flush::Hold,
+            (true, true, _) => Flush::Sync,
+            (true, false, Some(_)) => return Flush::Hold,
+            (true, false, None) => Flush::Write,
+        };
+        *self = Grouping::default();
+        flush
+    }
+
+    /// Everything read must be written now (before a rotation, a hand-back or the end): synced
+    /// if anything but `Lazy` batches is among it.
+    pub fn poll_all(&mut self) -> Flush {
+        let flush = match (self.pending, self.now || self.soon_since.is_some()) {
+            (false, _) => Flush::Hold,
+            (true, true) => Flush::Sync,
+            (true, false) => Flush::Write,
+        };
+        *self = Grouping::default();
+        flush
+    }
+
+    /// When a held `Soon` batch must be synced even if no `Now` batch came.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.soon_since.map(|t| t + DEFER_MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Instant {
+        // A fixed origin: only differences matter.
+        static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *ORIGIN.get_or_init(Instant::now) + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn nothing_read_is_nothing_to_do() {
+        let mut g = Grouping::default();
+        assert_eq!(g.poll(at(0)), Flush::Hold);
+        assert_eq!(g.poll_all(), Flush::Hold);
+        assert_eq!(g.deadline(), None);
+    }
+
+    #[test]
+    fn a_now_batch_is_synced_at_once_with_everything_beside_it() {
+        let mut g = Grouping::default();
+        g.handle_batch(Urgency::Lazy, at(0));
+        g.handle_batch(Urgency::Soon, at(0));
+        g.handle_batch(Urgency::Now, at(0));
+        assert_eq!(g.poll(at(0)), Flush::Sync);
+        // And the group starts afresh.
+        assert_eq!(g.poll(at(0)), Flush::Hold);
+        assert_eq!(g.deadline(), None);
+    }
+
+    #[test]
+    fn lazy_batches_alone_are_written_without_a_sync() {
+        let mut g = Grouping::default();
+        g.handle_batch(Urgency::Lazy, at(0));
+        g.handle_batch(Urgency::Lazy, at(0));
+        assert_eq!(g.poll(at(0)), Flush::Write);
+    }
+
+    #[test]
+    fn a_soon_batch_waits_for_a_now_batch_to_share_its_sync() {
+        let mut g = Grouping::default();
+        g.handle_batch(Urgency::Soon, at(10));
+        assert_eq!(g.poll(at(10)), Flush::Hold);
+        assert_eq!(g.deadline(), Some(at(10) + DEFER_MAX));
+        // A lazy batch behind it waits too (batches commit in order).
+        g.handle_batch(Urgency::Lazy, at(11));
+        assert_eq!(g.poll(at(11)), Flush::Hold);
+        g.handle_batch(Urgency::Now, at(11));
+        assert_eq!(g.poll(at(11)), Flush::Sync);
+        assert_eq!(g.deadline(), None);
+    }
+
+    #[test]
+    fn a_soon_batch_alone_is_synced_at_its_deadline() {
+        let mut g = Grouping::default();
+        g.handle_batch(Urgency::Soon, at(10));
+        // A later Soon batch does not push the deadline back.
+        g.handle_batch(Urgency::Soon, at(11));
+        assert_eq!(g.deadline(), Some(at(10) + DEFER_MAX));
+        let just_before = at(10) + DEFER_MAX - Duration::from_micros(1);
+        assert_eq!(g.poll(just_before), Flush::Hold);
+        assert_eq!(g.poll(at(10) + DEFER_MAX), Flush::Sync);
+        assert_eq!(g.deadline(), None);
+    }
+
+    #[test]
+    fn everything_is_flushed_before_a_rotation_or_the_end() {
+        let mut g = Grouping::default();
+        g.handle_batch(Urgency::Soon, at(0));
+        assert_eq!(g.poll_all(), Flush::Sync);
+        g.handle_batch(Urgency::Lazy, at(0));
+        assert_eq!(g.poll_all(), Flush::Write);
+        assert_eq!(g.poll_all(), Flush::Hold);
+    }
+}
