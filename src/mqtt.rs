@@ -10,23 +10,24 @@
 
 pub mod delivery;
 pub mod outbox;
+mod sink;
 pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
-    Request, TlsConfiguration, Transport,
+    AsyncClient, ConnAck, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet,
+    Publish, QoS, Request, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::MqttConfig;
-use crate::driver::Sink;
-use crate::engine::{Input, Output};
+use crate::engine::Input;
 use crate::protocol::{self, DecodeLimits, Rejection};
 use delivery::{Grant, Sent, Tracker};
+pub use sink::MqttSink;
 
 /// Largest packet the client accepts or sends. Much larger than `max_payload` on purpose: an
 /// oversized payload must reach `protocol::decode` and be refused by name, not make rumqttc drop
@@ -210,122 +211,158 @@ pub async fn run(
     mut sent: mpsc::UnboundedReceiver<Sent>,
     to_driver: mpsc::Sender<Inbound>,
 ) {
-    let filters = protocol::subscriptions(&settings.prefix);
-    let sync_topic = protocol::sync_topic(&settings.prefix);
-    let nonce = settings.nonce.as_bytes();
-    let mut tracker = Tracker::default();
-    let mut backoff = Duration::from_millis(50);
-    let mut connected = false;
+    let mut link = Link::new(client, settings);
     loop {
         let event = eventloop.poll().await;
         // Before the tracker looks at any event: every publish request it may see was queued
         // (the driver queues its `Sent` first).
         while let Ok(s) = sent.try_recv() {
-            tracker.handle_queued(s);
+            link.tracker.handle_queued(s);
         }
-        match event {
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => tracker.handle_outgoing_publish(pkid),
-            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => tracker.handle_await_ack(pkid),
+        let inbound = match event {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                link.tracker.handle_outgoing_publish(pkid);
+                None
+            }
+            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
+                link.tracker.handle_await_ack(pkid);
+                None
+            }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some(grant) = tracker.handle_puback(ack.pkid) {
-                    if to_driver.send(Inbound::Delivered(grant)).await.is_err() {
-                        return;
-                    }
-                }
+                link.tracker.handle_puback(ack.pkid).map(Inbound::Delivered)
             }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                // Subscribe on every ConnAck, even with `session_present`: the broker may have
-                // dropped or expired the session (a restart without persistence, a session
-                // expiry), and subscribing again to a filter we hold is harmless.
-                info!(broker = %settings.broker.address(), session_present = ack.session_present, "connected");
-                connected = true;
-                metrics::counter!("coordinosaur_broker_connects_total").increment(1);
-                backoff = Duration::from_millis(50);
-                for filter in &filters {
-                    // try_subscribe: awaiting from the polling task could deadlock on a full channel.
-                    if let Err(e) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
-                        warn!(filter, cause = %e, "subscribe request not queued");
-                    }
-                }
-                // The driver publishes the sync marker when it reads this: behind the
-                // subscriptions, and behind whatever the broker queued for our session.
-                let connected = Inbound::Connected {
-                    session_present: ack.session_present,
-                    grants_lost: tracker.handle_connack(ack.session_present),
-                };
-                if to_driver.send(connected).await.is_err() {
-                    return;
-                }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => Some(link.handle_connack(&ack)),
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                debug!(?ack.return_codes, "subscribed");
+                None
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => debug!(?ack.return_codes, "subscribed"),
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                tracing::trace!(topic = p.topic, pkid = p.pkid, dup = p.dup, "received");
-                let ack = Ack::of(&p);
-                let msg = if p.topic == sync_topic {
-                    if p.payload == nonce {
-                        Inbound::Synced(ack)
-                    } else if let Some(ack) = ack {
-                        Inbound::Ignored(ack)
-                    } else {
-                        continue;
-                    }
-                } else {
-                    let limits = *settings.limits.borrow();
-                    match protocol::decode(&settings.prefix, &p.topic, &p.payload, &limits) {
-                        Ok(Some(input)) if p.retain => Inbound::Rejected {
-                            topic: p.topic.clone(),
-                            rejection: protocol::retained(&input),
-                            ack,
-                        },
-                        Ok(Some(input)) => Inbound::Input(input, ack),
-                        Ok(None) => match ack {
-                            Some(ack) => Inbound::Ignored(ack),
-                            None => continue,
-                        },
-                        Err(rejection) => Inbound::Rejected {
-                            topic: p.topic.clone(),
-                            rejection,
-                            ack,
-                        },
-                    }
-                };
-                // The only await besides `poll`: the driver never waits on this task.
-                if to_driver.send(msg).await.is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
+            Ok(Event::Incoming(Packet::Publish(p))) => link.handle_publish(&p),
+            Ok(_) => None,
             Err(e) => {
                 if to_driver.is_closed() {
                     return;
                 }
-                // rumqttc moved what it had in flight and the requests it had not read yet into
-                // its pending queue; the unsent publishes there have no packet id yet.
-                let unsent = eventloop
-                    .pending
-                    .iter()
-                    .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
-                    .count();
-                tracker.handle_connection_lost(unsent);
-                let cause = describe(&e);
-                let tls_failed =
-                    matches!(e, ConnectionError::Tls(_)) || tls::rustls_cause(&e).is_some();
-                if !connected && tls_failed {
-                    // Wrong CA, wrong name, a refused client certificate, a listener that does
-                    // not speak TLS: it will not heal by itself, so say so on every attempt.
-                    warn!(%cause, retry_in = ?backoff, "broker TLS handshake failed");
-                } else if connected
-                    || !matches!(e, ConnectionError::Io(_) | ConnectionError::NetworkTimeout)
-                {
-                    warn!(%cause, retry_in = ?backoff, "broker connection lost");
-                } else {
-                    debug!(%cause, retry_in = ?backoff, "broker still unreachable");
-                }
-                connected = false;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                link.handle_error(&eventloop, &e);
+                tokio::time::sleep(link.backoff).await;
+                link.backoff = (link.backoff * 2).min(Duration::from_secs(5));
+                None
+            }
+        };
+        // The only await besides `poll` and the backoff: the driver never waits on this task.
+        if let Some(inbound) = inbound {
+            if to_driver.send(inbound).await.is_err() {
+                return;
             }
         }
+    }
+}
+
+/// What the MQTT task keeps between events: what it subscribes to, which grants' `go` are in
+/// flight, and how the connection has been going.
+struct Link {
+    /// For (re)subscribing; never awaited (see the module doc).
+    client: AsyncClient,
+    /// The connection's settings.
+    settings: Settings,
+    /// The filters subscribed on every ConnAck.
+    filters: [String; 3],
+    /// Where this process's sync marker comes back.
+    sync_topic: String,
+    /// Which grants' `go` the broker acknowledged.
+    tracker: Tracker,
+    /// How long to wait before the next connection attempt; reset on ConnAck.
+    backoff: Duration,
+    /// Whether the last attempt reached the broker (a failure after one is news).
+    connected: bool,
+}
+
+impl Link {
+    fn new(client: AsyncClient, settings: Settings) -> Link {
+        Link {
+            client,
+            filters: protocol::subscriptions(&settings.prefix),
+            sync_topic: protocol::sync_topic(&settings.prefix),
+            settings,
+            tracker: Tracker::default(),
+            backoff: Duration::from_millis(50),
+            connected: false,
+        }
+    }
+
+    /// Subscribes again and tells the driver, which publishes the sync marker when it reads
+    /// this: behind the subscriptions, and behind whatever the broker queued for our session.
+    fn handle_connack(&mut self, ack: &ConnAck) -> Inbound {
+        // Subscribe on every ConnAck, even with `session_present`: the broker may have
+        // dropped or expired the session (a restart without persistence, a session
+        // expiry), and subscribing again to a filter we hold is harmless.
+        info!(broker = %self.settings.broker.address(), session_present = ack.session_present, "connected");
+        self.connected = true;
+        metrics::counter!("coordinosaur_broker_connects_total").increment(1);
+        self.backoff = Duration::from_millis(50);
+        for filter in &self.filters {
+            // try_subscribe: awaiting from the polling task could deadlock on a full channel.
+            if let Err(e) = self.client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                warn!(filter, cause = %e, "subscribe request not queued");
+            }
+        }
+        Inbound::Connected {
+            session_present: ack.session_present,
+            grants_lost: self.tracker.handle_connack(ack.session_present),
+        }
+    }
+
+    /// What a received message means for the driver; `None` when there is nothing to tell it,
+    /// not even an acknowledgement (QoS 0 with nothing to do).
+    fn handle_publish(&self, p: &Publish) -> Option<Inbound> {
+        tracing::trace!(topic = p.topic, pkid = p.pkid, dup = p.dup, "received");
+        let ack = Ack::of(p);
+        if p.topic == self.sync_topic {
+            return if p.payload == self.settings.nonce.as_bytes() {
+                Some(Inbound::Synced(ack))
+            } else {
+                ack.map(Inbound::Ignored)
+            };
+        }
+        let limits = *self.settings.limits.borrow();
+        let rejected = |rejection, ack| Inbound::Rejected {
+            topic: p.topic.clone(),
+            rejection,
+            ack,
+        };
+        match protocol::decode(&self.settings.prefix, &p.topic, &p.payload, &limits) {
+            Ok(Some(input)) if p.retain => Some(rejected(protocol::retained(&input), ack)),
+            Ok(Some(input)) => Some(Inbound::Input(input, ack)),
+            Ok(None) => ack.map(Inbound::Ignored),
+            Err(rejection) => Some(rejected(rejection, ack)),
+        }
+    }
+
+    /// Counts the grants whose `go` the lost connection may have dropped and says what
+    /// happened, loudly only when it is news or will not heal by itself.
+    fn handle_error(&mut self, eventloop: &EventLoop, e: &ConnectionError) {
+        // rumqttc moved what it had in flight and the requests it had not read yet into
+        // its pending queue; the unsent publishes there have no packet id yet.
+        let unsent = eventloop
+            .pending
+            .iter()
+            .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
+            .count();
+        self.tracker.handle_connection_lost(unsent);
+        let cause = describe(e);
+        let retry_in = self.backoff;
+        let tls_failed = matches!(e, ConnectionError::Tls(_)) || tls::rustls_cause(e).is_some();
+        if !self.connected && tls_failed {
+            // Wrong CA, wrong name, a refused client certificate, a listener that does
+            // not speak TLS: it will not heal by itself, so say so on every attempt.
+            warn!(%cause, ?retry_in, "broker TLS handshake failed");
+        } else if self.connected
+            || !matches!(e, ConnectionError::Io(_) | ConnectionError::NetworkTimeout)
+        {
+            warn!(%cause, ?retry_in, "broker connection lost");
+        } else {
+            debug!(%cause, ?retry_in, "broker still unreachable");
+        }
+        self.connected = false;
     }
 }
 
@@ -345,56 +382,5 @@ pub fn describe(error: &ConnectionError) -> String {
         }
         ConnectionError::NetworkTimeout => "connection timed out".into(),
         other => other.to_string(),
-    }
-}
-
-/// Encodes the driver's outputs and queues them, with what each publish is (see [`delivery`]),
-/// on the [`outbox`]: the driver never waits on rumqttc.
-#[derive(Debug, Clone)]
-pub struct MqttSink {
-    /// Queue to the task that hands requests to rumqttc.
-    pub outbox: outbox::Outbox,
-    /// First topic level.
-    pub prefix: String,
-    /// This process's sync marker.
-    pub nonce: Arc<str>,
-    /// With the JetStream backend: the leader record, published retained on
-    /// [`protocol::leader_topic`] after each connect.
-    pub leader: Option<Vec<u8>>,
-}
-
-impl Sink for MqttSink {
-    async fn send(&mut self, output: Output) {
-        let grant = match &output {
-            Output::Go {
-                channel, uid, seq, ..
-            }
-            | Output::GoAgain {
-                channel, uid, seq, ..
-            } => Some(Grant {
-                channel: channel.clone(),
-                uid: uid.clone(),
-                seq: *seq,
-            }),
-            _ => None,
-        };
-        for (topic, payload) in protocol::encode(&self.prefix, &output) {
-            let sent = grant.clone().map_or(Sent::Other, Sent::Grant);
-            self.outbox.publish(sent, topic, payload);
-        }
-    }
-
-    async fn ack(&mut self, ack: Ack) {
-        self.outbox.ack(ack);
-    }
-
-    async fn mark(&mut self) {
-        let topic = protocol::sync_topic(&self.prefix);
-        let nonce = self.nonce.as_bytes().to_vec();
-        if let Some(record) = &self.leader {
-            let topic = protocol::leader_topic(&self.prefix);
-            self.outbox.publish_retained(topic, record.clone());
-        }
-        self.outbox.publish(Sent::Other, topic, nonce);
     }
 }
