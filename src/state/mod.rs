@@ -20,10 +20,11 @@ mod journal;
 pub mod read;
 mod writer;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -300,112 +301,29 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
             ));
             continue;
         }
-        let mut snapshot = if base == 0 && !files.snapshots.contains(&0) {
-            Snapshot::default()
-        } else {
-            let path = snapshot_path(dir, base);
-            let decoded = fs::read(&path)
-                .map_err(|e| format::FormatError::Damaged(e.to_string()))
-                .and_then(|bytes| format::decode_snapshot(&bytes));
-            match decoded {
-                Ok(s) => s,
-                Err(format::FormatError::Newer(reason)) => {
-                    return Err(StateError::Unrecoverable {
-                        dir: dir.to_owned(),
-                        reason: format!("{}: {reason}", path.display()),
-                    });
-                }
-                Err(format::FormatError::Damaged(e)) => {
-                    warnings.push(format!(
-                        "{} is damaged ({e}); trying the generation before it",
-                        path.display()
-                    ));
-                    continue;
-                }
-            }
+        let Some(snapshot) = base_snapshot(dir, files, base, &mut warnings)? else {
+            continue;
         };
-        let mut recovery = Recovery {
-            base,
-            ..Recovery::default()
+        let mut fold = Fold {
+            dir,
+            snapshot,
+            recovery: Recovery {
+                base,
+                ..Recovery::default()
+            },
+            recent: VecDeque::new(),
         };
-        let mut recent = std::collections::VecDeque::new();
         for g in base..=newest_journal {
-            let path = journal_path(dir, g);
-            let bytes = fs::read(&path).map_err(|cause| StateError::Io {
-                dir: dir.to_owned(),
-                what: "read",
-                path: path.clone(),
-                cause,
-            })?;
-            recovery.journals += 1;
-            let last = g == newest_journal;
-            let body = format::journal_body(&bytes).map_err(|e| {
-                let (format::FormatError::Newer(reason) | format::FormatError::Damaged(reason)) = e;
-                StateError::Unrecoverable {
-                    dir: dir.to_owned(),
-                    reason: format!("{}: {reason}", path.display()),
-                }
-            })?;
-            let Some(body) = body else {
-                if bytes.len() < format::JOURNAL_MAGIC.len()
-                    && format::JOURNAL_MAGIC.starts_with(&bytes)
-                    && last
-                {
-                    // Created but its header never fully written: an empty journal.
-                    recovery.torn_bytes += bytes.len() as u64;
-                    recovery.torn_journal = Some((path, 0));
-                    continue;
-                }
-                return Err(StateError::Unrecoverable {
-                    dir: dir.to_owned(),
-                    reason: format!(
-                        "{} is not a coordinosaur journal (wrong magic bytes)",
-                        path.display()
-                    ),
-                });
-            };
-            let recs = format::records(body);
-            for payload in &recs.payloads {
-                match format::decode_batch(payload) {
-                    Ok(changes) => {
-                        recovery.changes += changes.len();
-                        for change in changes {
-                            note_registration(&mut recent, &change);
-                            snapshot.apply(change);
-                        }
-                    }
-                    Err(e) => {
-                        // Checksummed, so written by a different version: refuse rather than guess.
-                        return Err(StateError::Unrecoverable {
-                            dir: dir.to_owned(),
-                            reason: format!("{}: {e}", path.display()),
-                        });
-                    }
-                }
-            }
-            if let Some(damage) = recs.damage {
-                let dropped = (body.len() - recs.good_len) as u64;
-                recovery.torn_bytes += dropped;
-                let at = recs.good_len + format::JOURNAL_MAGIC.len();
-                if last {
-                    warnings.push(format!(
-                        "{}: dropped a torn last write of {dropped} bytes at offset {at} ({damage})",
-                        path.display()
-                    ));
-                    recovery.torn_journal = Some((path, at as u64));
-                } else {
-                    // Damage before the newest journal: later journals build on what is lost.
-                    warnings.push(format!(
-                        "{}: damaged at offset {at} ({damage}); {dropped} bytes and every later journal are lost",
-                        path.display()
-                    ));
-                    break;
-                }
+            if fold
+                .journal(g, g == newest_journal, &mut warnings)?
+                .is_break()
+            {
+                break;
             }
         }
-        recovery.warnings = warnings;
-        recovery.recent_registrations = recent.into();
-        return Ok((snapshot, recovery));
+        fold.recovery.warnings = warnings;
+        fold.recovery.recent_registrations = fold.recent.into();
+        return Ok((fold.snapshot, fold.recovery));
     }
     Err(StateError::Unrecoverable {
         dir: dir.to_owned(),
@@ -413,11 +331,139 @@ fn recover(dir: &Path, files: &Files) -> Result<(Snapshot, Recovery), StateError
     })
 }
 
+/// The snapshot generation `base` starts from (empty for 0 without one), or `None` with a
+/// warning when it is damaged and the generation before it should be tried.
+fn base_snapshot(
+    dir: &Path,
+    files: &Files,
+    base: u64,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Snapshot>, StateError> {
+    if base == 0 && !files.snapshots.contains(&0) {
+        return Ok(Some(Snapshot::default()));
+    }
+    let path = snapshot_path(dir, base);
+    let decoded = fs::read(&path)
+        .map_err(|e| format::FormatError::Damaged(e.to_string()))
+        .and_then(|bytes| format::decode_snapshot(&bytes));
+    match decoded {
+        Ok(s) => Ok(Some(s)),
+        Err(format::FormatError::Newer(reason)) => Err(StateError::Unrecoverable {
+            dir: dir.to_owned(),
+            reason: format!("{}: {reason}", path.display()),
+        }),
+        Err(format::FormatError::Damaged(e)) => {
+            warnings.push(format!(
+                "{} is damaged ({e}); trying the generation before it",
+                path.display()
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// One generation's journals being folded into its base snapshot.
+struct Fold<'a> {
+    /// The state dir.
+    dir: &'a Path,
+    /// The state so far.
+    snapshot: Snapshot,
+    /// What was done so far.
+    recovery: Recovery,
+    /// The last registrations applied (see [`note_registration`]).
+    recent: VecDeque<Registered>,
+}
+
+impl Fold<'_> {
+    /// Folds in `journal.{g}` (`last`: the newest). Breaks when damage means every later
+    /// journal is lost.
+    fn journal(
+        &mut self,
+        g: u64,
+        last: bool,
+        warnings: &mut Vec<String>,
+    ) -> Result<ControlFlow<()>, StateError> {
+        let path = journal_path(self.dir, g);
+        let bytes = fs::read(&path).map_err(|cause| StateError::Io {
+            dir: self.dir.to_owned(),
+            what: "read",
+            path: path.clone(),
+            cause,
+        })?;
+        self.recovery.journals += 1;
+        let body = format::journal_body(&bytes).map_err(|e| {
+            let (format::FormatError::Newer(reason) | format::FormatError::Damaged(reason)) = e;
+            self.unrecoverable(&path, reason)
+        })?;
+        let Some(body) = body else {
+            if bytes.len() < format::JOURNAL_MAGIC.len()
+                && format::JOURNAL_MAGIC.starts_with(&bytes)
+                && last
+            {
+                // Created but its header never fully written: an empty journal.
+                self.recovery.torn_bytes += bytes.len() as u64;
+                self.recovery.torn_journal = Some((path, 0));
+                return Ok(ControlFlow::Continue(()));
+            }
+            return Err(StateError::Unrecoverable {
+                dir: self.dir.to_owned(),
+                reason: format!(
+                    "{} is not a coordinosaur journal (wrong magic bytes)",
+                    path.display()
+                ),
+            });
+        };
+        let recs = format::records(body);
+        for payload in &recs.payloads {
+            // Checksummed, so an undecodable batch was written by a different version: refuse
+            // rather than guess.
+            let changes =
+                format::decode_batch(payload).map_err(|e| self.unrecoverable(&path, e))?;
+            self.apply(changes);
+        }
+        let Some(damage) = recs.damage else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        let dropped = (body.len() - recs.good_len) as u64;
+        self.recovery.torn_bytes += dropped;
+        let at = recs.good_len + format::JOURNAL_MAGIC.len();
+        if last {
+            warnings.push(format!(
+                "{}: dropped a torn last write of {dropped} bytes at offset {at} ({damage})",
+                path.display()
+            ));
+            self.recovery.torn_journal = Some((path, at as u64));
+            Ok(ControlFlow::Continue(()))
+        } else {
+            // Damage before the newest journal: later journals build on what is lost.
+            warnings.push(format!(
+                "{}: damaged at offset {at} ({damage}); {dropped} bytes and every later journal are lost",
+                path.display()
+            ));
+            Ok(ControlFlow::Break(()))
+        }
+    }
+
+    /// Applies one journalled batch.
+    fn apply(&mut self, changes: Vec<Change>) {
+        self.recovery.changes += changes.len();
+        for change in changes {
+            note_registration(&mut self.recent, &change);
+            self.snapshot.apply(change);
+        }
+    }
+
+    /// The state dir cannot be restored because of the file at `path`.
+    fn unrecoverable(&self, path: &Path, reason: String) -> StateError {
+        StateError::Unrecoverable {
+            dir: self.dir.to_owned(),
+            reason: format!("{}: {reason}", path.display()),
+        }
+    }
+}
+
 /// Remembers `change` if it is a registration, keeping the last [`RECENT_REGISTRATIONS`].
-pub(crate) fn note_registration(
-    recent: &mut std::collections::VecDeque<Registered>,
-    change: &Change,
-) {
+pub(crate) fn note_registration(recent: &mut VecDeque<Registered>, change: &Change) {
     if let Change::Queued {
         channel,
         uid,
