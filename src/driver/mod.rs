@@ -182,7 +182,11 @@ impl<S: Sink> Driver<S> {
                 let now = self.clock.now();
                 match input {
                     Input::Register(reg) if self.redelivery.is_repeat(&reg, redelivered, now) => {
-                        info!(channel = reg.channel, uid = reg.uid, "register delivered again by the broker; already applied: ignored");
+                        info!(
+                            channel = reg.channel,
+                            uid = reg.uid,
+                            "register delivered again by the broker; already applied: ignored"
+                        );
                     }
                     Input::Register(reg) => {
                         self.redelivery.applied(&reg, now);
@@ -317,7 +321,8 @@ impl<S: Sink> Driver<S> {
     /// refreshes the gauges of the channels involved.
     async fn flush(&mut self) {
         self.readmit_rolled_back();
-        self.outs.extend(std::iter::from_fn(|| self.engine.poll_output()));
+        self.outs
+            .extend(std::iter::from_fn(|| self.engine.poll_output()));
         // A batch behind which nothing is published (only acknowledgements wait for it) may
         // wait a moment for the next one to share its sync.
         self.submit_changes(match self.outs.is_empty() {
@@ -426,35 +431,9 @@ pub async fn run(
         state,
         prefix,
     } = control;
-    let mut d = Driver {
-        engine,
-        clock,
-        sink,
-        policies,
-        none: NoPolicies,
-        metrics,
-        touched: Vec::new(),
-        journal: None,
-        gate: CommitGate::default(),
-        resend: Resend::default(),
-        summary: Summary::default(),
-        redelivery: RedeliveryGuard::default(),
-        acks: Vec::new(),
-        changes: Vec::new(),
-        outs: Vec::new(),
-        abort_before_go: std::env::var(ABORT_BEFORE_GO).ok(),
-        prefix,
-        deposed: None,
-    };
-    if let Some((journal, snapshot, recent)) = state {
-        d.journal = Some(journal);
-        d.redelivery = RedeliveryGuard::new(recent, d.clock.now());
-        d.engine.record_changes(true);
-        let now = d.clock.now();
-        let (engine, hooks) = d.split();
-        engine.restore(now, snapshot, hooks);
-        d.flush().await;
-        d.release(None).await;
+    let mut d = Driver::new(engine, clock, sink, policies, metrics, prefix);
+    if let Some(state) = state {
+        d.restore(state).await;
     }
     // One sleep for the engine's, the resend schedule's and the summary's deadlines, re-armed
     // only when the earliest of them changes.
@@ -464,12 +443,9 @@ pub async fn run(
     let mut armed: Option<Time> = None;
     let mut received = Vec::with_capacity(INBOUND_BATCH);
     loop {
-        let next = earliest(
-            earliest(d.engine.next_deadline(), d.resend.next_deadline(&d.engine)),
-            d.summary.next_deadline(),
-        );
+        let next = d.next_deadline();
         if next != armed {
-            let wake = next.map_or_else(|| Instant::now() + far, |t| clock.instant_of(t));
+            let wake = next.map_or_else(|| Instant::now() + far, |t| d.clock.instant_of(t));
             sleep.as_mut().reset(wake);
             armed = next;
         }
@@ -505,21 +481,82 @@ pub async fn run(
             return Stopped::Deposed(reason);
         }
     }
-    if let Some(journal) = d.journal.take() {
-        // Let the writer finish what was decided, then publish what it committed.
-        let held = d.gate.held();
+    d.close().await;
+    debug!("driver stopped");
+    Stopped::Shutdown
+}
+
+impl<S: Sink> Driver<S> {
+    fn new(
+        engine: Engine,
+        clock: Clock,
+        sink: S,
+        policies: Option<PolicyRuntime>,
+        metrics: Recorder,
+        prefix: String,
+    ) -> Driver<S> {
+        Driver {
+            engine,
+            clock,
+            sink,
+            policies,
+            none: NoPolicies,
+            metrics,
+            touched: Vec::new(),
+            journal: None,
+            gate: CommitGate::default(),
+            resend: Resend::default(),
+            summary: Summary::default(),
+            redelivery: RedeliveryGuard::default(),
+            acks: Vec::new(),
+            changes: Vec::new(),
+            outs: Vec::new(),
+            abort_before_go: std::env::var(ABORT_BEFORE_GO).ok(),
+            prefix,
+            deposed: None,
+        }
+    }
+
+    /// Starts from the journal's state: the engine restored (leases and quota windows as
+    /// recorded), and what the restore decides published once committed.
+    async fn restore(&mut self, (journal, snapshot, recent): (Journal, Snapshot, Vec<Registered>)) {
+        self.journal = Some(journal);
+        self.redelivery = RedeliveryGuard::new(recent, self.clock.now());
+        self.engine.record_changes(true);
+        let now = self.clock.now();
+        let (engine, hooks) = self.split();
+        engine.restore(now, snapshot, hooks);
+        self.flush().await;
+        self.release(None).await;
+    }
+
+    /// The earliest of the engine's, the resend schedule's and the summary's deadlines.
+    fn next_deadline(&self) -> Option<Time> {
+        earliest(
+            earliest(
+                self.engine.next_deadline(),
+                self.resend.next_deadline(&self.engine),
+            ),
+            self.summary.next_deadline(),
+        )
+    }
+
+    /// Lets the writer finish what was decided, then publishes what it committed.
+    async fn close(&mut self) {
+        let Some(journal) = self.journal.take() else {
+            return;
+        };
+        let held = self.gate.held();
         let committed = journal.close(Duration::from_secs(5)).await;
-        d.release(Some(committed)).await;
-        if d.gate.held() > 0 {
+        self.release(Some(committed)).await;
+        if self.gate.held() > 0 {
             warn!(
-                unpublished = d.gate.held(),
+                unpublished = self.gate.held(),
                 "decisions the journal could not commit were not published"
             );
         }
         debug!(held, "journal closed");
     }
-    debug!("driver stopped");
-    Stopped::Shutdown
 }
 
 /// The earlier of two optional deadlines.
