@@ -13,16 +13,20 @@
 //! - [`driver`]: the task owning the engine: a thin `select!` that sleeps exactly until the next
 //!   deadline, with its decisions in pure parts (the commit gate, the `go`-again schedule, the
 //!   activity summary).
-//! - [`state`]: the journal and snapshots (group commit, recovery, format versions, the lock).
+//! - [`state`]: the journal and snapshots (group commit, recovery, format versions, the lock),
+//!   on local files or on a NATS JetStream stream.
+//! - [`ha`]: standbys on the JetStream backend: a standby follows the journal stream and takes
+//!   the leader lease when it is free; a leader that loses it stops (fail-stop).
 //! - [`policy`]: the wasmtime host behind the engine's `Policies` trait, and policy hot reload
-//!   ([`policy::hot_reload`]).
-//!   The engine calls policies synchronously through a trait it defines, as quinn-proto calls
-//!   its crypto session: a hook costs microseconds, and the engine stays free of wasmtime.
+//!   ([`policy::hot_reload`]). The engine calls policies synchronously through a trait it
+//!   defines, as quinn-proto calls its crypto session: a hook costs microseconds, and the engine
+//!   stays free of wasmtime.
 //! - [`config_reload`], [`watch`]: live config reload (SIGHUP, file changes) and the settled
 //!   file watching it shares with policy hot reload.
 //! - [`metrics`]: Prometheus metric names and the bounded channel label.
 //! - [`cli`]: the client commands `run` (gate a command behind a channel) and `status`, which
-//!   talk to a running daemon over MQTT like any worker.
+//!   talk to a running daemon over MQTT like any worker, and `policy check` / `policy try`,
+//!   which run a policy through the host code without a broker.
 //! - [`replay`]: `coordinosaur replay`, which re-runs the journaled period through the engine
 //!   (a discrete-event simulation) under the recorded limits or a candidate config and policy.
 //! - `broker` (feature `embedded-broker`): an in-process rumqttd for machines without a broker.

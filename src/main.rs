@@ -1,5 +1,5 @@
-//! The `coordinosaur` command: the daemon, `check-config` and `explain`, and the client commands
-//! `run` and `status` (in the library's `cli` module).
+//! The `coordinosaur` command: the daemon, `check-config`, `explain` and `replay`, and the client
+//! commands `run`, `status` and `policy check` / `policy try` (in the library's `cli` module).
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};

@@ -5,9 +5,11 @@
 //! `aborted` (the uid as plain text, or JSON `{"uid", "token"?}`), `concurrency/set` (an
 //! integer), `renew` (JSON `{"uid", "timeout", "token"?}`) and `infos`. Outbound: `go/{uid}`
 //! (payload: the uid, or with `"reply": "json"` JSON `{"uid", "token", "lease_ms",
-//! "deadline_ms"}`), `expired/{uid}` (payload: the uid), `rejected/{uid}` (JSON
-//! `{"uid", "reason"}`) and `state` (JSON, at most [`MAX_STATE_MESSAGE`] bytes a message: the
-//! daemon-wide one in pages when it is larger).
+//! "deadline_ms"}`; said again to a running job whose `go` may have been lost, after a restart
+//! or a lost broker session), `expired/{uid}` (payload: the uid), `rejected/{uid}` (JSON
+//! `{"uid", "reason"}`), `position/{uid}` (JSON, for jobs registered with `"progress": true`)
+//! and `state` (JSON, at most [`MAX_STATE_MESSAGE`] bytes a message: the daemon-wide one in pages
+//! when it is larger). The names are defined once, in [`Action`] and [`Answer`].
 
 use serde_json::{Map, Value};
 
@@ -249,8 +251,9 @@ pub fn retained(input: &Input) -> Rejection {
 }
 
 /// Subscription filters for everything `decode` handles under `prefix` (`PREFIX/infos` asks for
-/// every channel's state at once). They do not match the
-/// daemon's own `go/`, `expired/` and `rejected/` messages, so those never come back to it.
+/// every channel's state at once). They do not match the daemon's own answers about a job
+/// ([`Answer`]: one level deeper), so those never come back to it; its channels' `state` does,
+/// and [`decode`] ignores it.
 pub fn subscriptions(prefix: &str) -> [String; 3] {
     [
         format!("{prefix}/+/+"),
