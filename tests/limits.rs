@@ -5,20 +5,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{topic, unique_id, Client, Daemon, TestBroker};
+use common::{setup, topic, unique_id, Client, Daemon};
 use serde_json::Value;
 
 #[tokio::test]
 async fn fourth_waiting_job_is_rejected_at_max_waiting_per_channel_and_daemon_keeps_serving() {
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(
-        broker.port(),
+    let (_broker, daemon, mut c) = setup(
         "[limits]\nmax_waiting_per_channel = 3\n[defaults]\nmax_concurrent_jobs = 1\n",
+        &["ch"],
+        &["go/+", "rejected/+"],
     )
     .await;
-    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
-    c.subscribe(&topic("ch", "go/+")).await;
-    c.subscribe(&topic("ch", "rejected/+")).await;
     c.register("ch", "run", 60.0).await;
     assert_eq!(c.next_go("ch").await, "run");
     for uid in ["w1", "w2", "w3", "w4"] {
@@ -44,13 +41,12 @@ async fn fourth_waiting_job_is_rejected_at_max_waiting_per_channel_and_daemon_ke
 
 #[tokio::test]
 async fn third_channel_is_rejected_at_max_channels() {
-    let broker = TestBroker::start();
-    let _daemon = Daemon::start(broker.port(), "[limits]\nmax_channels = 2\n").await;
-    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
-    for ch in ["one", "two", "three"] {
-        c.subscribe(&topic(ch, "go/+")).await;
-        c.subscribe(&topic(ch, "rejected/+")).await;
-    }
+    let (_broker, _daemon, mut c) = setup(
+        "[limits]\nmax_channels = 2\n",
+        &["one", "two", "three"],
+        &["go/+", "rejected/+"],
+    )
+    .await;
     c.register("one", "a", 60.0).await;
     c.register("two", "b", 60.0).await;
     assert_eq!(c.next_go("one").await, "a");

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{topic, unique_id, Client, Daemon, Mosquitto, TestBroker, DEFAULT_TIMEOUT};
+use common::{setup, topic, unique_id, Client, Daemon, Mosquitto, TestBroker, DEFAULT_TIMEOUT};
 use serde_json::json;
 
 #[tokio::test]
@@ -46,11 +46,7 @@ async fn daemon_reconnects_resubscribes_and_keeps_its_state() {
 
 #[tokio::test]
 async fn daemon_survives_two_outages_and_leases_still_expire() {
-    let mut broker = TestBroker::start();
-    let _daemon = Daemon::start(broker.port(), "").await;
-    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
-    c.subscribe(&topic("ch", "go/+")).await;
-    c.subscribe(&topic("ch", "expired/+")).await;
+    let (mut broker, _daemon, mut c) = setup("", &["ch"], &["go/+", "expired/+"]).await;
     for round in 0..2u64 {
         broker.stop();
         c.wait_disconnected().await;

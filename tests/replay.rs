@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::policies::policy_wasm;
-use common::{topic, unique_id, Client, Daemon, TestBroker};
+use common::{setup, topic};
 use serde_json::Value;
 
 /// Jobs the workers run, two at a time.
@@ -61,10 +61,8 @@ fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[tokio::test]
 async fn replay_reproduces_the_recording_and_a_lower_limit_makes_jobs_wait() {
-    let broker = TestBroker::start();
-    let mut daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 2\n").await;
-    let mut client = Client::connect(broker.port(), &unique_id("worker")).await;
-    client.subscribe(&topic("ch", "go/+")).await;
+    let (_broker, mut daemon, mut client) =
+        setup("[defaults]\nmax_concurrent_jobs = 2\n", &["ch"], &["go/+"]).await;
     for i in 0..JOBS {
         client.register("ch", &format!("j{i}"), 30.0).await;
     }
@@ -152,10 +150,8 @@ fn grant_of(report: &Value, uid: &str, run: &str) -> u64 {
 #[tokio::test]
 async fn a_candidate_policy_file_runs_on_the_recorded_jobs() {
     let priority = policy_wasm("priority");
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 1\n").await;
-    let mut client = Client::connect(broker.port(), &unique_id("worker")).await;
-    client.subscribe(&topic("ch", "go/+")).await;
+    let (_broker, daemon, mut client) =
+        setup("[defaults]\nmax_concurrent_jobs = 1\n", &["ch"], &["go/+"]).await;
     client.register("ch", "blocker", 30.0).await;
     assert_eq!(client.next_go("ch").await, "blocker");
     for (uid, p) in [("low", 1), ("high", 9)] {

@@ -9,19 +9,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::{topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
+use common::{setup, topic, DEFAULT_TIMEOUT};
 
 /// Span of every "nothing arrives" check.
 const QUIET: Duration = Duration::from_millis(500);
 
 #[tokio::test]
 async fn a_retained_register_runs_once_and_is_refused_when_replayed_after_a_restart() {
-    let broker = TestBroker::start();
-    let mut daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 1\n").await;
-    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
-    for action in ["go/+", "rejected/+"] {
-        c.subscribe(&topic("ch", action)).await;
-    }
+    let (_broker, mut daemon, mut c) = setup(
+        "[defaults]\nmax_concurrent_jobs = 1\n",
+        &["ch"],
+        &["go/+", "rejected/+"],
+    )
+    .await;
     let body = serde_json::json!({"uid": "r1", "timeout": 300}).to_string();
     c.publish_retained(&topic("ch", "register"), body.clone())
         .await;
@@ -59,10 +59,8 @@ async fn a_retained_register_runs_once_and_is_refused_when_replayed_after_a_rest
 /// name keeps running, the limit stays.
 #[tokio::test]
 async fn retained_finished_and_concurrency_set_are_refused_when_replayed() {
-    let broker = TestBroker::start();
-    let mut daemon = Daemon::start(broker.port(), "[defaults]\nmax_concurrent_jobs = 1\n").await;
-    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
-    c.subscribe(&topic("ch", "go/+")).await;
+    let (_broker, mut daemon, mut c) =
+        setup("[defaults]\nmax_concurrent_jobs = 1\n", &["ch"], &["go/+"]).await;
     // Stored while nothing of the kind runs: the live deliveries are harmless (an unknown uid,
     // then a limit of 1 that is already in force).
     c.publish_retained(&topic("ch", "finished"), "job").await;

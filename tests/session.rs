@@ -9,14 +9,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{topic, unique_id, Client, Daemon, TestBroker, PREFIX};
+use common::{setup, topic, unique_id, Client, Daemon, TestBroker, PREFIX};
 
 #[tokio::test]
 async fn register_published_while_daemon_is_down_gets_go_after_restart() {
-    let broker = TestBroker::start();
-    let mut daemon = Daemon::start(broker.port(), "").await;
-    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
-    c.subscribe(&topic("ch", "go/+")).await;
+    let (_broker, mut daemon, mut c) = setup("", &["ch"], &["go/+"]).await;
 
     daemon.kill();
     c.register("ch", "while-down", 60.0).await;

@@ -5,7 +5,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{run_binary, topic, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
+use common::{run_binary, setup, unique_id, Client, Daemon, TestBroker, DEFAULT_TIMEOUT};
 use serde_json::{json, Value};
 use tokio::process::Command;
 use tokio::time::{timeout, Instant};
@@ -35,12 +35,7 @@ async fn status(port: u16, args: &[&str]) -> (Option<i32>, String, String) {
 
 /// A daemon with the three channels of [`BUSY`] filled in.
 async fn busy() -> (TestBroker, Daemon, Client) {
-    let broker = TestBroker::start();
-    let daemon = Daemon::start(broker.port(), BUSY).await;
-    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
-    for ch in ["alpha", "wide", "quota"] {
-        c.subscribe(&topic(ch, "go/+")).await;
-    }
+    let (broker, daemon, mut c) = setup(BUSY, &["alpha", "wide", "quota"], &["go/+"]).await;
     for uid in ["a1", "a2", "a3"] {
         c.register("alpha", uid, 60.0).await;
     }
