@@ -1,8 +1,10 @@
 //! The opt-in fencing fields: `reply` on register, `token` on finished, aborted and renew, and
 //! the JSON `go`.
 
+use serde_json::Value;
+
 use super::*;
-use crate::engine::{StaleAction, Time};
+use crate::engine::{Registration, Reply, StaleAction, Time};
 
 const P: &str = "coordinosaur";
 

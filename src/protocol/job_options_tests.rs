@@ -1,8 +1,10 @@
 //! The opt-in fields of `register`: `cost` (units in `state`) and `progress` (`position/{uid}`,
 //! and the waiting jobs `infos` lists on request).
 
+use serde_json::Value;
+
 use super::*;
-use crate::engine::{ChannelOptions, Engine, Time};
+use crate::engine::{ChannelOptions, Engine, Registration, Time};
 
 const P: &str = "coordinosaur";
 

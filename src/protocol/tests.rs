@@ -1,6 +1,9 @@
 //! Decoding every input and every kind of bad input.
 
 use super::*;
+use serde_json::Value;
+
+use crate::engine::{Registration, Reply};
 
 const P: &str = "coordinosaur";
 
