@@ -13,7 +13,7 @@
 //! - `input` and `output`: the engine's vocabulary ([`Input`], [`Registration`], [`Output`],
 //!   [`ChannelState`]);
 //! - `handle`: the `handle_*` method behind each input, and fencing by token;
-//! - `channels`: creating channels within [`EngineLimits`], reloads and re-admission;
+//! - `lifecycle`: creating channels within [`EngineLimits`], reloads and re-admission;
 //! - `reports`: `infos` replies (the daemon-wide one rate-limited) and read-only queries;
 //! - `recovery`: journal changes, snapshot export/restore, saying `go` again;
 //! - `channel`: one channel's queue, leases, quotas and policy calls;
@@ -21,11 +21,11 @@
 //!   those build on.
 
 mod channel;
-mod channels;
 mod durable;
 mod fencing;
 mod handle;
 mod input;
+mod lifecycle;
 mod options;
 mod output;
 mod policy;
@@ -41,11 +41,11 @@ use std::sync::Arc;
 
 pub use channel::{job_bytes, JOB_OVERHEAD_BYTES, PROGRESS_BYTES};
 use channel::{Channel, Room};
-pub use channels::{EngineLimits, Resolver};
 use durable::ChangeLog;
 pub use durable::{Change, ChannelSnapshot, Exit, JobSnapshot, Snapshot};
 pub use fencing::{Reply, RunningJob, StaleAction};
 pub use input::{Input, Registration};
+pub use lifecycle::{EngineLimits, Resolver};
 pub use options::{ChannelOptions, OnPolicyError, QuotaLog, QuotaSpec};
 pub use output::{ChannelState, EndReason, Output, QuotaState, RejectKind};
 pub use policy::{
