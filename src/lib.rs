@@ -65,14 +65,7 @@ pub async fn run(
     shutdown: impl Future,
 ) -> anyhow::Result<()> {
     let (decode_limits, limits_rx) = tokio::sync::watch::channel(config.limits.decode());
-    let mut settings = mqtt::Settings {
-        broker: mqtt::Broker::from_config(&config.mqtt).context("MQTT TLS settings")?,
-        client_id: config.mqtt.client_id.clone(),
-        clean_session: config.mqtt.clean_session,
-        prefix: config.mqtt.topic_prefix.clone(),
-        limits: limits_rx,
-        nonce: mqtt::Settings::new_nonce(),
-    };
+    let mut settings = mqtt_settings(&config, limits_rx)?;
     tokio::pin!(shutdown);
     // First: a second daemon on the same state dir must stop before it touches the broker.
     let mut state = open_state(&config).await?;
@@ -80,10 +73,7 @@ pub async fn run(
     tracing::info!(broker = %settings.broker.address(), prefix = settings.prefix, channel_rules = config.channels.len(), "starting");
 
     let config_metrics = config.metrics.clone();
-    if let Some(addr) = config_metrics.listen {
-        metrics::install(addr)?;
-        tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
-    }
+    start_metrics(&config_metrics)?;
     let (runtime, policy_watch) = start_policies(&config).await?;
     // With the JetStream backend: a standby until this node takes the leader lease; only the
     // leader connects to MQTT.
@@ -95,11 +85,97 @@ pub async fn run(
             return Ok(());
         };
         state = Some((takeover.journal, takeover.snapshot, takeover.recent));
-        leader = Some((takeover.cluster, takeover.guard, node));
+        leader = Some(Leader {
+            cluster: takeover.cluster,
+            guard: takeover.guard,
+            node,
+        });
     }
+    let configs = start_config_reload(config_path, policy_watch, decode_limits);
+    let settings_prefix = settings.prefix.clone();
+    let (client, eventloop) = mqtt::connect(&settings);
+    let (tx, rx) = mpsc::channel(mqtt::INBOUND_CAPACITY);
+    let (sent_tx, sent_rx) = mpsc::unbounded_channel();
+    let (prefix, nonce) = (settings.prefix.clone(), settings.nonce.clone());
+    let mqtt_task = tokio::spawn(mqtt::run(client.clone(), eventloop, settings, sent_rx, tx));
+
+    let limits = config.limits.engine();
+    let engine = engine::Engine::with_limits(
+        Box::new(move |channel| config.channel_options(channel)),
+        limits,
+    );
+    let (outbox, outbox_task) = mqtt::outbox::Outbox::start(client.clone(), sent_tx);
+    let sink = mqtt::MqttSink {
+        outbox,
+        prefix,
+        nonce,
+        leader: leader.as_ref().map(|l| leader_record(&l.node)),
+    };
+    let control = driver::Control {
+        policies: Some(runtime),
+        configs,
+        metrics: metrics::Recorder::new(config_metrics.max_channels),
+        state,
+        prefix: settings_prefix,
+    };
+    let stopped = driver::run(engine, driver::Clock::new(), rx, sink, control, shutdown).await;
+    if let driver::Stopped::Deposed(reason) = stopped {
+        // Fail-stop: nothing held is published; the supervisor restarts this as a standby.
+        mqtt_task.abort();
+        anyhow::bail!(
+            "stepped down as leader: {reason}; restart coordinosaur to rejoin as a standby"
+        );
+    }
+    tracing::info!("shutting down");
+    disconnect(client, outbox_task, mqtt_task, leader).await;
+    Ok(())
+}
+
+/// The MQTT connection's settings from `[mqtt]`, with the message limits that a reloaded config
+/// may change.
+fn mqtt_settings(
+    config: &Config,
+    limits: tokio::sync::watch::Receiver<protocol::DecodeLimits>,
+) -> anyhow::Result<mqtt::Settings> {
+    Ok(mqtt::Settings {
+        broker: mqtt::Broker::from_config(&config.mqtt).context("MQTT TLS settings")?,
+        client_id: config.mqtt.client_id.clone(),
+        clean_session: config.mqtt.clean_session,
+        prefix: config.mqtt.topic_prefix.clone(),
+        limits,
+        nonce: mqtt::Settings::new_nonce(),
+    })
+}
+
+/// Serves Prometheus metrics when `[metrics] listen` is set.
+fn start_metrics(config: &config::MetricsConfig) -> anyhow::Result<()> {
+    if let Some(addr) = config.listen {
+        metrics::install(addr)?;
+        tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
+    }
+    Ok(())
+}
+
+/// This node's leadership on the JetStream backend: the lease to release at a clean shutdown.
+struct Leader {
+    /// The cluster holding the lease.
+    cluster: state::jetstream::Cluster,
+    /// The lease.
+    guard: state::jetstream::LeaseGuard,
+    /// This node's id.
+    node: String,
+}
+
+/// Starts config reload (or, without a config file, only keeps the policy files watched) and
+/// returns where the reloaded configs reach the driver. A reloaded config's message limits
+/// apply in the MQTT task at once, through `decode_limits`; the rest in the driver.
+fn start_config_reload(
+    config_path: Option<PathBuf>,
+    policy_watch: config_reload::PolicyWatch,
+    decode_limits: tokio::sync::watch::Sender<protocol::DecodeLimits>,
+) -> mpsc::UnboundedReceiver<config_reload::NewConfig> {
     let (config_tx, mut reloaded) = mpsc::unbounded_channel::<config_reload::NewConfig>();
     let (to_driver, configs) = mpsc::unbounded_channel();
-    // A reloaded config's message limits apply in the MQTT task at once; the rest in the driver.
     tokio::spawn(async move {
         while let Some(new) = reloaded.recv().await {
             let limits = new.config.limits.decode();
@@ -121,42 +197,17 @@ pub async fn run(
             config_tx.closed().await;
         });
     }
-    let settings_prefix = settings.prefix.clone();
-    let (client, eventloop) = mqtt::connect(&settings);
-    let (tx, rx) = mpsc::channel(mqtt::INBOUND_CAPACITY);
-    let (sent_tx, sent_rx) = mpsc::unbounded_channel();
-    let (prefix, nonce) = (settings.prefix.clone(), settings.nonce.clone());
-    let mqtt_task = tokio::spawn(mqtt::run(client.clone(), eventloop, settings, sent_rx, tx));
+    configs
+}
 
-    let limits = config.limits.engine();
-    let engine = engine::Engine::with_limits(
-        Box::new(move |channel| config.channel_options(channel)),
-        limits,
-    );
-    let (outbox, outbox_task) = mqtt::outbox::Outbox::start(client.clone(), sent_tx);
-    let sink = mqtt::MqttSink {
-        outbox,
-        prefix,
-        nonce,
-        leader: leader.as_ref().map(|(_, _, node)| leader_record(node)),
-    };
-    let control = driver::Control {
-        policies: Some(runtime),
-        configs,
-        metrics: metrics::Recorder::new(config_metrics.max_channels),
-        state,
-        prefix: settings_prefix,
-    };
-    let stopped = driver::run(engine, driver::Clock::new(), rx, sink, control, shutdown).await;
-    if let driver::Stopped::Deposed(reason) = stopped {
-        // Fail-stop: nothing held is published; the supervisor restarts this as a standby.
-        mqtt_task.abort();
-        anyhow::bail!(
-            "stepped down as leader: {reason}; restart coordinosaur to rejoin as a standby"
-        );
-    }
-
-    tracing::info!("shutting down");
+/// After the driver stopped: lets the queued publishes out, disconnects from the broker and,
+/// as leader, releases the lease.
+async fn disconnect(
+    client: rumqttc::AsyncClient,
+    outbox_task: tokio::task::JoinHandle<()>,
+    mqtt_task: tokio::task::JoinHandle<()>,
+    leader: Option<Leader>,
+) {
     // The driver dropped its outbox: once the task has handed everything to rumqttc, queued
     // publishes go out before the DISCONNECT, which is queued behind them.
     if tokio::time::timeout(Duration::from_secs(3), outbox_task)
@@ -173,12 +224,16 @@ pub async fn run(
         tracing::warn!("MQTT connection did not close within 3 s");
     }
     // Disconnected: a standby may take over at once instead of waiting out the lease.
-    if let Some((cluster, guard, node)) = &leader {
+    if let Some(Leader {
+        cluster,
+        guard,
+        node,
+    }) = &leader
+    {
         if guard.valid() {
             state::jetstream::lease::release(&cluster.leases, node).await;
         }
     }
-    Ok(())
 }
 
 /// The retained record of who leads: `{"node": ..., "since_ms": <epoch ms>}`.
