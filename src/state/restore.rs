@@ -174,27 +174,8 @@ impl Fold<'_> {
             cause,
         })?;
         self.recovery.journals += 1;
-        let body = format::journal_body(&bytes).map_err(|e| {
-            let (format::FormatError::Newer(reason) | format::FormatError::Damaged(reason)) = e;
-            self.unrecoverable(&path, reason)
-        })?;
-        let Some(body) = body else {
-            if bytes.len() < format::JOURNAL_MAGIC.len()
-                && format::JOURNAL_MAGIC.starts_with(&bytes)
-                && last
-            {
-                // Created but its header never fully written: an empty journal.
-                self.recovery.torn_bytes += bytes.len() as u64;
-                self.recovery.torn_journal = Some((path, 0));
-                return Ok(ControlFlow::Continue(()));
-            }
-            return Err(StateError::Unrecoverable {
-                dir: self.dir.to_owned(),
-                reason: format!(
-                    "{} is not a coordinosaur journal (wrong magic bytes)",
-                    path.display()
-                ),
-            });
+        let Some(body) = self.body(&path, &bytes, last)? else {
+            return Ok(ControlFlow::Continue(()));
         };
         let recs = format::records(body);
         for payload in &recs.payloads {
@@ -225,6 +206,38 @@ impl Fold<'_> {
             ));
             Ok(ControlFlow::Break(()))
         }
+    }
+
+    /// The records part of the journal at `path` (`bytes`), after its magic. `None`: the newest
+    /// journal was created but its header never fully written, which reads as an empty journal.
+    fn body<'b>(
+        &mut self,
+        path: &Path,
+        bytes: &'b [u8],
+        last: bool,
+    ) -> Result<Option<&'b [u8]>, StateError> {
+        let body = format::journal_body(bytes).map_err(|e| {
+            let (format::FormatError::Newer(reason) | format::FormatError::Damaged(reason)) = e;
+            self.unrecoverable(path, reason)
+        })?;
+        if body.is_some() {
+            return Ok(body);
+        }
+        if bytes.len() < format::JOURNAL_MAGIC.len()
+            && format::JOURNAL_MAGIC.starts_with(bytes)
+            && last
+        {
+            self.recovery.torn_bytes += bytes.len() as u64;
+            self.recovery.torn_journal = Some((path.to_owned(), 0));
+            return Ok(None);
+        }
+        Err(StateError::Unrecoverable {
+            dir: self.dir.to_owned(),
+            reason: format!(
+                "{} is not a coordinosaur journal (wrong magic bytes)",
+                path.display()
+            ),
+        })
     }
 
     /// Applies one journalled batch.
