@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{format, journal_path, snapshot_path, Files, StateError};
 use crate::engine::{Change, Snapshot};
@@ -52,24 +52,61 @@ pub fn read_history(dir: &Path) -> Result<History, StateError> {
     })
 }
 
+/// One attempt of [`read_history`].
 fn try_read(dir: &Path) -> Result<History, StateError> {
-    let io_err = |what: &'static str, path: &Path| {
-        let (dir, path) = (dir.to_owned(), path.to_owned());
-        move |cause| StateError::Io {
-            dir,
-            what,
-            path,
-            cause,
-        }
+    let files = Files::scan(dir).map_err(io_err(dir, "list", dir))?;
+    let mut warnings = Vec::new();
+    let journals = replayable_journals(dir, &files, &mut warnings)?;
+    let Some(&(first, _, _)) = journals.first() else {
+        return Err(StateError::Unrecoverable {
+            dir: dir.to_owned(),
+            reason: format!(
+                "no journal of format {REPLAY_FORMAT} or newer with its snapshot: nothing to \
+                 replay ({})",
+                warnings.join("; ")
+            ),
+        });
     };
-    let files = Files::scan(dir).map_err(io_err("list", dir))?;
+    if first > 0 {
+        warnings.push(format!(
+            "history before generation {first} was compacted away: replay starts from \
+             snapshot.{first}"
+        ));
+    }
+    let mut history = History {
+        start: start_snapshot(dir, first)?,
+        ..History::default()
+    };
+    let count = journals.len();
+    for (i, (g, path, bytes)) in journals.into_iter().enumerate() {
+        history.generations.push(g);
+        if !read_journal(&path, &bytes, &mut history)? && i + 1 < count {
+            history.warnings.push(format!(
+                "{}: damaged; the journals after it are left out",
+                path.display()
+            ));
+            break;
+        }
+    }
+    warnings.append(&mut history.warnings);
+    history.warnings = warnings;
+    Ok(history)
+}
+
+/// The journals replay can read, oldest first, with their paths and bytes: the newest unbroken
+/// run of generations of format [`REPLAY_FORMAT`] or newer whose first has its snapshot (or is
+/// generation 0). What is left out is said in `warnings`.
+fn replayable_journals(
+    dir: &Path,
+    files: &Files,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(u64, PathBuf, Vec<u8>)>, StateError> {
     let Some(newest) = files.journals.iter().max().copied() else {
         return Err(StateError::Unrecoverable {
             dir: dir.to_owned(),
             reason: "no journal in it (is this a coordinosaur [state] dir?)".into(),
         });
     };
-    let mut warnings = Vec::new();
     // The oldest base with an unbroken run of journals up to the newest.
     let mut base = newest;
     while base > 0 && files.journals.contains(&(base - 1)) {
@@ -78,7 +115,7 @@ fn try_read(dir: &Path) -> Result<History, StateError> {
     let mut journals = Vec::new();
     for g in base..=newest {
         let path = journal_path(dir, g);
-        let bytes = fs::read(&path).map_err(io_err("read", &path))?;
+        let bytes = fs::read(&path).map_err(io_err(dir, "read", &path))?;
         let format = journal_format(&bytes).map_err(|reason| StateError::Unrecoverable {
             dir: dir.to_owned(),
             reason: format!("{}: {reason}", path.display()),
@@ -106,53 +143,34 @@ fn try_read(dir: &Path) -> Result<History, StateError> {
         ));
         journals.remove(0);
     }
-    let Some(&(first, _, _)) = journals.first() else {
-        return Err(StateError::Unrecoverable {
+    Ok(journals)
+}
+
+/// The state when generation `first` began: empty for 0, else its snapshot.
+fn start_snapshot(dir: &Path, first: u64) -> Result<Snapshot, StateError> {
+    if first == 0 {
+        return Ok(Snapshot::default());
+    }
+    let path = snapshot_path(dir, first);
+    let bytes = fs::read(&path).map_err(io_err(dir, "read", &path))?;
+    format::decode_snapshot(&bytes).map_err(|e| {
+        let (format::FormatError::Newer(reason) | format::FormatError::Damaged(reason)) = e;
+        StateError::Unrecoverable {
             dir: dir.to_owned(),
-            reason: format!(
-                "no journal of format {REPLAY_FORMAT} or newer with its snapshot: nothing to \
-                 replay ({})",
-                warnings.join("; ")
-            ),
-        });
-    };
-    if first > 0 {
-        warnings.push(format!(
-            "history before generation {first} was compacted away: replay starts from \
-             snapshot.{first}"
-        ));
-    }
-    let start = if first == 0 {
-        Snapshot::default()
-    } else {
-        let path = snapshot_path(dir, first);
-        let bytes = fs::read(&path).map_err(io_err("read", &path))?;
-        format::decode_snapshot(&bytes).map_err(|e| {
-            let (format::FormatError::Newer(reason) | format::FormatError::Damaged(reason)) = e;
-            StateError::Unrecoverable {
-                dir: dir.to_owned(),
-                reason: format!("{}: {reason}", path.display()),
-            }
-        })?
-    };
-    let mut history = History {
-        start,
-        ..History::default()
-    };
-    let count = journals.len();
-    for (i, (g, path, bytes)) in journals.into_iter().enumerate() {
-        history.generations.push(g);
-        if !read_journal(&path, &bytes, &mut history)? && i + 1 < count {
-            history.warnings.push(format!(
-                "{}: damaged; the journals after it are left out",
-                path.display()
-            ));
-            break;
+            reason: format!("{}: {reason}", path.display()),
         }
+    })
+}
+
+/// The error for a failed `what` on `path` in the state dir `dir`.
+fn io_err(dir: &Path, what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
+    let (dir, path) = (dir.to_owned(), path.to_owned());
+    move |cause| StateError::Io {
+        dir,
+        what,
+        path,
+        cause,
     }
-    warnings.append(&mut history.warnings);
-    history.warnings = warnings;
-    Ok(history)
 }
 
 /// The format digit of a journal file, `None` for a torn (or empty) magic.
