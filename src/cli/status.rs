@@ -64,41 +64,11 @@ pub fn main(config: Option<&Path>, args: StatusArgs) -> u8 {
 
 async fn status(config: Option<&Path>, args: &StatusArgs) -> Result<u8, CliError> {
     let endpoint = Endpoint::resolve(config, args.broker.as_deref())?;
-    if let Some(c) = &args.channel {
-        if c.is_empty() || c.contains(['/', '+', '#', '\0']) {
-            return Err(CliError::Usage(format!(
-                "channel {c:?}: must be one topic level without `+`, `#` or NUL"
-            )));
-        }
-    }
-    let (infos, state) = match &args.channel {
-        Some(c) => (
-            protocol::request_topic(&endpoint.prefix, c, Action::Infos.as_str()),
-            protocol::state_topic(&endpoint.prefix, c),
-        ),
-        None => (
-            endpoint.topic(Action::Infos.as_str()),
-            endpoint.topic(protocol::STATE),
-        ),
-    };
+    let (infos, state) = topics(&endpoint, args.channel.as_deref())?;
     // Installed before anything else, so Ctrl-C in --watch always ends cleanly with 0.
     let mut interrupt = signal(SignalKind::interrupt())
         .map_err(|e| CliError::Usage(format!("cannot handle signals: {e}")))?;
-    let client_id = format!(
-        "coordinosaur-status-{}-{:08x}",
-        std::process::id(),
-        random_u32()
-    );
-    let mut session = Session::connect(&endpoint, &client_id, None).await?;
-    // The leader record (JetStream backend) is retained: it arrives right after subscribing.
-    let leader_topic = protocol::leader_topic(&endpoint.prefix);
-    session
-        .subscribe(&[state.clone(), leader_topic.clone()])
-        .await?;
-    let mut leader = Leader {
-        topic: leader_topic,
-        record: None,
-    };
+    let (mut session, mut leader) = connect(&endpoint, &state).await?;
     let tty = std::io::stdout().is_terminal();
     let mut first = true;
     // Ctrl-C ends --watch normally; a one-shot query it interrupts exits as shells report it.
@@ -111,18 +81,8 @@ async fn status(config: Option<&Path>, args: &StatusArgs) -> Result<u8, CliError
                 break;
             }
         };
-        if args.watch && tty {
-            // Clear the screen and go home, so each refresh replaces the last.
-            print!("\x1b[2J\x1b[H");
-        } else if !first {
-            println!();
-        }
+        show(&answer, &leader, args, tty, first);
         first = false;
-        if let (Some(line), false) = (leader.line(), args.json) {
-            println!("{line}");
-        }
-        print!("{}", render(&answer, args.json));
-        let _ = std::io::stdout().flush();
         if !args.watch {
             break;
         }
@@ -133,6 +93,59 @@ async fn status(config: Option<&Path>, args: &StatusArgs) -> Result<u8, CliError
     }
     session.disconnect(DISCONNECT_TIMEOUT).await;
     Ok(code)
+}
+
+/// Where to ask (`infos`) and where the answer comes (`state`): one channel's, or every
+/// channel's when none is named.
+fn topics(endpoint: &Endpoint, channel: Option<&str>) -> Result<(String, String), CliError> {
+    match channel {
+        Some(c) if c.is_empty() || c.contains(['/', '+', '#', '\0']) => Err(CliError::Usage(
+            format!("channel {c:?}: must be one topic level without `+`, `#` or NUL"),
+        )),
+        Some(c) => Ok((
+            protocol::request_topic(&endpoint.prefix, c, Action::Infos.as_str()),
+            protocol::state_topic(&endpoint.prefix, c),
+        )),
+        None => Ok((
+            endpoint.topic(Action::Infos.as_str()),
+            endpoint.topic(protocol::STATE),
+        )),
+    }
+}
+
+/// Connects and subscribes to `state` and to the leader record (JetStream backend), which is
+/// retained: it arrives right after subscribing.
+async fn connect(endpoint: &Endpoint, state: &str) -> Result<(Session, Leader), CliError> {
+    let client_id = format!(
+        "coordinosaur-status-{}-{:08x}",
+        std::process::id(),
+        random_u32()
+    );
+    let mut session = Session::connect(endpoint, &client_id, None).await?;
+    let leader_topic = protocol::leader_topic(&endpoint.prefix);
+    session
+        .subscribe(&[state.to_owned(), leader_topic.clone()])
+        .await?;
+    let leader = Leader {
+        topic: leader_topic,
+        record: None,
+    };
+    Ok((session, leader))
+}
+
+/// Prints one answer: with --watch on a terminal in place of the last, else after a blank line.
+fn show(answer: &Value, leader: &Leader, args: &StatusArgs, tty: bool, first: bool) {
+    if args.watch && tty {
+        // Clear the screen and go home, so each refresh replaces the last.
+        print!("\x1b[2J\x1b[H");
+    } else if !first {
+        println!();
+    }
+    if let (Some(line), false) = (leader.line(), args.json) {
+        println!("{line}");
+    }
+    print!("{}", render(answer, args.json));
+    let _ = std::io::stdout().flush();
 }
 
 /// Publishes `infos` and returns the first complete answer on `state`: a channel's state, the
