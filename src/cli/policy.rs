@@ -10,7 +10,7 @@
 //! and lines starting with `#` are skipped.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -237,82 +237,118 @@ fn parse_line(line: &str, limits: &DecodeLimits) -> Result<Step, String> {
 fn run_try(args: &TryArgs, config: &str) -> Result<(), String> {
     let file = std::fs::File::open(&args.jobs)
         .map_err(|e| format!("cannot read {}: {e}", args.jobs.display()))?;
-    let Loaded { mut host, path, .. } = load(&args.policy, "try", config)?;
+    let Loaded { host, path, .. } = load(&args.policy, "try", config)?;
     let options = ChannelOptions {
         max_concurrent_jobs: args.max_concurrent_jobs,
         policy: Some(path),
         policy_config: Arc::from(config),
         ..ChannelOptions::default()
     };
-    let mut engine = Engine::new(Box::new(move |_| options.clone()));
+    let mut trial = Trial {
+        engine: Engine::new(Box::new(move |_| options.clone())),
+        host,
+        now: 0,
+        channels: BTreeSet::new(),
+        out: std::io::stdout().lock(),
+    };
     let limits = DecodeLimits::default();
-    let mut now = 0;
-    let mut channels = BTreeSet::new();
-    let mut out = std::io::stdout().lock();
     let mut reader = BufReader::new(file);
     let mut line = String::new();
     for number in 1.. {
-        line.clear();
-        let read = (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_line(&mut line)
-            .map_err(|e| format!("{}:{number}: {e}", args.jobs.display()))?;
-        if read == 0 {
+        let bad = |reason: String| format!("{}:{number}: {reason}", args.jobs.display());
+        if !read_line(&mut reader, &mut line).map_err(bad)? {
             break;
-        }
-        if line.len() > MAX_LINE {
-            return Err(format!(
-                "{}:{number}: line over {MAX_LINE} bytes",
-                args.jobs.display()
-            ));
         }
         let text = line.trim();
         if text.is_empty() || text.starts_with('#') {
             continue;
         }
-        let bad = |reason: String| format!("{}:{number}: {reason}", args.jobs.display());
         let step = parse_line(text, &limits).map_err(bad)?;
-        let at = step.at.unwrap_or(now);
-        if at < now {
-            return Err(bad(format!(
-                "\"at\" {at} goes back in time (previous: {now})"
-            )));
+        trial.play(step).map_err(bad)?;
+    }
+    trial.print_waiting();
+    Ok(())
+}
+
+/// Reads the next line of a jobs file into `line`, refusing one over [`MAX_LINE`] bytes.
+/// `false` at the end of the file.
+fn read_line(reader: &mut impl BufRead, line: &mut String) -> Result<bool, String> {
+    line.clear();
+    let read = reader
+        .take(MAX_LINE as u64 + 1)
+        .read_line(line)
+        .map_err(|e| e.to_string())?;
+    if read > 0 && line.len() > MAX_LINE {
+        return Err(format!("line over {MAX_LINE} bytes"));
+    }
+    Ok(read > 0)
+}
+
+/// `policy try` under way: the engine with the policy, in engine time.
+struct Trial {
+    /// The engine, one channel option set for every channel.
+    engine: Engine,
+    /// The policy under test.
+    host: PolicyHost,
+    /// Engine time of the last line, in ms; never goes back.
+    now: u64,
+    /// The channels the lines named, for the final waiting lists.
+    channels: BTreeSet<String>,
+    /// Where the outputs are printed.
+    out: std::io::StdoutLock<'static>,
+}
+
+impl Trial {
+    /// Plays one line: first what happens by itself before its time, then its input.
+    fn play(&mut self, step: Step) -> Result<(), String> {
+        let at = step.at.unwrap_or(self.now);
+        if at < self.now {
+            return Err(format!(
+                "\"at\" {at} goes back in time (previous: {})",
+                self.now
+            ));
         }
         // What happens by itself before this line: lease expiries, quota windows opening.
-        while let Some(deadline) = engine.next_deadline().filter(|d| d.0 <= at) {
-            engine.handle_timeout_with(deadline, &mut host);
-            print_outputs(&mut out, &mut engine, deadline.0);
+        while let Some(deadline) = self.engine.next_deadline().filter(|d| d.0 <= at) {
+            self.engine.handle_timeout_with(deadline, &mut self.host);
+            print_outputs(&mut self.out, &mut self.engine, deadline.0);
         }
-        now = at;
+        self.now = at;
         match step.input {
             Ok(Some(input)) => {
                 if let Some(c) = input_channel(&input) {
-                    channels.insert(c.to_owned());
+                    self.channels.insert(c.to_owned());
                 }
-                engine.handle_with(Time(now), input, &mut host);
+                self.engine.handle_with(Time(at), input, &mut self.host);
             }
             Ok(None) => {}
             Err(rejection) => {
                 let _ = writeln!(
-                    out,
-                    "{now} {} rejected {}: {}",
+                    self.out,
+                    "{at} {} rejected {}: {}",
                     rejection.channel.as_deref().unwrap_or("-"),
                     rejection.uid.as_deref().unwrap_or("-"),
                     rejection.error
                 );
             }
         }
-        print_outputs(&mut out, &mut engine, now);
+        print_outputs(&mut self.out, &mut self.engine, at);
+        Ok(())
     }
-    for channel in channels {
-        let waiting: Vec<String> = engine
-            .waiting(&channel)
-            .iter()
-            .map(|u| u.to_string())
-            .collect();
-        let _ = writeln!(out, "{now} {channel} waiting [{}]", waiting.join(", "));
+
+    /// Prints who still waits on each channel at the end.
+    fn print_waiting(mut self) {
+        let now = self.now;
+        for channel in &self.channels {
+            let waiting: Vec<String> = self
+                .engine
+                .waiting(channel)
+                .iter()
+                .map(|u| u.to_string())
+                .collect();
+            let _ = writeln!(self.out, "{now} {channel} waiting [{}]", waiting.join(", "));
+        }
     }
-    Ok(())
 }
 
 fn input_channel(input: &Input) -> Option<&str> {
