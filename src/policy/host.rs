@@ -132,6 +132,28 @@ struct Live {
     bindings: Bindings,
 }
 
+impl Live {
+    /// Runs `f` on the instance within a budget of `ticks` epochs; records its duration under
+    /// `timed`'s hook when given (only when metrics are exported: the clock pair and the
+    /// histogram's key cost ~0.1 us a call).
+    fn invoke<R>(
+        &mut self,
+        ticks: u64,
+        timed: Option<Hook>,
+        f: impl FnOnce(&Bindings, &mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> wasmtime::Result<R> {
+        self.store.set_epoch_deadline(ticks);
+        self.store.data_mut().start_call();
+        let started = timed.map(|hook| (hook, std::time::Instant::now()));
+        let result = f(&self.bindings, &mut self.store);
+        if let Some((hook, started)) = started {
+            metrics::histogram!("coordinosaur_policy_call_seconds", "hook" => hook.as_str())
+                .record(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+}
+
 /// Runs each channel's policy; implements the engine's hooks.
 pub struct PolicyHost {
     compiler: Compiler,
@@ -480,24 +502,16 @@ impl PolicyHost {
             self.probation.retain(|_, p| !p.breaker.expired(view.now));
         }
         self.clock.store(view.now.0, Ordering::Relaxed);
-        // The common case (a working instance of this file and config) is one lookup by name,
-        // without allocating; first use, a new config or a rebuild goes through `prepare`.
-        let config = &view.options.policy_config;
-        let ready =
-            (self.slots[role as usize].get(view.channel)).and_then(|s| s.ready(path, config));
-        match ready {
-            // A hook the policy does not implement costs this one lookup.
-            Some(live) if !hook.declared_by(&live.bindings) => return Call::Skipped,
-            Some(_) => {}
-            None => {
-                let (channel, path) = (Arc::from(view.channel), path.clone());
-                if let Err(cause) = self.prepare(role, &channel, &path, config) {
-                    self.stats.calls += 1;
-                    return self.failed(role, view, hook, &cause);
-                }
+        match self.instance_for(role, view, path, hook) {
+            Ok(true) => {}
+            Ok(false) => return Call::Skipped,
+            Err(cause) => {
+                self.stats.calls += 1;
+                return self.failed(role, view, hook, &cause);
             }
         }
         let ticks = self.deadline_ticks;
+        let timed = (role == Role::Live && crate::metrics::installed()).then_some(hook);
         let Some(live) = self.slots[role as usize]
             .get_mut(view.channel)
             .and_then(|s| s.live.as_mut())
@@ -505,21 +519,8 @@ impl PolicyHost {
             self.stats.calls += 1;
             return self.failed(role, view, hook, "no policy instance");
         };
-        if !hook.declared_by(&live.bindings) {
-            return Call::Skipped;
-        }
         self.stats.calls += 1;
-        live.store.set_epoch_deadline(ticks);
-        live.store.data_mut().start_call();
-        // Timed only when exported: the clock pair and the histogram's key cost ~0.1 us a call.
-        let timed =
-            (role == Role::Live && crate::metrics::installed()).then(std::time::Instant::now);
-        let result = f(&live.bindings, &mut live.store);
-        if let Some(started) = timed {
-            metrics::histogram!("coordinosaur_policy_call_seconds", "hook" => hook.as_str())
-                .record(started.elapsed().as_secs_f64());
-        }
-        match result {
+        match live.invoke(ticks, timed, f) {
             Ok(r) => Call::Done(r),
             Err(e) => {
                 // A trapped instance cannot be entered again: drop it, rebuild on the next call.
@@ -530,6 +531,28 @@ impl PolicyHost {
                 self.failed(role, view, hook, &cause)
             }
         }
+    }
+
+    /// Whether `view`'s channel has an instance of `path` for `role` that implements `hook`
+    /// (`Ok(false)`: it does not; nothing is to be called). The common case (a working
+    /// instance of this file and config) is one lookup by name, without allocating; first use,
+    /// a new config or a rebuild goes through `prepare`. `Err` when no instance can be had.
+    fn instance_for(
+        &mut self,
+        role: Role,
+        view: &ChannelView<'_>,
+        path: &Arc<Path>,
+        hook: Hook,
+    ) -> Result<bool, String> {
+        let config = &view.options.policy_config;
+        let slots = &self.slots[role as usize];
+        if let Some(live) = slots.get(view.channel).and_then(|s| s.ready(path, config)) {
+            return Ok(hook.declared_by(&live.bindings));
+        }
+        let (channel, path) = (Arc::from(view.channel), path.clone());
+        self.prepare(role, &channel, &path, config)?;
+        let live = (self.slots[role as usize].get(view.channel)).and_then(|s| s.live.as_ref());
+        Ok(live.is_none_or(|l| hook.declared_by(&l.bindings)))
     }
 
     /// Makes sure `channel` has a usable instance for `path` and `config`, or keeps its
