@@ -589,12 +589,13 @@ async fn a_standby_started_late_catches_up_from_snapshot_and_tail() {
     cluster.wait_formed().await;
     // The leader on node 0's MQTT listener, the worker on node 1's, the late standby on node 2's.
     let ports = cluster.mqtt_ports();
-    // Snapshots every few KiB, so the journal is compacted while jobs wait.
+    // Snapshots every half KiB, so the journal is compacted while jobs wait (the 40 registers
+    // below may reach the journal as one batch of ~1 KiB: the daemon batches queued requests).
     let mut coordinators = Coordinators::start_on(
         &cluster,
         &ports[..1],
         1,
-        "leader_lease = \"1s\"\nsnapshot_after_bytes = 1024",
+        "leader_lease = \"1s\"\nsnapshot_after_bytes = 512",
         "[defaults]\nmax_concurrent_jobs = 1\n",
     )
     .await;
