@@ -316,9 +316,9 @@ impl<S: Sink> Driver<S> {
         (&mut self.engine, hooks)
     }
 
-    /// Hands the changes behind this event's decisions to the journal, then publishes each
-    /// decision and acknowledgement the gate lets through (the rest waits for its batch); then
-    /// refreshes the gauges of the channels involved.
+    /// Hands the changes behind this event's decisions to the journal, then acknowledges the
+    /// event's requests and publishes its decisions as far as the gate lets them through (the
+    /// rest waits for its batch); then refreshes the gauges of the channels involved.
     async fn flush(&mut self) {
         self.readmit_rolled_back();
         self.outs
@@ -329,6 +329,14 @@ impl<S: Sink> Driver<S> {
             true => Urgency::Soon,
             false => Urgency::Now,
         });
+        // Acknowledgements first: once a worker sees a decision, the broker has (on the same
+        // connection, in order) the acknowledgements of every request behind it, so a crash
+        // right after does not bring those requests back.
+        for ack in std::mem::take(&mut self.acks) {
+            if let Some(held) = self.gate.handle_item(Held::Ack(ack)) {
+                self.let_go(held).await;
+            }
+        }
         let mut outs = std::mem::take(&mut self.outs);
         for out in outs.drain(..) {
             if let Some(channel) = out.channel() {
@@ -341,11 +349,6 @@ impl<S: Sink> Driver<S> {
             }
         }
         self.outs = outs;
-        for ack in std::mem::take(&mut self.acks) {
-            if let Some(held) = self.gate.handle_item(Held::Ack(ack)) {
-                self.let_go(held).await;
-            }
-        }
         self.touched.sort_unstable();
         self.touched.dedup();
         for channel in std::mem::take(&mut self.touched) {
