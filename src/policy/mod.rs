@@ -27,8 +27,8 @@ mod cache;
 mod compile;
 mod hooks;
 mod host;
-mod meta;
 pub mod hot_reload;
+mod meta;
 mod rollback;
 mod wasi;
 
