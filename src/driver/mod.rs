@@ -2,10 +2,13 @@
 //! time in, sleeps exactly until the next deadline, and hands what comes out to a [`Sink`]. It
 //! is the only reader of the clock ([`Clock`]). Its decisions live in pure parts beside the
 //! engine, with the engine's shape and injected time: [`CommitGate`] (what waits for the
-//! journal) and [`Resend`] (when to say `go` again).
+//! journal) and [`Resend`] (when to say `go` again). `events` holds what each event does,
+//! `publish` the way from decisions to the journal and the [`Sink`].
 
 mod clock;
+mod events;
 mod gate;
+mod publish;
 mod redelivery;
 mod resend;
 mod summary;
@@ -15,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub use clock::Clock;
 pub use gate::CommitGate;
@@ -24,14 +27,12 @@ pub use resend::{LostSession, Resend, Resent, RESUBSCRIBE_GRACE, SYNC_PATIENCE};
 pub use summary::{Report, Summary, SUMMARY_EVERY};
 
 use crate::config_reload::NewConfig;
-use crate::engine::Input;
 use crate::engine::{Change, Engine, NoPolicies, Output, Policies, Snapshot, Time};
 use crate::metrics::Recorder;
 use crate::mqtt::{Ack, Inbound};
 use crate::policy::hot_reload::Update;
 use crate::policy::PolicyHost;
-use crate::protocol::Rejection;
-use crate::state::{Journal, Registered, Urgency};
+use crate::state::{Journal, Registered};
 
 /// The policy host and the stream of reloaded policy files, when any channel uses a policy.
 #[derive(Debug)]
@@ -133,286 +134,12 @@ pub const ABORT_BEFORE_GO: &str = "COORDINOSAUR_FAULT_ABORT_BEFORE_GO";
 const INBOUND_BATCH: usize = 64;
 
 impl<S: Sink> Driver<S> {
-    fn input(&mut self, input: Input) {
-        // A delivery changes no gauge; it comes once per grant.
-        if let (Some(channel), false) = (input.channel(), matches!(input, Input::Delivered { .. }))
-        {
-            self.touched.push(channel.to_owned());
-        }
-        let now = self.clock.now();
-        let (engine, hooks) = self.split();
-        engine.handle_with(now, input, hooks);
-    }
-
-    fn timeout(&mut self) {
-        let now = self.clock.now();
-        let (engine, hooks) = self.split();
-        engine.handle_timeout_with(now, hooks);
-        if let Some(r) = self.summary.poll_report(now) {
-            log_report(&r);
-        }
-        if let Some(Resent { synced: false }) = self.resend.handle_timeout(now, &mut self.engine) {
-            warn!(
-                "the sync marker did not come back within {SYNC_PATIENCE}; sending go again \
-                 without knowing whether a finished is still queued (may the daemon's broker \
-                 user publish to PREFIX/_coordinosaur/sync?)"
-            );
-        }
-    }
-
-    async fn connected(&mut self, session_present: bool, grants_lost: usize) {
-        let now = self.clock.now();
-        let lost = self
-            .resend
-            .handle_connected(now, session_present, &mut self.engine);
-        if let Some(LostSession { unacknowledged }) = lost {
-            warn!(unacknowledged, grants_lost, "the broker lost our session (restarted without persistence?): go will be said again to running jobs whose go it never acknowledged, once the backlog is read and workers had {RESUBSCRIBE_GRACE} to subscribe again");
-        }
-        self.sink.mark().await;
-    }
-
-    /// One message from the MQTT adapter. Requests only feed the engine; what else comes
-    /// (a connection, the sync marker, a refused message) first flushes what earlier messages
-    /// of the same event decided, so it is handled in the order it arrived.
-    async fn inbound(&mut self, msg: Inbound) {
-        match msg {
-            Inbound::Input(input, ack) => {
-                let redelivered = ack.as_ref().is_some_and(Ack::redelivered);
-                self.acks.extend(ack);
-                let now = self.clock.now();
-                match input {
-                    Input::Register(reg) if self.redelivery.is_repeat(&reg, redelivered, now) => {
-                        info!(
-                            channel = reg.channel,
-                            uid = reg.uid,
-                            "register delivered again by the broker; already applied: ignored"
-                        );
-                    }
-                    Input::Register(reg) => {
-                        self.redelivery.applied(&reg, now);
-                        self.input(Input::Register(reg));
-                    }
-                    input => self.input(input),
-                }
-            }
-            Inbound::Ignored(ack) => self.acks.push(ack),
-            Inbound::Delivered(grant) => self.input(Input::Delivered {
-                channel: grant.channel,
-                uid: grant.uid,
-                seq: grant.seq,
-            }),
-            Inbound::Rejected {
-                topic,
-                rejection,
-                ack,
-            } => {
-                self.flush().await;
-                self.acks.extend(ack);
-                self.refused(topic, rejection).await;
-            }
-            Inbound::Connected {
-                session_present,
-                grants_lost,
-            } => {
-                self.flush().await;
-                self.connected(session_present, grants_lost).await;
-            }
-            Inbound::Synced(ack) => {
-                self.flush().await;
-                self.acks.extend(ack);
-                self.resend.handle_synced();
-                debug!("synced: every request the broker queued for us has been read");
-            }
-        }
-    }
-
-    async fn refused(&mut self, topic: String, rejection: Rejection) {
-        warn!(topic, reason = %rejection.error, uid = rejection.uid.as_deref(), "message refused");
-        self.metrics
-            .rejection(rejection.channel.as_deref().unwrap_or(""), "invalid");
-        if let Some(out) = rejection.to_output() {
-            self.publish(out).await;
-        }
-    }
-
-    fn config(&mut self, new: NewConfig) {
-        let NewConfig { config, policies } = new;
-        if let Some(rt) = self.policies.as_mut() {
-            // Compiled by the config task: nothing is compiled on this thread.
-            rt.host.install(policies);
-            rt.host.set_rollback(config.policy_rollback);
-        }
-        let now = self.clock.now();
-        let limits = config.limits.engine();
-        if limits != self.engine.limits() {
-            info!(?limits, "limits changed");
-            self.engine.set_limits(limits);
-        }
-        let (engine, hooks) = self.split();
-        let report = engine.reconfigure(
-            now,
-            Box::new(move |channel| config.channel_options(channel)),
-            hooks,
-        );
-        for (channel, keys) in &report {
-            info!(%channel, changed = ?keys, "channel reconfigured");
-        }
-        info!(channels_changed = report.len(), "config applied");
-    }
-
-    /// Swaps a reloaded policy in between two events and re-ranks the waiting jobs it governs.
-    fn policy_update(&mut self, update: Update) {
-        let now = self.clock.now();
-        let Some(rt) = self.policies.as_mut() else {
-            return;
-        };
-        let path = update.path;
-        match update.result {
-            Ok(compiled) if rt.host.rolled_back_version(&compiled) => {
-                info!(policy = %path.display(), "policy file unchanged since its version was rolled back; not tried again until it changes");
-            }
-            Ok(compiled) => {
-                let compile_ms = compiled.compile_time.as_millis();
-                let moved = rt.host.swap(compiled, now);
-                // Only channels that took the new version: one whose init refused it keeps its old
-                // instance, and asking that one again would double-count in stateful policies.
-                self.engine.readmit_channels(now, &moved, &mut rt.host);
-                metrics::counter!("coordinosaur_policy_reloads_total", "result" => "ok")
-                    .increment(1);
-                info!(
-                    policy = %path.display(),
-                    channels = moved.len(),
-                    compile_ms,
-                    took_ms = update.seen_at.elapsed().as_millis(),
-                    "policy swapped"
-                );
-            }
-            Err(e) => {
-                metrics::counter!("coordinosaur_policy_reloads_total", "result" => "error")
-                    .increment(1);
-                warn!(policy = %path.display(), cause = %e, "policy reload failed; the last good version stays");
-            }
-        }
-    }
-
-    /// Re-ranks the queues of channels whose policy the host rolled back during the last event
-    /// (a swapped-in version that failed too often): the restored version sets the priorities.
-    fn readmit_rolled_back(&mut self) {
-        let Some(rt) = self.policies.as_mut() else {
-            return;
-        };
-        let moved = rt.host.take_rolled_back();
-        if !moved.is_empty() {
-            let now = self.clock.now();
-            self.engine.readmit_channels(now, &moved, &mut rt.host);
-        }
-    }
-
     fn split(&mut self) -> (&mut Engine, &mut dyn Policies) {
         let hooks: &mut dyn Policies = match &mut self.policies {
             Some(rt) => &mut rt.host,
             None => &mut self.none,
         };
         (&mut self.engine, hooks)
-    }
-
-    /// Hands the changes behind this event's decisions to the journal, then acknowledges the
-    /// event's requests and publishes its decisions as far as the gate lets them through (the
-    /// rest waits for its batch); then refreshes the gauges of the channels involved.
-    async fn flush(&mut self) {
-        self.readmit_rolled_back();
-        self.outs
-            .extend(std::iter::from_fn(|| self.engine.poll_output()));
-        // A batch behind which nothing is published (only acknowledgements wait for it) may
-        // wait a moment for the next one to share its sync.
-        self.submit_changes(match self.outs.is_empty() {
-            true => Urgency::Soon,
-            false => Urgency::Now,
-        });
-        // Acknowledgements first: once a worker sees a decision, the broker has (on the same
-        // connection, in order) the acknowledgements of every request behind it, so a crash
-        // right after does not bring those requests back.
-        for ack in std::mem::take(&mut self.acks) {
-            if let Some(held) = self.gate.handle_item(Held::Ack(ack)) {
-                self.let_go(held).await;
-            }
-        }
-        let mut outs = std::mem::take(&mut self.outs);
-        for out in outs.drain(..) {
-            if let Some(channel) = out.channel() {
-                if self.touched.last().map(String::as_str) != Some(channel) {
-                    self.touched.push(channel.to_owned());
-                }
-            }
-            if let Some(held) = self.gate.handle_item(Held::Out(out)) {
-                self.let_go(held).await;
-            }
-        }
-        self.outs = outs;
-        self.touched.sort_unstable();
-        self.touched.dedup();
-        for channel in std::mem::take(&mut self.touched) {
-            self.metrics.channel_gauges(&self.engine, &channel);
-        }
-    }
-
-    /// Hands the engine's new changes to the journal as one batch, if there are any.
-    fn submit_changes(&mut self, urgency: Urgency) {
-        let Some(journal) = self.journal.as_mut() else {
-            return;
-        };
-        self.engine.take_changes(&mut self.changes);
-        if self.changes.is_empty() {
-            return;
-        }
-        let id = journal.submit_with(&self.changes, urgency);
-        self.changes.clear();
-        self.gate.handle_submitted(id);
-        if journal.wants_compaction() {
-            journal.compact(self.engine.export());
-            // The new generation's journal starts with every channel's limits, for `replay`.
-            self.engine.journal_limits();
-        }
-    }
-
-    /// Publishes, in order, what the gate releases once the journal committed up to
-    /// `committed` (by default, what it has committed now).
-    async fn release(&mut self, committed: Option<u64>) {
-        let committed = committed.or_else(|| self.journal.as_ref().map(Journal::committed));
-        if let Some(id) = committed {
-            self.gate.handle_committed(id);
-        }
-        while let Some(held) = self.gate.poll_released() {
-            self.let_go(held).await;
-        }
-    }
-
-    async fn let_go(&mut self, held: Held) {
-        if self.deposed.is_some() {
-            return;
-        }
-        if self.journal.as_ref().is_some_and(|j| !j.may_publish()) {
-            self.deposed =
-                Some("the leader lease ran out (paused, or cut off from the cluster)".into());
-            return;
-        }
-        match held {
-            Held::Out(out) => self.publish(out).await,
-            Held::Ack(ack) => self.sink.ack(ack).await,
-        }
-    }
-
-    async fn publish(&mut self, out: Output) {
-        if let (Some(uid), Output::Go { uid: going, .. }) = (&self.abort_before_go, &out) {
-            if **going == **uid {
-                tracing::error!(%uid, "{ABORT_BEFORE_GO}: aborting before publishing go");
-                std::process::abort();
-            }
-        }
-        log_output(&self.prefix, &out);
-        self.summary.handle_output(self.clock.now(), &out);
-        self.metrics.output(&out);
-        self.sink.send(out).await;
     }
 }
 
@@ -585,91 +312,6 @@ async fn next_update(policies: &mut Option<PolicyRuntime>) -> Option<Update> {
         Some(rt) => rt.updates.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// One line per output. Per-job routine (grants, ends, state replies) at `debug`; what an
-/// operator should see one by one (a repeated `go`, an expiry, a refusal) at `info`; the
-/// [`Summary`] gives the rest at `info` once per period.
-fn log_output(prefix: &str, out: &Output) {
-    match out {
-        Output::Go {
-            channel,
-            uid,
-            at,
-            waited,
-            token,
-            ..
-        } => debug!(%channel, %uid, waited_ms = waited.0, granted_at = at.0, token, "go"),
-        Output::GoAgain {
-            channel,
-            uid,
-            granted_at,
-            token,
-            ..
-        } => {
-            info!(%channel, %uid, granted_at = granted_at.map(|t| t.0), token, "go again: the broker never acknowledged the first")
-        }
-        Output::Stale {
-            channel,
-            uid,
-            action,
-            token,
-            live,
-        } => {
-            let topic = crate::protocol::request_topic(prefix, channel, action.as_str());
-            match live {
-                Some(live_token) => {
-                    warn!(topic, %uid, token, live_token, "stale fencing token: request ignored")
-                }
-                None => {
-                    warn!(topic, %uid, token, "stale fencing token: request ignored (the uid waits for a new grant)")
-                }
-            }
-        }
-        Output::Expired { channel, uid } => info!(%channel, %uid, "lease expired"),
-        Output::Rejected {
-            channel,
-            uid,
-            reason,
-            ..
-        } => info!(%channel, %uid, reason, "rejected"),
-        Output::Ended {
-            channel,
-            uid,
-            reason,
-            was_running,
-        } => debug!(%channel, %uid, ?reason, was_running, "ended"),
-        Output::AllStates(all) => debug!(channels = all.len(), "state of all channels"),
-        Output::Position { channel, position } => {
-            debug!(%channel, uid = position.uid, position = position.position, held_by = %position.held_by, "position")
-        }
-        Output::State(s) => debug!(
-            channel = s.channel,
-            running = s.running_count,
-            waiting = s.waiting,
-            "state"
-        ),
-    }
-}
-
-/// The summary line of one period.
-fn log_report(r: &Report) {
-    let busiest = r
-        .busiest
-        .iter()
-        .map(|(c, n)| format!("{c}:{n}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    info!(
-        period_s = r.period.0 / 1000,
-        grants = r.grants,
-        busiest,
-        ended = r.ended,
-        expired = r.expired,
-        rejected = r.rejected,
-        go_again = r.again,
-        "activity"
-    );
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{advance, Instant};
 
 use super::*;
-use crate::engine::{ChannelOptions, Millis, Registration, Snapshot};
+use crate::engine::{ChannelOptions, Input, Millis, Registration, Snapshot};
 use crate::mqtt::Ack;
 
 /// What the driver handed to the sink, with when (paused time since the test's start).
