@@ -6,16 +6,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::ResourceTable;
 
-use super::compile::{v2, Bindings, CompiledPolicy, Compiler, Pre, StoreState, EPOCH_TICK};
-use super::hooks::Hook;
-use super::rollback::Breaker;
-use super::PolicyError;
+use crate::policy::compile::{v2, Bindings, CompiledPolicy, Compiler, Pre, StoreState, EPOCH_TICK};
+use crate::policy::hooks::Hook;
+use crate::policy::PolicyError;
+
+mod shadow;
+mod versions;
+
 use crate::config::{PolicyRollback, PolicySandbox};
-use crate::engine::{ChannelView, ShadowReport, Time};
+use crate::engine::ChannelView;
+use shadow::Shadow;
+use versions::Probation;
 
 /// Counters of what the policies did, read through [`PolicyHost::stats`] by the integration
 /// tests and benchmarks (and shown in the host's `Debug`). The daemon's metrics do not read
@@ -51,23 +56,6 @@ impl Role {
             Role::Shadow => view.options.policy_shadow.as_ref(),
         }
     }
-}
-
-/// A swapped-in version on probation: failing too often soon after the swap brings `previous`
-/// back.
-struct Probation {
-    new: Arc<CompiledPolicy>,
-    previous: Arc<CompiledPolicy>,
-    breaker: Breaker,
-}
-
-/// A channel's shadow policy: what it agreed with, and whether it still runs.
-struct Shadow {
-    /// The file and config the counts are about; other ones start from zero.
-    path: Arc<Path>,
-    config: Arc<str>,
-    report: ShadowReport,
-    breaker: Breaker,
 }
 
 /// A channel's instance of its policy.
@@ -277,151 +265,6 @@ impl PolicyHost {
                 .map(Hook::as_str)
                 .collect(),
         )
-    }
-
-    /// Lets channels that refused (a version of) `path` try it again on their next call.
-    fn forget_refusals(&mut self, path: &Path) {
-        for slot in self.slots.iter_mut().flat_map(|s| s.values_mut()) {
-            if slot.refused.as_ref().is_some_and(|(p, _)| **p == *path) {
-                slot.refused = None;
-            }
-        }
-    }
-
-    /// Swaps in a newly compiled version of a file at engine time `now`. Channels using it get
-    /// a new instance (with `init` run) right away; a channel whose `init` fails keeps its old
-    /// instance. The version is then on probation (`[policy_rollback]`). A file whose content
-    /// is the version rolled back last time is not tried again. Returns the channels whose
-    /// deciding policy is now the new version.
-    pub fn swap(&mut self, compiled: CompiledPolicy, now: Time) -> Vec<Arc<str>> {
-        let path: Arc<Path> = Arc::from(compiled.path.as_path());
-        if self.rolled_back_version(&compiled) {
-            return Vec::new();
-        }
-        self.rejected.remove(&path);
-        let compiled = Arc::new(compiled);
-        let previous = self.compiled.insert(path.clone(), compiled.clone());
-        self.stats.swaps += 1;
-        self.probation.remove(&path);
-        if let Some(previous) = previous.filter(|_| self.rollback.failures > 0) {
-            let breaker = Breaker::probation(self.rollback, now);
-            let new = compiled.clone();
-            let probation = Probation {
-                new,
-                previous,
-                breaker,
-            };
-            self.probation.insert(path.clone(), probation);
-        }
-        // A config that this file's old version refused gets another try on the next call.
-        self.forget_refusals(&path);
-        // A new version of a candidate: its counts start again, and a suspended one runs again
-        // (its instance is created on the next call).
-        self.shadows.retain(|_, s| *s.path != *path);
-        let mut moved = Vec::new();
-        for role in [Role::Live, Role::Shadow] {
-            let channels: Vec<(Arc<str>, Arc<str>)> = self.slots[role as usize]
-                .iter()
-                .filter(|(_, s)| *s.compiled.path == *path)
-                .map(|(c, s)| (c.clone(), s.config.clone()))
-                .collect();
-            for (channel, config) in channels {
-                match self.instantiate(&compiled, &channel, &config) {
-                    Ok(live) => {
-                        let slot = Slot::live(compiled.clone(), config, live);
-                        self.slots[role as usize].insert(channel.clone(), slot);
-                        if role == Role::Live {
-                            moved.push(channel);
-                        }
-                    }
-                    Err(cause) => {
-                        warn!(%channel, policy = %path.display(), ?role, cause, "new policy refused; channel keeps the old one");
-                    }
-                }
-            }
-        }
-        moved
-    }
-
-    /// Whether `compiled` is the content of its file that was rolled back last: [`swap`] does
-    /// not try it again until the file changes.
-    ///
-    /// [`swap`]: PolicyHost::swap
-    pub fn rolled_back_version(&self, compiled: &CompiledPolicy) -> bool {
-        self.rejected.get(compiled.path.as_path()) == Some(&compiled.digest)
-    }
-
-    /// Brings back the version `path` had before its swap, after it failed too often on
-    /// probation: every channel on the failed version gets an instance of the previous one
-    /// on its next call, and the failed content is not tried again until the file changes.
-    fn roll_back(&mut self, path: &Arc<Path>) {
-        let Some(probation) = self.probation.remove(path) else {
-            return;
-        };
-        let Probation { new, previous, .. } = probation;
-        self.rejected.insert(path.clone(), new.digest);
-        self.compiled.insert(path.clone(), previous.clone());
-        self.stats.rollbacks += 1;
-        metrics::counter!("coordinosaur_policy_rollbacks_total", "policy" => path.display().to_string())
-            .increment(1);
-        for role in [Role::Live, Role::Shadow] {
-            for (channel, slot) in &mut self.slots[role as usize] {
-                if Arc::ptr_eq(&slot.compiled, &new) {
-                    *slot = Slot {
-                        compiled: previous.clone(),
-                        config: slot.config.clone(),
-                        live: None,
-                        broken: None,
-                        refused: None,
-                    };
-                    if role == Role::Live {
-                        self.rolled_back.push(channel.clone());
-                    }
-                }
-            }
-        }
-        warn!(
-            policy = %path.display(),
-            failures = self.rollback.failures,
-            window_ms = self.rollback.window.0,
-            channels = self.rolled_back.len(),
-            "policy rolled back to its previous version: the swapped-in version failed too often after the swap; the file is not tried again until it changes"
-        );
-    }
-
-    /// How `channel`'s shadow `path` compares so far (zero counts before its first call).
-    pub fn shadow(&self, channel: &str, path: &Path) -> ShadowReport {
-        match self.shadows.get(channel) {
-            Some(s) if *s.path == *path => s.report.clone(),
-            _ => ShadowReport {
-                policy: path.display().to_string(),
-                ..ShadowReport::default()
-            },
-        }
-    }
-
-    /// The comparison record of `channel`'s shadow as the view's options name it, started
-    /// afresh when the file or config changed; `None` without a shadow.
-    fn shadow_mut(&mut self, view: &ChannelView<'_>) -> Option<&mut Shadow> {
-        let path = view.options.policy_shadow.as_ref()?;
-        let config = &view.options.policy_config;
-        let fresh = !self
-            .shadows
-            .get(view.channel)
-            .is_some_and(|s| s.path == *path && s.config == *config);
-        if fresh {
-            let shadow = Shadow {
-                path: path.clone(),
-                config: config.clone(),
-                report: ShadowReport {
-                    policy: path.display().to_string(),
-                    ..ShadowReport::default()
-                },
-                breaker: Breaker::sliding(self.rollback),
-            };
-            self.shadows.insert(Arc::from(view.channel), shadow);
-        }
-        self.shadows.get_mut(view.channel)
     }
 
     /// The counters so far.
@@ -676,103 +519,6 @@ impl PolicyHost {
             Role::Shadow => self.shadow_failed(view, hook, cause),
         }
         Call::Failed
-    }
-
-    /// A failed call of `view`'s deciding policy: rolls its file back if that version is on
-    /// probation and has now failed too often.
-    fn count_probation_failure(&mut self, view: &ChannelView<'_>) {
-        let Some(slot) = self.slots[Role::Live as usize].get(view.channel) else {
-            return;
-        };
-        let path: Arc<Path> = Arc::from(slot.compiled.path.as_path());
-        let Some(probation) = self.probation.get_mut(&path) else {
-            return;
-        };
-        if Arc::ptr_eq(&probation.new, &slot.compiled) && probation.breaker.record(view.now) {
-            self.roll_back(&path);
-        }
-    }
-
-    /// A failed shadow call: counted, logged, and the shadow suspended when it fails too often.
-    /// Nothing reaches the channel.
-    fn shadow_failed(&mut self, view: &ChannelView<'_>, hook: Hook, cause: &str) {
-        let rollback = self.rollback;
-        let Some(shadow) = self.shadow_mut(view) else {
-            return;
-        };
-        shadow.report.failures += 1;
-        let policy = shadow.report.policy.clone();
-        metrics::counter!("coordinosaur_shadow_failures_total", "policy" => policy.clone())
-            .increment(1);
-        if shadow.breaker.record(view.now) {
-            let reason = format!(
-                "failed {} times within {}: suspended until its file or the channel's options change",
-                rollback.failures, rollback.window
-            );
-            warn!(
-                channel = view.channel,
-                policy,
-                ?hook,
-                cause,
-                reason,
-                "shadow policy suspended"
-            );
-            shadow.report.suspended = Some(reason);
-            // Its instance is not needed until then.
-            self.slots[Role::Shadow as usize].remove(view.channel);
-        } else {
-            debug!(
-                channel = view.channel,
-                policy,
-                ?hook,
-                cause,
-                "shadow policy call failed; the channel is not affected"
-            );
-        }
-    }
-
-    /// Records one compared answer of `view`'s shadow; `agreed` or not.
-    pub(super) fn shadow_compared(
-        &mut self,
-        view: &ChannelView<'_>,
-        hook: Hook,
-        uid: &str,
-        agreed: bool,
-        answers: impl FnOnce() -> (String, String),
-    ) {
-        let Some(shadow) = self.shadow_mut(view) else {
-            return;
-        };
-        let counts = match hook {
-            Hook::Admit => &mut shadow.report.admit,
-            Hook::BeforeGrant => &mut shadow.report.before_grant,
-            Hook::OnEvent => return,
-        };
-        counts.compared += 1;
-        let policy = shadow.report.policy.clone();
-        metrics::counter!("coordinosaur_shadow_calls_total", "policy" => policy.clone(), "hook" => hook.as_str())
-            .increment(1);
-        if !agreed {
-            counts.disagreed += 1;
-            metrics::counter!("coordinosaur_shadow_disagreements_total", "policy" => policy.clone(), "hook" => hook.as_str())
-                .increment(1);
-            let (live, candidate) = answers();
-            debug!(
-                channel = view.channel,
-                uid,
-                ?hook,
-                live,
-                shadow = candidate,
-                policy,
-                "shadow policy disagrees"
-            );
-        }
-    }
-
-    /// Whether `view`'s shadow was suspended for failing too often.
-    pub(super) fn shadow_suspended(&mut self, view: &ChannelView<'_>) -> bool {
-        self.shadow_mut(view)
-            .is_some_and(|s| s.report.suspended.is_some())
     }
 }
 
