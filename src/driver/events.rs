@@ -3,7 +3,7 @@
 
 use tracing::{debug, info, warn};
 
-use super::publish::log_report;
+use super::log_report;
 use super::{Driver, LostSession, Resent, Sink, RESUBSCRIBE_GRACE, SYNC_PATIENCE};
 use crate::config_reload::NewConfig;
 use crate::engine::Input;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use clock::Clock;
 pub use gate::CommitGate;
@@ -312,6 +312,92 @@ async fn next_update(policies: &mut Option<PolicyRuntime>) -> Option<Update> {
         Some(rt) => rt.updates.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// One line per output, under the target `coordinosaur::driver` (the fault checker and operators'
+/// filters read these lines: keep them in this module). Per-job routine (grants, ends, state replies) at `debug`; what an
+/// operator should see one by one (a repeated `go`, an expiry, a refusal) at `info`; the
+/// [`Summary`] gives the rest at `info` once per period.
+pub(super) fn log_output(prefix: &str, out: &Output) {
+    match out {
+        Output::Go {
+            channel,
+            uid,
+            at,
+            waited,
+            token,
+            ..
+        } => debug!(%channel, %uid, waited_ms = waited.0, granted_at = at.0, token, "go"),
+        Output::GoAgain {
+            channel,
+            uid,
+            granted_at,
+            token,
+            ..
+        } => {
+            info!(%channel, %uid, granted_at = granted_at.map(|t| t.0), token, "go again: the broker never acknowledged the first")
+        }
+        Output::Stale {
+            channel,
+            uid,
+            action,
+            token,
+            live,
+        } => {
+            let topic = crate::protocol::request_topic(prefix, channel, action.as_str());
+            match live {
+                Some(live_token) => {
+                    warn!(topic, %uid, token, live_token, "stale fencing token: request ignored")
+                }
+                None => {
+                    warn!(topic, %uid, token, "stale fencing token: request ignored (the uid waits for a new grant)")
+                }
+            }
+        }
+        Output::Expired { channel, uid } => info!(%channel, %uid, "lease expired"),
+        Output::Rejected {
+            channel,
+            uid,
+            reason,
+            ..
+        } => info!(%channel, %uid, reason, "rejected"),
+        Output::Ended {
+            channel,
+            uid,
+            reason,
+            was_running,
+        } => debug!(%channel, %uid, ?reason, was_running, "ended"),
+        Output::AllStates(all) => debug!(channels = all.len(), "state of all channels"),
+        Output::Position { channel, position } => {
+            debug!(%channel, uid = position.uid, position = position.position, held_by = %position.held_by, "position")
+        }
+        Output::State(s) => debug!(
+            channel = s.channel,
+            running = s.running_count,
+            waiting = s.waiting,
+            "state"
+        ),
+    }
+}
+
+/// The summary line of one period.
+pub(super) fn log_report(r: &Report) {
+    let busiest = r
+        .busiest
+        .iter()
+        .map(|(c, n)| format!("{c}:{n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    info!(
+        period_s = r.period.0 / 1000,
+        grants = r.grants,
+        busiest,
+        ended = r.ended,
+        expired = r.expired,
+        rejected = r.rejected,
+        go_again = r.again,
+        "activity"
+    );
 }
 
 #[cfg(test)]

@@ -1,11 +1,8 @@
 //! From decisions to the wire: each event's changes go to the journal, and its
 //! acknowledgements and outputs through the [`CommitGate`](super::CommitGate) to the
-//! [`Sink`], with one log line per output.
+//! [`Sink`], with one log line per output (`log_output`, kept in `mod.rs` for its log target).
 
-use tracing::{debug, info, warn};
-
-use super::{Driver, Held, Sink, ABORT_BEFORE_GO};
-use crate::driver::summary::Report;
+use super::{log_output, Driver, Held, Sink, ABORT_BEFORE_GO};
 use crate::engine::Output;
 use crate::state::{Journal, Urgency};
 
@@ -108,89 +105,4 @@ impl<S: Sink> Driver<S> {
         self.metrics.output(&out);
         self.sink.send(out).await;
     }
-}
-
-/// One line per output. Per-job routine (grants, ends, state replies) at `debug`; what an
-/// operator should see one by one (a repeated `go`, an expiry, a refusal) at `info`; the
-/// [`Summary`] gives the rest at `info` once per period.
-pub(super) fn log_output(prefix: &str, out: &Output) {
-    match out {
-        Output::Go {
-            channel,
-            uid,
-            at,
-            waited,
-            token,
-            ..
-        } => debug!(%channel, %uid, waited_ms = waited.0, granted_at = at.0, token, "go"),
-        Output::GoAgain {
-            channel,
-            uid,
-            granted_at,
-            token,
-            ..
-        } => {
-            info!(%channel, %uid, granted_at = granted_at.map(|t| t.0), token, "go again: the broker never acknowledged the first")
-        }
-        Output::Stale {
-            channel,
-            uid,
-            action,
-            token,
-            live,
-        } => {
-            let topic = crate::protocol::request_topic(prefix, channel, action.as_str());
-            match live {
-                Some(live_token) => {
-                    warn!(topic, %uid, token, live_token, "stale fencing token: request ignored")
-                }
-                None => {
-                    warn!(topic, %uid, token, "stale fencing token: request ignored (the uid waits for a new grant)")
-                }
-            }
-        }
-        Output::Expired { channel, uid } => info!(%channel, %uid, "lease expired"),
-        Output::Rejected {
-            channel,
-            uid,
-            reason,
-            ..
-        } => info!(%channel, %uid, reason, "rejected"),
-        Output::Ended {
-            channel,
-            uid,
-            reason,
-            was_running,
-        } => debug!(%channel, %uid, ?reason, was_running, "ended"),
-        Output::AllStates(all) => debug!(channels = all.len(), "state of all channels"),
-        Output::Position { channel, position } => {
-            debug!(%channel, uid = position.uid, position = position.position, held_by = %position.held_by, "position")
-        }
-        Output::State(s) => debug!(
-            channel = s.channel,
-            running = s.running_count,
-            waiting = s.waiting,
-            "state"
-        ),
-    }
-}
-
-/// The summary line of one period.
-pub(super) fn log_report(r: &Report) {
-    let busiest = r
-        .busiest
-        .iter()
-        .map(|(c, n)| format!("{c}:{n}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    info!(
-        period_s = r.period.0 / 1000,
-        grants = r.grants,
-        busiest,
-        ended = r.ended,
-        expired = r.expired,
-        rejected = r.rejected,
-        go_again = r.again,
-        "activity"
-    );
 }
