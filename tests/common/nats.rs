@@ -105,8 +105,24 @@ impl NatsCluster {
         NatsCluster::start_with(&exe, n)
     }
 
-    /// [`NatsCluster::start`] with the server at `exe`.
+    /// [`NatsCluster::start`] with the server at `exe`. The free ports are picked before the
+    /// servers bind them, so another process can take one meanwhile: a node that exits with
+    /// "address already in use" makes a new cluster on new ports (at most 3 tries).
     pub fn start_with(exe: &Path, n: usize) -> NatsCluster {
+        let mut tries = 1;
+        loop {
+            match NatsCluster::try_start(exe, n) {
+                Ok(cluster) => return cluster,
+                Err(e) if e.contains("address already in use") && tries < 3 => {
+                    eprintln!("a NATS port was taken before its server bound it; new ports:\n{e}");
+                    tries += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn try_start(exe: &Path, n: usize) -> Result<NatsCluster, String> {
         let exe = exe.to_owned();
         let dir = tempfile::Builder::new()
             .prefix("coordinosaur-nats-")
@@ -130,9 +146,9 @@ impl NatsCluster {
             cluster.spawn(i);
         }
         for i in 0..n {
-            cluster.wait_listening(i);
+            cluster.listening(i)?;
         }
-        cluster
+        Ok(cluster)
     }
 
     fn config_path(&self, i: usize) -> PathBuf {
@@ -184,6 +200,14 @@ impl NatsCluster {
     }
 
     fn wait_listening(&mut self, i: usize) {
+        if let Err(e) = self.listening(i) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until node `i` accepts connections; `Err` (with its log) if it exited or did not
+    /// listen in time.
+    fn listening(&mut self, i: usize) -> Result<(), String> {
         let deadline = Instant::now() + LISTEN_WITHIN;
         let p = self.nodes[i];
         while [p.client, p.mqtt]
@@ -194,18 +218,20 @@ impl NatsCluster {
                 .as_mut()
                 .map(|c| c.try_wait().ok().flatten())
             {
-                panic!(
+                return Err(format!(
                     "nats-server n{i} exited ({status}):\n{}",
                     tail(&self.log(i), 40)
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server n{i} not listening within {LISTEN_WITHIN:?}:\n{}",
-                tail(&self.log(i), 40)
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "nats-server n{i} not listening within {LISTEN_WITHIN:?}:\n{}",
+                    tail(&self.log(i), 40)
+                ));
+            }
             thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     /// Waits until JetStream answers through every node: an MQTT QoS 1 round trip needs it.
