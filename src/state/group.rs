@@ -71,23 +71,24 @@ impl Grouping {
     /// deadline passed): hold, write, or write and sync.
     pub fn poll(&mut self, now: Instant) -> Flush {
         let due = self.deadline().is_some_and(|d| now >= d);
-        let flush = match (self.pending, self.now || due, self.soon_since) {
-            (false, _, _) => Flush::Hold,
-            (true, true, _) => Flush::Sync,
-            (true, false, Some(_)) => return Flush::Hold,
-            (true, false, None) => Flush::Write,
-        };
-        *self = Grouping::default();
-        flush
+        self.take(due)
     }
 
     /// Everything read must be written now (before a rotation, a hand-back or the end): synced
     /// if anything but `Lazy` batches is among it.
     pub fn poll_all(&mut self) -> Flush {
-        let flush = match (self.pending, self.now || self.soon_since.is_some()) {
-            (false, _) => Flush::Hold,
-            (true, true) => Flush::Sync,
-            (true, false) => Flush::Write,
+        self.take(true)
+    }
+
+    /// The flush for what was read; a held `Soon` batch is synced only if `force`d. Starts the
+    /// next group unless it holds.
+    fn take(&mut self, force: bool) -> Flush {
+        let held = self.soon_since.is_some();
+        let flush = match (self.pending, self.now || (held && force), held) {
+            (false, _, _) => Flush::Hold,
+            (true, true, _) => Flush::Sync,
+            (true, false, true) => return Flush::Hold,
+            (true, false, false) => Flush::Write,
         };
         *self = Grouping::default();
         flush
