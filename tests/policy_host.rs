@@ -517,6 +517,19 @@ async fn trap_built_for_wasip2_is_contained_inside_the_runtime() {
     );
 }
 
+/// A daemon without policies keeps a compiler for the ones a reload may add; its epoch ticker
+/// (a thread waking every millisecond) starts with the first policy compiled, not before.
+#[test]
+fn the_epoch_ticker_starts_with_the_first_policy() {
+    let compiler = Compiler::new().expect("policy runtime");
+    assert!(!compiler.ticking(), "no policy, no ticker");
+    let shared = compiler.clone();
+    shared
+        .compile(&policy_wasm("priority"))
+        .expect("compile the policy");
+    assert!(compiler.ticking(), "clones share the ticker");
+}
+
 #[test]
 fn wrong_interface_fails_to_compile_naming_the_world() {
     let wasm = policy_wasm("wrong-interface");
