@@ -294,7 +294,7 @@ async fn open_state(
         "state restored"
     );
     Ok(Some((
-        state::Journal::File(journal),
+        state::Journal::File(Box::new(journal)),
         snapshot,
         recovery.recent_registrations,
     )))

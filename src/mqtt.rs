@@ -145,6 +145,14 @@ impl Ack {
         })
     }
 
+    /// The acknowledgement of a QoS 1 message with packet id `pkid` (driver tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(pkid: u16) -> Ack {
+        let mut ack = Publish::new("", QoS::AtLeastOnce, Vec::<u8>::new());
+        ack.pkid = pkid;
+        Ack(ack)
+    }
+
     /// The packet rumqttc acknowledges.
     pub fn packet(&self) -> &Publish {
         &self.0

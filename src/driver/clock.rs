@@ -32,6 +32,12 @@ impl Clock {
         Time(self.wall_at_start.saturating_add(elapsed))
     }
 
+    /// The current instant (the runtime's clock, paused in tests), for deadlines kept outside
+    /// engine time (the journal's).
+    pub fn instant(&self) -> Instant {
+        Instant::now()
+    }
+
     /// The instant at which engine time reaches `t`.
     pub fn instant_of(&self, t: Time) -> Instant {
         self.start + Duration::from_millis(t.0.saturating_sub(self.wall_at_start))

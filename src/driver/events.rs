@@ -24,6 +24,9 @@ impl<S: Sink> Driver<S> {
     }
 
     pub(super) fn timeout(&mut self) {
+        if let Some(journal) = self.journal.as_mut() {
+            journal.poll(self.clock.instant().into_std());
+        }
         let now = self.clock.now();
         let (engine, hooks) = self.split();
         engine.handle_timeout_with(now, hooks);

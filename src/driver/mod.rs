@@ -165,18 +165,19 @@ pub async fn run(
     if let Some(state) = state {
         d.restore(state).await;
     }
-    // One sleep for the engine's, the resend schedule's and the summary's deadlines, re-armed
-    // only when the earliest of them changes.
+    // One sleep for the engine's, the resend schedule's, the summary's and the journal's
+    // deadlines, re-armed only when the earliest of them changes.
     let far = Duration::from_secs(86_400 * 365);
     let sleep = tokio::time::sleep(far);
     tokio::pin!(sleep);
-    let mut armed: Option<Time> = None;
+    let mut armed: Option<Instant> = None;
     let mut received = Vec::with_capacity(INBOUND_BATCH);
     loop {
-        let next = d.next_deadline();
+        let next = d.next_wake();
         if next != armed {
-            let wake = next.map_or_else(|| Instant::now() + far, |t| d.clock.instant_of(t));
-            sleep.as_mut().reset(wake);
+            sleep
+                .as_mut()
+                .reset(next.unwrap_or_else(|| Instant::now() + far));
             armed = next;
         }
         tokio::select! {
@@ -271,6 +272,18 @@ impl<S: Sink> Driver<S> {
         )
     }
 
+    /// When to wake up next: the earliest of [`Self::next_deadline`] (engine time) and the
+    /// journal's (a batch held for a shared sync).
+    fn next_wake(&self) -> Option<Instant> {
+        let engine = self.next_deadline().map(|t| self.clock.instant_of(t));
+        let journal = self
+            .journal
+            .as_ref()
+            .and_then(Journal::deadline)
+            .map(Instant::from_std);
+        earliest(engine, journal)
+    }
+
     /// Lets the writer finish what was decided, then publishes what it committed.
     async fn close(&mut self) {
         let Some(journal) = self.journal.take() else {
@@ -290,7 +303,7 @@ impl<S: Sink> Driver<S> {
 }
 
 /// The earlier of two optional deadlines.
-fn earliest(a: Option<Time>, b: Option<Time>) -> Option<Time> {
+fn earliest<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

@@ -14,12 +14,7 @@ impl<S: Sink> Driver<S> {
         self.readmit_rolled_back();
         self.outs
             .extend(std::iter::from_fn(|| self.engine.poll_output()));
-        // A batch behind which nothing is published (only acknowledgements wait for it) may
-        // wait a moment for the next one to share its sync.
-        self.submit_changes(match self.outs.is_empty() {
-            true => Urgency::Soon,
-            false => Urgency::Now,
-        });
+        self.submit_changes(urgency(&self.outs));
         // Acknowledgements first: once a worker sees a decision, the broker has (on the same
         // connection, in order) the acknowledgements of every request behind it, so a crash
         // right after does not bring those requests back.
@@ -56,7 +51,7 @@ impl<S: Sink> Driver<S> {
         if self.changes.is_empty() {
             return;
         }
-        let id = journal.submit_with(&self.changes, urgency);
+        let id = journal.submit_with(&self.changes, urgency, self.clock.instant().into_std());
         self.changes.clear();
         self.gate.handle_submitted(id);
         if journal.wants_compaction() {
@@ -104,5 +99,16 @@ impl<S: Sink> Driver<S> {
         self.summary.handle_output(self.clock.now(), &out);
         self.metrics.output(&out);
         self.sink.send(out).await;
+    }
+}
+
+/// How soon the journal batch behind an event's `outs` must be durable: at once if a message
+/// waits for it; otherwise (only acknowledgements, or outputs that are only logged, such as a
+/// `finished` that freed a slot nobody waits for) it may wait a moment for the next batch to
+/// share its sync.
+pub(super) fn urgency(outs: &[Output]) -> Urgency {
+    match outs.iter().any(Output::is_published) {
+        true => Urgency::Now,
+        false => Urgency::Soon,
     }
 }

@@ -14,6 +14,8 @@ use crate::mqtt::Ack;
 #[derive(Clone, Default)]
 struct Collect {
     seen: Arc<Mutex<Vec<(Duration, String)>>>,
+    /// Packet ids acknowledged, with when (apart from `seen`, which most tests compare whole).
+    acks: Arc<Mutex<Vec<(Duration, u16)>>>,
     start: Arc<Mutex<Option<Instant>>>,
 }
 
@@ -25,6 +27,10 @@ impl Collect {
 
     fn take(&self) -> Vec<(Duration, String)> {
         std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+
+    fn take_acks(&self) -> Vec<(Duration, u16)> {
+        std::mem::take(&mut *self.acks.lock().unwrap())
     }
 }
 
@@ -44,7 +50,13 @@ impl Sink for Collect {
         self.push(text);
     }
 
-    async fn ack(&mut self, _ack: Ack) {}
+    async fn ack(&mut self, ack: Ack) {
+        let start = *self.start.lock().unwrap().get_or_insert_with(Instant::now);
+        self.acks
+            .lock()
+            .unwrap()
+            .push((start.elapsed(), ack.packet().pkid));
+    }
 
     async fn mark(&mut self) {
         self.push("mark".into());
@@ -78,6 +90,13 @@ impl Running {
 }
 
 fn start(engine: Engine) -> Running {
+    start_with(engine, None)
+}
+
+fn start_with(
+    engine: Engine,
+    state: Option<(Journal, Snapshot, Vec<crate::state::Registered>)>,
+) -> Running {
     let sink = Collect::default();
     *sink.start.lock().unwrap() = Some(Instant::now());
     let (inbound, rx) = mpsc::channel(64);
@@ -87,7 +106,7 @@ fn start(engine: Engine) -> Running {
         policies: None,
         configs,
         metrics: Recorder::new(10),
-        state: None,
+        state,
         prefix: "coordinosaur".into(),
     };
     let task = tokio::spawn(run(
@@ -244,4 +263,63 @@ fn register_input(uid: &str) -> Input {
         cost: 1,
         progress: false,
     })
+}
+
+/// An event whose outputs are only logged (a `finished` that freed a slot nobody waits for)
+/// lets its batch wait to share the next sync; anything published needs its batch at once.
+#[test]
+fn only_published_outputs_make_the_journal_sync_at_once() {
+    use crate::engine::EndReason;
+    use crate::state::Urgency;
+    let ended = Output::Ended {
+        channel: "c".into(),
+        uid: "a".into(),
+        reason: EndReason::Finished,
+        was_running: true,
+    };
+    let expired = Output::Expired {
+        channel: "c".into(),
+        uid: "b".into(),
+    };
+    assert_eq!(publish::urgency(&[]), Urgency::Soon);
+    assert_eq!(
+        publish::urgency(std::slice::from_ref(&ended)),
+        Urgency::Soon
+    );
+    assert_eq!(publish::urgency(&[ended, expired]), Urgency::Now);
+}
+
+/// With the file journal syncing on the driver's thread: a `finished` that frees a slot nobody
+/// waits for is acknowledged at its batch's deadline (the driver wakes up for it), a `register`
+/// that gets `go` at once, with its sync.
+#[tokio::test(start_paused = true)]
+async fn a_finished_that_frees_nothing_is_acknowledged_at_its_sync_deadline() {
+    use crate::state::{Durability, DEFER_MAX};
+    let tmp = tempfile::tempdir().unwrap();
+    let (snapshot, _, journal) =
+        crate::state::open(tmp.path(), Durability::Fsync, |_| usize::MAX).unwrap();
+    let d = start_with(
+        engine(1),
+        Some((Journal::File(Box::new(journal)), snapshot, Vec::new())),
+    );
+    d.send(Inbound::Input(register_input("a"), Some(Ack::for_test(1))));
+    settle().await;
+    assert_eq!(d.sink.take(), [(ms(0), "go a".to_string())]);
+    assert_eq!(d.sink.take_acks(), [(ms(0), 1)]);
+    let finished = Input::Finished {
+        channel: "c".into(),
+        uid: "a".into(),
+        token: None,
+    };
+    d.send(Inbound::Input(finished, Some(Ack::for_test(2))));
+    settle().await;
+    assert!(d.sink.take_acks().is_empty(), "held for a shared sync");
+    advance(DEFER_MAX - ms(1)).await;
+    settle().await;
+    assert!(d.sink.take_acks().is_empty(), "not before the deadline");
+    advance(ms(1)).await;
+    settle().await;
+    assert_eq!(d.sink.take_acks(), [(DEFER_MAX, 2)]);
+    assert!(d.sink.take().is_empty(), "nothing published for it");
+    d.stop().await;
 }

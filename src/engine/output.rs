@@ -122,6 +122,11 @@ impl Output {
             Output::AllStates(_) => None,
         }
     }
+
+    /// Whether the output becomes a message (`Ended` and `Stale` are only logged and counted).
+    pub fn is_published(&self) -> bool {
+        !matches!(self, Output::Ended { .. } | Output::Stale { .. })
+    }
 }
 
 /// How a job left the engine without expiring.

@@ -2,7 +2,7 @@
 //! take batches, say which are committed, and compact; only the stream can be fenced by
 //! another leader.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::group::Urgency;
 use super::jetstream::StreamJournal;
@@ -13,7 +13,7 @@ use crate::engine::{Change, Snapshot};
 #[derive(Debug)]
 pub enum Journal {
     /// `[state] dir`, with group commit on a writer thread.
-    File(FileJournal),
+    File(Box<FileJournal>),
     /// A replicated JetStream stream (high availability).
     Stream(StreamJournal),
 }
@@ -21,15 +21,15 @@ pub enum Journal {
 impl Journal {
     /// Queues one batch that a decision to publish waits for; returns its id.
     pub fn submit(&mut self, changes: &[Change]) -> u64 {
-        self.submit_with(changes, Urgency::Now)
+        self.submit_with(changes, Urgency::Now, Instant::now())
     }
 
-    /// Queues one batch; `urgency` says who waits for it. The file journal lets a batch that
+    /// Queues one batch at `now`; `urgency` says who waits for it. The file journal lets a batch that
     /// only acknowledgements wait for share the next sync ([`Urgency::Soon`]); the stream
     /// appends every batch at once (its appends are pipelined, not synced one by one).
-    pub fn submit_with(&mut self, changes: &[Change], urgency: Urgency) -> u64 {
+    pub fn submit_with(&mut self, changes: &[Change], urgency: Urgency, now: Instant) -> u64 {
         match self {
-            Journal::File(j) => j.submit_with(changes, urgency),
+            Journal::File(j) => j.submit_with(changes, urgency, now),
             Journal::Stream(j) => j.submit(changes),
         }
     }
@@ -47,6 +47,22 @@ impl Journal {
         match self {
             Journal::File(j) => j.advanced().await,
             Journal::Stream(j) => j.advanced().await,
+        }
+    }
+
+    /// When batches held for a shared sync must be synced even if nothing else comes (the
+    /// file journal writing inline); call [`Journal::poll`] then.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Journal::File(j) => j.deadline(),
+            Journal::Stream(_) => None,
+        }
+    }
+
+    /// Syncs the batches whose [`Journal::deadline`] has passed at `now`.
+    pub fn poll(&mut self, now: Instant) {
+        if let Journal::File(j) = self {
+            j.poll(now);
         }
     }
 

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::engine::{Millis, Snapshot};
-pub use group::Urgency;
+pub use group::{Urgency, DEFER_MAX};
 pub use journal::Journal;
 pub(crate) use restore::note_registration;
 use restore::{cut_torn_write, generation_of, recover, Files};
@@ -238,4 +238,4 @@ pub(crate) fn journal_path(dir: &Path, generation: u64) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

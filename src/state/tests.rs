@@ -3,7 +3,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::*;
 use crate::engine::{Change, Millis, Time};
@@ -44,11 +44,13 @@ fn run(dir: &Path, batches: &[Vec<Change>]) -> Snapshot {
 }
 
 impl FileJournal {
-    /// Waits until `id` is committed (tests only).
+    /// Waits until `id` is committed (tests only), polling for held batches as the driver
+    /// does at their deadline.
     fn close_wait(&mut self, id: u64) -> u64 {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while self.committed() < id && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
+            self.poll(Instant::now());
         }
         self.committed()
     }
@@ -464,17 +466,55 @@ fn a_soon_batch_shares_the_next_sync_or_is_synced_at_its_deadline() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, _, mut journal) = open(tmp.path(), Durability::Fsync, |_| usize::MAX).unwrap();
     let started = std::time::Instant::now();
-    let alone = journal.submit_with(&[queued_c("a", 0)], Urgency::Soon);
+    let alone = journal.submit_with(&[queued_c("a", 0)], Urgency::Soon, Instant::now());
     assert_eq!(journal.close_wait(alone), alone);
     assert!(started.elapsed() >= DEFER_MAX, "synced before its deadline");
-    let soon = journal.submit_with(&[queued_c("b", 1)], Urgency::Soon);
+    let soon = journal.submit_with(&[queued_c("b", 1)], Urgency::Soon, Instant::now());
     let now = journal.submit(&[queued_c("c", 2)]);
     assert!(now > soon);
     assert_eq!(journal.close_wait(now), now);
     // Held at close: still written and synced.
-    let last = journal.submit_with(&[queued_c("d", 3)], Urgency::Soon);
+    let last = journal.submit_with(&[queued_c("d", 3)], Urgency::Soon, Instant::now());
     assert_eq!(journal.close(Duration::from_secs(5)), last);
     let (snapshot, recovery) = run_once(tmp.path(), &[]);
     assert_eq!(recovery.changes, 4, "{:?}", recovery.warnings);
+    assert_eq!(uids(&snapshot), ["a", "b", "c", "d"]);
+}
+
+/// With `fsync` the driver's thread writes and syncs (no writer thread while the disk is
+/// healthy), and group commit holds as on the thread: a batch only acknowledgements wait for is
+/// held until its deadline (time injected) or until a batch with outputs syncs it too.
+#[test]
+fn inline_fsync_holds_a_soon_batch_until_its_deadline_or_the_next_now_batch() {
+    use super::group::{Urgency, DEFER_MAX};
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, _, mut journal) = open(tmp.path(), Durability::Fsync, |_| usize::MAX).unwrap();
+    assert!(
+        journal.writes_inline(),
+        "no thread while the disk is healthy"
+    );
+    let t0 = Instant::now();
+    let a = journal.submit_with(&[queued_c("a", 0)], Urgency::Soon, t0);
+    assert_eq!(journal.committed(), a - 1, "held for company");
+    assert_eq!(journal.deadline(), Some(t0 + DEFER_MAX));
+    journal.poll(t0 + DEFER_MAX - Duration::from_micros(1));
+    assert_eq!(journal.committed(), a - 1, "not before its deadline");
+    journal.poll(t0 + DEFER_MAX);
+    assert_eq!(journal.committed(), a, "synced alone at its deadline");
+    assert_eq!(journal.deadline(), None);
+
+    let t1 = t0 + Duration::from_millis(10);
+    let b = journal.submit_with(&[queued_c("b", 1)], Urgency::Soon, t1);
+    assert_eq!(journal.committed(), a);
+    let c = journal.submit_with(&[queued_c("c", 2)], Urgency::Now, t1);
+    assert_eq!(journal.committed(), c, "one sync for both");
+    assert!(c > b);
+    // Held at close: still written and synced.
+    let d = journal.submit_with(&[queued_c("d", 3)], Urgency::Soon, t1);
+    assert_eq!(journal.close(Duration::from_secs(5)), d);
+
+    let (snapshot, recovery) = run_once(tmp.path(), &[]);
+    assert!(recovery.warnings.is_empty(), "{:?}", recovery.warnings);
+    assert_eq!(recovery.torn_bytes, 0);
     assert_eq!(uids(&snapshot), ["a", "b", "c", "d"]);
 }

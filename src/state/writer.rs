@@ -1,10 +1,19 @@
-//! The journal writer: a thread that appends batches with group commit, and the handle the
-//! driver uses to submit batches, learn which are committed, and compact.
+//! The journal writer, and the handle the driver uses to submit batches, learn which are
+//! committed, and compact.
 //!
-//! Nothing slow happens on the driver's thread: compaction encodes and writes the snapshot on
-//! the writer thread (with `durability = "os"`, whose writes are otherwise inline, the writer
-//! moves to a thread for the rotation and comes back once everything before it is written), and
-//! the driver closes the journal from a blocking task.
+//! While the disk is healthy the driver writes (and with `fsync` syncs) each group itself,
+//! inline: a group's sync is what its decisions wait for anyway, and handing every group to a
+//! thread and back cost two cross-thread wake-ups per sync (in this VM ~100-200 us of latency
+//! and ~15 us of CPU per cycle; BENCHMARKS section 13). Group commit holds inline as on the
+//! thread ([`super::group`]): every request queued when the driver reads shares one batch and
+//! one sync, and a batch only acknowledgements wait for is held up to 2 ms
+//! ([`FileJournal::deadline`], [`FileJournal::poll`]) for the next one to share its sync.
+//!
+//! What could block the driver for long goes to a writer thread instead: a write or sync that
+//! fails (the thread retries, and stays), one sync slower than [`INLINE_SYNC_MAX`] (the disk
+//! is slow or stalled: the thread keeps its syncs off the driver for good), and a compaction's
+//! snapshot encode, write and syncs (the writer comes back inline once everything before it is
+//! written). The driver closes the journal from a blocking task.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -28,6 +37,11 @@ const COMPACT_MIN: u64 = 16 << 20;
 const GROUP_MAX: usize = 8 << 20;
 /// Longest pause between retries of a failing write.
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// An inline write and sync slower than this moves the writer to its thread for good, so a
+/// slow or stalled disk delays decisions but not the driver's other work (keep-alive pings,
+/// timers). A healthy local disk syncs in well under a millisecond; this VM's disk stalls up to
+/// ~35 ms now and then under load, which is no reason to leave inline syncs.
+pub const INLINE_SYNC_MAX: Duration = Duration::from_millis(250);
 
 /// What the driver asks the writer thread to do, in order.
 enum Cmd {
@@ -48,12 +62,17 @@ enum Cmd {
     HandBack(mpsc::Sender<Writer>),
 }
 
-/// The driver's handle on the journal. With `durability = "os"` it writes inline (a write to
-/// the page cache costs less than waking a thread) until a write fails; then, and always with
-/// `fsync`, a writer thread does the writing, retrying, and group commit.
+/// The driver's handle on the journal: it writes inline (see the module doc) until a write
+/// fails or a sync is slow; then a writer thread does the writing, retrying, and group commit.
 pub struct FileJournal {
     /// The writer, while writes happen inline on the caller's thread.
     inline: Option<Writer>,
+    /// Inline: batches submitted but not yet written (a `Soon` batch waiting for company).
+    held: Vec<u8>,
+    /// Inline: which of them to write and sync, and when.
+    grouping: Grouping,
+    /// Inline: the last batch id written, and synced if it needed a sync.
+    inline_committed: u64,
     tx: Option<mpsc::Sender<Cmd>>,
     /// Disconnected once the writer thread has ended.
     done: Option<mpsc::Receiver<()>>,
@@ -118,8 +137,11 @@ impl FileJournal {
             rotating: rotating.clone(),
             snapshot_bytes: snapshot_bytes.clone(),
         };
-        let mut journal = FileJournal {
-            inline: None,
+        Ok(FileJournal {
+            inline: Some(writer),
+            held: Vec::new(),
+            grouping: Grouping::default(),
+            inline_committed: 0,
             tx: None,
             done: None,
             reclaim: false,
@@ -132,15 +154,8 @@ impl FileJournal {
             stop,
             thread: None,
             durability,
-            dir: dir.clone(),
-        };
-        match durability {
-            Durability::Os => journal.inline = Some(writer),
-            Durability::Fsync => journal
-                .spawn_writer(writer)
-                .map_err(|e| ("start the journal thread for", dir, e))?,
-        }
-        Ok(journal)
+            dir,
+        })
     }
 
     /// Moves the writer to its own thread.
@@ -171,6 +186,7 @@ impl FileJournal {
         self.send(Cmd::HandBack(back_tx));
         if let Ok(writer) = back.recv() {
             self.inline = Some(writer);
+            self.inline_committed = self.last_id;
             self.tx = None;
             self.done = None;
             if let Some(thread) = self.thread.take() {
@@ -183,17 +199,18 @@ impl FileJournal {
     /// Hands a batch of changes that a decision to publish waits for to the writer; returns
     /// its id.
     pub fn submit(&mut self, changes: &[Change]) -> u64 {
-        self.submit_with(changes, Urgency::Now)
+        self.submit_with(changes, Urgency::Now, Instant::now())
     }
 
-    /// Hands a batch of changes to the writer; returns its id. `urgency` says who waits for it
-    /// ([`Urgency::Now`]: something to publish; [`Urgency::Soon`]: only acknowledgements).
+    /// Hands a batch of changes to the writer at `now`; returns its id. `urgency` says who
+    /// waits for it ([`Urgency::Now`]: something to publish; [`Urgency::Soon`]: only
+    /// acknowledgements).
     ///
     /// A batch of nothing but the broker's acknowledgements of `go`s ([`Change::Delivered`]) is
     /// [`Urgency::Lazy`] whatever the caller says: written, but not synced on its own. Nothing
     /// waits on it, and losing it to a power cut only means a repeated `go`; syncing it cost an
     /// `fdatasync` per grant that the next decision had to wait behind.
-    pub fn submit_with(&mut self, changes: &[Change], urgency: Urgency) -> u64 {
+    pub fn submit_with(&mut self, changes: &[Change], urgency: Urgency, now: Instant) -> u64 {
         self.reclaim_writer();
         let lazy = changes
             .iter()
@@ -203,26 +220,96 @@ impl FileJournal {
         self.bytes_since_snapshot += bytes.len() as u64;
         self.last_id += 1;
         let id = self.last_id;
-        if let Some(writer) = self.inline.as_mut() {
-            match writer.write(&bytes, urgency != Urgency::Lazy) {
-                Ok(()) => return id,
-                Err(e) => {
-                    // Hand over to a thread that retries, so the caller never blocks on a
-                    // failing disk; this batch is its first job.
-                    tracing::warn!(cause = %e, "journal write failed; moving the journal to a writer thread that retries");
-                    if let Some(writer) = self.inline.take() {
-                        writer.committed.send_replace(id - 1);
-                        // For good: the thread retries, and stays.
-                        self.reclaim = false;
-                        if let Err(e) = self.spawn_writer(writer) {
-                            tracing::error!(cause = %e, "cannot start the journal thread; nothing more will be committed");
-                        }
-                    }
-                }
-            }
+        if self.inline.is_some() {
+            self.held.extend_from_slice(&bytes);
+            // Without syncs there is nothing to share: every batch is written at once.
+            let urgency = match self.durability {
+                Durability::Os => Urgency::Lazy,
+                Durability::Fsync => urgency,
+            };
+            self.grouping.handle_batch(urgency, now);
+            let flush = self.grouping.poll(now);
+            self.flush_inline(flush);
+            return id;
         }
         self.send(Cmd::Batch { id, bytes, urgency });
         id
+    }
+
+    /// Inline: writes (and syncs) the held batches as the grouping said (`flush`). A failed
+    /// write, or a sync slower than [`INLINE_SYNC_MAX`], moves the writer to its thread for
+    /// good.
+    fn flush_inline(&mut self, flush: Flush) {
+        let Some(writer) = self.inline.as_mut() else {
+            return;
+        };
+        let sync = match flush {
+            Flush::Hold => return,
+            Flush::Write => false,
+            Flush::Sync => true,
+        };
+        let started = Instant::now();
+        if let Err(e) = writer.write(&self.held, sync) {
+            metrics::counter!("coordinosaur_journal_write_errors_total").increment(1);
+            tracing::warn!(cause = %e, "journal write failed; moving the journal to a writer thread that retries");
+            self.move_to_thread(Urgency::Now);
+            return;
+        }
+        let took = started.elapsed();
+        metrics::histogram!("coordinosaur_journal_commit_seconds").record(took.as_secs_f64());
+        metrics::gauge!("coordinosaur_journal_bytes").set(writer.len as f64);
+        self.held.clear();
+        self.inline_committed = self.last_id;
+        if took > INLINE_SYNC_MAX {
+            tracing::warn!(
+                took_ms = took.as_millis(),
+                "a journal sync took over {} ms; syncing on a writer thread from now on, so a slow disk does not hold up the rest of the daemon",
+                INLINE_SYNC_MAX.as_millis()
+            );
+            self.move_to_thread(Urgency::Lazy);
+        }
+    }
+
+    /// Moves the inline writer to its thread for good (the thread retries failed writes);
+    /// the batches still held are its first job, with `urgency` unless one of them is held for
+    /// company (then `Soon`).
+    fn move_to_thread(&mut self, urgency: Urgency) {
+        let Some(writer) = self.inline.take() else {
+            return;
+        };
+        writer.committed.send_replace(self.inline_committed);
+        self.reclaim = false;
+        let urgency = match self.grouping.deadline() {
+            Some(_) if urgency == Urgency::Lazy => Urgency::Soon,
+            _ => urgency,
+        };
+        self.grouping = Grouping::default();
+        if let Err(e) = self.spawn_writer(writer) {
+            tracing::error!(cause = %e, "cannot start the journal thread; nothing more will be committed");
+            return;
+        }
+        if !self.held.is_empty() {
+            let bytes = std::mem::take(&mut self.held);
+            self.send(Cmd::Batch {
+                id: self.last_id,
+                bytes,
+                urgency,
+            });
+        }
+    }
+
+    /// Inline: when held batches must be synced even if no batch with outputs comes (`None`
+    /// if none are held, or the writer thread does the writing). Call [`Self::poll`] then.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.inline.as_ref().and(self.grouping.deadline())
+    }
+
+    /// Writes and syncs the held batches if their [`Self::deadline`] has passed at `now`.
+    pub fn poll(&mut self, now: Instant) {
+        if self.inline.is_some() {
+            let flush = self.grouping.poll(now);
+            self.flush_inline(flush);
+        }
     }
 
     /// Id of the last batch submitted (0 if none).
@@ -233,13 +320,14 @@ impl FileJournal {
     /// Id of the last batch known durable.
     pub fn committed(&self) -> u64 {
         if self.inline.is_some() {
-            return self.last_id;
+            return self.inline_committed;
         }
         *self.committed.borrow()
     }
 
     /// Completes when more batches are committed by the writer thread. Never completes while
-    /// writes are inline (each is committed when `submit` returns) or once the thread stopped.
+    /// writes are inline (a batch is committed when `submit` or `poll` returns) or once the
+    /// thread stopped.
     pub async fn advanced(&mut self) {
         if self.inline.is_some() || self.committed.changed().await.is_err() {
             std::future::pending::<()>().await;
@@ -260,11 +348,11 @@ impl FileJournal {
         self.generation += 1;
         self.bytes_since_snapshot = 0;
         tracing::info!(generation = self.generation, "compacting the journal");
-        if let Some(writer) = self.inline.take() {
+        if self.inline.is_some() {
             // Inline writes: the rotation's writes and syncs go to a thread, and the writer
             // comes back once they are done (see `reclaim_writer`).
-            if let Err(e) = self.spawn_writer(writer) {
-                tracing::error!(cause = %e, "cannot start the journal thread; nothing more will be committed");
+            self.move_to_thread(Urgency::Lazy);
+            if self.inline.is_some() || self.tx.is_none() {
                 return;
             }
             self.reclaim = true;
@@ -298,7 +386,11 @@ impl FileJournal {
     /// Blocks: call it off the async runtime's threads.
     pub fn close(mut self, patience: Duration) -> u64 {
         if self.inline.is_some() {
-            return self.last_id;
+            let flush = self.grouping.poll_all();
+            self.flush_inline(flush);
+        }
+        if self.inline.is_some() {
+            return self.inline_committed;
         }
         self.tx = None;
         if let Some(thread) = self.thread.take() {
