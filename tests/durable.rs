@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -574,15 +574,11 @@ async fn torn_journal_tail_after_kill_9_is_dropped_with_a_warning_and_state_is_i
     daemon.kill();
     // A write cut short: a header announcing 100 bytes, then only 10 of them.
     let journal = newest(&state_dir(&daemon), "journal.");
-    let mut file = OpenOptions::new()
-        .append(true)
-        .open(&journal)
-        .expect("open the journal");
-    file.write_all(&100u32.to_le_bytes()).expect("append");
-    file.write_all(&0xdead_beef_u32.to_le_bytes())
-        .expect("append");
-    file.write_all(&[0xab; 10]).expect("append");
-    drop(file);
+    let mut torn = Vec::new();
+    torn.extend_from_slice(&100u32.to_le_bytes());
+    torn.extend_from_slice(&0xdead_beef_u32.to_le_bytes());
+    torn.extend_from_slice(&[0xab; 10]);
+    common::write_at_journal_end(&journal, &torn);
 
     daemon.spawn_again().await;
     let log = last_run_log(&daemon);
@@ -655,12 +651,7 @@ async fn torn_tail_then_damaged_newest_snapshot_still_restores_everything() {
     c.state("ch").await;
     daemon.kill();
     let dir = state_dir(&daemon);
-    let mut file = OpenOptions::new()
-        .append(true)
-        .open(dir.join("journal.0"))
-        .expect("open the journal");
-    file.write_all(&[0x40, 0, 0, 0, 1, 2, 3]).expect("append");
-    drop(file);
+    common::write_at_journal_end(&dir.join("journal.0"), &[0x40, 0, 0, 0, 1, 2, 3]);
 
     // Generation 1 starts from what journal.0 held before its torn tail.
     daemon.spawn_again().await;

@@ -22,13 +22,18 @@
 //!   left, finished, aborted, cancelled, expired or rejected) and `Change::Limits` (a channel's
 //!   limits when created, restored or reloaded), all appended, so older journal records decode
 //!   unchanged. Snapshots are as in format 3; only their magic changes.
-//! - Format 5: job cost and progress and progress. `Change::JobOptions` (appended, written right after a
+//! - Format 5: job cost and progress. `Change::JobOptions` (appended, written right after a
 //!   `Queued` whose job costs more than one unit or asked for progress, so journal records of
 //!   formats 1 to 4 decode unchanged and their jobs cost 1 without progress); in snapshots each
 //!   job's `cost` and `progress`, and each grant in a channel's `grants` is `(time, units)`
 //!   (format-3 and -4 snapshots, alike, are read through [`v3`]: cost 1, one unit a grant).
+//! - Format 6: journal files are preallocated: the writer extends a journal with zeros ahead of
+//!   its records ([`super::writer`]), so a sync writes the records alone and not the file's size
+//!   too, and the part after the last record reads as zeros (a clean end; [`records`]). A
+//!   format-5 build would take those zeros for an empty, undecodable record, hence the new
+//!   number. Records and snapshots are as in format 5; only the magics change.
 //!
-//! This build writes format 5 and reads 1 to 5; a file of a newer format is refused with an
+//! This build writes format 6 and reads 1 to 6; a file of a newer format is refused with an
 //! error naming both, never read as damage (which would fall back to older state).
 
 use std::collections::BTreeMap;
@@ -36,11 +41,11 @@ use std::collections::BTreeMap;
 use crate::engine::{Change, ChannelSnapshot, JobSnapshot, Reply, Snapshot};
 
 /// The format this build writes.
-pub(crate) const FORMAT: u8 = 5;
+pub(crate) const FORMAT: u8 = 6;
 /// First bytes of a journal file (the digit is the format).
-pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"CDJRNL5\n";
+pub(crate) const JOURNAL_MAGIC: &[u8; 8] = b"CDJRNL6\n";
 /// First bytes of a snapshot file (the digit is the format).
-pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP5\n";
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP6\n";
 /// Magic prefixes, before the format digit.
 const JOURNAL_KIND: &[u8; 6] = b"CDJRNL";
 const SNAPSHOT_KIND: &[u8; 6] = b"CDSNAP";
@@ -107,14 +112,22 @@ pub(crate) struct Records<'a> {
     pub(crate) damage: Option<String>,
 }
 
-/// Splits `body` into records, stopping at the first torn or damaged one.
+/// Splits `body` into records, stopping at the first torn or damaged one. Zeros from a record
+/// boundary to the end are a preallocated journal's unwritten part, and end it cleanly (no
+/// record is empty, so a zero length is never a record's).
 pub(crate) fn records(body: &[u8]) -> Records<'_> {
     let mut payloads = Vec::new();
     let mut at = 0;
     let damage = loop {
         let rest = &body[at..];
-        if rest.is_empty() {
-            break None;
+        if rest.iter().take(HEADER).all(|&b| b == 0) {
+            if rest.iter().all(|&b| b == 0) {
+                break None;
+            }
+            break Some(format!(
+                "an empty record header before {} more bytes",
+                rest.len() - HEADER.min(rest.len())
+            ));
         }
         let Some((len, crc)) = rest
             .get(..HEADER)
@@ -479,11 +492,35 @@ mod tests {
 
     #[test]
     fn reads_back_what_it_framed() {
-        let b = body(&[b"one", b"", b"three"]);
+        let b = body(&[b"one", b"2", b"three"]);
         let r = records(&b);
-        assert_eq!(r.payloads, vec![&b"one"[..], b"", b"three"]);
+        assert_eq!(r.payloads, vec![&b"one"[..], b"2", b"three"]);
         assert_eq!(r.good_len, b.len());
         assert!(r.damage.is_none());
+    }
+
+    /// A preallocated journal: zeros after the last record end it cleanly, whatever their
+    /// length; zeros where a header should be, followed by anything else, are damage.
+    #[test]
+    fn a_zero_tail_ends_the_records_cleanly() {
+        let b = body(&[b"one", b"two"]);
+        for zeros in [1, 7, 8, 9, 4096] {
+            let mut padded = b.clone();
+            padded.resize(b.len() + zeros, 0);
+            let r = records(&padded);
+            assert_eq!(r.payloads, vec![&b"one"[..], b"two"], "{zeros} zeros");
+            assert_eq!(r.good_len, b.len(), "{zeros} zeros");
+            assert!(r.damage.is_none(), "{zeros} zeros: {:?}", r.damage);
+        }
+        let mut torn = b.clone();
+        torn.resize(b.len() + 64, 0);
+        torn[b.len() + 20] = 1;
+        let r = records(&torn);
+        assert_eq!(r.payloads.len(), 2);
+        assert_eq!(r.good_len, b.len());
+        assert!(r.damage.unwrap().contains("empty record header"));
+        // An empty payload frames as eight zero bytes: never written, never read as a record.
+        assert_eq!(body(&[b""]), [0; 8]);
     }
 
     #[test]
@@ -729,10 +766,12 @@ mod golden {
     const BATCH_4: &str = "9d000000f838f8500d000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac0208026368027531010990d395ffbc310a0b026368027531030c02636802e80701066d696e757465e0d4030f01";
     /// `a_format_3_snapshot()` as a format-4 snapshot file: format 3's, with the new magic.
     const SNAPSHOT_4: &str = "4344534e4150340a3a0000004aa58ec4010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac020101acd295ffbc31ac0208a01f";
-    /// `every_change()` as one format-5 journal batch.
+    /// `every_change()` as one format-5 journal batch (format 6's encoding too).
     const BATCH: &str = "a6000000df39a3050e000263680275310705e0d40380d095ffbc3101077b2274223a317d010263680275310a02026368027531e4d095ffbc31c4a599ffbc3103026368027531e80701b0d995ffbc3106026368027531070502636802000402636802753107026368027531acd295ffbc318ca799ffbc31ac0208026368027531010990d395ffbc310a0b026368027531030c02636802e80701066d696e757465e0d4030f010d0263680275310301";
-    /// `a_snapshot()` as a format-5 snapshot file.
-    const SNAPSHOT: &str = "4344534e4150350a3d00000056ddd0dc010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac0201030101acd295ffbc3103ac0208a01f";
+    /// `a_snapshot()` as a format-6 snapshot file.
+    const SNAPSHOT: &str = "4344534e4150360a3d00000056ddd0dc010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac0201030101acd295ffbc3103ac0208a01f";
+    /// `a_snapshot()` as a format-5 snapshot file: format 6's, with the older magic.
+    const SNAPSHOT_5: &str = "4344534e4150350a3d00000056ddd0dc010263680001070275310ae80780d095ffbc3101b0d995ffbc3101077b2274223a317d01acd295ffbc3101ac0201030101acd295ffbc3103ac0208a01f";
 
     #[test]
     fn a_journal_batch_is_encoded_as_format_5_says() {
@@ -797,8 +836,14 @@ mod golden {
         assert_eq!((job.token, job.reply), (0, Reply::Plain));
     }
 
+    /// Format 6 changed only the file journal's tail: a format-5 snapshot reads the same.
     #[test]
-    fn a_snapshot_is_encoded_as_format_5_says() {
+    fn a_format_5_snapshot_still_reads() {
+        assert_eq!(decode_snapshot(&unhex(SNAPSHOT_5)).unwrap(), a_snapshot());
+    }
+
+    #[test]
+    fn a_snapshot_is_encoded_as_format_6_says() {
         let bytes = encode_snapshot(&a_snapshot());
         assert_eq!(hex(&bytes), SNAPSHOT);
         assert_eq!(decode_snapshot(&bytes).unwrap(), a_snapshot());
@@ -878,16 +923,17 @@ mod golden {
 
     #[test]
     fn files_of_a_newer_format_are_refused_by_name_not_taken_for_damage() {
-        for bytes in [&b"CDSNAP6\n"[..], b"CDSNAP9\nanything"] {
+        for bytes in [&b"CDSNAP7\n"[..], b"CDSNAP9\nanything"] {
             match decode_snapshot(bytes) {
                 Err(FormatError::Newer(e)) => assert!(e.contains("newer coordinosaur"), "{e}"),
                 other => panic!("{other:?}"),
             }
         }
         assert!(matches!(
-            journal_body(b"CDJRNL6\n"),
+            journal_body(b"CDJRNL7\n"),
             Err(FormatError::Newer(_))
         ));
+        assert_eq!(journal_body(b"CDJRNL6\n"), Ok(Some(&b""[..])));
         assert_eq!(journal_body(b"CDJRNL5\n"), Ok(Some(&b""[..])));
         assert_eq!(journal_body(b"CDJRNL1\nbody"), Ok(Some(&b"body"[..])));
         assert_eq!(journal_body(b"CDJRNL2\n"), Ok(Some(&b""[..])));

@@ -202,7 +202,6 @@ fn read_journal(path: &Path, bytes: &[u8], history: &mut History) -> Result<bool
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -294,8 +293,7 @@ mod tests {
         let dir = tmp.path();
         generation(dir, &[clock(10), queued("a", 1)]).close(Duration::from_secs(5));
         let path = journal_path(dir, 0);
-        let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
+        crate::state::tests::write_at_records_end(&path, &[200, 0, 0, 0, 1, 2, 3, 4, 5]);
         let before = fs::read(&path).unwrap();
         let history = read_history(dir).unwrap();
         assert_eq!(uids(&history), ["a"]);

@@ -188,7 +188,9 @@ impl Fold<'_> {
         let Some(damage) = recs.damage else {
             return Ok(ControlFlow::Continue(()));
         };
-        let dropped = (body.len() - recs.good_len) as u64;
+        // What was written past the intact records: the zeros preallocated after it are not.
+        let rest = &body[recs.good_len..];
+        let dropped = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
         self.recovery.torn_bytes += dropped;
         let at = recs.good_len + format::JOURNAL_MAGIC.len();
         if last {

@@ -1,7 +1,6 @@
 //! The state dir on a real file system: generations, recovery and damage.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +40,17 @@ fn run(dir: &Path, batches: &[Vec<Change>]) -> Snapshot {
     }
     journal.close(Duration::from_secs(5));
     snap
+}
+
+/// Writes `bytes` where the journal's records end, on the zeros preallocated after them, as a
+/// write cut short by a crash leaves them.
+pub(super) fn write_at_records_end(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt as _;
+    let data = fs::read(path).unwrap();
+    let at = format::JOURNAL_MAGIC.len()
+        + format::records(&data[format::JOURNAL_MAGIC.len()..]).good_len;
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, at as u64).unwrap();
 }
 
 impl FileJournal {
@@ -110,12 +120,7 @@ fn a_torn_last_write_is_dropped_and_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let expected = run(tmp.path(), &[vec![queued("a", 0)]]);
     let record = format::encode_batch(&[queued("b", 1)]);
-    let mut f = OpenOptions::new()
-        .append(true)
-        .open(newest_journal(tmp.path()))
-        .unwrap();
-    f.write_all(&record[..record.len() - 3]).unwrap();
-    drop(f);
+    write_at_records_end(&newest_journal(tmp.path()), &record[..record.len() - 3]);
     let (snap, recovery, _j) = open(tmp.path(), Durability::Os, |_| usize::MAX).unwrap();
     assert_eq!(snap, expected, "the torn record is not applied");
     assert_eq!(recovery.torn_bytes, record.len() as u64 - 3);
@@ -240,12 +245,7 @@ fn uids(snapshot: &Snapshot) -> Vec<&str> {
 fn a_cut_off_torn_write_does_not_end_a_later_fallback_through_its_journal() {
     let dir = tempfile::tempdir().unwrap();
     run_once(dir.path(), &[queued_c("a", 0)]);
-    let mut journal = OpenOptions::new()
-        .append(true)
-        .open(journal_path(dir.path(), 0))
-        .unwrap();
-    journal.write_all(&[0x40, 0, 0, 0, 1, 2, 3]).unwrap();
-    drop(journal);
+    write_at_records_end(&journal_path(dir.path(), 0), &[0x40, 0, 0, 0, 1, 2, 3]);
     let (snapshot, recovery) = run_once(dir.path(), &[queued_c("b", 1)]);
     assert_eq!(recovery.torn_bytes, 7);
     assert_eq!(uids(&snapshot), ["a"]);
@@ -285,8 +285,8 @@ fn a_newer_format_is_refused_by_name_not_fallen_back_from() {
         run_once(tmp.path(), &[queued_c("a", 0)]);
         run_once(tmp.path(), &[queued_c("b", 1)]);
         let (path, magic) = match newer {
-            "snapshot" => (snapshot_path(tmp.path(), 1), b"CDSNAP6\n"),
-            _ => (journal_path(tmp.path(), 1), b"CDJRNL6\n"),
+            "snapshot" => (snapshot_path(tmp.path(), 1), b"CDSNAP7\n"),
+            _ => (journal_path(tmp.path(), 1), b"CDJRNL7\n"),
         };
         let mut bytes = fs::read(&path).unwrap();
         bytes[..8].copy_from_slice(magic);
@@ -373,6 +373,10 @@ fn an_fsync_compaction_keeps_every_batch_around_it() {
     }
     assert_eq!(journal.close_wait(last), last);
     journal.close(Duration::from_secs(5));
+    // The finished generation keeps its records, not the zeros preallocated after them.
+    let old = fs::read(journal_path(tmp.path(), 0)).unwrap();
+    let magic = format::JOURNAL_MAGIC.len();
+    assert_eq!(magic + format::records(&old[magic..]).good_len, old.len());
     let (back, recovery, _j) = open(tmp.path(), Durability::Fsync, |_| usize::MAX).unwrap();
     assert_eq!(recovery.base, 1, "{:?}", recovery.warnings);
     assert_eq!(back, snap);
@@ -432,7 +436,7 @@ fn a_format_2_journal_is_restored_with_untokened_grants() {
         &fs::read(newest_journal(dir)).unwrap()[..8],
         format::JOURNAL_MAGIC
     );
-    assert_eq!(&format::JOURNAL_MAGIC[..], b"CDJRNL5\n");
+    assert_eq!(&format::JOURNAL_MAGIC[..], b"CDJRNL6\n");
 }
 
 /// A batch of only acknowledgements is committed without a sync of its own, and is durable
@@ -513,6 +517,10 @@ fn inline_fsync_holds_a_soon_batch_until_its_deadline_or_the_next_now_batch() {
     let d = journal.submit_with(&[queued_c("d", 3)], Urgency::Soon, t1);
     assert_eq!(journal.close(Duration::from_secs(5)), d);
 
+    // Preallocated (format 6): the file runs on in zeros past its records, which read as a
+    // clean end.
+    let path = journal_path(tmp.path(), 0);
+    assert!(fs::metadata(&path).unwrap().len() >= 1 << 20);
     let (snapshot, recovery) = run_once(tmp.path(), &[]);
     assert!(recovery.warnings.is_empty(), "{:?}", recovery.warnings);
     assert_eq!(recovery.torn_bytes, 0);

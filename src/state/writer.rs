@@ -31,6 +31,8 @@ use super::group::{Flush, Grouping, Urgency};
 use super::{journal_path, snapshot_path, Durability, Store};
 use crate::engine::{Change, Snapshot};
 
+/// Zeros written ahead of a journal's records each time they reach the end of the file.
+const PREALLOCATE: u64 = 1 << 20;
 /// A journal smaller than this is never compacted.
 const COMPACT_MIN: u64 = 16 << 20;
 /// One write takes at most about this many bytes of queued batches.
@@ -130,6 +132,7 @@ impl FileJournal {
             store,
             file,
             len: JOURNAL_MAGIC.len() as u64,
+            allocated: JOURNAL_MAGIC.len() as u64,
             generation,
             durability,
             committed: committed_tx,
@@ -433,6 +436,8 @@ struct Writer {
     file: File,
     /// Bytes of the current journal known written.
     len: u64,
+    /// Size of the current journal file: `len`, then zeros written ahead ([`PREALLOCATE`]).
+    allocated: u64,
     generation: u64,
     durability: Durability,
     committed: watch::Sender<u64>,
@@ -503,6 +508,17 @@ impl Writer {
     /// One attempt to write `bytes` at the end of the journal, and sync it (with `fsync`
     /// durability, unless `sync` is false: only lazy batches).
     fn write(&mut self, bytes: &[u8], sync: bool) -> io::Result<()> {
+        let end = self.len + bytes.len() as u64;
+        if end > self.allocated {
+            // Zeros ahead of the records (format 6), synced with this batch: later syncs
+            // rewrite blocks already in the file and leave its size alone, so the disk writes
+            // the data alone (ext4 without a journal, as here, otherwise writes the inode after
+            // the data, one I/O after the other: 137 -> 91 us per sync, BENCHMARKS section 13).
+            let to = end + PREALLOCATE;
+            let zeros = vec![0; usize::try_from(to - self.allocated).unwrap_or(usize::MAX)];
+            self.file.write_all_at(&zeros, self.allocated)?;
+            self.allocated = to;
+        }
         // Positioned writes: a retry overwrites whatever a failed attempt left behind.
         self.file.write_all_at(bytes, self.len)?;
         if sync && self.durability == Durability::Fsync {
@@ -572,8 +588,13 @@ impl Writer {
         match result {
             Ok(file) => {
                 prune(dir, self.generation);
+                // The finished journal keeps its records, not the zeros written ahead of them.
+                if let Err(e) = self.file.set_len(self.len) {
+                    tracing::debug!(cause = %e, "could not trim the zeros after a finished journal");
+                }
                 self.file = file;
                 self.len = JOURNAL_MAGIC.len() as u64;
+                self.allocated = self.len;
                 self.generation = generation;
                 metrics::gauge!("coordinosaur_journal_bytes").set(self.len as f64);
             }

@@ -121,3 +121,23 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Writes `bytes` where the records of the journal at `path` end, as a write cut short by a
+/// crash leaves them: journals are preallocated (format 6), so the records are followed by
+/// zeros, and a torn write lands on those zeros rather than after the end of the file.
+pub fn write_at_journal_end(path: &std::path::Path, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt as _;
+    let data = std::fs::read(path).expect("read the journal");
+    // After the 8-byte magic: `[len: u32 LE][crc32: u32 LE][payload]` until a zero header.
+    let mut at = 8;
+    while at + 8 <= data.len() && data[at..at + 8] != [0; 8] {
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes")) as usize;
+        at += 8 + len;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open the journal")
+        .write_all_at(bytes, at as u64)
+        .expect("write into the journal");
+}

@@ -359,7 +359,9 @@ impl Tail {
                         .stream_sequence;
                     let headers = m.headers.as_ref();
                     if let Some(f) = headers.and_then(|h| h.get(FORMAT_HEADER)) {
-                        if f.as_str() != format::FORMAT.to_string() {
+                        // Batches of every format up to this build's decode alike (format 6
+                        // changed only the file journal's tail), so only a newer one is refused.
+                        if f.as_str().parse::<u8>().map_or(true, |f| f > format::FORMAT) {
                             return Err(ClusterError::Read(format!(
                                 "journal message {seq} is in format {} and this coordinosaur reads {}: upgrade every coordinator",
                                 f.as_str(),
