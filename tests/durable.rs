@@ -798,6 +798,10 @@ async fn full_disk_holds_the_go_until_space_is_freed_and_logs_the_write_failure(
     c.finished("ch", "before").await;
     c.state("ch").await;
 
+    // 1 MiB of zeros written ahead of the records does not fit: they were cut off again, so
+    // the journal's preallocation did not take the space the filler gets now.
+    let log = last_run_log(&daemon);
+    assert!(log.contains("cannot preallocate the journal"), "{log}");
     let filler = tmpfs.path().join("filler");
     assert!(fill(&filler) > 0, "the tmpfs was full from the start");
     // 16 KiB of registration fields: the record needs new pages, which a full tmpfs refuses

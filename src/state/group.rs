@@ -1,7 +1,8 @@
-//! Group commit with `durability = "fsync"`: which queued batches the writer thread writes, and
+//! Group commit with `durability = "fsync"`: which submitted batches the writer writes, and
 //! when it syncs them. A pure part with the engine's shape: batches in ([`Grouping::handle_batch`]),
-//! what to do out ([`Grouping::poll`]), and the time to wake up ([`Grouping::deadline`]); the
-//! thread in [`super::writer`] does the I/O.
+//! what to do out ([`Grouping::poll`]), and the time to wake up ([`Grouping::deadline`]);
+//! [`super::writer`] does the I/O, on the driver's thread (which sleeps until the deadline) or
+//! on the writer thread when that has taken over.
 //!
 //! Batches differ in who waits for them:
 //! - [`Urgency::Now`]: a decision will be published once the batch is durable, so the writer

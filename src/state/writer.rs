@@ -508,24 +508,37 @@ impl Writer {
     /// One attempt to write `bytes` at the end of the journal, and sync it (with `fsync`
     /// durability, unless `sync` is false: only lazy batches).
     fn write(&mut self, bytes: &[u8], sync: bool) -> io::Result<()> {
-        let end = self.len + bytes.len() as u64;
-        if end > self.allocated {
-            // Zeros ahead of the records (format 6), synced with this batch: later syncs
-            // rewrite blocks already in the file and leave its size alone, so the disk writes
-            // the data alone (ext4 without a journal, as here, otherwise writes the inode after
-            // the data, one I/O after the other: 137 -> 91 us per sync, BENCHMARKS section 13).
-            let to = end + PREALLOCATE;
-            let zeros = vec![0; usize::try_from(to - self.allocated).unwrap_or(usize::MAX)];
-            self.file.write_all_at(&zeros, self.allocated)?;
-            self.allocated = to;
-        }
         // Positioned writes: a retry overwrites whatever a failed attempt left behind.
         self.file.write_all_at(bytes, self.len)?;
+        let end = self.len + bytes.len() as u64;
+        if end > self.allocated {
+            self.preallocate(end);
+        }
         if sync && self.durability == Durability::Fsync {
             self.file.sync_data()?;
         }
-        self.len += bytes.len() as u64;
+        self.len = end;
         Ok(())
+    }
+
+    /// Writes [`PREALLOCATE`] zeros after the records ending at `end` (format 6), to be synced
+    /// with them: later syncs rewrite blocks already in the file and leave its size alone, so
+    /// the disk writes the data alone (ext4 without a journal, as here, otherwise writes the
+    /// inode after the data, one I/O after the other: 137 -> 91 us per sync, BENCHMARKS section
+    /// 13). Best effort: on a disk too full for them the zeros are cut off again (they must not
+    /// take the last free space) and this generation grows by appends, as before format 6.
+    fn preallocate(&mut self, end: u64) {
+        let zeros = vec![0; usize::try_from(PREALLOCATE).unwrap_or(1 << 20)];
+        match self.file.write_all_at(&zeros, end) {
+            Ok(()) => self.allocated = end + PREALLOCATE,
+            Err(e) => {
+                if let Err(e) = self.file.set_len(end) {
+                    tracing::debug!(cause = %e, "could not cut off partly written zeros");
+                }
+                self.allocated = u64::MAX;
+                tracing::info!(cause = %e, "cannot preallocate the journal; it grows by appends until the next generation");
+            }
+        }
     }
 
     /// Writes (and syncs) `group`, retrying until it works or the daemon stops; then reports
