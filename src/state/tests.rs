@@ -526,3 +526,26 @@ fn inline_fsync_holds_a_soon_batch_until_its_deadline_or_the_next_now_batch() {
     assert_eq!(recovery.torn_bytes, 0);
     assert_eq!(uids(&snapshot), ["a", "b", "c", "d"]);
 }
+
+/// A sync slower than the threshold moves the writer to its thread for good (a slow or
+/// stalled disk must not hold up the driver); what was and is submitted is committed by the
+/// thread, with its held batch, and comes back after a restart.
+#[test]
+fn a_slow_inline_sync_hands_the_journal_to_the_writer_thread() {
+    use super::group::Urgency;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, _, mut journal) = open(tmp.path(), Durability::Fsync, |_| usize::MAX).unwrap();
+    journal.set_inline_sync_max(Duration::ZERO);
+    let a = journal.submit(&[queued_c("a", 0)]);
+    assert_eq!(journal.committed(), a, "committed inline, then handed over");
+    assert!(!journal.writes_inline(), "the slow sync moved the writer");
+    let b = journal.submit_with(&[queued_c("b", 1)], Urgency::Soon, Instant::now());
+    let c = journal.submit(&[queued_c("c", 2)]);
+    assert!(c > b);
+    assert_eq!(journal.close_wait(c), c);
+    assert!(!journal.writes_inline(), "for good");
+    assert_eq!(journal.close(Duration::from_secs(5)), c);
+    let (snapshot, recovery) = run_once(tmp.path(), &[]);
+    assert!(recovery.warnings.is_empty(), "{:?}", recovery.warnings);
+    assert_eq!(uids(&snapshot), ["a", "b", "c"]);
+}

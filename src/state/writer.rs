@@ -75,6 +75,8 @@ pub struct FileJournal {
     grouping: Grouping,
     /// Inline: the last batch id written, and synced if it needed a sync.
     inline_committed: u64,
+    /// A write and sync slower than this moves the writer to its thread ([`INLINE_SYNC_MAX`]).
+    inline_sync_max: Duration,
     tx: Option<mpsc::Sender<Cmd>>,
     /// Disconnected once the writer thread has ended.
     done: Option<mpsc::Receiver<()>>,
@@ -145,6 +147,7 @@ impl FileJournal {
             held: Vec::new(),
             grouping: Grouping::default(),
             inline_committed: 0,
+            inline_sync_max: INLINE_SYNC_MAX,
             tx: None,
             done: None,
             reclaim: false,
@@ -263,11 +266,11 @@ impl FileJournal {
         metrics::gauge!("coordinosaur_journal_bytes").set(writer.len as f64);
         self.held.clear();
         self.inline_committed = self.last_id;
-        if took > INLINE_SYNC_MAX {
+        if took > self.inline_sync_max {
             tracing::warn!(
                 took_ms = took.as_millis(),
                 "a journal sync took over {} ms; syncing on a writer thread from now on, so a slow disk does not hold up the rest of the daemon",
-                INLINE_SYNC_MAX.as_millis()
+                self.inline_sync_max.as_millis()
             );
             self.move_to_thread(Urgency::Lazy);
         }
@@ -365,6 +368,12 @@ impl FileJournal {
             generation: self.generation,
             snapshot: Box::new(snapshot),
         });
+    }
+
+    /// Lowers the threshold for a slow sync (tests: no disk here is slow on demand).
+    #[cfg(test)]
+    pub(super) fn set_inline_sync_max(&mut self, max: Duration) {
+        self.inline_sync_max = max;
     }
 
     /// Whether writes happen on the caller's thread now (tests).
