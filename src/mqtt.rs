@@ -239,7 +239,9 @@ pub async fn run(
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 link.tracker.handle_puback(ack.pkid).map(Inbound::Delivered)
             }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => Some(link.handle_connack(&ack)),
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                Some(link.handle_connack(&ack, &mut eventloop))
+            }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 debug!(?ack.return_codes, "subscribed");
                 None
@@ -299,7 +301,9 @@ impl Link {
 
     /// Subscribes again and tells the driver, which publishes the sync marker when it reads
     /// this: behind the subscriptions, and behind whatever the broker queued for our session.
-    fn handle_connack(&mut self, ack: &ConnAck) -> Inbound {
+    /// With the session resumed, the grants' `go`s are taken out of rumqttc's resends (see
+    /// [`delivery`]): the driver says them again to the jobs still running.
+    fn handle_connack(&mut self, ack: &ConnAck, eventloop: &mut EventLoop) -> Inbound {
         // Subscribe on every ConnAck, even with `session_present`: the broker may have
         // dropped or expired the session (a restart without persistence, a session
         // expiry), and subscribing again to a filter we hold is harmless.
@@ -313,9 +317,26 @@ impl Link {
                 warn!(filter, cause = %e, "subscribe request not queued");
             }
         }
+        let pending: Vec<Option<u16>> = eventloop
+            .pending
+            .iter()
+            .map(|r| match r {
+                Request::Publish(p) => Some(p.pkid),
+                _ => None,
+            })
+            .collect();
+        let (grants_lost, withhold) = self.tracker.handle_connack(ack.session_present, &pending);
+        if ack.session_present && grants_lost > 0 {
+            let mut out = withhold.into_iter();
+            eventloop.pending.retain(|_| !out.next().unwrap_or(false));
+            info!(
+                grants = grants_lost,
+                "go messages in flight when the connection dropped are not resent as they were; they are said again to jobs still running once the backlog is read"
+            );
+        }
         Inbound::Connected {
             session_present: ack.session_present,
-            grants_lost: self.tracker.handle_connack(ack.session_present),
+            grants_lost,
         }
     }
 

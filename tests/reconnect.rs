@@ -124,3 +124,48 @@ async fn an_acknowledged_go_is_not_said_again_after_the_broker_lost_every_sessio
     c.finished("ch", "a").await;
     assert_eq!(c.next_go("ch").await, "b");
 }
+
+/// The broker got two `go`s and delivered them, but their acknowledgements never reached the
+/// daemon, and then the connection dropped while the broker kept the session. rumqttc would
+/// resend both as they were, and the worker that had finished meanwhile would hear `go` after
+/// its `finished`. The daemon withholds such resends and says `go` again, once it has read what
+/// the broker queued for it, only to the job still running.
+#[tokio::test]
+async fn after_lost_pubacks_and_a_resumed_session_go_is_said_again_only_to_running_jobs() {
+    let broker = Mosquitto::start();
+    let relay = common::relay::Relay::start(broker.port()).await;
+    let daemon = Daemon::start(
+        relay.port(),
+        "[state]\ndir = \"\"\n\n[defaults]\nmax_concurrent_jobs = 2\n",
+    )
+    .await;
+    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
+    c.subscribe(&topic("ch", "go/+")).await;
+    relay.drop_pubacks(true);
+    c.register("ch", "done", 60.0).await;
+    c.register("ch", "busy", 60.0).await;
+    let mut granted = vec![c.next_go("ch").await, c.next_go("ch").await];
+    granted.sort();
+    assert_eq!(granted, ["busy", "done"]);
+    c.finished("ch", "done").await;
+    // The daemon has read the `finished` (through the relay, which only drops PUBACKs).
+    let state = c.state("ch").await;
+    assert_eq!(state["running"], json!(["busy"]), "{state}");
+
+    relay.drop_pubacks(false);
+    relay.cut();
+    daemon.wait_log("session_present=true").await;
+    assert_eq!(
+        c.next_go("ch").await,
+        "busy",
+        "said again to the job still running"
+    );
+    c.expect_none(&topic("ch", "go/+"), Duration::from_millis(1500))
+        .await;
+    daemon.wait_log("not resent as they were").await;
+
+    // Served as usual afterwards.
+    c.finished("ch", "busy").await;
+    c.register("ch", "next", 60.0).await;
+    assert_eq!(c.next_go("ch").await, "next");
+}

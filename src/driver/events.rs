@@ -44,9 +44,9 @@ impl<S: Sink> Driver<S> {
 
     pub(super) async fn connected(&mut self, session_present: bool, grants_lost: usize) {
         let now = self.clock.now();
-        let lost = self
-            .resend
-            .handle_connected(now, session_present, &mut self.engine);
+        let lost =
+            self.resend
+                .handle_connected(now, session_present, grants_lost, &mut self.engine);
         if let Some(LostSession { unacknowledged }) = lost {
             warn!(unacknowledged, grants_lost, "the broker lost our session (restarted without persistence?): go will be said again to running jobs whose go it never acknowledged, once the backlog is read and workers had {RESUBSCRIBE_GRACE} to subscribe again");
         }

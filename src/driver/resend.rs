@@ -2,6 +2,10 @@
 //! may have lost their `go` (restored from the journal unacknowledged, or running when the broker
 //! lost the daemon's session); this decides when to tell them, with injected time.
 //!
+//! The same holds after a reconnect that resumed the session: the `go`s that were in flight
+//! are not resent as they were (a job may have finished meanwhile) but said again from here to
+//! the jobs that still run.
+//!
 //! The repeated `go` waits until the daemon has read what the broker queued for it while it was
 //! away (its sync marker came back), so that a job whose `finished` was queued is not told `go`
 //! again; after a lost broker session it also waits [`RESUBSCRIBE_GRACE`] for workers to
@@ -45,12 +49,15 @@ pub struct Resent {
 }
 
 impl Resend {
-    /// Connected to the broker at `now`. If the broker lost a session the daemon had, marks the
-    /// running jobs whose `go` it never acknowledged in `engine` and reports how many.
+    /// Connected to the broker at `now`. If the broker lost a session the daemon had, or kept
+    /// it but `withheld` grants' `go`s were not sent again as they were (the MQTT adapter leaves
+    /// them out of its resends), marks the running jobs whose `go` it never acknowledged in
+    /// `engine`; a lost session is reported, with how many.
     pub fn handle_connected(
         &mut self,
         now: Time,
         session_present: bool,
+        withheld: usize,
         engine: &mut Engine,
     ) -> Option<LostSession> {
         self.synced = false;
@@ -61,6 +68,9 @@ impl Resend {
                 self.not_before = Some(now + RESUBSCRIBE_GRACE);
                 lost = Some(LostSession { unacknowledged });
             }
+        } else if session_present && withheld > 0 {
+            // Workers kept their sessions too: no grace to subscribe again.
+            engine.redeliver_running();
         }
         self.connected_before = true;
         if engine.awaits_redelivery() && self.give_up_at.is_none() {

@@ -11,7 +11,12 @@
 //!
 //! - **Resends.** After a reconnect that resumes the session, rumqttc sends the publishes that
 //!   were in flight again with their packet ids: an `Outgoing::Publish` for an id still in
-//!   flight is a resend and takes no new `Sent`.
+//!   flight is a resend and takes no new `Sent`. Except grants: their `go`s are taken out of
+//!   rumqttc's pending queue before it resends ([`Tracker::handle_connack`] says which), because
+//!   a job may have finished while the connection was down (its worker got the `go`, only the
+//!   broker's acknowledgement was lost) and a `go` resent as it was would reach it after its
+//!   `finished`. The driver says `go` again instead, once it has read what the broker queued for
+//!   it, and only to jobs still running.
 //! - **Requests pending at a connection loss.** rumqttc moves the requests it had not read yet
 //!   into its pending queue ([`Tracker::handle_connection_lost`] counts the publishes among
 //!   them) and sends them after the reconnect, in order, as new publishes. But if the broker no
@@ -103,13 +108,70 @@ impl Tracker {
         self.pending = unsent.min(self.queued.len());
     }
 
-    /// Connected again. Without a session rumqttc dropped every publish in flight and every
-    /// pending request: returns how many grants were lost that way (never acknowledged).
-    pub fn handle_connack(&mut self, session_present: bool) -> usize {
-        let pending = std::mem::take(&mut self.pending);
+    /// Connected again; `pending` is rumqttc's pending queue, in order: `Some(packet id)` for a
+    /// publish (0 if it was never sent), `None` for any other request. Returns how many grants'
+    /// `go`s will not reach the broker as they were sent, and which entries of `pending` to
+    /// take out (`true`).
+    ///
+    /// Without a session rumqttc dropped every publish in flight and every pending request (its
+    /// queue is empty by now): every grant among them is lost. With the session resumed, the
+    /// grants' `go`s in the queue (resends and unsent alike) are to be taken out and forgotten
+    /// here; everything else is resent as rumqttc would.
+    pub fn handle_connack(
+        &mut self,
+        session_present: bool,
+        pending: &[Option<u16>],
+    ) -> (usize, Vec<bool>) {
+        let unsent = std::mem::take(&mut self.pending);
         if session_present {
-            return 0;
+            return self.withhold_grants(unsent, pending);
         }
+        (self.drop_session(unsent), vec![false; pending.len()])
+    }
+
+    /// The session resumed: forgets the grants among the `pending` publishes (the first
+    /// `unsent` queued requests are its publishes without a packet id, in order).
+    fn withhold_grants(&mut self, unsent: usize, pending: &[Option<u16>]) -> (usize, Vec<bool>) {
+        let mut kept = VecDeque::new();
+        let mut taken = 0;
+        let mut withheld = 0;
+        let out = pending
+            .iter()
+            .map(|entry| {
+                let grant = match *entry {
+                    Some(0) if taken < unsent => {
+                        taken += 1;
+                        match self.queued.pop_front() {
+                            Some(Sent::Grant(_)) => true,
+                            Some(other) => {
+                                kept.push_back(other);
+                                false
+                            }
+                            None => false,
+                        }
+                    }
+                    Some(pkid) if pkid != 0 => match self.inflight.get(&pkid) {
+                        Some(Sent::Grant(_)) => {
+                            self.inflight.remove(&pkid);
+                            true
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                };
+                withheld += usize::from(grant);
+                grant
+            })
+            .collect();
+        // The unsent requests kept go out first, as they were queued.
+        while let Some(sent) = kept.pop_back() {
+            self.queued.push_front(sent);
+        }
+        (withheld, out)
+    }
+
+    /// The session is gone with everything rumqttc held: returns how many grants that was.
+    fn drop_session(&mut self, pending: usize) -> usize {
         let lost = self
             .inflight
             .drain()
@@ -180,17 +242,50 @@ mod tests {
     #[test]
     fn a_resend_after_resuming_the_session_takes_no_new_request() {
         let mut t = Tracker::default();
-        t.handle_queued(grant("a"));
+        t.handle_queued(Sent::Other); // x
         t.handle_queued(grant("b"));
+        t.handle_queued(Sent::Other); // y
         t.handle_outgoing_publish(1);
-        // Lost before `b` was sent: rumqttc holds `a` (id 1) and the unsent `b`.
+        // Lost before `b` and `y` were sent: rumqttc holds `x` (id 1) and the unsent two.
+        t.handle_connection_lost(2);
+        t.handle_connection_lost(2);
+        assert_eq!(
+            t.handle_connack(true, &[Some(1), Some(0), Some(0)]),
+            (1, vec![false, true, false]),
+            "b's go is withheld"
+        );
+        t.handle_outgoing_publish(1); // x again
+        t.handle_outgoing_publish(2); // y, new
+        t.handle_queued(grant("c"));
+        t.handle_outgoing_publish(3);
+        assert_eq!(uid(t.handle_puback(1)), None);
+        assert_eq!(uid(t.handle_puback(2)), None);
+        assert_eq!(uid(t.handle_puback(3)), Some("c".into()), "still in step");
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    /// A resumed session: the grants' `go`s among rumqttc's resends (in flight) and its unsent
+    /// requests are taken out and forgotten; other publishes and requests stay.
+    #[test]
+    fn grants_pending_when_a_session_resumes_are_withheld_not_resent() {
+        let mut t = Tracker::default();
+        t.handle_queued(grant("a"));
+        t.handle_queued(Sent::Other);
+        t.handle_queued(grant("b"));
+        t.handle_outgoing_publish(1); // a
+        t.handle_outgoing_publish(2); // other
         t.handle_connection_lost(1);
-        t.handle_connection_lost(1);
-        assert_eq!(t.handle_connack(true), 0);
-        t.handle_outgoing_publish(1); // a again
-        t.handle_outgoing_publish(2); // b, new
-        assert_eq!(uid(t.handle_puback(1)), Some("a".into()));
-        assert_eq!(uid(t.handle_puback(2)), Some("b".into()));
+        assert_eq!(
+            t.handle_connack(true, &[Some(1), Some(2), Some(0), None]),
+            (2, vec![true, false, true, false])
+        );
+        assert_eq!(t.in_flight(), 1, "the other publish is resent");
+        assert_eq!(uid(t.handle_puback(1)), None, "a's go is forgotten");
+        t.handle_outgoing_publish(2); // the other publish again
+        assert_eq!(uid(t.handle_puback(2)), None);
+        t.handle_queued(grant("c"));
+        t.handle_outgoing_publish(1);
+        assert_eq!(uid(t.handle_puback(1)), Some("c".into()));
     }
 
     #[test]
@@ -203,8 +298,8 @@ mod tests {
         // Requested after the loss: still in rumqttc's request channel, sent after the ConnAck.
         t.handle_queued(grant("c"));
         assert_eq!(
-            t.handle_connack(false),
-            2,
+            t.handle_connack(false, &[]),
+            (2, vec![]),
             "a (in flight) and b (pending) are gone"
         );
         t.handle_outgoing_publish(1);
@@ -234,7 +329,7 @@ mod tests {
         }
         t.handle_connection_lost(2);
         t.handle_connection_lost(3); // a failed reconnect drained one more request
-        assert_eq!(t.handle_connack(false), 3);
+        assert_eq!(t.handle_connack(false, &[]).0, 3);
         t.handle_queued(grant("d"));
         t.handle_outgoing_publish(1);
         assert_eq!(uid(t.handle_puback(1)), Some("d".into()));

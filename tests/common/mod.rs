@@ -8,6 +8,7 @@
 //! - [`daemon`]: [`Daemon`] runs the `coordinosaur` binary against a broker and waits until it answers.
 //! - [`client`]: [`Client`], an async rumqttc client with bounded waits and protocol helpers.
 //! - [`policies`]: the policy components of `policies/`, built once per test process.
+//! - [`relay`]: a TCP relay that can hold back a broker's PUBACKs and cut connections.
 //! - [`fleet`]: load for fault tests (hundreds of workers over several channels) and a monitor
 //!   that records every message; [`checker`] replays the monitor's log against the limits.
 //!
@@ -25,6 +26,7 @@ pub mod daemon;
 pub mod fleet;
 pub mod nats;
 pub mod policies;
+pub mod relay;
 
 use std::net::TcpListener;
 use std::process::Stdio;

@@ -61,7 +61,7 @@ fn after_a_restart_go_is_said_again_once_the_marker_is_back() {
     let mut r = Resend::default();
     let t = T0 + Millis(5_000);
     assert_eq!(
-        r.handle_connected(t, false, &mut e),
+        r.handle_connected(t, false, 0, &mut e),
         None,
         "a first connect loses nothing"
     );
@@ -87,7 +87,7 @@ fn without_the_marker_go_is_said_again_at_the_give_up_time() {
     let mut e = restored();
     let mut r = Resend::default();
     let t = T0 + Millis(5_000);
-    r.handle_connected(t, true, &mut e);
+    r.handle_connected(t, true, 0, &mut e);
     let give_up = t + SYNC_PATIENCE;
     assert_eq!(r.handle_timeout(Time(give_up.0 - 1), &mut e), None);
     assert_eq!(
@@ -114,11 +114,11 @@ fn a_lost_session_marks_unacknowledged_grants_and_waits_for_the_grace() {
     );
     let _ = std::iter::from_fn(|| e.poll_output()).count();
     let mut r = Resend::default();
-    assert_eq!(r.handle_connected(T0, true, &mut e), None);
+    assert_eq!(r.handle_connected(T0, true, 0, &mut e), None);
     assert_eq!(r.next_deadline(&e), None, "nothing awaits a repeat");
     let t = T0 + Millis(3_000);
     assert_eq!(
-        r.handle_connected(t, false, &mut e),
+        r.handle_connected(t, false, 0, &mut e),
         Some(LostSession { unacknowledged: 1 })
     );
     r.handle_synced();
@@ -134,8 +134,46 @@ fn a_resumed_session_repeats_nothing() {
     let mut e = engine();
     register(&mut e, T0, "a");
     let mut r = Resend::default();
-    r.handle_connected(T0, false, &mut e);
-    assert_eq!(r.handle_connected(T0 + Millis(10), true, &mut e), None);
+    r.handle_connected(T0, false, 0, &mut e);
+    assert_eq!(r.handle_connected(T0 + Millis(10), true, 0, &mut e), None);
     r.handle_synced();
     assert_eq!(r.next_deadline(&e), None);
+}
+
+/// A resumed session whose in-flight `go`s the adapter withheld from rumqttc's resends: the
+/// jobs still running and unacknowledged hear `go` again once the marker is back (at once: the
+/// workers kept their sessions); a job that finished meanwhile does not.
+#[test]
+fn withheld_resends_are_said_again_after_the_marker_only_to_running_jobs() {
+    let mut e = engine();
+    register(&mut e, T0, "a");
+    register(&mut e, T0, "b");
+    let _ = std::iter::from_fn(|| e.poll_output()).count();
+    let mut r = Resend::default();
+    r.handle_connected(T0, false, 0, &mut e);
+    let t = T0 + Millis(3_000);
+    assert_eq!(
+        r.handle_connected(t, true, 2, &mut e),
+        None,
+        "not a lost session"
+    );
+    // The broker had `a`'s finished queued for us: read before the marker.
+    e.handle(
+        t,
+        Input::Finished {
+            channel: "c".into(),
+            uid: "a".into(),
+            token: None,
+        },
+    );
+    let _ = std::iter::from_fn(|| e.poll_output()).count();
+    assert_eq!(
+        r.next_deadline(&e),
+        Some(t + SYNC_PATIENCE),
+        "waits for the marker"
+    );
+    r.handle_synced();
+    assert_eq!(r.next_deadline(&e), Some(Time(0)), "then at once");
+    assert!(r.handle_timeout(t, &mut e).is_some());
+    assert_eq!(again(&mut e), ["b"]);
 }
