@@ -99,10 +99,10 @@ async fn relay(
                 Ok(0) | Err(_) => return,
                 Ok(n) => pending.extend_from_slice(&buf[..n]),
             }
-            // Whole MQTT packets only: fixed header byte, remaining length (1-4 bytes), body.
-            while let Some(len) = packet_len(&pending) {
-                let packet: Vec<u8> = pending.drain(..len).collect();
-                let puback = packet[0] >> 4 == 4;
+            // Whole MQTT packets only, framed by rumqttc's own parser.
+            while let Ok(header) = rumqttc::check(pending.iter(), usize::MAX) {
+                let packet: Vec<u8> = pending.drain(..header.frame_length()).collect();
+                let puback = matches!(header.packet_type(), Ok(rumqttc::PacketType::PubAck));
                 if puback && drop_pubacks.load(Ordering::SeqCst) {
                     continue;
                 }
@@ -117,18 +117,4 @@ async fn relay(
         () = down => {}
         _ = cuts.changed() => {}
     }
-}
-
-/// Length of the first whole MQTT packet in `bytes`, if it has arrived.
-fn packet_len(bytes: &[u8]) -> Option<usize> {
-    let mut remaining = 0usize;
-    for i in 0..4 {
-        let b = *bytes.get(1 + i)?;
-        remaining |= usize::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            let len = 2 + i + remaining;
-            return (bytes.len() >= len).then_some(len);
-        }
-    }
-    None
 }
