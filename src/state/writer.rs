@@ -262,8 +262,7 @@ impl FileJournal {
             return;
         }
         let took = started.elapsed();
-        metrics::histogram!("coordinosaur_journal_commit_seconds").record(took.as_secs_f64());
-        metrics::gauge!("coordinosaur_journal_bytes").set(writer.len as f64);
+        writer.record_commit(took);
         self.held.clear();
         self.inline_committed = self.last_id;
         if took > self.inline_sync_max {
@@ -593,12 +592,16 @@ impl Writer {
                 "journal writes work again"
             );
         }
-        metrics::histogram!("coordinosaur_journal_commit_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::gauge!("coordinosaur_journal_bytes").set(self.len as f64);
+        self.record_commit(started.elapsed());
         group.clear();
         self.committed.send_replace(id);
         true
+    }
+
+    /// The metrics of one committed group that took `took` to write (and sync).
+    fn record_commit(&self, took: Duration) {
+        metrics::histogram!("coordinosaur_journal_commit_seconds").record(took.as_secs_f64());
+        metrics::gauge!("coordinosaur_journal_bytes").set(self.len as f64);
     }
 
     fn rotate(&mut self, generation: u64, snapshot: &Snapshot) {
