@@ -141,6 +141,10 @@ fn describe() {
         "Connections to the broker (the first one included)."
     );
     describe_counter!(
+        "coordinosaur_subscriptions_refused_total",
+        "SubAcks in which the broker refused a filter (each is followed by a retry)."
+    );
+    describe_counter!(
         "coordinosaur_go_republished_total",
         "go said again to running jobs whose first go the broker never acknowledged."
     );

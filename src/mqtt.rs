@@ -11,6 +11,7 @@
 pub mod delivery;
 pub mod outbox;
 mod sink;
+mod subscribe;
 pub mod tls;
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnAck, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet,
-    Publish, QoS, Request, TlsConfiguration, Transport,
+    Publish, QoS, Request, SubAck, SubscribeFilter, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -28,6 +29,7 @@ use crate::engine::Input;
 use crate::protocol::{self, DecodeLimits, Rejection};
 use delivery::{Grant, Sent, Tracker};
 pub use sink::MqttSink;
+use subscribe::Subscriptions;
 
 /// Largest packet the client accepts or sends. Much larger than `max_payload` on purpose: an
 /// oversized payload must reach `protocol::decode` and be refused by name, not make rumqttc drop
@@ -243,7 +245,7 @@ pub async fn run(
                 Some(link.handle_connack(&ack, &mut eventloop))
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                debug!(?ack.return_codes, "subscribed");
+                link.handle_suback(&ack);
                 None
             }
             Ok(Event::Incoming(Packet::Publish(p))) => link.handle_publish(&p),
@@ -267,6 +269,17 @@ pub async fn run(
     }
 }
 
+/// Queues one SUBSCRIBE of every filter, so that its SubAck's codes are in `filters` order
+/// ([`subscribe`]). `try_`: awaiting from the polling task could deadlock on a full channel.
+fn subscribe_all(client: &AsyncClient, filters: &[String]) {
+    let request = filters
+        .iter()
+        .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+    if let Err(e) = client.try_subscribe_many(request) {
+        warn!(?filters, cause = %e, "subscribe request not queued");
+    }
+}
+
 /// What the MQTT task keeps between events: what it subscribes to, which grants' `go` are in
 /// flight, and how the connection has been going.
 struct Link {
@@ -280,6 +293,8 @@ struct Link {
     sync_topic: String,
     /// Which grants' `go` the broker acknowledged.
     tracker: Tracker,
+    /// Whether the broker took the filters, and when to ask again.
+    subscriptions: Subscriptions,
     /// How long to wait before the next connection attempt; reset on ConnAck.
     backoff: Duration,
     /// Whether the last attempt reached the broker (a failure after one is news).
@@ -294,6 +309,7 @@ impl Link {
             sync_topic: protocol::sync_topic(&settings.prefix),
             settings,
             tracker: Tracker::default(),
+            subscriptions: Subscriptions::default(),
             backoff: Duration::from_millis(50),
             connected: false,
         }
@@ -306,17 +322,14 @@ impl Link {
     fn handle_connack(&mut self, ack: &ConnAck, eventloop: &mut EventLoop) -> Inbound {
         // Subscribe on every ConnAck, even with `session_present`: the broker may have
         // dropped or expired the session (a restart without persistence, a session
-        // expiry), and subscribing again to a filter we hold is harmless.
+        // expiry), or restored it without a subscription it could not set up again
+        // (nats-server), and subscribing again to a filter we hold is harmless.
         info!(broker = %self.settings.broker.address(), session_present = ack.session_present, "connected");
         self.connected = true;
         metrics::counter!("coordinosaur_broker_connects_total").increment(1);
         self.backoff = Duration::from_millis(50);
-        for filter in &self.filters {
-            // try_subscribe: awaiting from the polling task could deadlock on a full channel.
-            if let Err(e) = self.client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
-                warn!(filter, cause = %e, "subscribe request not queued");
-            }
-        }
+        self.subscriptions.handle_connack();
+        subscribe_all(&self.client, &self.filters);
         let pending: Vec<Option<u16>> = eventloop
             .pending
             .iter()
@@ -337,6 +350,34 @@ impl Link {
         Inbound::Connected {
             session_present: ack.session_present,
             grants_lost,
+        }
+    }
+
+    /// A SubAck: a refused filter is warned about and every filter asked for again after a
+    /// backoff ([`subscribe`]), from a timer task (this task only ever awaits the event loop).
+    fn handle_suback(&mut self, ack: &SubAck) {
+        let refused = subscribe::refused(&self.filters, &ack.return_codes);
+        if refused.is_empty() {
+            debug!(?ack.return_codes, "subscribed");
+            return;
+        }
+        metrics::counter!("coordinosaur_subscriptions_refused_total").increment(1);
+        let retry = self
+            .subscriptions
+            .handle_suback(std::time::Instant::now(), &ack.return_codes);
+        warn!(
+            broker = %self.settings.broker.address(),
+            ?refused,
+            retry_in_ms = retry.map(|d| d.as_millis()),
+            "the broker refused to subscribe; no request on these filters arrives until it takes them: subscribing again"
+        );
+        if let Some(wait) = retry {
+            let client = self.client.clone();
+            let filters = self.filters.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                subscribe_all(&client, &filters);
+            });
         }
     }
 

@@ -169,3 +169,39 @@ async fn after_lost_pubacks_and_a_resumed_session_go_is_said_again_only_to_runni
     c.register("ch", "next", 60.0).await;
     assert_eq!(c.next_go("ch").await, "next");
 }
+
+/// A broker may refuse a SUBSCRIBE and keep the connection: an ACL that denies a filter, or
+/// nats-server's MQTT listener when it cannot set up the subscription's JetStream consumer in
+/// time (while its cluster elects leaders after losing a node). Taking the refusal as a
+/// subscription would leave the daemon deaf for good; it warns and subscribes again until the
+/// broker takes every filter.
+#[tokio::test]
+async fn refused_subscriptions_are_asked_for_again_until_the_broker_takes_them() {
+    let broker = Mosquitto::start();
+    let relay = common::relay::Relay::start(broker.port()).await;
+    // The ConnAck's SUBSCRIBE and the first retry.
+    relay.refuse_subscribes(2);
+    let options = common::DaemonOptions {
+        skip_ready: true,
+        ..common::DaemonOptions::default()
+    };
+    let mut daemon =
+        Daemon::start_with_options(relay.port(), "[state]\ndir = \"\"\n", options).await;
+    daemon.wait_log("retry_in_ms=500").await;
+    // The second retry, 0.5 s later, goes through; the readiness probe (through the relay too)
+    // only from now on, so that the relay refuses the daemon's SUBSCRIBEs, not the probe's.
+    daemon.wait_ready().await;
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("the broker refused to subscribe").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("retry_in_ms=250"), "{log}");
+    assert!(log.contains("retry_in_ms=500"), "{log}");
+
+    let mut c = Client::connect(broker.port(), &unique_id("worker")).await;
+    c.subscribe(&topic("ch", "go/+")).await;
+    c.register("ch", "a", 60.0).await;
+    assert_eq!(c.next_go("ch").await, "a");
+}

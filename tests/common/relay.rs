@@ -1,18 +1,33 @@
 //! A TCP relay between MQTT clients and a broker, on a free loopback port: it can hold back the
 //! broker's PUBACKs and cut every connection, to lose a publish's acknowledgement on purpose
-//! (the broker has the message, the client never hears so) while the broker keeps the session.
+//! (the broker has the message, the client never hears so) while the broker keeps the session;
+//! and it can refuse SUBSCRIBEs itself (a SUBACK of failure codes, the broker never asked), as
+//! a broker does that denies a filter or, like nats-server during a leader election, cannot set
+//! the subscription up.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
+use rumqttc::{PacketType, SubAck, Subscribe, SubscribeReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex};
+
+/// What the relay does to the packets it relays; shared by every connection.
+#[derive(Default)]
+struct Faults {
+    /// Drop the broker's PUBACKs.
+    drop_pubacks: AtomicBool,
+    /// How many more SUBSCRIBEs to refuse.
+    refuse_subscribes: AtomicUsize,
+}
 
 /// The relay; dropping it stops accepting (connections end with their next cut or close).
 pub struct Relay {
     port: u16,
-    drop_pubacks: Arc<AtomicBool>,
+    faults: Arc<Faults>,
     cuts: watch::Sender<u64>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -24,9 +39,9 @@ impl Relay {
             .await
             .expect("bind the relay");
         let port = listener.local_addr().expect("relay address").port();
-        let drop_pubacks = Arc::new(AtomicBool::new(false));
+        let faults = Arc::new(Faults::default());
         let (cuts, _) = watch::channel(0u64);
-        let (flag, cut_rx) = (drop_pubacks.clone(), cuts.subscribe());
+        let (shared, cut_rx) = (faults.clone(), cuts.subscribe());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(broker) = TcpStream::connect(("127.0.0.1", upstream)).await else {
@@ -34,12 +49,12 @@ impl Relay {
                 };
                 let _ = client.set_nodelay(true);
                 let _ = broker.set_nodelay(true);
-                tokio::spawn(relay(client, broker, flag.clone(), cut_rx.clone()));
+                tokio::spawn(relay(client, broker, shared.clone(), cut_rx.clone()));
             }
         });
         Relay {
             port,
-            drop_pubacks,
+            faults,
             cuts,
             accept,
         }
@@ -52,7 +67,18 @@ impl Relay {
 
     /// While on, PUBACK packets from the broker are dropped instead of relayed.
     pub fn drop_pubacks(&self, on: bool) {
-        self.drop_pubacks.store(on, Ordering::SeqCst);
+        self.faults.drop_pubacks.store(on, Ordering::SeqCst);
+    }
+
+    /// The next `n` SUBSCRIBE packets from clients are not relayed: the relay answers each with
+    /// a SUBACK that refuses every filter.
+    pub fn refuse_subscribes(&self, n: usize) {
+        self.faults.refuse_subscribes.store(n, Ordering::SeqCst);
+    }
+
+    /// How many SUBSCRIBEs are still to be refused.
+    pub fn subscribes_to_refuse(&self) -> usize {
+        self.faults.refuse_subscribes.load(Ordering::SeqCst)
     }
 
     /// Closes every connection relayed so far (clients see the broker go away).
@@ -68,25 +94,44 @@ impl Drop for Relay {
     }
 }
 
-/// Relays one connection until either side closes or the relay cuts it.
+/// Relays one connection until either side closes or the relay cuts it, whole MQTT packets at
+/// a time (framed by rumqttc's own parser).
 async fn relay(
     client: TcpStream,
     broker: TcpStream,
-    drop_pubacks: Arc<AtomicBool>,
+    faults: Arc<Faults>,
     mut cuts: watch::Receiver<u64>,
 ) {
     cuts.mark_unchanged();
-    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut client_rx, client_tx) = client.into_split();
     let (mut broker_rx, mut broker_tx) = broker.into_split();
+    // Both directions write to the client: the broker's packets and the relay's refusals.
+    let client_tx = Mutex::new(client_tx);
     let up = async {
         let mut buf = vec![0u8; 16 << 10];
+        let mut pending: Vec<u8> = Vec::new();
         loop {
             match client_rx.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if broker_tx.write_all(&buf[..n]).await.is_err() {
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+            while let Ok(header) = rumqttc::check(pending.iter(), usize::MAX) {
+                let packet: Vec<u8> = pending.drain(..header.frame_length()).collect();
+                let subscribe = matches!(header.packet_type(), Ok(PacketType::Subscribe));
+                let refuse = subscribe
+                    && faults
+                        .refuse_subscribes
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                if refuse {
+                    let Ok(sub) = Subscribe::read(header, Bytes::from(packet)) else {
+                        return;
+                    };
+                    if !write(&client_tx, &refusal(&sub)).await {
                         return;
                     }
+                } else if broker_tx.write_all(&packet).await.is_err() {
+                    return;
                 }
             }
         }
@@ -99,14 +144,13 @@ async fn relay(
                 Ok(0) | Err(_) => return,
                 Ok(n) => pending.extend_from_slice(&buf[..n]),
             }
-            // Whole MQTT packets only, framed by rumqttc's own parser.
             while let Ok(header) = rumqttc::check(pending.iter(), usize::MAX) {
                 let packet: Vec<u8> = pending.drain(..header.frame_length()).collect();
-                let puback = matches!(header.packet_type(), Ok(rumqttc::PacketType::PubAck));
-                if puback && drop_pubacks.load(Ordering::SeqCst) {
+                let puback = matches!(header.packet_type(), Ok(PacketType::PubAck));
+                if puback && faults.drop_pubacks.load(Ordering::SeqCst) {
                     continue;
                 }
-                if client_tx.write_all(&packet).await.is_err() {
+                if !write(&client_tx, &packet).await {
                     return;
                 }
             }
@@ -117,4 +161,19 @@ async fn relay(
         () = down => {}
         _ = cuts.changed() => {}
     }
+}
+
+/// A SUBACK refusing every filter of `sub`.
+fn refusal(sub: &Subscribe) -> Vec<u8> {
+    let codes = vec![SubscribeReasonCode::Failure; sub.filters.len()];
+    let mut out = BytesMut::new();
+    SubAck::new(sub.pkid, codes)
+        .write(&mut out)
+        .expect("encode a SUBACK");
+    out.to_vec()
+}
+
+/// Writes one whole packet to the client; false once it is gone.
+async fn write(client: &Mutex<OwnedWriteHalf>, packet: &[u8]) -> bool {
+    client.lock().await.write_all(packet).await.is_ok()
 }
