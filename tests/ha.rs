@@ -208,15 +208,7 @@ fn assert_clean(report: &Report, what: &str, coordinators: &Coordinators, cluste
             let _ = std::fs::copy(d.log_path(), keep.join(format!("c{i}.log")));
         }
         cluster.keep_logs(&keep);
-        if let Ok(secs) =
-            std::env::var("COORDINOSAUR_HA_HOLD").map(|v| v.parse::<u64>().unwrap_or(0))
-        {
-            eprintln!(
-                "holding the cluster for {secs} s for inspection: {:?}",
-                cluster.nodes()
-            );
-            std::thread::sleep(Duration::from_secs(secs));
-        }
+        hold_for_inspection(cluster.nodes());
         assert!(
             report.is_clean(),
             "{what}: invariants broken (coordinator logs kept in {})\n{report}",
@@ -225,6 +217,51 @@ fn assert_clean(report: &Report, what: &str, coordinators: &Coordinators, cluste
         eprintln!("coordinator logs kept in {}", keep.display());
     }
     eprintln!("{what}:\n{report}");
+}
+
+/// Copies the coordinators' and the nodes' logs to a new directory in the temp dir when the
+/// test panics before [`assert_clean`] (a `wait_until` that timed out): the processes' own temp
+/// dirs go with them.
+struct KeepLogsOnPanic {
+    files: Vec<(std::path::PathBuf, String)>,
+    nodes: Vec<nats::NodePorts>,
+}
+
+impl KeepLogsOnPanic {
+    fn new(coordinators: &Coordinators, cluster: &NatsCluster) -> KeepLogsOnPanic {
+        let mut files = cluster.log_files();
+        for (i, log) in coordinators.logs().into_iter().enumerate() {
+            files.push((log, format!("c{i}.log")));
+        }
+        KeepLogsOnPanic {
+            files,
+            nodes: cluster.nodes().to_vec(),
+        }
+    }
+}
+
+impl Drop for KeepLogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let keep = std::env::temp_dir().join(unique_id("coordinosaur-ha-panic"));
+        let _ = std::fs::create_dir_all(&keep);
+        for (from, name) in &self.files {
+            let _ = std::fs::copy(from, keep.join(name));
+        }
+        eprintln!("the test panicked: logs kept in {}", keep.display());
+        hold_for_inspection(&self.nodes);
+    }
+}
+
+/// With `COORDINOSAUR_HA_HOLD=<seconds>`, keeps a failed run's processes up that long, so
+/// that the nodes' monitoring endpoints (`http` of each node's ports) can be read.
+fn hold_for_inspection(nodes: &[nats::NodePorts]) {
+    if let Ok(secs) = std::env::var("COORDINOSAUR_HA_HOLD").map(|v| v.parse::<u64>().unwrap_or(0)) {
+        eprintln!("holding the cluster for {secs} s for inspection: {nodes:?}");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
 }
 
 /// Load for the failover runs: enough work to keep every channel granting through many
@@ -536,39 +573,47 @@ async fn losing_one_nats_node_under_load_keeps_deciding_and_it_rejoins() {
     // A lease longer than a JetStream raft election (2-5 s on nats-server 2.9), so that losing
     // the node that led the lease bucket's group does not cost the leadership (README "High
     // availability" explains the trade-off).
-    // Requests through Mosquitto: what is tested is the journal and the lease across the loss.
-    // With the load on the nodes' listeners (workers failing over to the next node), session 5
-    // saw 17 jobs hear a second `go` after they had finished: nats-server closed the leader's
-    // MQTT connection during the node loss and rumqttc resent its unacknowledged `go`s. The
-    // daemon no longer resends those (tests/reconnect.rs `after_lost_pubacks...`). Session 7,
-    // 5 runs on the listeners with that fix: no `go` said twice by a coordinator, but in 4 runs
-    // nats-server's MQTT side lost or stalled messages (7 to 167 jobs never finished or never
-    // granted, the workers' requests and `finished` not delivered) or redelivered 2 `go`s to
-    // the monitor after their jobs had finished (each logged once by the coordinator).
+    //
+    // Workers on all three nodes' listeners; those on node 2 fail over to the next node. On
+    // this 2-core machine nats-server's MQTT side pauses for 5 to 30 s after the loss: its
+    // JetStream requests (session loads, consumers for subscriptions, stores) time out while
+    // the cluster elects new leaders for the streams and the ~100 consumers the node led, and
+    // it closes connections whose publishes it could not store. It also refuses SUBSCRIBEs
+    // then (SUBACK 0x80), which once left whole connections deaf to their `go`s for the rest
+    // of a run (session 8: 64 to 214 jobs stuck, all on the connections refused): the daemon
+    // and the fleet now subscribe again after a refusal. A `go` published while a worker's
+    // subscription was missing is lost by the broker, so that job ends by its lease (20 s):
+    // hence the settle's stall window, longer than the lease.
     let exe = nats::executable().expect("nats-server: run scripts/test.sh");
     let (mut cluster, _mosquitto, mut coordinators, mut run) = start_load(
         &exe,
-        Requests::Mosquitto,
+        Requests::Listeners,
         2,
         "leader_lease = \"8s\"",
         ha_spec(),
     )
     .await;
+    let _keep = KeepLogsOnPanic::new(&coordinators, &cluster);
     let leader = coordinators.wait_leader(None).await;
     wait_for_grants(&mut run, "grants flow", 0, 30, Duration::from_secs(30)).await;
     // Not the node holding the journal stream's leadership alone: any one node of three.
     cluster.kill(2);
+    let killed = run.monitor.now();
     run.note("NATS node 2 killed (SIGKILL)");
     let gos = run.monitor.gos("burst");
     run.wait_until(
         "grants go on without node 2",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         |m| m.gos("burst") >= gos + 40,
     )
     .await;
+    eprintln!(
+        "40 more burst grants reached the monitor {:.1} s after the node loss",
+        (run.monitor.now() - killed).as_secs_f64()
+    );
     cluster.restart(2);
     run.note("NATS node 2 restarted");
-    run.settle(Duration::from_secs(180), Duration::from_secs(10))
+    run.settle(Duration::from_secs(240), Duration::from_secs(30))
         .await;
     let report = recheck(&mut run, &coordinators, &[]);
     assert_clean(

@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -33,6 +35,8 @@ use super::{topic, unique_id, DEFAULT_TIMEOUT, PREFIX};
 
 /// Pause between reconnect attempts of fleet and monitor connections.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a connection waits to subscribe again after the broker refused a filter.
+const RESUBSCRIBE_AFTER_REFUSAL: Duration = Duration::from_millis(250);
 /// rumqttc request channel size per connection (subscribes, registers, finishes of its workers).
 const REQUEST_CAPACITY: usize = 1024;
 /// How often `settle` looks at the monitor's log.
@@ -264,6 +268,8 @@ pub struct FleetStats {
     pub reconnects: AtomicUsize,
     /// Reconnects where the broker had lost the session.
     pub sessions_lost: AtomicUsize,
+    /// SubAcks refusing a filter (each followed by a new SUBSCRIBE).
+    pub subscriptions_refused: AtomicUsize,
 }
 
 /// A running fleet; dropping it stops every worker and connection.
@@ -363,7 +369,7 @@ impl Fleet {
         let s = &self.stats;
         format!(
             "fleet (seed {}): {}/{} workers done; at the workers: {} go, {} repeated go, {} expired, \
-             {} rejected; {} reconnects, {} sessions lost",
+             {} rejected; {} reconnects, {} sessions lost, {} subscriptions refused",
             self.seed,
             s.workers_done.load(Ordering::Relaxed),
             self.total_workers,
@@ -373,6 +379,7 @@ impl Fleet {
             s.rejected.load(Ordering::Relaxed),
             s.reconnects.load(Ordering::Relaxed),
             s.sessions_lost.load(Ordering::Relaxed),
+            s.subscriptions_refused.load(Ordering::Relaxed),
         )
     }
 
@@ -471,6 +478,24 @@ fn persistent_client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
     (client, eventloop)
 }
 
+/// Subscribes again to the connection's filters: the wildcards, or the topics of the jobs
+/// still waiting. Non-blocking: the polling task must never wait on its own request channel.
+fn resubscribe(client: &AsyncClient, routes: &Routes, wildcard: bool) {
+    let filters: Vec<SubscribeFilter> = if wildcard {
+        wildcard_filters()
+    } else {
+        lock(routes)
+            .keys()
+            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+            .collect()
+    };
+    if !filters.is_empty() {
+        if let Err(e) = client.try_subscribe_many(filters) {
+            eprintln!("fleet: could not subscribe again: {e}");
+        }
+    }
+}
+
 /// Polls a fleet connection forever: routes each PUBLISH to the job waiting on its topic and,
 /// after every reconnect, subscribes again to the topics of the jobs still waiting. A lost
 /// connection is tried again on the next of `nodes` (a clustered broker's nodes; the session
@@ -501,21 +526,21 @@ async fn conn_loop(
                     if !ack.session_present {
                         stats.sessions_lost.fetch_add(1, Ordering::Relaxed);
                     }
-                    let filters: Vec<SubscribeFilter> = if wildcard {
-                        wildcard_filters()
-                    } else {
-                        lock(&routes)
-                            .keys()
-                            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
-                            .collect()
-                    };
-                    if !filters.is_empty() {
-                        // Non-blocking: this task must never wait on its own request channel.
-                        if let Err(e) = client.try_subscribe_many(filters) {
-                            eprintln!("fleet: could not resubscribe after reconnect: {e}");
-                        }
-                    }
+                    resubscribe(&client, &routes, wildcard);
                 }
+            }
+            // A broker may refuse a filter and keep the connection (nats-server, while its
+            // cluster elects leaders after a node loss): no `go` on it would ever arrive, so a
+            // worker subscribes again, as the daemon does.
+            Ok(Event::Incoming(Packet::SubAck(ack)))
+                if ack.return_codes.contains(&SubscribeReasonCode::Failure) =>
+            {
+                stats.subscriptions_refused.fetch_add(1, Ordering::Relaxed);
+                let (client, routes) = (client.clone(), Arc::clone(&routes));
+                tokio::spawn(async move {
+                    tokio::time::sleep(RESUBSCRIBE_AFTER_REFUSAL).await;
+                    resubscribe(&client, &routes, wildcard);
+                });
             }
             Ok(_) => {}
             Err(rumqttc::ConnectionError::RequestsDone) => return,
@@ -723,11 +748,22 @@ impl Monitor {
                             if connacks > 1 && !ack.session_present {
                                 sessions_lost.fetch_add(1, Ordering::Relaxed);
                             }
-                            if connacks == 1 || !ack.session_present {
+                            // Every time: a resumed session may lack a subscription the
+                            // broker could not set up again (nats-server).
+                            if let Err(e) = client.try_subscribe(&filter, QoS::AtLeastOnce) {
+                                eprintln!("monitor: subscribe not queued: {e}");
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(ack)))
+                            if ack.return_codes.contains(&SubscribeReasonCode::Failure) =>
+                        {
+                            let (client, filter) = (client.clone(), filter.clone());
+                            tokio::spawn(async move {
+                                tokio::time::sleep(RESUBSCRIBE_AFTER_REFUSAL).await;
                                 if let Err(e) = client.try_subscribe(&filter, QoS::AtLeastOnce) {
                                     eprintln!("monitor: subscribe not queued: {e}");
                                 }
-                            }
+                            });
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
                             ready_tx.send_replace(true);

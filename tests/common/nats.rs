@@ -85,6 +85,8 @@ pub struct NodePorts {
     pub route: u16,
     /// MQTT listener port.
     pub mqtt: u16,
+    /// HTTP monitoring port (`/jsz`, `/connz`...), for a post-mortem of a held cluster.
+    pub http: u16,
 }
 
 /// A three-node cluster; every node is killed on drop.
@@ -133,6 +135,7 @@ impl NatsCluster {
                 client: free_port(),
                 route: free_port(),
                 mqtt: free_port(),
+                http: free_port(),
             })
             .collect();
         let mut cluster = NatsCluster {
@@ -171,13 +174,14 @@ impl NatsCluster {
         let config = format!(
             "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\n\
              cluster {{ name: c1, listen: 127.0.0.1:{}, routes: [{}] }}\n\
-             mqtt {{ listen: 127.0.0.1:{}, ack_wait: \"{}\" }}\n",
+             mqtt {{ listen: 127.0.0.1:{}, ack_wait: \"{}\" }}\nhttp: 127.0.0.1:{}\n",
             p.client,
             store.display(),
             p.route,
             routes.join(", "),
             p.mqtt,
-            std::env::var("COORDINOSAUR_NATS_ACK_WAIT").unwrap_or_else(|_| "1s".into())
+            std::env::var("COORDINOSAUR_NATS_ACK_WAIT").unwrap_or_else(|_| "1s".into()),
+            p.http
         );
         fs::write(self.config_path(i), config).expect("write the NATS config");
     }
@@ -299,9 +303,16 @@ impl NatsCluster {
 
     /// Copies every node's log into `dir` (for a failed test's post-mortem).
     pub fn keep_logs(&self, dir: &std::path::Path) {
-        for i in 0..self.nodes.len() {
-            let _ = fs::copy(self.log_path(i), dir.join(format!("nats-n{i}.log")));
+        for (from, name) in self.log_files() {
+            let _ = fs::copy(from, dir.join(name));
         }
+    }
+
+    /// Each node's log and the name [`NatsCluster::keep_logs`] gives its copy.
+    pub fn log_files(&self) -> Vec<(PathBuf, String)> {
+        (0..self.nodes.len())
+            .map(|i| (self.log_path(i), format!("nats-n{i}.log")))
+            .collect()
     }
 
     /// Kills node `i` (SIGKILL) and waits for it to exit.
