@@ -613,7 +613,7 @@ async fn losing_one_nats_node_under_load_keeps_deciding_and_it_rejoins() {
     );
     cluster.restart(2);
     run.note("NATS node 2 restarted");
-    run.settle(Duration::from_secs(240), Duration::from_secs(30))
+    run.settle(Duration::from_secs(180), Duration::from_secs(30))
         .await;
     let report = recheck(&mut run, &coordinators, &[]);
     assert_clean(
@@ -628,6 +628,40 @@ async fn losing_one_nats_node_under_load_keeps_deciding_and_it_rejoins() {
     if coordinators.leader() != Some(leader) {
         eprintln!("the leader moved during the node loss (a takeover, invariants held)");
     }
+}
+
+/// Losing the node that leads the lease bucket's stream: renewals stop until JetStream elects
+/// a new leader for it, longer than 80% of a 2 s lease, so the leader steps down (and exits,
+/// fail-stop); the standby must take over once the bucket answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_lease_buckets_node_hands_the_lead_to_the_standby() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let exe = nats::executable().expect("nats-server: run scripts/test.sh");
+    let (mut cluster, _mosquitto, coordinators, mut run) = start_load(
+        &exe,
+        Requests::Mosquitto,
+        2,
+        "leader_lease = \"2s\"",
+        light_spec(),
+    )
+    .await;
+    let _keep = KeepLogsOnPanic::new(&coordinators, &cluster);
+    let leader = coordinators.wait_leader(None).await;
+    wait_for_grants(&mut run, "grants flow", 0, 10, Duration::from_secs(30)).await;
+    let node = (0..3)
+        .find_map(|i| cluster.stream_leader(i, "KV_"))
+        .expect("a node leads the lease bucket");
+    cluster.kill(node);
+    run.note(&format!(
+        "NATS node {node}, the lease bucket's leader, killed"
+    ));
+    let standby = coordinators.wait_leader(Some(leader)).await;
+    run.note(&format!("coordinator c{standby} took over"));
+    cluster.restart(node);
+    run.settle(Duration::from_secs(120), Duration::from_secs(30))
+        .await;
+    let report = recheck(&mut run, &coordinators, &[]);
+    assert_clean(&report, "lease bucket's node lost", &coordinators, &cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

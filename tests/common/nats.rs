@@ -315,6 +315,31 @@ impl NatsCluster {
             .collect()
     }
 
+    /// The node that leads the JetStream stream whose name starts with `prefix` (e.g. `KV_`,
+    /// the lease bucket), as node `i`'s monitoring endpoint reports it; `None` if it names
+    /// none (no leader, or node `i` does not answer).
+    pub fn stream_leader(&self, i: usize, prefix: &str) -> Option<usize> {
+        let url = format!("http://127.0.0.1:{}/jsz?streams=true", self.nodes[i].http);
+        let body = ureq::get(&url)
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let leader = jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+            .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(prefix)))?["cluster"]
+            ["leader"]
+            .as_str()?
+            .strip_prefix('n')?
+            .parse()
+            .ok()?;
+        Some(leader)
+    }
+
     /// Kills node `i` (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.children[i].take() {
