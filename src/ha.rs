@@ -77,7 +77,7 @@ pub async fn standby(
     loop {
         tokio::select! {
             _ = shutdown.as_mut() => return Ok(None),
-            () = follower.step(&cluster) => {}
+            _ = follower.step(&cluster) => {}
             _ = tick.tick() => {
                 if let Ok(last) = cluster.last_sequence().await {
                     let lag = last.saturating_sub(follower.replica.applied());
@@ -127,6 +127,9 @@ async fn take_over(
     guard: LeaseGuard,
 ) -> anyhow::Result<Takeover> {
     let started = Instant::now();
+    // Where a slow take-over spends its time, for the log line below.
+    let (mut reading_end, mut catching_up, mut marking) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let marker = loop {
         if let Some(reason) = guard
             .lost_reason()
@@ -137,7 +140,10 @@ async fn take_over(
         // Errors here are retried while the lease holds: on nats-server 2.9 a stream created a
         // moment ago can still be unknown to the node we talk to ("no stream found for given
         // subject"), and giving up would leave no leader until a supervisor restarts us.
-        let last = match cluster.last_sequence().await {
+        let phase = Instant::now();
+        let read = cluster.last_sequence().await;
+        reading_end += phase.elapsed();
+        let last = match read {
             Ok(last) => last,
             Err(e) => {
                 tracing::warn!(cause = %e, "take-over: cannot read the journal's end yet; retrying while the lease holds");
@@ -145,15 +151,29 @@ async fn take_over(
                 continue;
             }
         };
+        let phase = Instant::now();
+        let mut idle = 0;
         while follower.replica.applied() < last || follower.replica.mid_batch() {
-            tokio::time::timeout(Duration::from_secs(1), follower.step(&cluster))
-                .await
-                .ok();
+            let read = tokio::time::timeout(Duration::from_secs(1), follower.step(&cluster)).await;
+            idle = if read == Ok(true) { 0 } else { idle + 1 };
+            // Records are missing and the tail delivered nothing for 2 s: its consumer (one
+            // replica) may have died with a NATS node, and the client recreates it only after
+            // missed heartbeats and its own backoff (up to 10 s between attempts; seen: 8-9 s
+            // take-overs). Follow the journal anew from here instead.
+            if idle >= 2 && follower.tail.is_some() {
+                tracing::info!("take-over: the journal tail delivers nothing; following it anew");
+                follower.tail = None;
+                idle = 0;
+            }
             if !guard.valid() {
                 anyhow::bail!("lost the leader lease while catching up with the journal");
             }
         }
-        match cluster.mark_leader(node, last).await {
+        catching_up += phase.elapsed();
+        let phase = Instant::now();
+        let marked = cluster.mark_leader(node, last).await;
+        marking += phase.elapsed();
+        match marked {
             Ok(Some(seq)) => {
                 follower.replica.apply(seq, false, &[])?;
                 break seq;
@@ -176,6 +196,9 @@ async fn take_over(
         waiting,
         running,
         took_ms = started.elapsed().as_millis(),
+        reading_end_ms = reading_end.as_millis(),
+        catching_up_ms = catching_up.as_millis(),
+        marking_ms = marking.as_millis(),
         "took over as leader"
     );
     metrics::counter!("coordinosaur_failovers_total").increment(1);
@@ -214,10 +237,11 @@ impl Follower {
     }
 
     /// Folds in the next journal message (or re-subscribes after a gap or an error).
-    async fn step(&mut self, cluster: &Cluster) {
+    /// Reads (or re-subscribes to) the journal; true if a message was read.
+    async fn step(&mut self, cluster: &Cluster) -> bool {
         let Some(tail) = self.tail.as_mut() else {
             self.resubscribe(cluster).await;
-            return;
+            return false;
         };
         match tail.next().await {
             Some(Ok(m)) => {
@@ -240,12 +264,17 @@ impl Follower {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
+                true
             }
             Some(Err(e)) => {
                 tracing::warn!(cause = %e, "standby: following the journal failed; re-subscribing");
                 self.tail = None;
+                false
             }
-            None => self.tail = None,
+            None => {
+                self.tail = None;
+                false
+            }
         }
     }
 
