@@ -236,8 +236,8 @@ impl Follower {
         })
     }
 
-    /// Folds in the next journal message (or re-subscribes after a gap or an error).
-    /// Reads (or re-subscribes to) the journal; true if a message was read.
+    /// Folds in the next journal message (or re-subscribes after a gap or an error); true if
+    /// a message was read.
     async fn step(&mut self, cluster: &Cluster) -> bool {
         let Some(tail) = self.tail.as_mut() else {
             self.resubscribe(cluster).await;
