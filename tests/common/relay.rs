@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use rumqttc::{PacketType, SubAck, Subscribe, SubscribeReasonCode};
+use rumqttc::{FixedHeader, PacketType, SubAck, Subscribe, SubscribeReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Mutex};
 
@@ -95,7 +95,7 @@ impl Drop for Relay {
 }
 
 /// Relays one connection until either side closes or the relay cuts it, whole MQTT packets at
-/// a time (framed by rumqttc's own parser).
+/// a time ([`Packets`]).
 async fn relay(
     client: TcpStream,
     broker: TcpStream,
@@ -108,51 +108,35 @@ async fn relay(
     // Both directions write to the client: the broker's packets and the relay's refusals.
     let client_tx = Mutex::new(client_tx);
     let up = async {
-        let mut buf = vec![0u8; 16 << 10];
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            match client_rx.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => pending.extend_from_slice(&buf[..n]),
-            }
-            while let Ok(header) = rumqttc::check(pending.iter(), usize::MAX) {
-                let packet: Vec<u8> = pending.drain(..header.frame_length()).collect();
-                let subscribe = matches!(header.packet_type(), Ok(PacketType::Subscribe));
-                let refuse = subscribe
-                    && faults
-                        .refuse_subscribes
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                if refuse {
-                    let Ok(sub) = Subscribe::read(header, Bytes::from(packet)) else {
-                        return;
-                    };
-                    if !write(&client_tx, &refusal(&sub)).await {
-                        return;
-                    }
-                } else if broker_tx.write_all(&packet).await.is_err() {
+        let mut packets = Packets::new(&mut client_rx);
+        while let Some((header, packet)) = packets.next().await {
+            let subscribe = matches!(header.packet_type(), Ok(PacketType::Subscribe));
+            let refuse = subscribe
+                && faults
+                    .refuse_subscribes
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            if refuse {
+                let Ok(sub) = Subscribe::read(header, Bytes::from(packet)) else {
+                    return;
+                };
+                if !write(&client_tx, &refusal(&sub)).await {
                     return;
                 }
+            } else if broker_tx.write_all(&packet).await.is_err() {
+                return;
             }
         }
     };
     let down = async {
-        let mut buf = vec![0u8; 16 << 10];
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            match broker_rx.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => pending.extend_from_slice(&buf[..n]),
+        let mut packets = Packets::new(&mut broker_rx);
+        while let Some((header, packet)) = packets.next().await {
+            let puback = matches!(header.packet_type(), Ok(PacketType::PubAck));
+            if puback && faults.drop_pubacks.load(Ordering::SeqCst) {
+                continue;
             }
-            while let Ok(header) = rumqttc::check(pending.iter(), usize::MAX) {
-                let packet: Vec<u8> = pending.drain(..header.frame_length()).collect();
-                let puback = matches!(header.packet_type(), Ok(PacketType::PubAck));
-                if puback && faults.drop_pubacks.load(Ordering::SeqCst) {
-                    continue;
-                }
-                if !write(&client_tx, &packet).await {
-                    return;
-                }
+            if !write(&client_tx, &packet).await {
+                return;
             }
         }
     };
@@ -160,6 +144,37 @@ async fn relay(
         () = up => {}
         () = down => {}
         _ = cuts.changed() => {}
+    }
+}
+
+/// Whole MQTT packets read from one side of a connection, framed by rumqttc's own parser.
+struct Packets<'a> {
+    rx: &'a mut OwnedReadHalf,
+    buf: Vec<u8>,
+    pending: Vec<u8>,
+}
+
+impl<'a> Packets<'a> {
+    fn new(rx: &'a mut OwnedReadHalf) -> Packets<'a> {
+        Packets {
+            rx,
+            buf: vec![0u8; 16 << 10],
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next packet and its fixed header; `None` once the side closed or failed.
+    async fn next(&mut self) -> Option<(FixedHeader, Vec<u8>)> {
+        loop {
+            if let Ok(header) = rumqttc::check(self.pending.iter(), usize::MAX) {
+                let packet = self.pending.drain(..header.frame_length()).collect();
+                return Some((header, packet));
+            }
+            match self.rx.read(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.pending.extend_from_slice(&self.buf[..n]),
+            }
+        }
     }
 }
 
