@@ -202,12 +202,7 @@ fn recheck(run: &mut Run, coordinators: &Coordinators, kills: &[Duration]) -> Re
 fn assert_clean(report: &Report, what: &str, coordinators: &Coordinators, cluster: &NatsCluster) {
     if !report.is_clean() || std::env::var_os("COORDINOSAUR_HA_KEEP").is_some() {
         // The daemons' temp dirs go with them: keep their whole logs for the post-mortem.
-        let keep = std::env::temp_dir().join(unique_id("coordinosaur-ha-failure"));
-        let _ = std::fs::create_dir_all(&keep);
-        for (i, d) in coordinators.daemons.iter().enumerate() {
-            let _ = std::fs::copy(d.log_path(), keep.join(format!("c{i}.log")));
-        }
-        cluster.keep_logs(&keep);
+        let keep = keep_logs(&log_files(coordinators, cluster), "coordinosaur-ha-failure");
         hold_for_inspection(cluster.nodes());
         assert!(
             report.is_clean(),
@@ -229,12 +224,8 @@ struct KeepLogsOnPanic {
 
 impl KeepLogsOnPanic {
     fn new(coordinators: &Coordinators, cluster: &NatsCluster) -> KeepLogsOnPanic {
-        let mut files = cluster.log_files();
-        for (i, log) in coordinators.logs().into_iter().enumerate() {
-            files.push((log, format!("c{i}.log")));
-        }
         KeepLogsOnPanic {
-            files,
+            files: log_files(coordinators, cluster),
             nodes: cluster.nodes().to_vec(),
         }
     }
@@ -245,14 +236,32 @@ impl Drop for KeepLogsOnPanic {
         if !std::thread::panicking() {
             return;
         }
-        let keep = std::env::temp_dir().join(unique_id("coordinosaur-ha-panic"));
-        let _ = std::fs::create_dir_all(&keep);
-        for (from, name) in &self.files {
-            let _ = std::fs::copy(from, keep.join(name));
-        }
+        let keep = keep_logs(&self.files, "coordinosaur-ha-panic");
         eprintln!("the test panicked: logs kept in {}", keep.display());
         hold_for_inspection(&self.nodes);
     }
+}
+
+/// The nodes' and the coordinators' logs, each with the name its kept copy gets.
+fn log_files(
+    coordinators: &Coordinators,
+    cluster: &NatsCluster,
+) -> Vec<(std::path::PathBuf, String)> {
+    let mut files = cluster.log_files();
+    for (i, log) in coordinators.logs().into_iter().enumerate() {
+        files.push((log, format!("c{i}.log")));
+    }
+    files
+}
+
+/// Copies `files` into a new directory of the temp dir named after `prefix`; returns it.
+fn keep_logs(files: &[(std::path::PathBuf, String)], prefix: &str) -> std::path::PathBuf {
+    let keep = std::env::temp_dir().join(unique_id(prefix));
+    let _ = std::fs::create_dir_all(&keep);
+    for (from, name) in files {
+        let _ = std::fs::copy(from, keep.join(name));
+    }
+    keep
 }
 
 /// With `COORDINOSAUR_HA_HOLD=<seconds>`, keeps a failed run's processes up that long, so

@@ -301,14 +301,7 @@ impl NatsCluster {
         fs::read_to_string(self.log_path(i)).unwrap_or_default()
     }
 
-    /// Copies every node's log into `dir` (for a failed test's post-mortem).
-    pub fn keep_logs(&self, dir: &std::path::Path) {
-        for (from, name) in self.log_files() {
-            let _ = fs::copy(from, dir.join(name));
-        }
-    }
-
-    /// Each node's log and the name [`NatsCluster::keep_logs`] gives its copy.
+    /// Each node's log and the name its copy gets in a failed test's post-mortem.
     pub fn log_files(&self) -> Vec<(PathBuf, String)> {
         (0..self.nodes.len())
             .map(|i| (self.log_path(i), format!("nats-n{i}.log")))
