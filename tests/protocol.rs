@@ -186,8 +186,11 @@ async fn lease_expiry_publishes_expired_and_frees_the_slot() {
         "expired {} ms after the register, before timeout + offset",
         ms(expired - sent)
     );
+    // Generous: the driver writes and syncs the journal on its own thread, so a disk stall
+    // delays what it publishes by the stall (a fresh-clone CI run saw a 1 s sync make this
+    // `expired` arrive 1,022 ms after the `go`; the daemon had decided it at exactly 500 ms).
     assert!(
-        expired - granted < Duration::from_millis(1000),
+        expired - granted < Duration::from_millis(3000),
         "expired {} ms after go, lease is 500 ms",
         ms(expired - granted)
     );
