@@ -9,7 +9,7 @@ use crate::process::CHILDREN;
 use crate::report::print_report;
 use crate::responder::Responder;
 use crate::rounds::{compare, Broker};
-use crate::HA_WORKERS;
+use crate::{HA_WORKERS, LAT_SAMPLES, LAT_WARMUP, ROUNDS};
 
 /// The null responder (and its control subscribed to `finished`), the daemon on the JetStream
 /// backend (a leader and a standby, shipped defaults) and the daemon with the shipped file
@@ -39,9 +39,30 @@ pub fn ha_bench(rt: &tokio::runtime::Runtime, dir: &Path) {
         Responder::Shipped,
     ];
     let (results, procs) = compare(rt, &broker, dir, &responders, HA_WORKERS);
+    // Journal messages per request cycle: what group commit saves the cluster.
+    let jetstream = results
+        .iter()
+        .zip(&responders)
+        .find_map(|(r, responder)| match responder {
+            Responder::JetStream { .. } => Some((r, responder.prefix())),
+            _ => None,
+        });
+    let journal_line = jetstream.and_then(|(outcome, stream)| {
+        let detail = cluster.stream_detail(0, stream)?;
+        let messages = detail["state"]["last_seq"].as_u64()?;
+        let cycles = outcome.throughput.all_cycles
+            + (LAT_WARMUP + ROUNDS * LAT_SAMPLES) as u64;
+        Some(format!(
+            "Journal: {messages} stream messages over {cycles} request cycles ({:.2} per cycle, markers and snapshots included)",
+            messages as f64 / cycles as f64
+        ))
+    });
     drop(procs);
     drop(cluster);
     CHILDREN.lock().expect("lock").retain(|p| !pids.contains(p));
     println!("\nBroker: a 3-node NATS cluster ({version}), JetStream R=3, MQTT on node 0");
     print_report(&results);
+    if let Some(line) = journal_line {
+        println!("{line}");
+    }
 }

@@ -56,6 +56,8 @@ pub async fn latency_run(job: &Job, conn: &mut Conn, n: usize, latency: &mut Lat
 #[derive(Default)]
 pub struct Throughput {
     pub cycles: u64,
+    /// Cycles completed in the whole run, warm-up included (for counts over a run).
+    pub all_cycles: u64,
     pub secs: f64,
     pub errors: u64,
     /// register -> go under load, in the measured windows.
@@ -72,6 +74,7 @@ pub struct Throughput {
 impl Throughput {
     pub fn add(&mut self, o: Throughput) {
         self.cycles += o.cycles;
+        self.all_cycles += o.all_cycles;
         self.secs += o.secs;
         self.errors += o.errors;
         self.latency.extend(o.latency);
@@ -193,6 +196,7 @@ pub async fn throughput_run(
     let (busy1, all1) = cpu1.machine.unwrap_or((0, 0));
     Throughput {
         cycles: c1 - c0,
+        all_cycles: shared.cycles.load(Ordering::Relaxed),
         secs: elapsed.as_secs_f64(),
         errors,
         latency,

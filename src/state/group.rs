@@ -16,8 +16,15 @@
 //!   broker's acknowledgements of `go`s): committed once written, synced with the next sync.
 //!
 //! Batches commit in order, so a `Lazy` batch behind a held `Soon` batch waits with it.
+//!
+//! The JetStream journal syncs nothing itself, but each append is a message the cluster
+//! replicates and the standbys read, and the cluster's CPU per message is what the daemon's
+//! throughput through it depends on: [`Coalesce`] holds its `Soon` and `Lazy` batches the
+//! same way, so that the next `Now` batch carries them in one message.
 
 use std::time::{Duration, Instant};
+
+use crate::engine::Change;
 
 /// Longest time a [`Urgency::Soon`] batch waits for a [`Urgency::Now`] batch to share its sync.
 pub const DEFER_MAX: Duration = Duration::from_millis(2);
@@ -31,6 +38,22 @@ pub enum Urgency {
     Soon,
     /// Nothing waits for it: committed once written, synced along with a later batch.
     Lazy,
+}
+
+impl Urgency {
+    /// The urgency of a batch of `changes` that its submitter says is `asked`: a batch of
+    /// nothing but the broker's acknowledgements of `go`s ([`Change::Delivered`], with the
+    /// [`Change::Clock`] stamp before them) is [`Urgency::Lazy`] whatever the submitter says.
+    /// Nothing waits on it, and losing it to a crash only means a repeated `go`.
+    pub fn of(changes: &[Change], asked: Urgency) -> Urgency {
+        match changes
+            .iter()
+            .all(|c| matches!(c, Change::Delivered { .. } | Change::Clock { .. }))
+        {
+            true => Urgency::Lazy,
+            false => asked,
+        }
+    }
 }
 
 /// What the writer does with the batches it has read.
@@ -98,6 +121,81 @@ impl Grouping {
     /// When a held `Soon` batch must be synced even if no `Now` batch came.
     pub fn deadline(&self) -> Option<Instant> {
         self.soon_since.map(|t| t + DEFER_MAX)
+    }
+}
+
+/// Group commit for a journal whose every append is one replicated message (the JetStream
+/// journal): encoded batches go out at once if a decision waits for them ([`Urgency::Now`]);
+/// the others are held, at most [`DEFER_MAX`] and at most `max` bytes, to go out with the next.
+/// A pure part: batches in, what to append out (the id of its last batch, and the bytes of
+/// all), and the time to wake up.
+#[derive(Debug)]
+pub struct Coalesce {
+    /// Encoded batches held, in order.
+    bytes: Vec<u8>,
+    /// The id of the last of them.
+    last_id: u64,
+    grouping: Grouping,
+    /// Held bytes that go out whatever their urgency.
+    max: usize,
+}
+
+impl Coalesce {
+    /// Holds at most `max` bytes of batches.
+    pub fn new(max: usize) -> Coalesce {
+        Coalesce {
+            bytes: Vec::new(),
+            last_id: 0,
+            grouping: Grouping::default(),
+            max,
+        }
+    }
+
+    /// Batch `id` (encoded: `bytes`) of `urgency` was submitted at `now`: returns what to
+    /// append now, if anything (this batch and every one held before it).
+    pub fn handle_batch(
+        &mut self,
+        id: u64,
+        bytes: &[u8],
+        urgency: Urgency,
+        now: Instant,
+    ) -> Option<(u64, Vec<u8>)> {
+        self.bytes.extend_from_slice(bytes);
+        self.last_id = id;
+        // Nothing is written without going out: a lazy batch waits like a `Soon` one.
+        let urgency = match urgency {
+            Urgency::Lazy => Urgency::Soon,
+            u => u,
+        };
+        self.grouping.handle_batch(urgency, now);
+        match self.bytes.len() >= self.max {
+            true => self.poll_all(),
+            false => self.poll(now),
+        }
+    }
+
+    /// What to append at `now`: the held batches once their [`Self::deadline`] has passed.
+    pub fn poll(&mut self, now: Instant) -> Option<(u64, Vec<u8>)> {
+        let flush = self.grouping.poll(now);
+        self.take(flush)
+    }
+
+    /// Everything held (before a snapshot, or at the end).
+    pub fn poll_all(&mut self) -> Option<(u64, Vec<u8>)> {
+        let flush = self.grouping.poll_all();
+        self.take(flush)
+    }
+
+    /// When the held batches must go out even if no `Now` batch comes.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.grouping.deadline()
+    }
+
+    fn take(&mut self, flush: Flush) -> Option<(u64, Vec<u8>)> {
+        match flush {
+            Flush::Hold => None,
+            Flush::Write | Flush::Sync => Some((self.last_id, std::mem::take(&mut self.bytes))),
+        }
     }
 }
 
@@ -174,5 +272,81 @@ mod tests {
         g.handle_batch(Urgency::Lazy, at(0));
         assert_eq!(g.poll_all(), Flush::Write);
         assert_eq!(g.poll_all(), Flush::Hold);
+    }
+
+    #[test]
+    fn a_batch_of_delivered_acknowledgements_alone_is_lazy() {
+        let delivered = Change::Delivered {
+            channel: "c".into(),
+            uid: "u".into(),
+            seq: 1,
+        };
+        assert_eq!(
+            Urgency::of(std::slice::from_ref(&delivered), Urgency::Now),
+            Urgency::Lazy
+        );
+        let clock = Change::Clock {
+            at: crate::engine::Time(5),
+        };
+        assert_eq!(
+            Urgency::of(&[clock, delivered.clone()], Urgency::Soon),
+            Urgency::Lazy
+        );
+        assert_eq!(
+            Urgency::of(&[delivered, Change::Started], Urgency::Soon),
+            Urgency::Soon
+        );
+        assert_eq!(Urgency::of(&[], Urgency::Soon), Urgency::Lazy);
+    }
+
+    #[test]
+    fn coalesce_sends_a_now_batch_at_once_with_those_held_before_it() {
+        let mut c = Coalesce::new(1 << 20);
+        assert_eq!(c.handle_batch(1, b"ack", Urgency::Lazy, at(0)), None);
+        assert_eq!(c.handle_batch(2, b"fin", Urgency::Soon, at(1)), None);
+        assert_eq!(c.deadline(), Some(at(0) + DEFER_MAX));
+        assert_eq!(
+            c.handle_batch(3, b"go", Urgency::Now, at(1)),
+            Some((3, b"ackfingo".to_vec()))
+        );
+        assert_eq!(c.deadline(), None);
+        assert_eq!(c.poll_all(), None);
+        // Alone, a Now batch goes out by itself.
+        assert_eq!(
+            c.handle_batch(4, b"go", Urgency::Now, at(5)),
+            Some((4, b"go".to_vec()))
+        );
+    }
+
+    #[test]
+    fn coalesce_sends_held_batches_at_their_deadline() {
+        let mut c = Coalesce::new(1 << 20);
+        assert_eq!(c.handle_batch(7, b"ack", Urgency::Lazy, at(10)), None);
+        assert_eq!(c.handle_batch(8, b"fin", Urgency::Soon, at(11)), None);
+        let due = at(10) + DEFER_MAX;
+        assert_eq!(c.deadline(), Some(due));
+        assert_eq!(c.poll(due - Duration::from_micros(1)), None);
+        assert_eq!(c.poll(due), Some((8, b"ackfin".to_vec())));
+        assert_eq!(c.deadline(), None);
+        assert_eq!(c.poll(at(100)), None);
+    }
+
+    #[test]
+    fn coalesce_holds_no_more_than_its_bound() {
+        let mut c = Coalesce::new(6);
+        assert_eq!(c.handle_batch(1, b"abc", Urgency::Soon, at(0)), None);
+        assert_eq!(
+            c.handle_batch(2, b"def", Urgency::Lazy, at(0)),
+            Some((2, b"abcdef".to_vec()))
+        );
+        assert_eq!(c.deadline(), None);
+    }
+
+    #[test]
+    fn coalesce_gives_up_everything_held_when_asked() {
+        let mut c = Coalesce::new(1 << 20);
+        assert_eq!(c.handle_batch(1, b"a", Urgency::Soon, at(0)), None);
+        assert_eq!(c.poll_all(), Some((1, b"a".to_vec())));
+        assert_eq!(c.poll_all(), None);
     }
 }

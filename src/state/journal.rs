@@ -24,13 +24,13 @@ impl Journal {
         self.submit_with(changes, Urgency::Now, Instant::now())
     }
 
-    /// Queues one batch at `now`; `urgency` says who waits for it. The file journal lets a batch that
-    /// only acknowledgements wait for share the next sync ([`Urgency::Soon`]); the stream
-    /// appends every batch at once (its appends are pipelined, not synced one by one).
+    /// Queues one batch at `now`; `urgency` says who waits for it. A batch that only
+    /// acknowledgements wait for ([`Urgency::Soon`]) may wait a moment for the next: the file
+    /// journal's to share its sync, the stream's to share its message.
     pub fn submit_with(&mut self, changes: &[Change], urgency: Urgency, now: Instant) -> u64 {
         match self {
             Journal::File(j) => j.submit_with(changes, urgency, now),
-            Journal::Stream(j) => j.submit(changes),
+            Journal::Stream(j) => j.submit_with(changes, urgency, now),
         }
     }
 
@@ -50,19 +50,20 @@ impl Journal {
         }
     }
 
-    /// When batches held for a shared sync must be synced even if nothing else comes (the
-    /// file journal writing inline); call [`Journal::poll`] then.
+    /// When batches held for a shared sync or message must be written even if nothing else
+    /// comes (the file journal writing inline, or the stream); call [`Journal::poll`] then.
     pub fn deadline(&self) -> Option<Instant> {
         match self {
             Journal::File(j) => j.deadline(),
-            Journal::Stream(_) => None,
+            Journal::Stream(j) => j.deadline(),
         }
     }
 
-    /// Syncs the batches whose [`Journal::deadline`] has passed at `now`.
+    /// Writes the batches whose [`Journal::deadline`] has passed at `now`.
     pub fn poll(&mut self, now: Instant) {
-        if let Journal::File(j) = self {
-            j.poll(now);
+        match self {
+            Journal::File(j) => j.poll(now),
+            Journal::Stream(j) => j.poll(now),
         }
     }
 

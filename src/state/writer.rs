@@ -218,10 +218,7 @@ impl FileJournal {
     /// `fdatasync` per grant that the next decision had to wait behind.
     pub fn submit_with(&mut self, changes: &[Change], urgency: Urgency, now: Instant) -> u64 {
         self.reclaim_writer();
-        let lazy = changes
-            .iter()
-            .all(|c| matches!(c, Change::Delivered { .. }));
-        let urgency = if lazy { Urgency::Lazy } else { urgency };
+        let urgency = Urgency::of(changes, urgency);
         let bytes = format::encode_batch(changes);
         self.bytes_since_snapshot += bytes.len() as u64;
         self.last_id += 1;

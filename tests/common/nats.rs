@@ -308,10 +308,10 @@ impl NatsCluster {
             .collect()
     }
 
-    /// The node that leads the JetStream stream whose name starts with `prefix` (e.g. `KV_`,
-    /// the lease bucket), as node `i`'s monitoring endpoint reports it; `None` if it names
-    /// none (no leader, or node `i` does not answer).
-    pub fn stream_leader(&self, i: usize, prefix: &str) -> Option<usize> {
+    /// What node `i`'s monitoring endpoint reports of the JetStream stream whose name starts
+    /// with `prefix` (`/jsz` stream detail: `state`, `cluster`, ...); `None` if node `i` does
+    /// not answer or knows no such stream.
+    pub fn stream_detail(&self, i: usize, prefix: &str) -> Option<serde_json::Value> {
         let url = format!("http://127.0.0.1:{}/jsz?streams=true", self.nodes[i].http);
         let body = ureq::get(&url)
             .call()
@@ -320,17 +320,23 @@ impl NatsCluster {
             .read_to_string()
             .ok()?;
         let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let leader = jsz["account_details"]
+        jsz["account_details"]
             .as_array()?
             .iter()
             .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
-            .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(prefix)))?["cluster"]
-            ["leader"]
+            .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .cloned()
+    }
+
+    /// The node that leads the JetStream stream whose name starts with `prefix` (e.g. `KV_`,
+    /// the lease bucket), as node `i`'s monitoring endpoint reports it; `None` if it names
+    /// none (no leader, or node `i` does not answer).
+    pub fn stream_leader(&self, i: usize, prefix: &str) -> Option<usize> {
+        self.stream_detail(i, prefix)?["cluster"]["leader"]
             .as_str()?
             .strip_prefix('n')?
             .parse()
-            .ok()?;
-        Some(leader)
+            .ok()
     }
 
     /// Kills node `i` (SIGKILL) and waits for it to exit.
