@@ -8,8 +8,9 @@
 //! go out together as one message, and the driver learns which are committed as the
 //! acknowledgements come back in order. Batches no decision waits for (only the broker's
 //! acknowledgements) are held up to 2 ms to ride with the next one ([`Coalesce`]): the
-//! cluster's CPU per request cycle goes with its messages per cycle. A batch larger than a message is split over several,
-//! each but the last marked [`MORE`]; readers apply it with its last part.
+//! cluster's CPU per request cycle goes with its messages per cycle. A batch larger than a
+//! message is split over several, each but the last marked [`MORE`]; readers apply it with
+//! its last part.
 //!
 //! When an append fails (a timeout, a lost quorum, a connection drop), the appender finds out
 //! from the stream itself what landed: messages after the last acknowledged one that carry this
