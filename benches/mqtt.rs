@@ -45,8 +45,9 @@
 //! `cargo bench --bench mqtt -- --ha` measures the high-availability backend instead: a 3-node
 //! NATS cluster (the tests' [`common::nats::NatsCluster`]: JetStream R=3, an MQTT listener on each
 //! node, `mqtt { ack_wait: "1s" }`) replaces Mosquitto, and the null responder, the daemon with
-//! `[state] backend = "jetstream"` (shipped defaults: a leader plus one standby) and the daemon with
-//! the shipped file journal all go through node 0's MQTT listener, with a bounded load
+//! `[state] backend = "jetstream"` (shipped defaults: a leader plus one standby), the daemon with
+//! the shipped file journal and the daemon without state (the daemon's own cost, no journal) all
+//! go through node 0's MQTT listener, with a bounded load
 //! ([`HA_WORKERS`] workers); a second null responder, also subscribed to `finished`, is the
 //! control for the broker's cost of the message the daemon reads and the null responder does
 //! not. Lost cycles (no reply within [`REPLY_TIMEOUT`]) are counted, not waited for. See

@@ -1,5 +1,6 @@
-//! `--ha`: the JetStream backend on a 3-node NATS cluster against the null responder and the
-//! daemon with the shipped file journal, all through one node's MQTT listener.
+//! `--ha`: the JetStream backend on a 3-node NATS cluster against the null responder, the
+//! daemon with the shipped file journal and the daemon without state, all through one node's
+//! MQTT listener.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,9 +13,10 @@ use crate::rounds::{compare, Broker};
 use crate::{HA_WORKERS, LAT_SAMPLES, LAT_WARMUP, ROUNDS};
 
 /// The null responder (and its control subscribed to `finished`), the daemon on the JetStream
-/// backend (a leader and a standby, shipped defaults) and the daemon with the shipped file
-/// journal (`fsync`), all through node 0's MQTT listener of one 3-node NATS cluster, in
-/// interleaved rounds with [`HA_WORKERS`] workers.
+/// backend (a leader and a standby, shipped defaults), the daemon with the shipped file
+/// journal (`fsync`) and the daemon without state (what the daemon costs without a journal),
+/// all through node 0's MQTT listener of one 3-node NATS cluster, in interleaved rounds with
+/// [`HA_WORKERS`] workers.
 pub fn ha_bench(rt: &tokio::runtime::Runtime, dir: &Path) {
     let version = common::nats::executable()
         .and_then(|exe| Command::new(exe).arg("--version").output().ok())
@@ -37,6 +39,7 @@ pub fn ha_bench(rt: &tokio::runtime::Runtime, dir: &Path) {
             servers: cluster.servers_toml(),
         },
         Responder::Shipped,
+        Responder::Daemon { log: "warn" },
     ];
     let (results, procs) = compare(rt, &broker, dir, &responders, HA_WORKERS);
     // Journal messages per request cycle: what group commit saves the cluster.
